@@ -1,0 +1,1 @@
+"""trainer: two-stream (spatial RGB + temporal flow) action recognition over flowprep shards."""
