@@ -1,0 +1,218 @@
+"""Decode one video into RGB frame chunks with decord (optionally resized and strided).
+
+Before decord opens a file: its container header must not declare more bytes than the file has
+(a cut-off download: AVI and MKV demuxers would otherwise decode the frames before the cut without
+a word), and PyAV probes it (header only, cheap): that names broken inputs in one clean line instead
+of FFmpeg's log noise and gives the native size that ``short_side`` needs before decord is opened
+at the output size. Every way a *file* can be unusable becomes a ``DecodeError`` (a recorded
+failure); anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import av
+import decord
+import numpy as np
+from decord._ffi.base import DECORDError
+
+# decord logs every FFmpeg complaint about damaged input to stderr; the failure is recorded anyway.
+decord.logging.set_level(decord.logging.QUIET)
+
+# Header sizes, for the truncation check: a file cut short (an interrupted download or copy) still
+# declares its full length in the container header. Frame counts in headers are no test: tools that
+# cut videos often leave them stale (OpenCV's own sample tree.avi declares 444 frames and holds 68).
+_EBML_MAGIC, _SEGMENT_ID = b"\x1a\x45\xdf\xa3", b"\x18\x53\x80\x67"
+
+
+def _ebml_vint(f: BinaryIO) -> tuple[int, bool]:
+    """(value, is the 'unknown size' marker) of an EBML variable-size integer at the file position."""
+    first = f.read(1)
+    if not first or first[0] == 0:
+        raise ValueError("bad EBML size")
+    length = 9 - first[0].bit_length()
+    value = first[0] & (0xFF >> length)
+    for byte in f.read(length - 1):
+        value = (value << 8) | byte
+    return value, value == (1 << (7 * length)) - 1
+
+
+def declared_length(path: Path) -> int | None:
+    """Bytes the container headers say the file has (RIFF/AVI, ISO BMFF/MP4/MOV, EBML/MKV/WebM).
+
+    For MP4 the top-level boxes are walked until one runs past the end of the file, so the value is
+    a lower bound there. None when the format declares no length: nothing to compare.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF":
+            return int.from_bytes(head[4:8], "little") + 8
+        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+            end, size = 0, path.stat().st_size
+            while end < size:  # walk the top-level boxes, stop at the first past the end
+                f.seek(end)
+                box = f.read(16)
+                if len(box) < 8:
+                    return end + 8
+                length = int.from_bytes(box[:4], "big")
+                if length == 1 and len(box) == 16:
+                    length = int.from_bytes(box[8:16], "big")
+                if length == 0:  # "extends to the end of the file"
+                    return None
+                if length < 8:
+                    return None  # not a box: let the decoder judge
+                end += length
+            return end
+        if head[:4] == _EBML_MAGIC:
+            f.seek(4)
+            try:
+                size, _ = _ebml_vint(f)
+                f.seek(size, 1)
+                if f.read(4) != _SEGMENT_ID:
+                    return None
+                size, unknown = _ebml_vint(f)
+            except ValueError:
+                return None
+            return None if unknown else f.tell() + size
+    return None
+
+
+class DecodeError(Exception):
+    """The file cannot be used as a video: not a video, empty, truncated, damaged, too short."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What decoding will produce: ``num_frames`` frames of ``height`` x ``width`` at ``fps``."""
+
+    num_frames: int  # after frame_step
+    fps: float  # of the produced frames (source fps / frame_step)
+    height: int
+    width: int
+    source_frames: int  # frames in the file
+    source_height: int
+    source_width: int
+
+
+def output_size(
+    width: int, height: int, *, size: tuple[int, int] | None = None, short_side: int | None = None
+) -> tuple[int, int]:
+    """(W, H) of the decoded frames: ``size`` as given, or the short side scaled to ``short_side``."""
+    if size is not None:
+        return size
+    if short_side is None:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _short_reason(exc: BaseException) -> str:
+    """decord messages start with '[time] /path/file.cc:123: '; keep what comes after."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^(\[[\d:]+\] \S+?:\d+: )+", "", text)
+
+
+def _probe(path: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream, from the container header."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except av.FFmpegError as exc:
+        raise DecodeError(f"not a readable video ({exc.strerror or type(exc).__name__})") from exc
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"video stream has no frame size ({width}x{height})")
+    return width, height
+
+
+class VideoStream:
+    """An open video: ``info`` up front, then frames in chunks of at most ``chunk_frames``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        size: tuple[int, int] | None = None,
+        short_side: int | None = None,
+        frame_step: int = 1,
+        num_threads: int = 1,
+    ) -> None:
+        if frame_step < 1:
+            raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+        path = Path(path)
+        try:
+            file_size = path.stat().st_size
+            declared = declared_length(path) if file_size else None
+        except OSError as exc:  # vanished or unreadable since it was listed
+            raise DecodeError(f"cannot read the file: {exc.strerror}") from exc
+        if file_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        if declared is not None and declared > file_size:
+            raise DecodeError(f"truncated: the container declares {declared} bytes, the file has {file_size}")
+        src_w, src_h = _probe(path)
+        out_w, out_h = output_size(src_w, src_h, size=size, short_side=short_side)
+        resize = (out_w, out_h) != (src_w, src_h)
+        try:
+            self._reader = decord.VideoReader(
+                str(path),
+                ctx=decord.cpu(0),
+                width=out_w if resize else -1,
+                height=out_h if resize else -1,
+                num_threads=num_threads,
+            )
+        # decord raises a bare RuntimeError when FFmpeg cannot open the file, DECORDError when it
+        # cannot index it, and asserts that the frame count is positive.
+        except (RuntimeError, DECORDError, AssertionError) as exc:
+            raise DecodeError(f"decord cannot open it: {_short_reason(exc)}") from exc
+        present = len(self._reader)
+        self._indices = np.arange(0, present, frame_step)
+        if len(self._indices) < 2:
+            raise DecodeError(
+                f"too short: {len(self._indices)} frame(s) (of {present}, frame step {frame_step}), "
+                "flow needs at least 2"
+            )
+        self.path = path
+        self.info = VideoInfo(
+            num_frames=len(self._indices),
+            fps=float(self._reader.get_avg_fps()) / frame_step,
+            height=out_h,
+            width=out_w,
+            source_frames=present,
+            source_height=src_h,
+            source_width=src_w,
+        )
+
+    def chunks(self, chunk_frames: int = 32) -> Iterator[np.ndarray]:
+        """Yield RGB uint8 arrays (n, H, W, 3), n <= chunk_frames, covering all ``info.num_frames``."""
+        for start in range(0, len(self._indices), chunk_frames):
+            idx = self._indices[start : start + chunk_frames]
+            try:
+                batch = self._reader.get_batch(idx.tolist()).asnumpy()
+            except DECORDError as exc:  # damaged or missing packets discovered while decoding
+                raise DecodeError(f"decoding failed at frame {int(idx[0])}: {_short_reason(exc)}") from exc
+            if batch.shape[1:] != (self.info.height, self.info.width, 3):
+                raise DecodeError(
+                    f"frame size changed mid-stream: expected {self.info.height}x{self.info.width}, "
+                    f"got {batch.shape[1]}x{batch.shape[2]}"
+                )
+            yield batch
+
+
+def iter_frames(
+    path: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    short_side: int | None = None,
+    frame_step: int = 1,
+    chunk_frames: int = 32,
+    num_threads: int = 1,
+) -> Iterator[np.ndarray]:
+    """Decode ``path`` into RGB chunks (n, H, W, 3) uint8; see ``VideoStream``."""
+    stream = VideoStream(path, size=size, short_side=short_side, frame_step=frame_step, num_threads=num_threads)
+    yield from stream.chunks(chunk_frames)

@@ -1,0 +1,104 @@
+"""Dense optical flow between consecutive frames with OpenCV (TV-L1 or Farneback).
+
+Layout everywhere in flowprep: a field is (2, H, W) float32, channel 0 = u (+ right), channel 1 =
+v (+ down), and field i is the motion from frame i to frame i + 1 (``prev`` -> ``next``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from flowprep.config import FarnebackParams, FlowConfig, TVL1Params
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """(n, H, W, 3) RGB uint8 -> (n, H, W) gray uint8 (ITU-R 601 luma, as cv2.COLOR_RGB2GRAY)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected RGB uint8 frames (n, H, W, 3), got {rgb.dtype} {rgb.shape}")
+    return np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in rgb])
+
+
+class FlowEstimator:
+    """``estimator(prev, next)`` -> (2, H, W) float32 flow from gray uint8 ``prev`` to ``next``.
+
+    The TV-L1 solver object is created here once and reused for every frame pair: creating it
+    allocates its pyramids, and each ``calc`` without an initial flow is independent anyway.
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        tvl1: TVL1Params | None = None,
+        farneback: FarnebackParams | None = None,
+    ) -> None:
+        if method not in ("tvl1", "farneback"):
+            raise ValueError(f"method must be 'tvl1' or 'farneback', got {method!r}")
+        self.method = method
+        self.farneback = farneback or FarnebackParams()
+        self._tvl1 = None
+        if method == "tvl1":
+            p = tvl1 or TVL1Params()
+            self._tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
+                tau=p.tau,
+                lambda_=p.lambda_,
+                theta=p.theta,
+                nscales=p.nscales,
+                warps=p.warps,
+                epsilon=p.epsilon,
+                innnerIterations=p.inner_iterations,  # sic: OpenCV's spelling
+                outerIterations=p.outer_iterations,
+                scaleStep=p.scale_step,
+                gamma=p.gamma,
+                medianFiltering=p.median_filtering,
+            )
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        if self._tvl1 is not None:
+            flow = self._tvl1.calc(prev, nxt, None)
+        else:
+            p = self.farneback
+            flow = cv2.calcOpticalFlowFarneback(
+                prev, nxt, None, p.pyr_scale, p.levels, p.winsize, p.iterations, p.poly_n, p.poly_sigma, 0
+            )
+        return flow.transpose(2, 0, 1)  # (H, W, 2) -> (2, H, W), a view: the caller stacks (copies)
+
+
+_ESTIMATORS: dict[FlowConfig, FlowEstimator] = {}
+
+
+def estimator_for(config: FlowConfig) -> FlowEstimator:
+    """One estimator per configuration per process (a worker reuses it across its videos)."""
+    if config not in _ESTIMATORS:
+        _ESTIMATORS[config] = FlowEstimator(method=config.method, tvl1=config.tvl1, farneback=config.farneback)
+    return _ESTIMATORS[config]
+
+
+def iter_flow(
+    chunks: Iterable[np.ndarray], estimator: FlowEstimator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each RGB chunk (n, H, W, 3), yield it with the float32 flow (m, 2, H, W) it completes.
+
+    The last gray frame of a chunk is kept for the next one, so over the whole video the flows
+    concatenate to T - 1 fields (the first chunk gives n - 1, later chunks n) and only one chunk
+    is in memory at a time.
+    """
+    prev: np.ndarray | None = None
+    for rgb in chunks:
+        gray = to_gray(rgb)
+        frames = gray if prev is None else np.concatenate([prev[None], gray])
+        if len(frames) >= 2:
+            flow = np.stack([estimator(frames[i], frames[i + 1]) for i in range(len(frames) - 1)])
+        else:
+            flow = np.empty((0, 2, *gray.shape[1:]), np.float32)
+        prev = gray[-1]
+        yield rgb, flow
+
+
+def video_flow(chunks: Iterable[np.ndarray], estimator: FlowEstimator) -> Iterator[np.ndarray]:
+    """Only the flow of ``iter_flow`` (for benchmarks: decode + flow, no quantization, no writing)."""
+    for _, flow in iter_flow(chunks, estimator):
+        yield flow

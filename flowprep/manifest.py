@@ -1,0 +1,161 @@
+"""Output names and the manifest JSON of docs/shard-format.md: write one part, read all parts.
+
+A single run (task 0 of 1) writes ``manifest.json`` and ``shard-00000.h5``...; array task i of n
+writes ``manifest-iiiii-of-nnnnn.json`` and ``taskiiiii-shard-00000.h5``... into the same folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FORMAT = "flowprep-manifest"
+MANIFEST_VERSION = 1
+SINGLE_MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+_PART = re.compile(r"^manifest-(\d{5})-of-(\d{5})\.json$")
+
+
+class ManifestError(ValueError):
+    """A manifest file is unreadable or not a flowprep manifest."""
+
+
+def _check_task(task_index: int, task_count: int) -> None:
+    if not (task_count >= 1 and 0 <= task_index < task_count):
+        raise ValueError(f"expected 0 <= task_index < task_count, got task {task_index} of {task_count}")
+
+
+def manifest_name(*, task_index: int = 0, task_count: int = 1) -> str:
+    _check_task(task_index, task_count)
+    return SINGLE_MANIFEST if task_count == 1 else f"manifest-{task_index:05d}-of-{task_count:05d}.json"
+
+
+def shard_name(number: int, *, task_index: int = 0, task_count: int = 1) -> str:
+    _check_task(task_index, task_count)
+    prefix = "" if task_count == 1 else f"task{task_index:05d}-"
+    return f"{prefix}shard-{number:05d}.h5"
+
+
+def new_manifest(
+    *,
+    task_index: int,
+    task_count: int,
+    params: dict[str, Any],
+    classes: list[str],
+    num_videos: int,
+    videos_sha256: str,
+) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "complete": False,
+        "task": {"index": task_index, "count": task_count},
+        "params": params,
+        "classes": list(classes),
+        "num_videos": num_videos,
+        "videos_sha256": videos_sha256,
+        "shards": [],
+        "failures": [],
+    }
+
+
+def videos_digest(sources: list[str]) -> str:
+    """sha256 of this task's planned video list: a resume must plan exactly the same videos."""
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` so that readers see the old or the new file, never a partial one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path.name}: cannot read the manifest ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{path.name}: not a flowprep manifest (format={data.get('format')!r})")
+    if data.get("format_version") != MANIFEST_VERSION:
+        raise ManifestError(
+            f"{path.name}: expected format_version {MANIFEST_VERSION}, got {data.get('format_version')!r}"
+        )
+    return data
+
+
+def manifest_paths(out: str | Path) -> list[Path]:
+    """Every manifest part in ``out``: ``manifest.json`` and/or ``manifest-*-of-*.json``, sorted."""
+    out = Path(out)
+    paths = [out / SINGLE_MANIFEST] if (out / SINGLE_MANIFEST).is_file() else []
+    paths += sorted(p for p in out.glob("manifest-*-of-*.json") if _PART.match(p.name))
+    return paths
+
+
+def read_manifests(out: str | Path) -> list[dict[str, Any]]:
+    """All manifest parts of ``out`` (any task counts; see ``missing_tasks`` for completeness)."""
+    return [read_manifest(p) for p in manifest_paths(out)]
+
+
+def missing_tasks(parts: list[dict[str, Any]]) -> list[int]:
+    """Task indices of an array run that have no manifest part yet (all tasks share one count)."""
+    counts = {p["task"]["count"] for p in parts}
+    if len(counts) != 1:
+        raise ManifestError(f"manifest parts of different runs are mixed: task counts {sorted(counts)}")
+    (count,) = counts
+    present = {p["task"]["index"] for p in parts}
+    return [i for i in range(count) if i not in present]
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def failure_paths(path: Path) -> set[str]:
+    """Paths already in failures.jsonl; a line a crash cut short does not count (it is logged again)."""
+    logged = set()
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            logged.add(json.loads(line)["path"])
+        except json.JSONDecodeError:
+            continue
+    return logged
+
+
+def append_failure(path: Path, record: dict[str, str]) -> None:
+    """Append one JSON line with a single write(), so that the tasks of an array run do not interleave."""
+    line = json.dumps(record) + "\n"
+    with open(path, "ab") as f:
+        if f.tell() and not _ends_with_newline(path):
+            line = "\n" + line  # end the line a killed run left unfinished
+        f.write(line.encode())
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

@@ -1,0 +1,297 @@
+"""``flowprep extract``: plan shards, run one video per worker task, merge finished shards, resume.
+
+State lives in files, so a killed run resumes where it stopped: the manifest lists finished shards
+(and failures), ``OUT/.work/<shard>/<n>.h5`` holds finished videos of unfinished shards, and
+``<n>.failed.json`` records videos that cannot be decoded. Nothing else is trusted: ``*.tmp`` and
+``*.running`` files are debris of a killed run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+import cv2
+import decord
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+import flowprep
+from flowprep import manifest as mf
+from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
+from flowprep.worker import VideoJob, VideoResult, is_complete, read_failure, run_jobs
+from flowprep.writer import VideoMeta, write_file_attrs
+
+WORK_DIR = ".work"
+FAILURES = mf.FAILURES
+
+
+class RunConflict(ValueError):
+    """OUT already holds a run that this one must not be mixed with."""
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str
+    videos: list[VideoMeta]
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    num_videos: int
+    processed: int = 0  # videos a worker processed in this call (extracted or failed)
+    reused: int = 0  # videos resolved by an earlier, interrupted call (extracted or failed)
+    frames: int = 0  # frames decoded by this call
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)  # every failure of this task
+    shards: list[str] = field(default_factory=list)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def run_params(*, flow: FlowConfig, decode: DecodeConfig, storage: StorageConfig) -> dict[str, Any]:
+    """What the manifest and every shard record about how the data was made (JSON-normalised)."""
+    params = {
+        "flow": {"method": flow.method, "params": flow.method_params(), "bound": flow.bound},
+        "decode": asdict(decode),
+        "storage": asdict(storage),
+        "versions": {
+            "flowprep": flowprep.__version__,
+            "opencv": cv2.__version__,
+            "decord": decord.__version__,
+            "h5py": h5py.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    return json.loads(json.dumps(params))
+
+
+def plan_shards(
+    videos: Sequence[VideoMeta], *, videos_per_shard: int, task_index: int = 0, task_count: int = 1
+) -> list[ShardPlan]:
+    """Videos sorted by relative path, cut into consecutive shards of ``videos_per_shard``."""
+    if videos_per_shard < 1:
+        raise ValueError(f"videos_per_shard must be >= 1, got {videos_per_shard}")
+    ordered = sorted(videos, key=lambda v: v.source)
+    return [
+        ShardPlan(mf.shard_name(i, task_index=task_index, task_count=task_count), ordered[s : s + videos_per_shard])
+        for i, s in enumerate(range(0, len(ordered), videos_per_shard))
+    ]
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            diff = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    return None if old == new else f"{prefix[:-1]} is {old!r} there and {new!r} now"
+
+
+def _check_compatible(out: Path, mine: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to mix runs; return this task's existing manifest (a resume) or None (a fresh start)."""
+    own = None
+    for part in mf.read_manifests(out):
+        if part["task"]["count"] != mine["task"]["count"]:
+            raise RunConflict(
+                f"{out} holds a run split into {part['task']['count']} task(s); this run has "
+                f"{mine['task']['count']}: use another --out"
+            )
+        diff = _first_difference(part["params"], mine["params"])
+        if diff:
+            raise RunConflict(f"{out} holds a run with different parameters: {diff} (use another --out)")
+        if part["classes"] != mine["classes"]:
+            raise RunConflict(f"{out} holds a run with other classes ({len(part['classes'])} classes there, "
+                              f"{len(mine['classes'])} now; check --class-index): use another --out")
+        if part["task"]["index"] == mine["task"]["index"]:
+            for key in ("num_videos", "videos_sha256"):
+                if part[key] != mine[key]:
+                    raise RunConflict(f"{out} holds a run of a different video list ({key} differs): use another --out")
+            own = part
+    return own
+
+
+class _Run:
+    def __init__(
+        self, out: Path, videos_root: Path, shards: list[ShardPlan], manifest: dict, bar: tqdm, *, resume: bool
+    ) -> None:
+        self.out, self.videos_root, self.shards, self.manifest, self.bar = out, videos_root, shards, manifest, bar
+        self.resume = resume
+        self.manifest_path = out / mf.manifest_name(task_index=manifest["task"]["index"], task_count=manifest["task"]["count"])
+        self.params = manifest["params"]
+        self.done = {s["name"] for s in manifest["shards"]}
+        self.failed = {f["path"]: f["error"] for f in manifest["failures"]}
+        self.resolved: dict[str, dict[str, str | None]] = {s.name: {} for s in shards}  # video_id -> error or None
+        self.logged = mf.failure_paths(out / FAILURES)
+
+    def work_dir(self, shard: ShardPlan) -> Path:
+        return self.out / WORK_DIR / shard.name.removesuffix(".h5")
+
+    def work_file(self, shard: ShardPlan, n: int) -> Path:
+        return self.work_dir(shard) / f"{n:05d}.h5"
+
+    def is_done(self, shard: ShardPlan) -> bool:
+        return shard.name in self.done or all(v.source in self.failed for v in shard.videos)
+
+    def clean(self) -> None:
+        """Remove what a killed run left half-written; keep every finished result."""
+        for tmp in [self.manifest_path.with_name(self.manifest_path.name + ".tmp")] + [
+            self.out / (s.name + ".tmp") for s in self.shards
+        ]:
+            tmp.unlink(missing_ok=True)
+        for shard in self.shards:
+            work = self.work_dir(shard)
+            if (self.is_done(shard) or not self.resume) and work.exists():
+                shutil.rmtree(work)  # without a manifest, leftovers are of unknown origin
+            if self.is_done(shard):
+                continue
+            (self.out / shard.name).unlink(missing_ok=True)  # renamed, but the manifest never listed it
+            work.mkdir(parents=True, exist_ok=True)
+            for debris in list(work.glob("*.tmp")) + list(work.glob("*.running")):
+                debris.unlink()
+            for n, meta in enumerate(shard.videos):
+                path, failure = self.work_file(shard, n), read_failure(self.work_file(shard, n))
+                if meta.source in self.failed:
+                    self.resolved[shard.name][meta.video_id] = self.failed[meta.source]
+                elif failure is not None:
+                    self.record(shard, meta, failure["error"])
+                elif path.exists() and not is_complete(path, meta.video_id):
+                    path.unlink()
+                elif path.exists():
+                    self.resolved[shard.name][meta.video_id] = None
+
+    def record(self, shard: ShardPlan, meta: VideoMeta, error: str | None) -> None:
+        self.resolved[shard.name][meta.video_id] = error
+        if error is None:
+            return
+        if meta.source not in self.failed:
+            self.failed[meta.source] = error
+            self.manifest["failures"].append({"path": meta.source, "error": error})
+        if meta.source not in self.logged:
+            self.logged.add(meta.source)
+            mf.append_failure(self.out / FAILURES, {"path": meta.source, "error": error})
+            self.bar.write(f"skipped {self.videos_root / meta.source}: {error}")
+
+    def maybe_finish(self, shard: ShardPlan) -> None:
+        if shard.name in self.done or len(self.resolved[shard.name]) < len(shard.videos):
+            return
+        ok = [(n, v) for n, v in enumerate(shard.videos) if self.resolved[shard.name][v.video_id] is None]
+        if ok:
+            self.merge(shard, ok)
+        self.write_manifest()
+        if self.work_dir(shard).exists():
+            shutil.rmtree(self.work_dir(shard))
+
+    def merge(self, shard: ShardPlan, ok: list[tuple[int, VideoMeta]]) -> None:
+        """Copy the per-video groups into the shard; H5Ocopy moves compressed chunks as they are."""
+        tmp, final = self.out / (shard.name + ".tmp"), self.out / shard.name
+        with h5py.File(tmp, "w") as f:
+            write_file_attrs(f, self.params)
+            for n, meta in ok:
+                parent = f.require_group(str(PurePosixPath("videos", meta.video_id).parent))
+                with h5py.File(self.work_file(shard, n), "r") as src:
+                    src.copy(src[f"videos/{meta.video_id}"], parent, name=PurePosixPath(meta.video_id).name)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        mf.fsync_dir(self.out)
+        entry = {
+            "name": shard.name,
+            "size": final.stat().st_size,
+            "sha256": mf.file_digest(final),
+            "videos": [meta.video_id for _, meta in ok],
+        }
+        self.manifest["shards"] = sorted(self.manifest["shards"] + [entry], key=lambda s: s["name"])
+        self.done.add(shard.name)
+
+    def write_manifest(self) -> None:
+        self.manifest["complete"] = all(self.is_done(s) for s in self.shards)
+        mf.write_json_atomic(self.manifest_path, self.manifest)
+
+
+def run_extract(
+    *,
+    videos_root: str | Path,
+    out: str | Path,
+    videos: Sequence[VideoMeta],
+    classes: Sequence[str],
+    flow: FlowConfig = FlowConfig(),
+    decode: DecodeConfig = DecodeConfig(),
+    storage: StorageConfig = StorageConfig(),
+    workers: int | None = None,
+    task_index: int = 0,
+    task_count: int = 1,
+    backend: str = "loky",
+    chunk_frames: int = 32,
+    progress: bool = True,
+) -> RunSummary:
+    """Extract ``videos`` (this task's share, paths relative to ``videos_root``) into ``out``; resumable."""
+    start = time.perf_counter()
+    videos_root, out = Path(videos_root), Path(out)
+    workers = workers or default_workers()
+    shards = plan_shards(videos, videos_per_shard=storage.videos_per_shard, task_index=task_index, task_count=task_count)
+    fresh = mf.new_manifest(
+        task_index=task_index,
+        task_count=task_count,
+        params=run_params(flow=flow, decode=decode, storage=storage),
+        classes=list(classes),
+        num_videos=len(videos),
+        videos_sha256=mf.videos_digest([v.source for s in shards for v in s.videos]),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    existing = _check_compatible(out, fresh)
+    manifest = existing or fresh
+    bar = tqdm(total=len(videos), unit="video", dynamic_ncols=True, disable=not progress, desc="extract")
+    run = _Run(out, videos_root, shards, manifest, bar, resume=existing is not None)
+    run.clean()
+    for shard in shards:
+        run.maybe_finish(shard)  # shards whose videos were all resolved before a crash
+    run.write_manifest()
+    summary = RunSummary(out=out, num_videos=len(videos))
+    jobs, shard_of = [], {}
+    for shard in shards:
+        for n, meta in enumerate(shard.videos):
+            if run.is_done(shard) or meta.video_id in run.resolved[shard.name]:
+                continue
+            shard_of[meta.video_id] = (shard, meta)
+            job = VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode, storage, chunk_frames)
+            jobs.append(job)
+    summary.reused = len(videos) - len(jobs)
+    bar.update(summary.reused)
+
+    def handle(result: VideoResult) -> None:
+        shard, meta = shard_of[result.video_id]
+        run.record(shard, meta, result.error)
+        summary.processed += 1
+        summary.frames += result.num_frames
+        bar.update(1)
+        bar.set_postfix_str(f"{summary.frames / (time.perf_counter() - start):.0f} frames/s", refresh=False)
+        run.maybe_finish(shard)
+
+    run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+    run.write_manifest()
+    bar.close()
+    _remove_if_empty(out / WORK_DIR)
+    summary.failures, summary.shards = list(manifest["failures"]), [s["name"] for s in manifest["shards"]]
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Drop ``.work`` once no task uses it (tasks of an array run share it)."""
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+            raise

@@ -1,0 +1,117 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from click.testing import CliRunner
+from media import random_frames, write_video
+
+from flowprep.cli import main
+from flowprep.worker import CRASH_ENV
+
+FLOWPREP = Path(sys.executable).parent / "flowprep"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_help_explains_defaults() -> None:
+    text = " ".join(invoke("extract", "--help").output.split())
+    for phrase in ["--method [tvl1|farneback]", "[default: tvl1]", "native size: flow at the source resolution",
+                   "256 is recommended for Kinetics", "--tvl1-lambda FLOAT", "[default: 0.15]",
+                   "--farneback-winsize INTEGER", "[default: 15]", "[default: 20.0;",
+                   "all cores available", "Exit status: 0 when every video was extracted, 1 when"]:
+        assert phrase in text, phrase
+
+
+def test_extract_then_verify(ucf_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 Run\n2 Jump\n")
+    result = invoke("extract", "--videos", str(ucf_tree), "--out", str(out), "--method", "farneback",
+                    "--workers", "2", "--class-index", str(index), "--size", "32x24", "--frame-step", "2",
+                    "--no-rgb", "--farneback-levels", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "4 of 4 videos extracted into 1 shard(s)" in result.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["classes"] == ["Run", "Jump"]
+    assert m["params"]["flow"]["params"]["levels"] == 2 and m["params"]["storage"]["rgb"] is False
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        g = f["videos/Jump/v_Jump_g01"]
+        assert g.attrs["label"] == 1 and g.attrs["num_frames"] == 4 and g.attrs["fps"] == pytest.approx(12.5)
+        assert g["flow"].shape == (3, 2, 24, 32) and "rgb" not in g
+    assert invoke("verify", str(out)).exit_code == 0
+
+
+def test_bad_videos_exit_1_with_one_line_each(ucf_tree: Path, tmp_path: Path) -> None:
+    (ucf_tree / "Run" / "junk.avi").write_bytes(os.urandom(5000))
+    (ucf_tree / "Run" / "empty.mkv").write_bytes(b"")
+    result = invoke("extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "out"), "--method", "farneback",
+                    "--workers", "2", "--no-progress")
+    assert result.exit_code == 1
+    assert f"skipped {ucf_tree / 'Run' / 'empty.mkv'}: empty file (0 bytes)" in result.output
+    assert f"skipped {ucf_tree / 'Run' / 'junk.avi'}: not a readable video" in result.output
+    assert "4 of 6 videos extracted" in result.output and "2 video(s) failed" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--size", "320"], "expected WxH such as 340x256, got '320'"),
+        (["--size", "32x24", "--short-side", "32"], "give at most one of --size and --short-side"),
+        (["--method", "lk"], "'lk' is not one of 'tvl1', 'farneback'"),
+        (["--bound", "0"], "--bound"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_usage_errors_exit_2(ucf_tree: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    result = invoke("extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "out"), *extra)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_input_problems_are_one_line_and_exit_2(ucf_tree: Path, tmp_path: Path) -> None:
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 Jump\n")
+    result = invoke("extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "o1"), "--class-index", str(index))
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: class folder 'Run' is not in {index} (1 unknown folder(s))"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("extract", "--videos", str(empty), "--out", str(tmp_path / "o2"))
+    assert result.exit_code == 2 and "no videos" in result.output
+
+    base = ["extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "o3"), "--method", "farneback",
+            "--workers", "2", "--no-progress"]
+    assert invoke(*base).exit_code == 0
+    result = invoke(*base, "--bound", "15")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == (f"Error: {tmp_path / 'o3'} holds a run with different parameters: "
+                                     "flow.bound is 20.0 there and 15.0 now (use another --out)")
+
+
+@pytest.mark.slow
+def test_real_subprocess_with_two_workers_survives_a_worker_crash(ucf_tree: Path, tmp_path: Path) -> None:
+    write_video(ucf_tree / "Run" / "v_Run_g07.mp4", random_frames(8, 48, 64, seed=9))
+    (ucf_tree / "Jump" / "half.mp4").write_bytes((ucf_tree / "Jump" / "v_Jump_g00.mp4").read_bytes()[:900])
+    out = tmp_path / "out"
+    env = {**os.environ, CRASH_ENV: "Run/v_Run_g07.mp4"}  # its worker dies by SIGSEGV, as a decoder bug would
+    result = subprocess.run([str(FLOWPREP), "extract", "--videos", str(ucf_tree), "--out", str(out), "--method",
+                             "farneback", "--workers", "2", "--videos-per-shard", "2"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert "a worker process died" in output
+    assert f"skipped {ucf_tree / 'Run' / 'v_Run_g07.mp4'}: the decoder crashed the worker process" in output
+    assert f"skipped {ucf_tree / 'Jump' / 'half.mp4'}: " in output
+    assert "extract: 100%" in result.stderr  # the progress bar
+    assert "4 of 6 videos extracted into 3 shard(s)" in result.stdout
+    failures = [json.loads(line)["path"] for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert sorted(failures) == ["Jump/half.mp4", "Run/v_Run_g07.mp4"]
+    check = invoke("verify", str(out))
+    assert check.exit_code == 0, check.output
