@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from flowprep import __version__, manifest, reader, runner
+from flowprep import __version__, dask_backend, distributor, manifest, reader, runner
 from flowprep import verify as verify_mod
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 
@@ -31,6 +32,12 @@ class RunError(click.ClickException):
     """Input the command cannot use, found after parsing (one line, exit status 2 like usage errors)."""
 
     exit_code = 2
+
+
+class ClusterError(click.ClickException):
+    """The Dask cluster cannot run the job; retrying later may help (exit status 3)."""
+
+    exit_code = 3
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
@@ -116,14 +123,30 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, help="JPEG quality of the stored frames.")
 @_method_options("tvl1", TVL1Params)
 @_method_options("farneback", FarnebackParams)
+@click.option("--task-index", type=click.IntRange(min=0), default=None, show_default=False,
+              help="This task's index (0-based) when an array job of --task-count tasks shares --out.  [default: "
+                   "from SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX (Kubernetes) or AWS_BATCH_JOB_ARRAY_INDEX; else 0]")
+@click.option("--task-count", type=click.IntRange(min=1), default=None, show_default=False,
+              help="Split the videos across this many array tasks, by file size; every task computes the same "
+                   "split and writes only its own shards and manifest part. With SLURM, the array IDs are then the "
+                   "task indexes (so --array=3,7 reruns tasks 3 and 7).  [default: from SLURM_ARRAY_TASK_COUNT "
+                   "(or MIN/MAX/STEP) or AWS_BATCH_JOB_ARRAY_SIZE; Kubernetes needs it; else 1]")
+@click.option("--backend", type=click.Choice(dask_backend.BACKENDS), default="loky",
+              help="Where the per-video jobs run: local worker processes (loky), or the workers of a Dask cluster "
+                   "(dask, with --scheduler; --videos and --out must be mounted at the same paths there, and the "
+                   "cluster's worker threads set the parallelism instead of --workers).")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
+              help="Address of the Dask scheduler (--backend dask).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
 def extract(videos: Path, out: Path, method: str, workers: int | None, bound: float, videos_per_shard: int,
             class_index: Path | None, size_text: str | None, short_side: int | None, frame_step: int,
-            no_rgb: bool, jpeg_quality: int, progress: bool, **method_kwargs: Any) -> None:
+            no_rgb: bool, jpeg_quality: int, task_index: int | None, task_count: int | None, backend: str,
+            scheduler: str | None, progress: bool, **method_kwargs: Any) -> None:
     """Compute dense optical flow for every video under --videos into quantized HDF5 shards in --out.
 
     Exit status: 0 when every video was extracted, 1 when the run finished but some videos could
-    not be decoded (listed in OUT/failures.jsonl), 2 for usage errors.
+    not be decoded (listed in OUT/failures.jsonl), 2 for usage errors, 3 when the Dask cluster
+    cannot be used (unreachable, no workers, workers without the shared folders).
     """
     size = _parse_size(size_text)
     if size is not None and short_side is not None:
@@ -133,11 +156,27 @@ def extract(videos: Path, out: Path, method: str, workers: int | None, bound: fl
     decode = DecodeConfig(size=size, short_side=short_side, frame_step=frame_step)
     storage = StorageConfig(rgb=not no_rgb, jpeg_quality=jpeg_quality, videos_per_shard=videos_per_shard)
     try:
+        task = distributor.detect_task(os.environ, task_index=task_index, task_count=task_count)
+        dask_backend.check_arguments(backend, scheduler)
+    except (distributor.TaskError, dask_backend.BackendUsageError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
         classes, metas = reader.plan_videos(videos, class_index=class_index)
-        summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
-                                     decode=decode, storage=storage, workers=workers, progress=progress)
-    except (reader.DatasetError, runner.RunConflict, manifest.ManifestError) as exc:
+        total = len(metas)
+        if task.count > 1:  # an array task: say which one, and where that came from
+            sizes = distributor.video_weights(videos, [m.source for m in metas])
+            mine = set(distributor.split_videos(sizes, task_index=task.index, task_count=task.count))
+            metas = [m for m in metas if m.source in mine]
+            click.echo(f"{task}: {len(metas)} of {total} videos")
+        out.mkdir(parents=True, exist_ok=True)  # the Dask workers are asked whether they see it
+        with dask_backend.joblib_backend(backend, scheduler, shared_paths=[videos, out]) as jobs_backend:
+            summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
+                                         decode=decode, storage=storage, workers=workers, task_index=task.index,
+                                         task_count=task.count, backend=jobs_backend, progress=progress)
+    except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_backend.BackendUsageError) as exc:
         raise RunError(str(exc)) from exc
+    except dask_backend.BackendError as exc:
+        raise ClusterError(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume", err=True)
         sys.exit(130)
@@ -164,3 +203,9 @@ def verify(out: Path, as_json: bool, progress: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+# Built-in sample dataset and flow previews (defined next to their code).
+from flowprep.preview import preview_command  # noqa: E402
+from flowprep.sample import sample_command  # noqa: E402
+
+main.add_command(sample_command)
+main.add_command(preview_command)

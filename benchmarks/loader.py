@@ -1,0 +1,265 @@
+"""Temporal-stream loader throughput: flowprep shards vs one grayscale JPEG per flow channel per frame.
+
+Both loaders draw the same samples (random start, L consecutive fields, TSN multi-scale crop, resize
+to the crop size, random flip that negates u) with the same code; only the storage differs:
+- ``shards``: ``trainer.data.FlowStackDataset`` reading L fields from an HDF5 shard (gzip, 1 field/chunk);
+- ``jpeg``: the layout of the common two-stream toolkits, ``<video>/flow_x/frame%05d.jpg`` and
+  ``flow_y/...`` (quality 95, cv2.imwrite's default), 2L ``cv2.imread`` calls per sample.
+Rates are stacks/s; ``workers=0`` is the per-worker rate (one process, OpenCV single-threaded), then a
+DataLoader with 2 worker processes. Repetitions are interleaved and the median is reported; every file
+is read from the page cache (both written just before), so this measures decoding, not the disk.
+
+The crop rows compare TSN's multi-scale crop with random resized crop through the shards: speed and
+the resize factor s = crop_size / crop side that multiplies the flow (evaluation uses 224/210 = 1.07).
+
+    python -m benchmarks.loader --out bench-out/loader.json            # smooth random flow
+    python -m benchmarks.loader --source tree.avi --out loader-tree.json  # Farneback flow of a real video
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import click
+import cv2
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from flowprep.quantize import quantize
+from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
+from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
+from trainer.transforms import EVAL_RESIZE_RATIO, crop_resize, hflip_flow_uint8, multiscale_crop_box
+
+BOUND = 20.0
+
+
+def smooth_random_flow(frames: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(frames-1, 2, H, W) float32: smooth motion in drifting regions (~30% of the frame) over a static
+    background, with estimator-like noise there; it gzips to ~33 KB/field, a little worse than
+    TV-L1 or Farneback flow of real 320x240 video (~25 KB), so the shard rates are not flattered."""
+    coarse = rng.normal(size=(3, 6, 8)).astype(np.float32)  # u, v, and where things move
+    out = []
+    for _ in range(frames - 1):
+        coarse = 0.9 * coarse + 0.45 * rng.normal(size=coarse.shape).astype(np.float32)
+        up = np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_CUBIC) for c in coarse])
+        moving = 1 / (1 + np.exp(-8 * (up[2] - 0.5)))
+        noise = rng.normal(scale=0.05, size=up[:2].shape).astype(np.float32)
+        out.append((3 * up[:2] + noise) * moving)
+    return np.stack(out)
+
+
+def video_flow(path: Path, frames: int, height: int, width: int) -> np.ndarray:
+    """Farneback flow (flowprep's default parameters) of the first ``frames`` frames, resized to H x W."""
+    cap, grays = cv2.VideoCapture(str(path)), []
+    while len(grays) < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        grays.append(cv2.cvtColor(cv2.resize(bgr, (width, height)), cv2.COLOR_BGR2GRAY))
+    if len(grays) < 2:
+        raise click.ClickException(f"{path}: expected a readable video with >= 2 frames, got {len(grays)}")
+    return np.stack([cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0).transpose(2, 0, 1)
+                     for a, b in zip(grays, grays[1:])])
+
+
+def write_shards(root: Path, quantized: list[np.ndarray], *, compression: str | None) -> list[VideoRecord]:
+    """One shard + manifest + list (docs/shard-format.md) holding ``quantized`` flow, indexed by the trainer."""
+    root.mkdir(parents=True)
+    ids, (h, w) = [f"Bench/v_Bench_g{i:02d}_c01" for i in range(len(quantized))], quantized[0].shape[2:]
+    params = {"flow": {"method": "benchmark", "bound": BOUND}, "storage": {"compression": compression}}
+    with h5py.File(root / "shard-00000.h5", "w") as f:
+        write_file_attrs(f, params)
+        for vid, q in zip(ids, quantized):
+            writer = VideoWriter(f, VideoMeta(vid, vid + ".avi", 0, "Bench"), height=h, width=w, bound=BOUND, rgb=False,
+                                 compression=compression, compression_level=1 if compression == "gzip" else None)
+            writer.append_flow(q)
+            writer.finish(num_frames=len(q) + 1, fps=25.0)
+    shard = {"name": "shard-00000.h5", "size": (root / "shard-00000.h5").stat().st_size, "sha256": "", "videos": ids}
+    manifest = {"format": "flowprep-manifest", "format_version": 1, "complete": True, "task": {"index": 0, "count": 1},
+                "params": params, "classes": ["Bench"], "num_videos": len(ids), "shards": [shard], "failures": []}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "list.txt").write_text("".join(f"{v}.avi 1\n" for v in ids))
+    return read_video_list(root / "list.txt", index_shards(root))
+
+
+def write_jpeg_tree(root: Path, records: list[VideoRecord], quantized: list[np.ndarray]) -> None:
+    """``root/<video_id>/flow_x/frame00001.jpg``...: one grayscale JPEG per channel per field (1-based)."""
+    for rec, q in zip(records, quantized):
+        for axis, name in ((0, "flow_x"), (1, "flow_y")):
+            d = root / rec.video_id / name
+            d.mkdir(parents=True)
+            for t, field in enumerate(q[:, axis]):
+                cv2.imwrite(str(d / f"frame{t + 1:05d}.jpg"), field, [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+class JpegFlowStackDataset(Dataset):
+    """The toolkits' layout, with FlowStackDataset's sampling, crop, resize and flip."""
+
+    def __init__(self, records: list[VideoRecord], jpeg_root: Path, *, flow_length: int, crop_size: int) -> None:
+        self.records, self.root, self.L, self.S = records, jpeg_root, flow_length, crop_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read(self, rec: VideoRecord, start: int) -> np.ndarray:
+        """(2L, H, W) uint8 [u0, v0, u1, ...] from 2L files."""
+        d = self.root / rec.video_id
+        return np.stack([cv2.imread(str(d / name / f"frame{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE)
+                         for t in range(start, start + self.L) for name in ("flow_x", "flow_y")])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        rec = self.records[i]
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        q = self.read(rec, int(rng.integers(rec.num_frames - self.L)))
+        x, sx, sy = crop_resize(q, multiscale_crop_box(*q.shape[1:], rng), self.S)
+        if rng.random() < 0.5:
+            x = hflip_flow_uint8(x)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy)), rec.label
+
+
+def read_ms(read: Callable[[VideoRecord, int], object], records: list[VideoRecord], n: int, L: int) -> float:
+    """Milliseconds to read one stack (storage + decoding only, no crop)."""
+    picks = [(records[i], int(torch.randint(records[i].num_frames - L, ()))) for i in torch.randint(len(records), (n,))]
+    t0 = time.perf_counter()
+    for rec, start in picks:
+        read(rec, start)
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def inline_rate(ds: Dataset, n: int) -> tuple[float, list[torch.Tensor]]:
+    idx = torch.randint(len(ds), (n,)).tolist()
+    t0, scales = time.perf_counter(), []
+    for i in idx:
+        scales.append(ds[i][1])
+    return n / (time.perf_counter() - t0), scales
+
+
+def single_thread_opencv(_: int) -> None:
+    cv2.setNumThreads(1)
+
+
+def loader_rate(ds: Dataset, batches: int, batch_size: int) -> float:
+    sampler = RandomSampler(ds, replacement=True, num_samples=(batches + 1) * batch_size)  # videos are few
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=2, worker_init_fn=single_thread_opencv)
+    it = iter(loader)
+    next(it)  # worker start-up and the first batch are not throughput
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    rate = batches * batch_size / (time.perf_counter() - t0)
+    del it
+    return rate
+
+
+def factor_stats(scales: list[torch.Tensor]) -> dict[str, float]:
+    s = torch.stack(scales).double()
+    sx, aspect = s[:, 0].numpy(), np.abs(np.log(s[:, 0].numpy() / s[:, 1].numpy()))
+    return {"s_p5": float(np.percentile(sx, 5)), "s_median": float(np.median(sx)), "s_p95": float(np.percentile(sx, 95)),
+            "aspect_distortion_median": float(np.median(aspect))}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Write the results here (JSON).")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A video to take Farneback flow from (default: smooth random flow).")
+@click.option("--videos", default=6, show_default=True, help="Videos to write (each --frames frames).")
+@click.option("--frames", default=48, show_default=True, help="Frames per video (320x240).")
+@click.option("--samples", default=120, show_default=True, help="Stacks per inline repetition.")
+@click.option("--reps", default=5, show_default=True, help="Interleaved repetitions (median reported).")
+@click.option("--batches", default=12, show_default=True, help="Batches of 8 per DataLoader repetition.")
+@click.option("--flow-length", default=10, show_default=True)
+@click.option("--crop-size", default=224, show_default=True)
+def main(out: Path, source: Path | None, videos: int, frames: int, samples: int, reps: int, batches: int,
+         flow_length: int, crop_size: int) -> None:
+    """Measure temporal stacks/s: flowprep shards vs JPEG-per-channel files, and two crop policies."""
+    if frames < flow_length + 2:
+        raise click.UsageError(f"--frames must be >= flow length + 2 = {flow_length + 2}, got {frames}")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cv2.setNumThreads(1)  # the inline rows are per-worker rates
+    with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        if source is None:
+            flows = [smooth_random_flow(frames, 240, 320, rng) for _ in range(videos)]
+        else:
+            flow = video_flow(source, frames * videos, 240, 320)  # consecutive pieces of one real video
+            flows = [flow[i * (frames - 1):(i + 1) * (frames - 1)] for i in range(videos) if len(flow) >= (i + 1) * (frames - 1)]
+            if not flows:
+                raise click.ClickException(f"{source}: {len(flow) + 1} frames, expected at least --frames {frames}")
+        quantized = [quantize(f, BOUND) for f in flows]
+        records = write_shards(root / "gzip", quantized, compression="gzip")  # the format's default storage
+        raw_records = write_shards(root / "raw", quantized, compression=None)  # what-if: no compression
+        write_jpeg_tree(root / "jpeg", records, quantized)
+        fields = sum(len(q) for q in quantized)
+        sizes = {"shard_bytes_per_field": (root / "gzip" / "shard-00000.h5").stat().st_size / fields,
+                 "raw_shard_bytes_per_field": (root / "raw" / "shard-00000.h5").stat().st_size / fields,
+                 "jpeg_bytes_per_field": sum(p.stat().st_size for p in (root / "jpeg").rglob("*.jpg")) / fields}
+        click.echo(f"wrote {len(records)} videos, {fields} fields of 320x240 in {time.perf_counter() - t0:.1f} s")
+        kw = {"flow_length": flow_length, "crop_size": crop_size}
+        jpeg = JpegFlowStackDataset(records, root / "jpeg", **kw)
+        # Same fields, same [u0, v0, u1, ...] order in both layouts (up to JPEG's loss), or the race is void.
+        a = read_flow(records[0], 1, 1 + flow_length).reshape(2 * flow_length, 240, 320).astype(np.int16)
+        jpeg_error = float(np.abs(jpeg.read(records[0], 1) - a).mean())
+        if not jpeg_error < 1.5:
+            raise click.ClickException(f"JPEG and shard stacks differ by {jpeg_error:.2f} codes on average; expected < 1.5")
+        sets = {"shards": FlowStackDataset(records, **kw), "jpeg": jpeg,
+                "shards+resized_crop": FlowStackDataset(records, crop="resized", **kw),
+                "raw_shards (what-if)": FlowStackDataset(raw_records, **kw)}
+        readers = {"shards": (lambda r, s: read_flow(r, s, s + flow_length), records), "jpeg": (jpeg.read, records),
+                   "raw_shards (what-if)": (lambda r, s: read_flow(r, s, s + flow_length), raw_records)}
+        inline, scales = {k: [] for k in sets}, {k: [] for k in sets}
+        reads = {k: [] for k in readers}
+        for rep in range(reps):
+            order = list(sets)[rep % len(sets):] + list(sets)[:rep % len(sets)]  # rotate: no position bias
+            for name in order:
+                rate, s = inline_rate(sets[name], samples)
+                inline[name].append(rate)
+                scales[name] += s
+                if name in readers:
+                    reads[name].append(read_ms(*readers[name], samples // 2, flow_length))
+        loader = {k: [] for k in ("shards", "jpeg", "raw_shards (what-if)")}
+        for rep in range(2):
+            for name in (list(loader) if rep == 0 else list(loader)[::-1]):
+                loader[name].append(loader_rate(sets[name], batches, 8))
+    med = {k: statistics.median(v) for k, v in inline.items()}
+    med_loader = {k: statistics.median(v) for k, v in loader.items()}
+    med_read = {k: statistics.median(v) for k, v in reads.items()}
+    eval_factor = crop_size / round(240 / EVAL_RESIZE_RATIO)
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": torch.get_num_threads(),
+                    "opencv": cv2.__version__, "h5py": h5py.__version__, "torch": torch.__version__},
+        "setup": {"source": str(source) if source else "smooth random", "videos": len(records), "frames": frames,
+                  "flow_length": flow_length, "crop_size": crop_size, "samples": samples, "reps": reps,
+                  "jpeg_mean_abs_error_codes": jpeg_error, **sizes},
+        "stacks_per_s_per_worker": med, "stacks_per_s_per_worker_all": inline,
+        "stacks_per_s_2_workers": med_loader, "stacks_per_s_2_workers_all": loader,
+        "read_ms_per_stack": med_read, "read_ms_per_stack_all": reads,
+        "speedup_per_worker": med["shards"] / med["jpeg"], "speedup_2_workers": med_loader["shards"] / med_loader["jpeg"],
+        "resize_factor": {"eval": eval_factor, "multiscale": factor_stats(scales["shards"]),
+                          "resized": factor_stats(scales["shards+resized_crop"])},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    click.echo(f"{'loader':<22}{'stacks/s/worker':>16}{'2 workers':>11}{'read ms':>9}   resize factor s (p5/median/p95)")
+    for name in sets:
+        fs = factor_stats(scales[name])
+        two = f"{med_loader[name]:11.1f}" if name in med_loader else f"{'-':>11}"
+        rd = f"{med_read[name]:9.2f}" if name in med_read else f"{'-':>9}"
+        click.echo(f"{name:<22}{med[name]:16.1f}{two}{rd}   {fs['s_p5']:.2f} / {fs['s_median']:.2f} / {fs['s_p95']:.2f}")
+    click.echo(f"speed-up shards/jpeg: {result['speedup_per_worker']:.2f}x per worker, "
+               f"{result['speedup_2_workers']:.2f}x with 2 workers (target >= 2x); eval factor {eval_factor:.2f}")
+    click.echo(f"bytes per field: shard {sizes['shard_bytes_per_field']:.0f}, raw shard {sizes['raw_shard_bytes_per_field']:.0f}, "
+               f"jpeg {sizes['jpeg_bytes_per_field']:.0f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

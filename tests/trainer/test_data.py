@@ -1,0 +1,396 @@
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import trainer.data as data
+from flowprep.quantize import scale_and_offset
+from trainer.data import (
+    DataError, FlowStackDataset, FrameDataset, VideoEvalDataset, index_shards, read_video_list,
+)
+from trainer.transforms import FLOW_NORM_PX, crop_resize, five_crop_boxes, hflip_flow_uint8, prepare_batch
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+# ---------------------------------------------------------------- index_shards
+
+
+def test_index_reads_classes_records_and_quantization_from_the_files(tiny_shards) -> None:
+    idx = index_shards(tiny_shards.root)
+    assert idx.classes == tiny_shards.classes
+    assert sorted(idx.videos) == sorted(tiny_shards.video_ids)
+    assert (idx.height, idx.width, idx.has_rgb) == (32, 40, True)
+    assert (idx.scale_factor, idx.add_offset) == pytest.approx(scale_and_offset(tiny_shards.bound))
+    assert idx.add_offset == pytest.approx(-12.0)  # the bound comes from the data, not an assumed 20
+    for vid, rec in idx.videos.items():
+        assert (rec.label, rec.num_frames) == (tiny_shards.labels[vid], tiny_shards.num_frames[vid])
+        assert rec.class_name == tiny_shards.classes[rec.label]
+        with h5py.File(rec.shard, "r") as f:
+            assert f"videos/{vid}/flow" in f
+    assert len({r.shard for r in idx.videos.values()}) == 3
+
+
+def test_index_reads_every_part_of_an_array_run(make_tiny_shards) -> None:
+    ts = make_tiny_shards(tasks=3, videos_per_shard=2)
+    assert len(list(ts.root.glob("manifest-*-of-00003.json"))) == 3
+    idx = index_shards(ts.root)
+    assert sorted(idx.videos) == sorted(ts.video_ids)
+    assert {r.shard.name[:9] for r in idx.videos.values()} == {"task00000", "task00001", "task00002"}
+
+
+def test_incomplete_run_is_an_error_unless_allowed(make_tiny_shards) -> None:
+    ts = make_tiny_shards(tasks=2)
+    part = ts.root / "manifest-00001-of-00002.json"
+    part.unlink()
+    with pytest.raises(DataError, match=r"incomplete run \(missing manifest parts for tasks \[1\]\)") as e:
+        index_shards(ts.root)
+    one_line(e)
+    with pytest.warns(UserWarning, match="incomplete run"):
+        idx = index_shards(ts.root, allow_incomplete=True)
+    assert sorted(idx.videos) == sorted(ts.video_ids[0::2])
+
+
+def test_manifest_saying_incomplete_is_an_error(make_tiny_shards) -> None:
+    ts = make_tiny_shards()
+    m = json.loads((ts.root / "manifest.json").read_text())
+    m["complete"] = False
+    (ts.root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="complete=false in manifest.json"):
+        index_shards(ts.root)
+
+
+def test_missing_manifest_missing_shard_and_truncated_shard(make_tiny_shards, tmp_path) -> None:
+    with pytest.raises(DataError, match="no manifest.json") as e:
+        index_shards(tmp_path)
+    one_line(e)
+    with pytest.raises(DataError, match="no such directory"):
+        index_shards(tmp_path / "nope")
+    ts = make_tiny_shards()
+    (ts.root / "shard-00001.h5").unlink()
+    with pytest.raises(DataError, match=r"shard-00001\.h5: listed in manifest\.json but missing on disk") as e:
+        index_shards(ts.root)
+    one_line(e)
+    ts = make_tiny_shards()
+    with open(ts.root / "shard-00002.h5", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(DataError, match=r"shard-00002\.h5: 1000 bytes on disk, manifest\.json says \d+"):
+        index_shards(ts.root)
+
+
+def test_mismatched_bounds_across_shards_is_an_error(make_tiny_shards) -> None:
+    a, b = make_tiny_shards(tasks=2, bound=12.0), make_tiny_shards(tasks=2, bound=20.0)
+    # Same video ids per task: swap task 1 of a for task 1 of b (extracted with another bound).
+    for p in a.root.glob("task00001-*"):
+        p.unlink()
+    for p in b.root.glob("task00001-*.h5"):
+        shutil.copy(p, a.root / p.name)
+    shutil.copy(b.root / "manifest-00001-of-00002.json", a.root)
+    with pytest.raises(DataError, match=r"bound 12 px.*bound 20 px") as e:
+        index_shards(a.root)
+    one_line(e)
+
+
+def test_videos_of_different_sizes_index_with_size_zero(make_tiny_shards) -> None:
+    a, b = make_tiny_shards(tasks=2), make_tiny_shards(tasks=2, width=48)
+    for p in a.root.glob("task00001-*"):
+        p.unlink()
+    for p in b.root.glob("task00001-*.h5"):
+        shutil.copy(p, a.root / p.name)
+    shutil.copy(b.root / "manifest-00001-of-00002.json", a.root)
+    idx = index_shards(a.root)
+    assert (idx.height, idx.width) == (0, 0) and len(idx.videos) == 12
+    recs = read_video_list(a.all_list, idx)
+    items = [FlowStackDataset([r], flow_length=2, crop_size=16, train=False)[0] for r in recs]
+    assert {tuple(x.shape) for x, _, _ in items} == {(4, 16, 16)}
+    # Centre crops follow each video's short side (32 for both widths, 40 and 48).
+    assert {round(s[0].item(), 5) for _, s, _ in items} == {round(16 / round(32 * 224 / 256), 5)}
+
+
+def test_manifest_naming_a_video_the_shard_lacks_and_mixed_runs(make_tiny_shards) -> None:
+    ts = make_tiny_shards()
+    m = json.loads((ts.root / "manifest.json").read_text())
+    m["shards"][0]["videos"].append("Drift/v_Drift_g99_c01")
+    (ts.root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"shard-00000\.h5: video 'Drift/v_Drift_g99_c01' listed in manifest\.json but not in the shard"):
+        index_shards(ts.root)
+    (ts.root / "manifest-00000-of-00002.json").write_text("{}")
+    with pytest.raises(DataError, match="both manifest.json and array-run manifest parts"):
+        index_shards(ts.root)
+
+
+def test_class_list_disagreeing_between_parts_is_an_error(make_tiny_shards) -> None:
+    ts = make_tiny_shards(tasks=2)
+    part = ts.root / "manifest-00001-of-00002.json"
+    m = json.loads(part.read_text())
+    m["classes"] = m["classes"][::-1]
+    part.write_text(json.dumps(m))
+    with pytest.raises(DataError, match="classes differ"):
+        index_shards(ts.root)
+
+
+# ---------------------------------------------------------------- read_video_list
+
+
+def test_lists_resolve_in_order_with_and_without_labels(tiny_shards) -> None:
+    idx = index_shards(tiny_shards.root)
+    train = read_video_list(tiny_shards.train_list, idx, labelled=True)
+    assert [r.video_id for r in train] == [v for v in tiny_shards.video_ids if v[-6:-4] in ("01", "02")]
+    test = read_video_list(tiny_shards.test_list, idx)
+    assert [r.video_id for r in test] == [v for v in tiny_shards.video_ids if v.endswith("g04_c01")]
+    assert [r.label for r in test] == [0, 1, 2]
+    with pytest.raises(DataError, match=r"testlist\.txt:1: expected a 1-based label on every line"):
+        read_video_list(tiny_shards.test_list, idx, labelled=True)
+    with pytest.raises(DataError, match=r"trainlist\.txt:1: expected no labels"):
+        read_video_list(tiny_shards.train_list, idx, labelled=False)
+
+
+def test_list_errors_name_the_file_line_and_video(tiny_shards, tmp_path) -> None:
+    idx = index_shards(tiny_shards.root)
+    good = tiny_shards.train_list.read_text().splitlines()
+    bad = tmp_path / "list.txt"
+    bad.write_text("\r\n".join([good[0], "", "Drift/v_Drift_g09_c01.avi 1", good[1]]) + "\r\n")
+    with pytest.raises(DataError, match=r"list\.txt:3: video 'Drift/v_Drift_g09_c01' is not in the shards") as e:
+        read_video_list(bad, idx)
+    one_line(e)
+    bad.write_text("\n\n  \n")
+    with pytest.raises(DataError, match=r"list\.txt: the video list is empty"):
+        read_video_list(bad, idx)
+    bad.write_text("Expand/v_Expand_g01_c01.avi 1\n")  # Expand is class 2 (1-based)
+    with pytest.raises(DataError, match=r"list\.txt:1: Expand/v_Expand_g01_c01 has label 1 \(1-based\) but the shards say 2"):
+        read_video_list(bad, idx)
+    bad.write_text("Expand/v_Expand_g01_c01.avi 2\nDrift/v_Drift_g01_c01.avi\n")
+    with pytest.raises(DataError, match=r"list\.txt:2: some lines have labels and some do not"):
+        read_video_list(bad, idx)
+    bad.write_text("Expand/v_Expand_g01_c01.avi two\n")
+    with pytest.raises(DataError, match=r"list\.txt:1: expected 'Class/video.avi \[label\]'"):
+        read_video_list(bad, idx)
+    with pytest.raises(DataError, match="cannot read the video list"):
+        read_video_list(tmp_path / "missing.txt", idx)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def candidate_stacks(q: np.ndarray, L: int, side: int) -> list[np.ndarray]:
+    """Every (2L, side, side) stack a multiscale crop with scales=(1,) may produce, flipped or not."""
+    n, _, h, w = q.shape
+    dx = (w - side) // 4
+    out = []
+    for s in range(n - L + 1):
+        stack = q[s:s + L].reshape(2 * L, h, w)
+        for x0 in (0, 2 * dx, 4 * dx):
+            crop = stack[:, :side, x0:x0 + side]  # h == side: only x varies
+            out += [crop, hflip_flow_uint8(crop)]
+    return out
+
+
+def test_flow_stacks_are_exact_consecutive_fields_with_random_start_and_flip(tiny_shards) -> None:
+    idx = index_shards(tiny_shards.root)
+    recs = read_video_list(tiny_shards.all_list, idx)
+    L, side = 4, 32  # crop side == short side: no resize, so the codes must come back exactly
+    ds = FlowStackDataset(recs, flow_length=L, crop_size=side, scales=(1.0,))
+    torch.manual_seed(0)
+    seen_flip, seen_start = set(), set()
+    for i in (0, 5, 10):
+        q = tiny_shards.flow_q[recs[i].video_id]
+        cands = candidate_stacks(q, L, side)
+        for _ in range(12):
+            x, scale, label = ds[i]
+            assert x.dtype == torch.uint8 and x.shape == (2 * L, side, side) and label == recs[i].label
+            assert scale.tolist() == [1.0, 1.0]
+            hits = [k for k, c in enumerate(cands) if np.array_equal(c, x.numpy())]
+            assert hits, "a stack that is not L consecutive fields of this video"
+            seen_flip.add(hits[0] % 2)
+            seen_start.add(hits[0] // 6)
+    assert seen_flip == {0, 1} and len(seen_start) >= 4
+
+
+def test_flow_magnitudes_follow_the_resize_and_flip(tiny_shards) -> None:
+    # Drift videos translate: u = 3 + 0.25k + 0.2t everywhere, v = 0. After resizing a crop of width cw
+    # to S, u must read u * S/cw pixels, and -u * S/cw when flipped.
+    idx = index_shards(tiny_shards.root)
+    recs = [idx.videos["Drift/v_Drift_g02_c01"]]
+    ds = FlowStackDataset(recs, flow_length=1, crop_size=64)
+    torch.manual_seed(1)
+    signs = set()
+    for _ in range(30):
+        x, scale, _ = ds[0]
+        f = prepare_batch(x[None], scale[None], stream="temporal", scale_factor=idx.scale_factor,
+                          add_offset=idx.add_offset)[0] * FLOW_NORM_PX  # resized pixels
+        u_px = f[0].mean().item() / scale[0].item()  # back to stored-frame pixels
+        t = [t for t in range(11) if abs(abs(u_px) - (3.25 + 0.2 * t)) < 0.06]
+        assert len(t) == 1, u_px
+        assert f[0].std() < 1e-3 and f[1].abs().max() < 0.05 * scale[1]
+        signs.add(np.sign(u_px))
+    assert signs == {-1.0, 1.0}
+
+
+def test_short_videos_are_padded_with_their_last_field(make_tiny_shards) -> None:
+    ts = make_tiny_shards(num_classes=1, videos_per_class=2, num_frames=[4, 12])
+    idx = index_shards(ts.root)
+    rec = idx.videos[ts.video_ids[0]]
+    x, _, _ = FlowStackDataset([rec], flow_length=5, crop_size=32, train=False)[0]
+    q = ts.flow_q[rec.video_id]  # 3 fields
+    expected = np.concatenate([q, q[-1:], q[-1:]]).reshape(10, 32, 40)
+    np.testing.assert_array_equal(x.numpy(), crop_resize(expected, (0, 4, 32, 32), 32)[0])
+
+
+def test_frames_are_rgb_and_random_when_training(tiny_shards) -> None:
+    idx = index_shards(tiny_shards.root)
+    recs = read_video_list(tiny_shards.all_list, idx)
+    ds = FrameDataset(recs, crop_size=48)
+    torch.manual_seed(2)
+    frames, flips = set(), set()
+    for i in (0, 4, 8):
+        c = recs[i].label
+        for _ in range(10):
+            x, scale, label = ds[i]
+            assert x.shape == (3, 48, 48) and x.dtype == torch.uint8 and label == c
+            m = x.float().mean((1, 2))
+            assert abs(m[c] - 200) < 6  # the class colour sits in the RGB channel it was written to
+            frames.add(round((m[(c + 2) % 3].item() - 10) / 15))
+            grad = x[(c + 1) % 3].float().mean(0)
+            flips.add(bool(grad[-1] < grad[0]))
+    assert len(frames) >= 5 and flips == {False, True}
+    x, _, _ = FrameDataset(recs, crop_size=48, train=False)[3]
+    assert abs(x[(recs[3].label + 2) % 3].float().mean() - (10 + 15 * 6)) < 6  # middle frame when not training
+
+
+def test_video_eval_positions_crops_and_flips(tiny_shards) -> None:
+    idx = index_shards(tiny_shards.root)
+    recs = read_video_list(tiny_shards.test_list, idx)
+    L, S = 3, 28
+    ev = VideoEvalDataset(recs, stream="temporal", samples=5, crops=10, flow_length=L, crop_size=S)
+    np.testing.assert_array_equal(ev.positions(recs[1]), [0, 2, 4, 6, 8])  # starts over [0, 11 - 3]
+    x, scale, label, index = ev[1]
+    assert x.shape == (50, 2 * L, S, S) and scale.shape == (50, 2) and (label, index) == (recs[1].label, 1)
+    q = tiny_shards.flow_q[recs[1].video_id]
+    boxes = five_crop_boxes(32, 40)
+    for s, start in enumerate([0, 2, 4, 6, 8]):
+        stack = q[start:start + L].reshape(2 * L, 32, 40)
+        for b, box in enumerate(boxes):
+            want, sx, sy = crop_resize(stack, box, S)
+            np.testing.assert_array_equal(x[s * 10 + b].numpy(), want)
+            np.testing.assert_array_equal(x[s * 10 + 5 + b].numpy(), hflip_flow_uint8(np.ascontiguousarray(want)))
+            assert scale[s * 10 + b].tolist() == scale[s * 10 + 5 + b].tolist() == pytest.approx([sx, sy])
+    sp10 = VideoEvalDataset(recs, stream="spatial", samples=2, crops=10, crop_size=S)
+    x10, _, _, _ = sp10[2]
+    np.testing.assert_array_equal(x10[5:10].numpy(), x10[0:5].numpy()[..., ::-1])  # RGB flips only mirror
+    sp = VideoEvalDataset(recs, stream="spatial", samples=4, crops=1, crop_size=S)
+    np.testing.assert_array_equal(sp.positions(recs[0]), [0, 4, 7, 11])
+    x, scale, _, _ = sp[0]
+    c = recs[0].label
+    assert x.shape == (4, 3, S, S)
+    np.testing.assert_allclose(x[:, (c + 2) % 3].float().mean((1, 2)), [10, 70, 115, 175], atol=6)
+
+
+def test_datasets_reject_bad_arguments(tiny_shards) -> None:
+    recs = read_video_list(tiny_shards.test_list, index_shards(tiny_shards.root))
+    with pytest.raises(DataError, match="empty list"):
+        FlowStackDataset([])
+    with pytest.raises(ValueError, match="crop must be one of"):
+        FrameDataset(recs, crop="random")
+    with pytest.raises(ValueError, match="crops must be 1 or 10, got 5"):
+        VideoEvalDataset(recs, stream="temporal", crops=5)
+
+
+def test_resized_crop_option_produces_valid_samples(tiny_shards) -> None:
+    recs = read_video_list(tiny_shards.train_list, index_shards(tiny_shards.root))
+    ds = FlowStackDataset(recs, flow_length=2, crop_size=24, crop="resized")
+    scales = torch.stack([ds[i % len(ds)][1] for i in range(40)])
+    assert scales.shape == (40, 2) and (scales >= 24 / 40 - 1e-6).all() and scales.max() > 1.5  # W=40 at most
+
+
+class Probe(FlowStackDataset):
+    """Reports which process read the sample and what that process's HDF5 cache holds."""
+
+    parent_handles: dict = {}
+
+    def __getitem__(self, i: int):
+        x, scale, label = super().__getitem__(i)
+        own = {r.shard for r in self.records}
+        foreign = sum(p not in own for p in data._files)  # files this dataset never asked for
+        reused = sum(data._files.get(p) is h for p, h in self.parent_handles.items())
+        return x, os.getpid(), data._files_pid, foreign, reused
+
+
+def test_workers_open_files_lazily_in_their_own_process(tiny_shards, make_tiny_shards) -> None:
+    other = make_tiny_shards(num_classes=1, videos_per_class=1)
+    recs = read_video_list(tiny_shards.all_list, index_shards(tiny_shards.root))
+    ds = Probe(recs, flow_length=2, crop_size=16)
+    # Read in the parent first (this dataset and another folder), so the workers inherit open handles
+    # that they must neither reuse nor keep.
+    FlowStackDataset(list(index_shards(other.root).videos.values()), flow_length=2, crop_size=16)[0]
+    _, pid, files_pid, foreign, _ = ds[0]
+    assert pid == files_pid == os.getpid() and foreign >= 1
+    ds.parent_handles = dict(data._files)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    pids = set()
+    for x, pids_b, files_pid_b, foreign_b, reused_b in loader:
+        assert x.shape == (4, 4, 16, 16)
+        assert (pids_b == files_pid_b).all() and (pids_b != os.getpid()).all()
+        assert (foreign_b == 0).all() and (reused_b == 0).all()
+        pids |= set(pids_b.tolist())
+    assert len(pids) == 2
+    assert data._files == ds.parent_handles  # the parent's cache is untouched
+
+
+def test_index_leaves_no_hdf5_file_open(make_tiny_shards) -> None:
+    ts = make_tiny_shards()
+    before = len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
+    idx = index_shards(ts.root)
+    FrameDataset(read_video_list(ts.all_list, idx))
+    FlowStackDataset(read_video_list(ts.all_list, idx))
+    assert len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)) == before  # nothing opened before a fork
+
+
+def test_flip_can_be_turned_off_for_direction_classes(tiny_shards) -> None:
+    recs = read_video_list(tiny_shards.all_list, index_shards(tiny_shards.root))
+    ds = FlowStackDataset(recs[:1], flow_length=3, crop_size=32, scales=(1.0,), flip=False)
+    cands = candidate_stacks(tiny_shards.flow_q[recs[0].video_id], 3, 32)
+    for _ in range(16):
+        x = ds[0][0].numpy()
+        assert any(np.array_equal(c, x) for c in cands[0::2])  # unflipped candidates only
+        assert not any(np.array_equal(c, x) for c in cands[1::2])
+    assert FrameDataset(recs, flip=True, train=False).flip is False  # evaluation never flips
+
+
+@pytest.mark.slow
+def test_reads_a_real_flowprep_extraction_with_the_right_signs(tmp_path) -> None:
+    """flowprep sample -> flowprep extract (Farneback) -> these datasets: rightward motion reads u > 0,
+    downward v > 0, and a flipped view of the same stack reads exactly -u."""
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "flowprep", *a], check=True, capture_output=True)  # noqa: E731
+    run("sample", "--out", str(tmp_path / "s"), "--videos-per-class", "2", "--clips-per-group", "1", "--size", "64", "--frames", "14",
+        "--classes", "MoveLeft,MoveRight,MoveUp,MoveDown", "--no-val")
+    run("extract", "--videos", str(tmp_path / "s" / "videos"), "--out", str(tmp_path / "o"), "--method", "farneback",
+        "--workers", "1", "--class-index", str(tmp_path / "s" / "classInd.txt"))
+    idx = index_shards(tmp_path / "o")
+    assert idx.add_offset == pytest.approx(-20.0) and idx.has_rgb and (idx.height, idx.width) == (64, 64)
+    recs = read_video_list(tmp_path / "s" / "trainlist01.txt", idx, labelled=True)
+    recs += read_video_list(tmp_path / "s" / "testlist01.txt", idx, labelled=False)
+    ev = VideoEvalDataset(recs, stream="temporal", samples=4, crops=10, flow_length=4, crop_size=48)
+    mean = {}
+    for i in range(len(ev)):
+        x, scale, label, _ = ev[i]
+        f = prepare_batch(x, scale, stream="temporal", scale_factor=idx.scale_factor, add_offset=idx.add_offset)
+        f = f.view(4, 10, 4, 2, 48, 48) * FLOW_NORM_PX  # (samples, crops, L, uv, S, S) in resized pixels
+        np.testing.assert_allclose(f[:, 5:, :, 0].mean().item(), -f[:, :5, :, 0].mean().item(), atol=1e-4)
+        mean.setdefault(idx.classes[label], []).append(f[:, :5].mean((0, 1, 2, 4, 5)))
+    m = {c: torch.stack(v).mean(0) for c, v in mean.items()}  # (u, v) per class
+    assert m["MoveRight"][0] > 0.1 and m["MoveLeft"][0] < -0.1, m
+    assert m["MoveDown"][1] > 0.1 and m["MoveUp"][1] < -0.1, m
+    frame, _, label = FrameDataset(recs[:1], crop_size=48, train=False)[0]
+    assert frame.shape == (3, 48, 48) and label == recs[0].label

@@ -1,0 +1,214 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from flowprep.quantize import quantize, scale_and_offset
+from trainer.data import index_shards
+from trainer.transforms import (
+    EVAL_RESIZE_RATIO, FLOW_NORM_PX, IMAGENET_MEAN, IMAGENET_STD, MULTISCALE_SCALES, center_crop_box, crop_resize,
+    eval_views, five_crop_boxes, hflip_flow_uint8, multiscale_crop_box, prepare_batch, random_resized_crop_box,
+    train_crop_box,
+)
+
+B = 12.0  # deliberately not 20
+
+
+def spiral_stack(L: int, h: int, w: int) -> np.ndarray:
+    """(L, 2, H, W) float: a rotating + expanding field about an off-centre point, different at every step."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    X, Y = x - 0.3 * w, y - 0.6 * h
+    out = []
+    for t in range(L):
+        e, r = 0.05 + 0.01 * t, 0.2 - 0.015 * t
+        out.append([e * X - r * Y + 0.5 * t, e * Y + r * X - 0.3])
+    return np.asarray(out)
+
+
+def dequant(q: np.ndarray, bound: float = B) -> np.ndarray:
+    sf, ao = scale_and_offset(bound)
+    return q.astype(np.float64) * sf + ao
+
+
+def flip_is_correct(q: np.ndarray, flipped: np.ndarray) -> bool:
+    """(L, 2, H, W) codes: after a horizontal flip u(x) == -u(W-1-x) and v(x) == v(W-1-x) at every step."""
+    f, g = dequant(q), dequant(flipped)
+    return bool(np.allclose(g[:, 0], -f[:, 0, :, ::-1], atol=1e-9) and np.allclose(g[:, 1], f[:, 1, :, ::-1], atol=1e-9))
+
+
+def negate_alternate_steps(q: np.ndarray) -> np.ndarray:
+    """A known bug: mirror, then negate u of every other time step only."""
+    out = q[..., ::-1].copy()
+    out[0::2, 0] = 255 - out[0::2, 0]
+    return out
+
+
+def negate_alternate_channels_of_stacked_layout(q: np.ndarray) -> np.ndarray:
+    """A known bug: channels stored [u0..uL-1, v0..vL-1] but "every other channel" negated as if interleaved."""
+    L, _, h, w = q.shape
+    stacked = q.transpose(1, 0, 2, 3).reshape(2 * L, h, w)[..., ::-1].copy()
+    stacked[0::2] = 255 - stacked[0::2]
+    return stacked.reshape(2, L, h, w).transpose(1, 0, 2, 3)
+
+
+def test_255_minus_q_is_exact_negation_for_every_code() -> None:
+    q = np.arange(256, dtype=np.uint8)
+    for bound in (B, 20.0, 1.5):
+        np.testing.assert_allclose(dequant(255 - q, bound), -dequant(q, bound), atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [1, 3, 10])
+def test_hflip_negates_u_and_mirrors_at_every_time_step(L: int) -> None:
+    q = quantize(spiral_stack(L, 12, 17), B)  # odd width: the middle column maps to itself
+    assert len(np.unique(q[:, 0])) > 20  # a real field, not a constant
+    flipped = hflip_flow_uint8(q.reshape(2 * L, 12, 17)).reshape(L, 2, 12, 17)
+    assert flip_is_correct(q, flipped)
+    # Same answer for the (L, 2, H, W) layout, a batch axis, and torch tensors.
+    np.testing.assert_array_equal(hflip_flow_uint8(q), flipped)
+    np.testing.assert_array_equal(hflip_flow_uint8(q.reshape(1, 2 * L, 12, 17))[0], flipped.reshape(2 * L, 12, 17))
+    t = hflip_flow_uint8(torch.from_numpy(q.reshape(2 * L, 12, 17)))
+    np.testing.assert_array_equal(t.numpy().reshape(L, 2, 12, 17), flipped)
+    # Flipping twice is the identity and the input was not modified in place.
+    np.testing.assert_array_equal(hflip_flow_uint8(flipped), q)
+
+
+def test_flip_check_catches_the_alternate_channel_bug_and_plain_mirroring() -> None:
+    L = 10
+    q = quantize(spiral_stack(L, 8, 9), B)
+    assert not flip_is_correct(q, negate_alternate_steps(q))
+    assert not flip_is_correct(q, negate_alternate_channels_of_stacked_layout(q))
+    assert not flip_is_correct(q, q[..., ::-1])  # mirroring alone
+    assert flip_is_correct(q, hflip_flow_uint8(q))
+    # Ours negates u at every step: the u channel of step 1 (the one the bug leaves alone) flips sign.
+    f, g = dequant(q), dequant(hflip_flow_uint8(q))
+    assert np.sign(g[1, 0]).sum() == -np.sign(f[1, 0]).sum() != 0
+
+
+def test_hflip_rejects_odd_channel_counts() -> None:
+    with pytest.raises(ValueError, match=r"2L, H, W"):
+        hflip_flow_uint8(np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        hflip_flow_uint8(np.zeros((2, 4, 4), np.float32))
+
+
+def test_dequantization_exact_with_factors_from_a_real_shard(tiny_shards) -> None:
+    vid = tiny_shards.video_ids[5]
+    shard = index_shards(tiny_shards.root).videos[vid].shard
+    with h5py.File(shard, "r") as f:
+        ds = f[f"videos/{vid}/flow"]
+        q = ds[2:6]  # (4, 2, H, W)
+        sf, ao = float(ds.attrs["scale_factor"]), float(ds.attrs["add_offset"])
+    assert (sf, ao) == pytest.approx((2 * B / 255, -B))
+    L, H, W = q.shape[0], q.shape[2], q.shape[3]
+    x = torch.from_numpy(q.reshape(1, 2 * L, H, W))
+    scale = torch.tensor([[1.5, 0.25]])
+    out = prepare_batch(x, scale, stream="temporal", scale_factor=sf, add_offset=ao)
+    expected = (q.astype(np.float64) * sf + ao) * np.array([1.5, 0.25])[None, :, None, None] / FLOW_NORM_PX
+    assert out.dtype == torch.float32 and out.shape == (1, 2 * L, H, W)
+    np.testing.assert_allclose(out[0].numpy(), expected.reshape(2 * L, H, W), rtol=0, atol=2e-6)
+    # And the stored codes are the known field quantized with this shard's bound.
+    np.testing.assert_array_equal(q, tiny_shards.flow_q[vid][2:6])
+
+
+def test_prepare_batch_takes_per_sample_scales_with_extra_leading_axes() -> None:
+    sf, ao = scale_and_offset(B)
+    x = torch.full((2, 3, 4, 8, 8), 200, dtype=torch.uint8)  # (B, N, 2L, S, S)
+    scale = torch.rand(2, 3, 2) + 0.5
+    out = prepare_batch(x, scale, stream="temporal", scale_factor=sf, add_offset=ao)
+    f = 200 * sf + ao
+    np.testing.assert_allclose(out[:, :, 0::2].amax((-1, -2, -3)), f * scale[..., 0] / FLOW_NORM_PX, rtol=1e-6)
+    np.testing.assert_allclose(out[:, :, 1::2].amin((-1, -2, -3)), f * scale[..., 1] / FLOW_NORM_PX, rtol=1e-6)
+
+
+def test_prepare_batch_rgb_uses_imagenet_statistics() -> None:
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 5, 5).contiguous()
+    out = prepare_batch(x, torch.ones(2, 2), stream="spatial", scale_factor=1.0, add_offset=0.0)
+    expected = (np.array([0, 128, 255]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(out[1, :, 2, 3].numpy(), expected, rtol=1e-5)
+
+
+def test_prepare_batch_errors_name_what_was_expected() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_batch(torch.zeros(1, 4, 2, 2), torch.ones(1, 2), stream="temporal", scale_factor=1, add_offset=0)
+    with pytest.raises(ValueError, match=r"scale \(\.\.\., 2\)"):
+        prepare_batch(torch.zeros(1, 4, 2, 2, dtype=torch.uint8), torch.ones(2), stream="temporal", scale_factor=1, add_offset=0)
+    with pytest.raises(ValueError, match="3 channels"):
+        prepare_batch(torch.zeros(1, 4, 2, 2, dtype=torch.uint8), torch.ones(1, 2), stream="spatial", scale_factor=1, add_offset=0)
+    with pytest.raises(ValueError, match="'spatial' or 'temporal'"):
+        prepare_batch(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.ones(1, 2), stream="rgb", scale_factor=1, add_offset=0)
+
+
+def test_multiscale_crop_boxes_follow_tsn() -> None:
+    rng = np.random.default_rng(0)
+    h, w = 240, 320
+    sizes = [int(240 * s) for s in MULTISCALE_SCALES]
+    seen_pos, seen_sizes = set(), set()
+    for _ in range(2000):
+        y0, x0, ch, cw = multiscale_crop_box(h, w, rng)
+        assert ch in sizes and cw in sizes and abs(sizes.index(ch) - sizes.index(cw)) <= 1
+        assert 0 <= y0 <= h - ch and 0 <= x0 <= w - cw
+        dy, dx = (h - ch) // 4, (w - cw) // 4
+        pos = {(0, 0): "tl", (0, 4 * dx): "tr", (4 * dy, 0): "bl", (4 * dy, 4 * dx): "br", (2 * dy, 2 * dx): "c"}
+        seen_pos.add(pos[(y0, x0)])
+        seen_sizes.add((ch, cw))
+    assert seen_pos == {"tl", "tr", "bl", "br", "c"}
+    assert len(seen_sizes) == 4 + 2 * 3  # 4 square + 3 adjacent pairs each way
+
+
+def test_random_resized_crop_boxes_stay_in_range() -> None:
+    rng = np.random.default_rng(1)
+    areas = []
+    for _ in range(2000):
+        y0, x0, ch, cw = random_resized_crop_box(240, 320, rng)
+        assert 0 <= y0 <= 240 - ch and 0 <= x0 <= 320 - cw and ch > 0 and cw > 0
+        areas.append(ch * cw / (240 * 320))
+        if ch < 240 and cw < 320:  # not the fallback
+            assert 3 / 4 - 0.02 <= cw / ch <= 4 / 3 + 0.02
+    assert min(areas) < 0.15 and max(areas) > 0.9
+
+
+def test_eval_boxes_match_resize_then_crop() -> None:
+    side = round(240 / EVAL_RESIZE_RATIO)  # 224 of a 256-short-side frame, in 240-frame pixels
+    assert center_crop_box(240, 320) == ((240 - side) // 2, (320 - side) // 2, side, side)
+    boxes = five_crop_boxes(240, 320)
+    assert boxes[:4] == [(0, 0, side, side), (0, 320 - side, side, side), (240 - side, 0, side, side),
+                         (240 - side, 320 - side, side, side)]
+    assert boxes[4] == center_crop_box(240, 320)
+
+
+def test_crop_resize_returns_resize_factors_and_keeps_constant_fields() -> None:
+    chw = np.zeros((4, 30, 50), np.uint8)
+    chw[0], chw[1] = 77, 201
+    chw[2] = np.arange(50, dtype=np.uint8)[None, :]
+    out, sx, sy = crop_resize(chw, (5, 10, 20, 25), 40)
+    assert out.shape == (4, 40, 40) and (sx, sy) == (40 / 25, 40 / 20)
+    assert (out[0] == 77).all() and (out[1] == 201).all()
+    assert out[2, 0, 0] >= 10 and out[2, 0, -1] <= 34 and (np.diff(out[2, 0].astype(int)) >= 0).all()
+    same, sx, sy = crop_resize(chw, (0, 0, 30, 30), 30)
+    np.testing.assert_array_equal(same, chw[:, :, :30])
+    with pytest.raises(ValueError, match="does not fit"):
+        crop_resize(chw, (10, 40, 30, 20), 16)
+
+
+def test_train_crop_box_dispatches_and_rejects_unknown_policies() -> None:
+    rng = np.random.default_rng(3)
+    y0, x0, ch, cw = train_crop_box(240, 320, rng, crop="multiscale", scales=(0.5,))
+    assert (ch, cw) == (120, 120)
+    assert train_crop_box(240, 320, np.random.default_rng(4), crop="resized") == random_resized_crop_box(
+        240, 320, np.random.default_rng(4))
+    with pytest.raises(ValueError, match=r"crop must be one of \('multiscale', 'resized'\), got 'tsn'"):
+        train_crop_box(240, 320, rng, crop="tsn")
+
+
+def test_eval_views_order_and_flips() -> None:
+    rng = np.random.default_rng(5)
+    items = [rng.integers(0, 256, (4, 30, 40), dtype=np.uint8) for _ in range(2)]
+    views, scales = eval_views(items, crops=10, size=16, flip=hflip_flow_uint8)
+    assert views.shape == (20, 4, 16, 16) and scales.shape == (20, 2) and scales.dtype == np.float32
+    for k, item in enumerate(items):
+        for b, box in enumerate(five_crop_boxes(30, 40)):
+            want = crop_resize(item, box, 16)[0]
+            np.testing.assert_array_equal(views[10 * k + b], want)
+            np.testing.assert_array_equal(views[10 * k + 5 + b], hflip_flow_uint8(np.ascontiguousarray(want)))
+    one, _ = eval_views(items, crops=1, size=16, flip=hflip_flow_uint8)
+    np.testing.assert_array_equal(one, views[[4, 14]])  # the centre crop

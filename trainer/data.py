@@ -1,0 +1,372 @@
+"""Read flowprep shards through their documented contract (docs/shard-format.md) into torch Datasets.
+
+``index_shards`` reads the manifest(s) and each shard's attributes once; ``read_video_list`` resolves a
+UCF-101 style list against that index; the datasets read one JPEG frame (spatial) or L consecutive flow
+fields (temporal) per sample and return uint8 tensors plus the crop's resize factors (see
+trainer/transforms.py for the maths, the flip and the device-side normalisation).
+
+Incomplete runs are an error: if a manifest says ``complete: false`` or parts of an array run are
+missing, ``index_shards`` raises ``DataError`` unless ``allow_incomplete=True`` (then it warns and indexes
+the finished shards), because training on a silently partial dataset gives numbers nobody can compare.
+
+Default crop: TSN's multi-scale corner crop, for both streams (``crop="resized"`` selects torchvision's
+RandomResizedCrop). The resize factor s of a crop multiplies the flow, so it decides which motion
+magnitudes the network trains on; ``python -m benchmarks.loader`` measured on 320x240 shards (L=10,
+S=224): multi-scale s = 0.93 / 1.07 / 1.42 (p5 / median / p95), centred on the evaluation crop's 1.07,
+while RandomResizedCrop (area down to 8%, aspect 3/4-4/3 that also scales u and v differently) gives
+0.80 / 1.24 / 2.43, i.e. flow magnified up to 2.3x more than at test time, at the same
+loading speed. TSN (Wang et al. 2016) reports the multi-scale crop for both streams on UCF-101.
+
+HDF5 files are opened lazily, in the process that reads (each DataLoader worker), never before fork, and
+cached per process; a cache inherited through fork is dropped, not reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import cv2
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, get_worker_info
+
+from trainer.transforms import (
+    CROPS, MULTISCALE_SCALES, Box, center_crop_box, crop_resize, eval_views, hflip_flow_uint8, hflip_rgb,
+    train_crop_box,
+)
+
+_PART = re.compile(r"manifest-(\d{5})-of-(\d{5})\.json")
+
+
+class DataError(ValueError):
+    """Bad or inconsistent input data; the message is one line naming what was expected and what came."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    video_id: str  # path relative to the videos root, no extension, "/" separators
+    shard: Path
+    label: int  # 0-based
+    num_frames: int
+    class_name: str
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    root: Path
+    classes: list[str]
+    videos: dict[str, VideoRecord]
+    scale_factor: float  # f = q * scale_factor + add_offset, the same for every shard (checked)
+    add_offset: float
+    height: int  # stored frame size when all videos share it, else 0
+    width: int
+    has_rgb: bool  # every video has JPEG frames
+
+
+def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict]]:
+    single = root / "manifest.json"
+    parts = sorted(p for p in root.glob("manifest-*-of-*.json") if _PART.fullmatch(p.name))
+    if single.exists() and parts:
+        raise DataError(f"{root}: both manifest.json and array-run manifest parts; expected one run per folder")
+    paths = [single] if single.exists() else parts
+    if not paths:
+        raise DataError(f"{root}: no manifest.json or manifest-IIIII-of-NNNNN.json; expected a flowprep output folder")
+    manifests = []
+    for p in paths:
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{p}: unreadable manifest ({e})") from None
+        if m.get("format") != "flowprep-manifest" or m.get("format_version") != 1:
+            raise DataError(f"{p}: expected format flowprep-manifest version 1, "
+                            f"got {m.get('format')!r} {m.get('format_version')!r}")
+        manifests.append((p, m))
+    counts = {m["task"]["count"] for _, m in manifests}
+    if len(counts) != 1:
+        raise DataError(f"{root}: manifest parts disagree on the task count: {sorted(counts)}")
+    missing = sorted(set(range(counts.pop())) - {m["task"]["index"] for _, m in manifests})
+    unfinished = [p.name for p, m in manifests if not m.get("complete")]
+    problems = ([f"missing manifest parts for tasks {missing}"] if missing else []) + (
+        [f"complete=false in {', '.join(unfinished)}"] if unfinished else [])
+    if problems:
+        msg = f"{root}: incomplete run ({'; '.join(problems)})"
+        if not allow_incomplete:
+            raise DataError(msg + "; wait for the extraction to finish or pass allow_incomplete=True")
+        warnings.warn(msg + "; indexing the finished shards only", stacklevel=3)
+    return manifests
+
+
+def _index_shard(
+    path: Path, names: list[str], classes: list[str], manifest: str,
+) -> tuple[list[VideoRecord], tuple[float, float] | None, set[tuple[int, int]], bool]:
+    """Records of one shard, its (scale_factor, add_offset), its frame sizes and whether all have RGB."""
+    records, sizes, has_rgb = [], set(), True
+    with h5py.File(path, "r") as f:
+        for vid in names:
+            g = f.get(f"videos/{vid}")
+            if g is None or "flow" not in g:
+                raise DataError(f"{path}: video {vid!r} listed in {manifest} but not in the shard")
+            label, name = int(g.attrs["label"]), str(g.attrs["class_name"])
+            if not (0 <= label < len(classes)) or classes[label] != name:
+                raise DataError(f"{path}: {vid} has label {label} ({name!r}), expected one of the manifest's classes")
+            records.append(VideoRecord(vid, path, label, int(g.attrs["num_frames"]), name))
+            sizes.add(g["flow"].shape[2:])
+            has_rgb = has_rgb and "rgb" in g
+        # The quantization is a run parameter: read once per shard, from its first video.
+        attrs = f[f"videos/{names[0]}/flow"].attrs if names else {}
+        factors = (float(attrs["scale_factor"]), float(attrs["add_offset"])) if names else None
+    return records, factors, sizes, has_rgb
+
+
+def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIndex:
+    """Index every video of a flowprep output folder (single run or all parts of an array run).
+
+    ``height``/``width`` are the stored frame size when every video has the same one, else 0 (runs
+    with ``--short-side`` keep each video's aspect ratio; the datasets crop each sample on its own).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a shard folder, no such directory")
+    manifests = _load_manifests(root, allow_incomplete)
+    classes = manifests[0][1]["classes"]
+    videos: dict[str, VideoRecord] = {}
+    factors: dict[tuple[float, float], str] = {}
+    sizes: set[tuple[int, int]] = set()
+    has_rgb = True
+    for mpath, m in manifests:
+        if m["classes"] != classes:
+            raise DataError(f"{mpath}: classes differ from {manifests[0][0].name}; expected one class list per run")
+        for entry in m["shards"]:
+            path = root / entry["name"]
+            if not path.is_file():
+                raise DataError(f"{path}: listed in {mpath.name} but missing on disk")
+            if path.stat().st_size != entry["size"]:
+                raise DataError(f"{path}: {path.stat().st_size} bytes on disk, {mpath.name} says {entry['size']}")
+            records, sf_ao, shard_sizes, shard_rgb = _index_shard(path, entry["videos"], classes, mpath.name)
+            if sf_ao is not None:
+                factors.setdefault(sf_ao, path.name)
+            if len(factors) > 1:
+                (a, pa), (b, pb) = list(factors.items())[:2]
+                raise DataError(f"{root}: flow quantization differs between shards ({pa}: bound {-a[1]:g} px, "
+                                f"{pb}: bound {-b[1]:g} px); expected one bound per dataset")
+            for rec in records:
+                if rec.video_id in videos:
+                    raise DataError(f"{path}: video {rec.video_id!r} also in {videos[rec.video_id].shard.name}; "
+                                    "expected each video once")
+                videos[rec.video_id] = rec
+            sizes |= shard_sizes
+            has_rgb = has_rgb and shard_rgb
+    if not videos:
+        raise DataError(f"{root}: the manifests list no videos")
+    (sf, ao), = factors
+    height, width = sizes.pop() if len(sizes) == 1 else (0, 0)
+    return ShardIndex(root, list(classes), videos, sf, ao, height, width, has_rgb)
+
+
+def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None) -> list[VideoRecord]:
+    """Resolve a UCF-101 list (``Class/v_x.avi 1`` with 1-based labels, or ``Class/v_x.avi``).
+
+    ``labelled``: True requires a label on every line, False forbids labels, None accepts either (but
+    not a mix). Labels present must agree with the shards.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the video list ({e.strerror})") from None
+    records, seen_labels = [], set()
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
+            raise DataError(f"{path}:{lineno}: expected 'Class/video.avi [label]', got {line.strip()!r}")
+        has_label = len(fields) == 2
+        seen_labels.add(has_label)
+        if labelled is not None and has_label != labelled:
+            want = "a 1-based label on every line" if labelled else "no labels"
+            raise DataError(f"{path}:{lineno}: expected {want}, got {line.strip()!r}")
+        if len(seen_labels) > 1:
+            raise DataError(f"{path}:{lineno}: some lines have labels and some do not; expected one or the other")
+        vid = str(PurePosixPath(fields[0].replace("\\", "/")).with_suffix(""))
+        rec = index.videos.get(vid)
+        if rec is None:
+            raise DataError(f"{path}:{lineno}: video {vid!r} is not in the shards under {index.root}")
+        if has_label and int(fields[1]) - 1 != rec.label:
+            raise DataError(
+                f"{path}:{lineno}: {vid} has label {fields[1]} (1-based) but the shards say "
+                f"{rec.label + 1} ({rec.class_name}); expected the class order of the shards"
+            )
+        records.append(rec)
+    if not records:
+        raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")
+    return records
+
+
+# Per-process cache of open HDF5 files. The pid check drops handles inherited through fork: an HDF5 file
+# object must not be shared between processes.
+_files: dict[Path, h5py.File] = {}
+_files_pid = -1
+
+
+def _open(path: Path) -> h5py.File:
+    global _files, _files_pid
+    if _files_pid != os.getpid():
+        _files, _files_pid = {}, os.getpid()
+        if get_worker_info() is not None:
+            cv2.setNumThreads(1)  # one worker = one core; OpenCV's own pool would oversubscribe
+    f = _files.get(path)
+    if f is None:
+        # No chunk cache: a sample reads each chunk once, so a cache would only hold memory (measured:
+        # same read speed with and without).
+        f = _files[path] = h5py.File(path, "r", rdcc_nbytes=0)
+    return f
+
+
+def _rng() -> np.random.Generator:
+    # Drawn from torch's generator so DataLoader worker seeding and a resumed run's RNG state apply.
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+
+class _ShardDataset(Dataset):
+    def __init__(self, records: list[VideoRecord], *, crop_size: int, train: bool,
+                 scales: tuple[float, ...], crop: str, flip: bool) -> None:
+        if not records:
+            raise DataError("expected at least one video record, got an empty list")
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        self.records, self.crop_size, self.train, self.scales, self.crop = list(records), crop_size, train, scales, crop
+        self.flip = flip and train
+
+    def _flip_now(self, rng: np.random.Generator) -> bool:
+        return self.flip and rng.random() < 0.5
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _box(self, h: int, w: int, rng: np.random.Generator) -> Box:
+        return train_crop_box(h, w, rng, crop=self.crop, scales=self.scales) if self.train else center_crop_box(h, w)
+
+
+def read_frame(rec: VideoRecord, t: int) -> np.ndarray:
+    """Frame t as (3, H, W) uint8 RGB."""
+    buf = _open(rec.shard)[f"videos/{rec.video_id}/rgb"][t]
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DataError(f"{rec.shard}: frame {t} of {rec.video_id} is not a decodable JPEG")
+    return bgr[:, :, ::-1].transpose(2, 0, 1)  # BGR (H, W, 3) -> RGB (3, H, W), a view
+
+
+def read_flow(rec: VideoRecord, start: int, stop: int) -> np.ndarray:
+    """Flow fields [start, stop) as (n, 2, H, W) uint8; past the last field, the last field is repeated."""
+    ds = _open(rec.shard)[f"videos/{rec.video_id}/flow"]
+    q = ds[start:min(stop, ds.shape[0])]
+    if len(q) < stop - start:
+        q = np.concatenate([q, np.repeat(q[-1:], stop - start - len(q), axis=0)])
+    return q
+
+
+class FrameDataset(_ShardDataset):
+    """Spatial stream: one frame per item (random when training, the middle one otherwise).
+
+    Training flips half the items horizontally unless ``flip=False`` (classes told apart by their
+    left/right direction, e.g. the sample's MoveLeft/MoveRight, need it off).
+    Item: (x uint8 (3, S, S) RGB, scale float32 (2,) = (sx, sy), label).
+    """
+
+    def __init__(self, records: list[VideoRecord], *, crop_size: int = 224, train: bool = True,
+                 scales: tuple[float, ...] = MULTISCALE_SCALES, crop: str = "multiscale", flip: bool = True) -> None:
+        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        rec, rng = self.records[i], _rng()
+        t = int(rng.integers(rec.num_frames)) if self.train else rec.num_frames // 2
+        img = read_frame(rec, t)
+        x, sx, sy = crop_resize(img, self._box(*img.shape[1:], rng), self.crop_size)
+        if self._flip_now(rng):
+            x = hflip_rgb(x)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy), dtype=torch.float32), rec.label
+
+
+class FlowStackDataset(_ShardDataset):
+    """Temporal stream: L consecutive flow fields per item, channels [u0, v0, u1, v1, ...].
+
+    Training draws the start uniformly from [0, T-1-L] (fields i..i+L-1, each from frame i to i+1);
+    evaluation takes the middle stack. A video shorter than L+1 frames (fewer than L fields) is padded by
+    repeating its last field. Training flips half the items (mirror + negate u) unless ``flip=False``.
+    Item: (x uint8 (2L, S, S), scale float32 (2,) = (sx, sy), label).
+    """
+
+    def __init__(self, records: list[VideoRecord], *, flow_length: int = 10, crop_size: int = 224,
+                 train: bool = True, scales: tuple[float, ...] = MULTISCALE_SCALES, crop: str = "multiscale",
+                 flip: bool = True) -> None:
+        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip)
+        _check_has_flow(self.records)
+        self.flow_length = flow_length
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        rec, rng, L = self.records[i], _rng(), self.flow_length
+        last = max(rec.num_frames - 1 - L, 0)
+        start = int(rng.integers(last + 1)) if self.train else last // 2
+        q = read_flow(rec, start, start + L)
+        q = q.reshape(2 * L, *q.shape[2:])  # (L, 2, H, W) -> (2L, H, W), u/v interleaved
+        x, sx, sy = crop_resize(q, self._box(*q.shape[1:], rng), self.crop_size)
+        if self._flip_now(rng):
+            x = hflip_flow_uint8(x)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy), dtype=torch.float32), rec.label
+
+
+def _check_has_flow(records: list[VideoRecord]) -> None:
+    short = [r.video_id for r in records if r.num_frames < 2]
+    if short:
+        raise DataError(f"{len(short)} video(s) have fewer than 2 frames and no flow, e.g. {short[0]!r}")
+
+
+class VideoEvalDataset(Dataset):
+    """Video-level testing: ``samples`` frames / stacks uniformly spaced over the video, 1 or 10 crops.
+
+    Positions are ``np.linspace`` over the valid frames (spatial) or stack starts (temporal), rounded.
+    Crops: the centre crop, or 4 corners + centre and their horizontal flips (flow flips negate u), at
+    the scale of "short side resized to crop_size*256/224". Item: (x uint8 (samples*crops, C, S, S),
+    scale float32 (samples*crops, 2), label, index), crops varying fastest. A temporal item with 25
+    samples x 10 crops x L=10 at S=224 is 250 MB of uint8: use batch_size 1.
+    """
+
+    def __init__(self, records: list[VideoRecord], *, stream: str, samples: int = 25, crops: int = 1,
+                 flow_length: int = 10, crop_size: int = 224) -> None:
+        if stream not in ("spatial", "temporal"):
+            raise ValueError(f"stream must be 'spatial' or 'temporal', got {stream!r}")
+        if crops not in (1, 10):
+            raise ValueError(f"crops must be 1 or 10, got {crops}")
+        if not records:
+            raise DataError("expected at least one video record, got an empty list")
+        if stream == "temporal":
+            _check_has_flow(records)
+        self.records, self.stream, self.samples, self.crops = list(records), stream, samples, crops
+        self.flow_length, self.crop_size = flow_length, crop_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def positions(self, rec: VideoRecord) -> np.ndarray:
+        """Frame indices (spatial) or stack starts (temporal) for one video."""
+        last = rec.num_frames - 1 if self.stream == "spatial" else max(rec.num_frames - 1 - self.flow_length, 0)
+        return np.rint(np.linspace(0, last, self.samples)).astype(np.int64)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, int]:
+        rec, L, pos = self.records[i], self.flow_length, self.positions(self.records[i])
+        if self.stream == "temporal":
+            block = read_flow(rec, int(pos[0]), int(pos[-1]) + L)  # one contiguous read for all stacks
+            items = [block[p - pos[0]:p - pos[0] + L].reshape(2 * L, *block.shape[2:]) for p in pos]
+            flip = hflip_flow_uint8
+        else:
+            items, flip = [read_frame(rec, int(p)) for p in pos], hflip_rgb
+        xs, scales = eval_views(items, crops=self.crops, size=self.crop_size, flip=flip)
+        return torch.from_numpy(xs), torch.from_numpy(scales), rec.label, i
