@@ -21,6 +21,7 @@ import cv2
 import decord
 import h5py
 import numpy as np
+from joblib.parallel import ParallelBackendBase
 from tqdm import tqdm
 
 import flowprep
@@ -232,7 +233,7 @@ def run_extract(
     workers: int | None = None,
     task_index: int = 0,
     task_count: int = 1,
-    backend: str = "loky",
+    backend: str | ParallelBackendBase = "loky",
     chunk_frames: int = 32,
     progress: bool = True,
 ) -> RunSummary:

@@ -1,10 +1,235 @@
-"""``trainer`` command line."""
+"""``trainer`` command line: fit one stream, evaluate streams and their fusion, redo a fusion from scores.
+
+Exit codes: 0 done, 1 a data/checkpoint/device problem (one line on stderr), 2 a usage error.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+from typing import Any, Callable
+
 import click
+
+from trainer.config import AMP_MODES, DEFAULT_DROPOUT, SCHEDULES, DataConfig, ModelConfig, OptimConfig, RunConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+# trainer.models.ARCHS, repeated so that --help and usage errors answer without importing torch (tested equal).
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_FILE = click.Path(exists=True, dir_okay=False)
+_DIR = click.Path(exists=True, file_okay=False)
+
+
+def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures (bad data, checkpoints, devices) become one line and exit 1; bugs still crash."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from trainer.checkpoint import CheckpointError
+        from trainer.data import DataError
+        from trainer.distributed import DeviceError
+        from trainer.models import PretrainedError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, CheckpointError, DeviceError, PretrainedError) as e:
+            raise click.ClickException(" ".join(str(e).split())) from None
+        except FloatingPointError as e:
+            raise click.ClickException(f"training diverged: {e}; try a lower --lr") from None
+
+    return wrapper
+
+
+def _pretrained(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
+    if value.lower() == "none":
+        return None
+    if value.lower() == "imagenet" or os.path.isfile(value):
+        return value
+    raise click.BadParameter(f"expected none, imagenet or a state dict file, got {value!r} (no such file)")
+
+
+def _spatial_weight(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise click.BadParameter(f"expected a number in [0, 1] or 'auto', got {value!r}")
+    return alpha
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
-    """Train and evaluate two-stream networks on flowprep shards."""
+    """Train and evaluate two-stream networks on flowprep shards.
+
+    \b
+    trainer fit --stream temporal --shards OUT --train-list trainlist01.txt --val-list val.txt --out runs/t
+    trainer evaluate --shards OUT --test-list testlist01.txt --spatial runs/s --temporal runs/t --out res.json
+    Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...
+    """
+
+
+@main.command()
+@click.option("--stream", type=click.Choice(["spatial", "temporal"]), required=True,
+              help="spatial: single RGB frames; temporal: L stacked flow fields.")
+@click.option("--shards", type=_DIR, required=True, help="flowprep output folder (manifest + shards).")
+@click.option("--train-list", type=_FILE, required=True, help="UCF-101 style list: 'Class/v_x.avi [1-based label]'.")
+@click.option("--val-list", type=_FILE, default=None,
+              help="Validation list: video accuracy per epoch, picks RUN_DIR/best.pt. Never the test list.")
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True,
+              help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
+@click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
+@click.option("--pretrained", default="none", show_default=True, callback=_pretrained,
+              help="none, imagenet (torchvision weights; cached or downloadable) or a local ResNet state dict file. "
+                   "The temporal stream's conv1 is initialised from the RGB conv1's channel mean.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Per process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="Base learning rate (SGD, momentum 0.9).")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+              help="Per-iteration cosine decay to 0, or step decay by --gamma every --step-size epochs.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--step-size", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--gamma", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Before the classifier [default: 0.5 spatial, 0.7 temporal].")
+@click.option("--flow-length", type=click.IntRange(min=1), default=10, show_default=True,
+              help="L, flow fields per temporal sample (2L input channels).")
+@click.option("--crop-size", type=click.IntRange(min=8), default=224, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+              help="DataLoader processes per training process.")
+@click.option("--val-samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Frames / stacks per validation video (centre crop).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="auto = cuda when available.")
+@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+              help="Mixed precision on CUDA (auto = bf16 where supported, else fp16 with loss scaling).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its checkpoint.pt.")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="Leave after this many epochs (for time-limited job slots); continue with --resume.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bar on rank 0.")
+@_runtime_errors
+def fit(**o: Any) -> None:
+    """Train one stream; checkpoint each epoch into RUN_DIR, keep the best on --val-list.
+
+    Runs as one process, or one per GPU under torchrun (gloo on CPU, nccl on CUDA; only rank 0 writes).
+    """
+    from trainer.checkpoint import LAST
+    from trainer.fit import fit as run_fit
+
+    last = os.path.join(o["out"], LAST)
+    if o["resume"] and not os.path.isfile(last):
+        raise click.UsageError(f"--resume: no checkpoint at {last}")
+    if not o["resume"] and os.path.isfile(last):
+        raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")
+    dropout = DEFAULT_DROPOUT[o["stream"]] if o["dropout"] is None else o["dropout"]
+    model = ModelConfig(stream=o["stream"], num_classes=1, arch=o["arch"], flow_length=o["flow_length"],
+                        dropout=dropout, pretrained=o["pretrained"])
+    data = DataConfig(shards=o["shards"], train_list=o["train_list"], val_list=o["val_list"], crop_size=o["crop_size"],
+                      batch_size=o["batch_size"], workers=o["workers"], val_samples=o["val_samples"])
+    optim = OptimConfig(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                        schedule=o["schedule"], warmup_epochs=o["warmup_epochs"], step_size=o["step_size"],
+                        gamma=o["gamma"])
+    run = RunConfig(out=o["out"], device=o["device"], seed=o["seed"], amp=o["amp"], resume=o["resume"])
+    stats = run_fit(model=model, data=data, optim=optim, run=run, stop_after=o["stop_after"],
+                    show_progress=o["progress"])
+    if not stats and int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"{o['out']}: all {o['epochs']} epochs were already done", err=True)
+
+
+def _check_fusion(
+    ctx: click.Context, *, both: bool, fusion: str, weight: float | str | None, has_val: bool,
+    no_val: str = "give --val-list (never the test list)",
+) -> str:
+    """The fusion to use, or a UsageError for combinations that cannot work."""
+    explicit = ctx.get_parameter_source("fusion") not in (None, click.core.ParameterSource.DEFAULT)
+    if weight is not None and not explicit:
+        fusion = "weighted"
+    if weight is not None and fusion != "weighted":
+        raise click.UsageError(f"--spatial-weight applies to --fusion weighted, not --fusion {fusion}")
+    if fusion == "weighted" and weight is None:
+        raise click.UsageError("--fusion weighted needs --spatial-weight F (in [0, 1]) or --spatial-weight auto")
+    if not both and (explicit or weight is not None):
+        raise click.UsageError("fusion needs both streams; give --spatial and --temporal")
+    if both and not has_val and (weight == "auto" or fusion == "learned"):
+        what = "--spatial-weight auto" if weight == "auto" else "--fusion learned"
+        raise click.UsageError(f"{what} is fitted on validation videos: {no_val}")
+    return fusion
+
+
+@main.command()
+@click.option("--shards", type=_DIR, required=True, help="flowprep output folder (manifest + shards).")
+@click.option("--test-list", type=_FILE, required=True, help="Videos to score: 'Class/v_x.avi' (labels optional).")
+@click.option("--spatial", type=click.Path(exists=True), default=None, help="Spatial RUN_DIR (its best.pt) or a checkpoint.")
+@click.option("--temporal", type=click.Path(exists=True), default=None, help="Temporal RUN_DIR (its best.pt) or a checkpoint.")
+@click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True,
+              help="With both streams: mean of softmax scores, alpha-weighted mean, or an MLP fitted on --val-list.")
+@click.option("--spatial-weight", callback=_spatial_weight, default=None,
+              help="alpha in [0, 1] for weighted fusion, or 'auto' to pick it on --val-list (grid step 0.05).")
+@click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
+@click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Uniformly spaced frames / flow stacks per video.")
+@click.option("--crops", type=click.Choice(["1", "10"]), default="1", show_default=True,
+              help="Centre crop, or 4 corners + centre and their flips (flow flips negate u).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader processes.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="results.json; the confusion-matrix PNGs and the per-video scores (.scores.npz) go next to it.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+@_runtime_errors
+def evaluate(ctx: click.Context, **o: Any) -> None:
+    """Video-level accuracy of each stream and of their fusion on --test-list."""
+    from trainer.distributed import resolve_device
+    from trainer.evaluate import run_evaluate
+
+    if o["spatial"] is None and o["temporal"] is None:
+        raise click.UsageError("give --spatial and/or --temporal (a RUN_DIR or a checkpoint file)")
+    both = o["spatial"] is not None and o["temporal"] is not None
+    fusion = _check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"], has_val=o["val_list"] is not None)
+    results = run_evaluate(
+        shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], fusion=fusion,
+        spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"], crops=int(o["crops"]),
+        device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
+        show_progress=o["progress"],
+    )
+    _echo_results(results, o["out"])
+
+
+@main.command()
+@click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
+@click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
+@click.option("--spatial-weight", callback=_spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (validation scores).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="results.json to write.")
+@click.pass_context
+@_runtime_errors
+def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | str | None, out: str) -> None:
+    """Redo the fusion from saved per-video scores, without running a network."""
+    from pathlib import Path
+
+    from trainer.evaluate import load_scores, report
+
+    bundle = load_scores(scores)
+    both = "spatial" in bundle and "temporal" in bundle
+    has_val = both and "val_spatial" in bundle and "val_temporal" in bundle and len(bundle["val_labels"]) > 0
+    fusion = _check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
+                           no_val=f"{scores} holds no validation scores (run trainer evaluate with --val-list)")
+    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out))
+    _echo_results(results, out)
+
+
+def _echo_results(results: dict[str, Any], out: str) -> None:
+    for name in ("spatial", "temporal", "fused"):
+        if name in results:
+            r = results[name]
+            click.echo(f"{name:>8}: top1 {100 * r['top1']:.2f}%  top5 {100 * r['top5']:.2f}%  "
+                       f"mean class {100 * r['mean_class']:.2f}%")
+    if results.get("alpha") is not None:
+        click.echo(f"   alpha: {results['alpha']:.2f} (spatial weight)")
+    click.echo(f"{results['num_videos']} videos -> {out}")

@@ -1,0 +1,389 @@
+"""Extraction throughput, shard sizes and compression filters on real 320x240 videos.
+
+Variants, per flow method, run interleaved (order rotated each repetition) in this one process:
+- ``pipeline``: ``flowprep.runner.run_extract`` with default settings (RGB JPEGs, gzip-1) on N workers;
+- ``pipeline_no_rgb``: the same with ``--no-rgb``;
+- ``bare``: the same flow on the same videos on the same joblib loky pool (N jobs, same order), one task
+  per video: decord decode in chunks of 32, gray, flow of every consecutive pair, results discarded;
+- ``pipeline_w1``: the pipeline on one worker process (TV-L1: the scaling target);
+- ``threads``: one plain loop over the videos in this process with ``cv2.setNumThreads(nproc)`` and
+  decord's own decoder threads, writing nothing (how single-script extractors run).
+Throughput is decoded frames per second of wall time; ratios are ratios of medians. Before each timed
+run the worker pool is started and warmed at the size that run uses, so process start-up (a one-off of
+a real run) is not measured; all of ``run_extract`` is (probe, JPEG, quantize, HDF5, fsync, merge).
+
+The compression rows rewrite the quantized flow of the first pipeline run with each filter (one field
+per chunk, appended in batches of 32 as the writer does) in this process, single-threaded. Plugin rows
+(Blosc, LZ4, Zstd) appear when ``hdf5plugin`` imports; to add it without touching .venv:
+
+    .venv/bin/pip install --no-deps --target /tmp/hdf5plugin-site hdf5plugin
+    PYTHONPATH=/tmp/hdf5plugin-site .venv/bin/python -m benchmarks.extract --out bench-out/extract.json
+    .venv/bin/python -m benchmarks.extract --quick     # ~1 min, for development
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import av
+import click
+import cv2
+import decord
+import h5py
+import joblib
+import numpy as np
+from joblib import Parallel, delayed
+from joblib.executor import get_memmapping_executor
+
+import flowprep
+from flowprep.config import FlowConfig, StorageConfig
+from flowprep.flow import FlowEstimator
+from flowprep.reader import plan_videos
+from flowprep.runner import run_extract
+
+MEDIA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
+GET_MEDIA = "apt-get download opencv-doc && dpkg -x opencv-doc_*.deb /tmp/ocvdoc"
+# class -> (file, first frame used). Megamind.avi opens with a cut from a title card: TV-L1 spends ~20 s
+# on that one field (~1 s on the others), which would turn a short clip into the whole TV-L1 run.
+SOURCES = {"Tree": ("tree.avi", 0), "Megamind": ("Megamind.avi", 1), "Walking": ("vtest.avi", 0)}
+SIZE = (320, 240)
+TARGETS = {"farneback": 0.9, "tvl1": 0.97}  # pipeline / bare
+SCALING_TARGET = 1.85  # --workers 2 / --workers 1 with TV-L1 on 2 cores
+LABELS = {"pipeline": "pipeline (RGB, gzip-1)", "pipeline_no_rgb": "pipeline --no-rgb", "pipeline_w1": "pipeline "
+          "--workers 1", "bare": "bare decode+flow, same pool", "threads": "1 process, OpenCV threads"}
+
+
+class MissingMedia(click.ClickException):
+    exit_code = 2
+
+
+def hdf5plugin() -> ModuleType | None:
+    os.environ.setdefault("BLOSC_NTHREADS", "1")  # single-threaded, as in a worker that owns one core
+    try:
+        import hdf5plugin as module
+    except ImportError:
+        return None
+    return module
+
+
+def machine_facts() -> dict[str, Any]:
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in
+            Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)}  # the last CPU's lines win
+    here = Path(__file__).parent
+    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=here).stdout.strip()
+           for a in (["rev-parse", "HEAD"], ["status", "--porcelain"])]
+    plugin = hdf5plugin()
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": info.get("model name", platform.processor()),
+            # 2 means the "cores" are SMT siblings: then 2 workers cannot reach 2x
+            "threads_per_core": int(info["siblings"]) / int(info["cpu cores"]) if "cpu cores" in info else None,
+            "platform": platform.platform(), "python": sys.version.split()[0], "flowprep": flowprep.__version__,
+            "opencv": cv2.__version__, "decord": decord.__version__, "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version, "numpy": np.__version__, "joblib": joblib.__version__,
+            "av": av.__version__, "hdf5plugin": plugin.version if plugin else None,
+            "git_commit": git[0] or None, "git_dirty": bool(git[1])}
+
+
+def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[Path]:
+    """``videos`` clips of ``frames`` frames at 320x240 in a UCF-101 layout, cut round-robin from the
+    sources; sorted by relative path, the order in which the pipeline hands them out.
+
+    Even clips are H.264 .mp4 (x264 defaults), odd ones MPEG-4 part 2 .avi at 600 kbit/s (UCF-101's xvid)."""
+    decoded: dict[str, np.ndarray] = {}
+    paths = []
+    for i in range(videos):
+        cls = list(SOURCES)[i % len(SOURCES)]
+        if cls not in decoded:
+            name, first = SOURCES[cls]
+            with av.open(str(media / name)) as c:
+                decoded[cls] = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
+                                         for f in c.decode(video=0)][first:])
+        src = decoded[cls]
+        if len(src) < frames:
+            raise click.UsageError(f"{SOURCES[cls][0]} has {len(src)} usable frames, expected >= {frames} per video")
+        start = (i // len(SOURCES) * frames) % (len(src) - frames + 1)
+        codec, ext = ("libx264", "mp4") if i % 2 == 0 else ("mpeg4", "avi")
+        path = root / cls / f"v_{cls}_g{i // len(SOURCES) + 1:02d}_c01.{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(path), "w") as c:
+            s = c.add_stream(codec, rate=Fraction(25))
+            s.width, s.height, s.pix_fmt = *SIZE, "yuv420p"
+            if codec == "mpeg4":
+                s.bit_rate = 600_000
+            for frame in src[start:start + frames]:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            c.mux(s.encode())
+        paths.append(path)
+    return sorted(paths, key=lambda p: p.relative_to(root).as_posix())
+
+
+_ESTIMATORS: dict[str, FlowEstimator] = {}
+
+
+def bare_video(path: str, method: str, opencv_threads: int = 1, decoder_threads: int = 1) -> tuple[int, float]:
+    """Decode + flow of every consecutive pair, nothing kept; returns (frames decoded, seconds)."""
+    t0 = time.perf_counter()
+    cv2.setNumThreads(opencv_threads)
+    if method not in _ESTIMATORS:  # one solver per process, as the pipeline's workers keep theirs
+        _ESTIMATORS[method] = FlowEstimator(method=method)
+    flow = _ESTIMATORS[method]
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=decoder_threads)
+    prev, n = None, len(vr)
+    for start in range(0, n, 32):
+        for rgb in vr.get_batch(list(range(start, min(start + 32, n)))).asnumpy():
+            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            if prev is not None:
+                flow(prev, gray)
+            prev = gray
+    return n, time.perf_counter() - t0
+
+
+def _touch() -> None:
+    import flowprep.worker  # noqa: F401  (what the pipeline's tasks import)
+    time.sleep(0.3)  # long enough that every worker of the pool takes one
+
+
+def warm_pool(workers: int) -> None:
+    """Start the loky pool exactly as the next timed call uses it (joblib recreates it when the arguments differ)."""
+    if workers == 1:  # flowprep.worker runs --workers 1 on joblib's executor directly
+        get_memmapping_executor(1).submit(_touch).result()
+    else:
+        Parallel(n_jobs=workers, backend="loky")(delayed(_touch)() for _ in range(workers))
+
+
+def run_variant(name: str, *, method: str, paths: list[Path], root: Path, out: Path,
+                workers: int) -> tuple[float, int, list[float]]:
+    """(seconds, frames, per-video seconds of the bare variant) of one timed run of ``name`` over ``paths``."""
+    if name == "threads":
+        nproc, t0 = len(os.sched_getaffinity(0)), time.perf_counter()
+        frames = sum(bare_video(str(p), method, nproc, 0)[0] for p in paths)
+        return time.perf_counter() - t0, frames, []
+    n = 1 if name == "pipeline_w1" else workers
+    warm_pool(n)
+    if name == "bare":
+        t0 = time.perf_counter()
+        done = list(Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
+            delayed(bare_video)(str(p), method) for p in paths))
+        return time.perf_counter() - t0, sum(f for f, _ in done), [t for _, t in done]
+    classes, metas = plan_videos(root)
+    wanted = {p.relative_to(root).as_posix() for p in paths}
+    metas = [m for m in metas if m.source in wanted]
+    t0 = time.perf_counter()
+    s = run_extract(videos_root=root, out=out, videos=metas, classes=classes, flow=FlowConfig(method=method),
+                    storage=StorageConfig(rgb=name != "pipeline_no_rgb"), workers=n, progress=False)
+    seconds = time.perf_counter() - t0
+    if s.failures or s.processed != len(paths):
+        raise click.ClickException(f"pipeline run: expected {len(paths)} videos extracted, got {s.processed} "
+                                   f"processed and failures {s.failures}")
+    return seconds, s.frames, []
+
+
+def shard_stats(out: Path) -> tuple[dict[str, float], np.ndarray]:
+    """Bytes per flow field / RGB frame of a pipeline output, and all its quantized fields."""
+    flow_bytes = rgb_bytes = fields = frames = 0
+    flows, shards = [], sorted(out.glob("*.h5"))
+    for shard in shards:
+        with h5py.File(shard, "r") as f:
+            for group in (g for cls in f["videos"].values() for g in cls.values()):
+                flows.append(group["flow"][:])
+                flow_bytes += group["flow"].id.get_storage_size()
+                fields, frames = fields + len(group["flow"]), frames + int(group.attrs["num_frames"])
+                rgb_bytes += sum(len(b) for b in group["rgb"][:]) if "rgb" in group else 0
+    return ({"flow_bytes_per_field": flow_bytes / fields, "rgb_jpeg_bytes_per_frame": rgb_bytes / frames,
+             "shard_bytes_per_frame": sum(s.stat().st_size for s in shards) / frames,
+             "raw_field_bytes": float(2 * SIZE[0] * SIZE[1]), "fields": fields}, np.concatenate(flows))
+
+
+def filters() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {"none": {}, "gzip-1 (default)": {"compression": "gzip", "compression_opts": 1},
+                                      "gzip-4": {"compression": "gzip", "compression_opts": 4},
+                                      "lzf": {"compression": "lzf"}}
+    plugin = hdf5plugin()
+    if plugin is not None:
+        bits = plugin.Blosc.BITSHUFFLE
+        out.update({"lz4 (plugin)": dict(plugin.LZ4()), "zstd-1 (plugin)": dict(plugin.Zstd(clevel=1)),
+                    "zstd-3 (plugin)": dict(plugin.Zstd(clevel=3)),
+                    "blosc-lz4 bitshuffle (plugin)": dict(plugin.Blosc(cname="lz4", clevel=5, shuffle=bits)),
+                    "blosc-zstd-1 bitshuffle (plugin)": dict(plugin.Blosc(cname="zstd", clevel=1, shuffle=bits))})
+    return out
+
+
+def filter_run(q: np.ndarray, opts: dict[str, Any], path: Path) -> tuple[float, float, float]:
+    """(ms per field to compress + write, ms per field to read one field, bytes per field) of ``q``."""
+    t0 = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("flow", shape=(0, *q.shape[1:]), maxshape=(None, *q.shape[1:]), dtype=np.uint8,
+                              chunks=(1, *q.shape[1:]), **opts)
+        for s in range(0, len(q), 32):
+            ds.resize(min(s + 32, len(q)), axis=0)
+            ds[s:s + 32] = q[s:s + 32]
+        size = ds.id.get_storage_size()
+    write = time.perf_counter() - t0
+    with h5py.File(path, "r") as f:
+        ds, t0 = f["flow"], time.perf_counter()
+        back = [ds[i] for i in range(len(q))]
+        read = time.perf_counter() - t0
+    if not np.array_equal(np.stack(back), q):
+        raise click.ClickException(f"filter {opts}: expected the flow back unchanged, got different values")
+    path.unlink()
+    return write / len(q) * 1e3, read / len(q) * 1e3, size / len(q)
+
+
+def compression_table(flows: dict[str, np.ndarray], reps: int, work: Path) -> dict[str, dict[str, Any]]:
+    names = list(filters().items())
+    runs: dict[str, list[tuple[float, float, float]]] = {f"{m}:{k}": [] for m in flows for k, _ in names}
+    for rep in range(reps):
+        for name, opts in names[rep % len(names):] + names[:rep % len(names)]:
+            for method, q in flows.items():
+                runs[f"{method}:{name}"].append(filter_run(q, opts, work / "filter.h5"))
+    return {k: {"write_ms_per_field": statistics.median(w for w, _, _ in v),
+                "read_ms_per_field": statistics.median(r for _, r, _ in v), "bytes_per_field": v[0][2],
+                "fields": len(flows[k.split(":")[0]]), "runs": v} for k, v in runs.items()}
+
+
+def measure(method: str, *, media: Path, tmp: Path, videos: int, frames: int, reps: int, workers: int,
+            variants: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    root, work = tmp / method / "videos", tmp / method / "out"
+    paths = build_videos(media, root, videos=videos, frames=frames)
+    click.echo(f"{method}: {videos} videos x {frames} frames, {workers} workers, {reps} reps", err=True)
+    load = [os.getloadavg()[0]]
+    if method == "farneback":  # untimed first use of everything in this process (a TV-L1 field costs more)
+        for v in ("pipeline", "bare"):
+            run_variant(v, method=method, paths=paths[:1], root=root, out=tmp / "warm", workers=workers)
+        shutil.rmtree(tmp / "warm")
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    utilisation = []  # busy time / (workers x wall time) of the bare runs: how evenly the videos spread
+    expected = None
+    for rep in range(reps):
+        for v in variants[rep % len(variants):] + variants[:rep % len(variants)]:
+            t, n, per_video = run_variant(v, method=method, paths=paths, root=root, out=work / f"{v}-{rep}",
+                                          workers=workers)
+            if n != (expected := expected or n):
+                raise click.ClickException(f"{v} decoded {n} frames; expected {expected}, as the other variants")
+            seconds[v].append(t)
+            utilisation += [sum(per_video) / (workers * t)] if per_video else []
+            if rep > 0 and (work / f"{v}-{rep}").exists():  # the first outputs are kept for the sizes
+                shutil.rmtree(work / f"{v}-{rep}")
+            click.echo(f"  rep {rep + 1}/{reps} {LABELS[v]:<30} {t:7.2f} s  {n / t:7.3g} frames/s", err=True)
+    load.append(os.getloadavg()[0])
+    fps = {v: expected / statistics.median(t) for v, t in seconds.items()}
+    sizes, flows = shard_stats(work / "pipeline-0")
+    sizes["no_rgb_shard_bytes_per_frame"] = shard_stats(work / "pipeline_no_rgb-0")[0]["shard_bytes_per_frame"]
+    ratios = {"pipeline / bare": {"value": fps["pipeline"] / fps["bare"], "target": TARGETS[method]},
+              "pipeline --no-rgb / bare": {"value": fps["pipeline_no_rgb"] / fps["bare"]},
+              "pipeline / 1 process with OpenCV threads": {"value": fps["pipeline"] / fps["threads"]}}
+    if "pipeline_w1" in fps:
+        ratios[f"pipeline --workers {workers} / --workers 1"] = {
+            "value": fps["pipeline"] / fps["pipeline_w1"], "target": SCALING_TARGET if workers == 2 else None}
+    overhead = (statistics.median(seconds["pipeline"]) - statistics.median(seconds["bare"])) * workers
+    return {"setup": {"videos": videos, "frames": frames, "workers": workers, "reps": reps},
+            "load_1min_before_after": load, "frames_per_s": fps, "seconds_all": seconds, "ratios": ratios,
+            "sizes": sizes, "bare_worker_utilisation": utilisation,
+            "bare_core_ms_per_field": statistics.median(seconds["bare"]) * workers / sizes["fields"] * 1e3,
+            "pipeline_overhead_core_ms_per_frame": overhead / expected * 1e3}, flows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"`{result['command']}` on {m['cpu_model']}, nproc {m['nproc']} ({m['threads_per_core']} threads per "
+             f"core), 1-min load {result['load_before'][0]:.2f} before / {result['load_after'][0]:.2f} after; OpenCV "
+             f"{m['opencv']}, decord {m['decord']}, h5py {m['h5py']} (HDF5 {m['hdf5']}), hdf5plugin {m['hdf5plugin']}, "
+             f"commit {str(m['git_commit'])[:10]}{' + local changes' if m['git_dirty'] else ''}.", ""]
+    for method, r in result["methods"].items():
+        s, z = r["setup"], r["sizes"]
+        lines += [f"**{method}**: {s['videos']} videos x {s['frames']} frames at 320x240, {s['workers']} workers, "
+                  f"{s['reps']} interleaved repetitions (median).", "",
+                  "| variant | frames/s | vs bare | runs (s) |", "| --- | ---: | ---: | --- |"]
+        for v, fps in r["frames_per_s"].items():
+            runs = ", ".join(f"{t:.1f}" for t in r["seconds_all"][v])
+            lines.append(f"| {LABELS[v]} | {fps:.3g} | {fps / r['frames_per_s']['bare']:.3f} | {runs} |")
+        lines.append("")
+        for k, v in r["ratios"].items():
+            target = v.get("target")
+            met = f" (target >= {target}: {'met' if v['value'] >= target else 'NOT met'})" if target else ""
+            lines.append(f"- {k}: **{v['value']:.3f}**{met}")
+        lines += [f"- bytes per flow field {z['flow_bytes_per_field']:.0f} (raw {z['raw_field_bytes']:.0f}), per RGB "
+                  f"frame {z['rgb_jpeg_bytes_per_frame']:.0f} (JPEG q90); shard bytes per frame "
+                  f"{z['shard_bytes_per_frame']:.0f} with RGB, {z['no_rgb_shard_bytes_per_frame']:.0f} without",
+                  f"- bare loop {r['bare_core_ms_per_field']:.1f} core-ms per field, worker utilisation "
+                  f"{statistics.median(r['bare_worker_utilisation']):.2f} (1 = no idle worker); pipeline overhead "
+                  f"{r['pipeline_overhead_core_ms_per_frame']:.1f} core-ms per frame", ""]
+    methods = list(result["methods"])
+    lines += ["| filter | " + " | ".join(f"{m} bytes/field | {m} write ms/field | {m} read ms/field" for m in methods)
+              + " |", "| --- |" + " ---: |" * (3 * len(methods))]
+    for name in filters():
+        cells = [result["compression"][f"{m}:{name}"] for m in methods]
+        lines.append(f"| {name} | " + " | ".join(f"{c['bytes_per_field']:.0f} | {c['write_ms_per_field']:.2f} | "
+                                                 f"{c['read_ms_per_field']:.2f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _default(given: int | None, full: int, quick: int, is_quick: bool) -> int:
+    return given if given is not None else (quick if is_quick else full)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-out/extract.json"),
+              show_default=True, help="Results (JSON); the markdown tables go next to it (.md).")
+@click.option("--media", type=click.Path(path_type=Path), default=MEDIA, show_default=True,
+              help="Folder with OpenCV's sample videos tree.avi, Megamind.avi, vtest.avi (Debian's opencv-doc).")
+@click.option("--quick", is_flag=True, help="Small sizes, 1-2 repetitions (~1 min; for development, not for numbers).")
+@click.option("--method", "methods", type=click.Choice(["farneback", "tvl1"]), multiple=True,
+              help="Flow method to measure (repeatable).  [default: both]")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.  [default: all cores]")
+@click.option("--reps", type=click.IntRange(min=1), default=None, help="Farneback repetitions.  [default: 5, quick 2]")
+@click.option("--tvl1-reps", type=click.IntRange(min=1), default=None, help="TV-L1 repetitions.  [default: 3, quick 1]")
+@click.option("--videos", type=click.IntRange(min=1), default=None, help="Farneback videos.  [default: 8, quick 4]")
+@click.option("--frames", type=click.IntRange(min=2), default=None,
+              help="Frames per Farneback video.  [default: 40, quick 16]")
+@click.option("--tvl1-videos", type=click.IntRange(min=1), default=None,
+              help="TV-L1 videos; many short ones, so that 2 workers end together.  [default: 8, quick 2]")
+@click.option("--tvl1-frames", type=click.IntRange(min=2), default=None,
+              help="Frames per TV-L1 video (~1.5 s per field per core at 320x240).  [default: 7, quick 3]")
+def main(out: Path, media: Path, quick: bool, methods: tuple[str, ...], workers: int | None, reps: int | None,
+         tvl1_reps: int | None, videos: int | None, frames: int | None, tvl1_videos: int | None,
+         tvl1_frames: int | None) -> None:
+    """Measure flowprep extract against a bare decode+flow loop on the same worker pool and against one
+    multi-threaded process; bytes per field and frame; HDF5 compression filters. Prints markdown, writes JSON."""
+    missing = [name for name, _ in SOURCES.values() if not (media / name).is_file()]
+    if missing:
+        raise MissingMedia(f"{', '.join(missing)} not in {media}; get them with: {GET_MEDIA}")
+    workers = workers or len(os.sched_getaffinity(0))
+    setups = {"farneback": dict(videos=_default(videos, 8, 4, quick), frames=_default(frames, 40, 16, quick),
+                                reps=_default(reps, 5, 2, quick), variants=["pipeline", "bare", "pipeline_no_rgb",
+                                                                            "threads"]),
+              "tvl1": dict(videos=_default(tvl1_videos, 8, 2, quick), frames=_default(tvl1_frames, 7, 3, quick),
+                           reps=_default(tvl1_reps, 3, 1, quick),
+                           variants=["pipeline", "bare", "pipeline_w1", "pipeline_no_rgb", "threads"])}
+    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    result: dict[str, Any] = {"command": f"{env}python -m benchmarks.extract {' '.join(sys.argv[1:])}".strip(),
+                              "machine": machine_facts(), "load_before": list(os.getloadavg()), "methods": {}}
+    flows = {}
+    with tempfile.TemporaryDirectory(prefix="extract-bench-") as tmp:
+        for method in methods or ("farneback", "tvl1"):
+            result["methods"][method], flows[method] = measure(method, media=media, tmp=Path(tmp), workers=workers,
+                                                               **setups[method])
+        click.echo("compression filters", err=True)
+        result["compression"] = compression_table(flows, 1 if quick else 3, Path(tmp))
+    result["load_after"] = list(os.getloadavg())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table)
+    click.echo(table)
+    click.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""Keep the Dockerfile and the job files of pipelines/ honest without a cluster.
+
+Every `flowprep ...` / `trainer ...` invocation in them is parsed and checked against the real click
+commands: the sub-command exists, every flag exists (and shows in --help), choice values are valid
+and required options are given. The scripts pass `bash -n` and run end to end against stub
+schedulers; the YAML/JSON parse and agree with each other and with the Dockerfile.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from flowprep.cli import main as flowprep_cli
+from trainer.cli import main as trainer_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINES = ROOT / "pipelines"
+GROUPS = {"flowprep": flowprep_cli, "trainer": trainer_cli}
+SEPARATORS = {"|", "||", "&&", ";", "&", ">", ">>", "2>", "<", ")"}
+
+
+# --- finding invocations -----------------------------------------------------------------------
+
+
+@dataclass
+class Invocation:
+    where: str
+    group: str
+    command: str
+    args: list[str]
+
+
+def logical_lines(text: str) -> list[str]:
+    """Shell lines with backslash continuations joined."""
+    return re.sub(r"\\\n", " ", text).splitlines()
+
+
+def markdown_code(text: str) -> str:
+    return "\n".join(re.findall(r"```(?:bash|sh|shell|console)?\n(.*?)```", text, flags=re.S))
+
+
+def _program(token: str, entrypoint: str | None) -> str | None:
+    name = token.rsplit("/", 1)[-1]
+    if name.startswith("flowprep:"):  # the image (`docker run ... flowprep:latest extract`): ENTRYPOINT flowprep
+        return entrypoint or "flowprep"
+    return name if name in GROUPS else None
+
+
+def invocations_in_tokens(tokens: list[str], where: str) -> list[Invocation]:
+    found, entrypoint = [], None
+    for i, token in enumerate(tokens[:-1]):
+        if token == "--entrypoint":
+            entrypoint = tokens[i + 1]
+        group = _program(token, entrypoint)
+        if group is None or tokens[i + 1] not in GROUPS[group].commands:
+            continue
+        args = []
+        for arg in tokens[i + 2 :]:
+            if arg in SEPARATORS:
+                break
+            args.append(arg)
+        found.append(Invocation(where, group, tokens[i + 1], args))
+    return found
+
+
+def shell_invocations(text: str, where: str) -> list[Invocation]:
+    found = []
+    for line in logical_lines(text):
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:  # a line of a multi-line quoted string: not a command of ours
+            continue
+        found += invocations_in_tokens(tokens, where)
+    return found
+
+
+def container_invocation(args: list[str], where: str) -> Invocation:
+    """A container without a command override: the image's ENTRYPOINT (flowprep) gets ``args``."""
+    found = invocations_in_tokens(["flowprep", *args], where)
+    assert len(found) == 1, f"{where}: expected args to start with a flowprep sub-command, got {args[:2]}"
+    return found[0]
+
+
+# --- checking them against the real commands ---------------------------------------------------
+
+_help: dict[tuple[str, str], str] = {}
+
+
+def help_text(group: str, command: str) -> str:
+    if (group, command) not in _help:
+        result = CliRunner().invoke(GROUPS[group], [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        _help[group, command] = result.output
+    return _help[group, command]
+
+
+def check(inv: Invocation) -> None:
+    cmd = GROUPS[inv.group].commands[inv.command]
+    options = {name: p for p in cmd.params if isinstance(p, click.Option) for name in p.opts + p.secondary_opts}
+    text = help_text(inv.group, inv.command)
+    where = f"{inv.where}: {inv.group} {inv.command}"
+    given = set()
+    i = 0
+    while i < len(inv.args):
+        arg = inv.args[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            continue
+        name, _, inline = arg.partition("=")
+        if name == "--help":
+            return
+        assert name in options, f"{where}: no option {name} (see `{inv.group} {inv.command} --help`)"
+        assert name in text, f"{where}: {name} is not documented in --help"
+        param = options[name]
+        given.add(param.name)
+        if param.is_flag or param.count:
+            continue
+        value = inline or (inv.args[i] if i < len(inv.args) else "")
+        i += 0 if inline else 1
+        if isinstance(param.type, click.Choice) and "$" not in value:
+            assert value in param.type.choices, f"{where}: {name} {value!r} is not one of {param.type.choices}"
+    if "..." not in inv.args:  # "..." marks an abbreviated example
+        missing = [p.opts[0] for p in cmd.params if isinstance(p, click.Option) and p.required and p.name not in given]
+        assert not missing, f"{where}: required option(s) {missing} missing"
+
+
+def option_value(inv: Invocation, name: str) -> str | None:
+    for i, arg in enumerate(inv.args):
+        if arg == name:
+            return inv.args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def commands(invs: list[Invocation]) -> set[str]:
+    return {f"{inv.group} {inv.command}" for inv in invs}
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+_PIP_NOISE = {"--no-cache-dir", "-q", "--quiet", "--no-compile", "--root-user-action=ignore", "--progress-bar=off"}
+
+
+def pip_installs(shell_text: str) -> list[tuple[str, ...]]:
+    """`pip install` commands, normalised: python -m pip / .venv/bin/pip -> pip; cache/verbosity flags dropped."""
+    found = []
+    for line in logical_lines(shell_text):
+        for part in re.split(r"&&|;|\|\|", line):
+            try:
+                tokens = shlex.split(part, comments=True)
+            except ValueError:
+                continue
+            for i in range(len(tokens) - 1):
+                if tokens[i].rsplit("/", 1)[-1] in ("pip", "pip3") and tokens[i + 1] == "install":
+                    found.append(("pip", "install", *(t for t in tokens[i + 2 :] if t not in _PIP_NOISE)))
+                elif tokens[i : i + 3] == ["-m", "pip", "install"]:
+                    found.append(("pip", "install", *(t for t in tokens[i + 3 :] if t not in _PIP_NOISE)))
+    return found
+
+
+def test_dockerfile_installs_with_the_readme_command() -> None:
+    runs = [rest for kw, rest in dockerfile_instructions() if kw == "RUN"]
+    docker = [cmd for run in runs for cmd in pip_installs(run)]
+    readme = pip_installs(markdown_code((ROOT / "README.md").read_text()))
+    assert docker == [("pip", "install", ".")], f"the image must install the repository with pip install ., got {docker}"
+    assert readme, "README.md documents no `pip install` command (expected `pip install .`)"
+    assert docker[0] in readme, f"the Dockerfile installs with {docker[0]}, the README with {readme}"
+    recipe = pip_installs(markdown_code((PIPELINES / "ucf101.md").read_text()))
+    assert recipe and set(recipe) <= set(readme), f"pipelines/ucf101.md installs with {recipe}, README with {readme}"
+
+
+def test_dockerfile_base_user_entrypoint() -> None:
+    ins = dockerfile_instructions()
+    assert [rest for kw, rest in ins if kw == "FROM"] == ["python:3.11-slim"]
+    entrypoints = [json.loads(rest) for kw, rest in ins if kw == "ENTRYPOINT"]
+    assert entrypoints[-1] == ["flowprep"], "ENTRYPOINT must be the exec form [\"flowprep\"]"
+    users = [rest for kw, rest in ins if kw == "USER"]
+    assert users, "the image must not run as root"
+    user = users[-1].split(":")[0]
+    assert user.isdigit() and int(user) != 0, f"USER must be a numeric non-root uid (runAsNonRoot checks it), got {user}"
+    last_user_at = max(i for i, (kw, _) in enumerate(ins) if kw == "USER")
+    assert all(kw != "RUN" for kw, _ in ins[last_user_at:]), "nothing may run as root after USER"
+
+
+def test_dockerfile_copies_what_pip_install_needs_and_dockerignore_keeps_it() -> None:
+    copied = set()
+    for kw, rest in dockerfile_instructions():
+        if kw == "COPY":
+            copied.update(shlex.split(rest)[:-1])
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    needed = {"pyproject.toml", "setup.cfg"}
+    needed |= {v.split("file:", 1)[1].strip() for v in cfg["metadata"].values() if v.strip().startswith("file:")}
+    needed |= {pkg.rstrip("*") for pkg in cfg["options.packages.find"]["include"].replace(",", " ").split()}
+    assert needed <= copied, f"the Dockerfile does not COPY {sorted(needed - copied)}"
+    assert all((ROOT / c).exists() for c in copied), "a COPY source does not exist"
+    ignored = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for must in (".git", ".venv"):
+        assert must in ignored, f".dockerignore must exclude {must}"
+    for c in copied:
+        assert not any(Path(c).match(pattern) or c == pattern for pattern in ignored), f".dockerignore excludes {c}"
+
+
+# --- SLURM -------------------------------------------------------------------------------------
+
+
+def write_stub(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def recorder(path: Path, log: Path) -> None:
+    """A stub program that appends its argv (one JSON list per call) to ``log``."""
+    write_stub(path, f'python3 -c \'import json, sys; print(json.dumps(sys.argv[1:]))\' "$@" >> {shlex.quote(str(log))}\n')
+
+
+@pytest.mark.parametrize("script", ["slurm_extract.sh", "torchrun_train.sh"])
+def test_shell_scripts_parse(script: str) -> None:
+    run = subprocess.run(["bash", "-n", str(PIPELINES / script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert os.access(PIPELINES / script, os.X_OK), f"{script} is not executable"
+
+
+def test_slurm_script_is_an_array_whose_size_is_its_task_count() -> None:
+    text = (PIPELINES / "slurm_extract.sh").read_text()
+    array = re.search(r"^#SBATCH --array=(\d+)-(\d+)\s*$", text, flags=re.M)
+    assert array, "expected an '#SBATCH --array=0-N' line"
+    lo, hi = map(int, array.groups())
+    count = int(re.search(r"^TASK_COUNT=(\d+)$", text, flags=re.M).group(1))
+    assert lo == 0 and hi - lo + 1 == count, "with --task-count the array IDs are the task indexes 0..N-1"
+    invs = shell_invocations(text, "slurm_extract.sh")
+    assert commands(invs) == {"flowprep extract"}
+    for inv in invs:
+        check(inv)
+        assert option_value(inv, "--task-count") == "$TASK_COUNT"
+
+
+def test_slurm_script_runs_the_extract_command_of_its_task(tmp_path) -> None:
+    log = tmp_path / "argv.jsonl"
+    recorder(tmp_path / "venv" / "bin" / "flowprep", log)
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "FLOWPREP_VENV": str(tmp_path / "venv"),
+        "VIDEOS": str(tmp_path / "videos"), "OUT": str(tmp_path / "out"), "CLASS_INDEX": str(tmp_path / "classInd.txt"),
+        "SLURM_JOB_ID": "4711", "SLURM_ARRAY_JOB_ID": "4708", "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "15", "SLURM_ARRAY_TASK_STEP": "1",
+        "SLURM_ARRAY_TASK_COUNT": "16", "SLURM_CPUS_PER_TASK": "16",
+    }
+    run = subprocess.run(["bash", str(PIPELINES / "slurm_extract.sh")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    (argv,) = [json.loads(line) for line in log.read_text().splitlines()]
+    inv = container_invocation(argv, "slurm_extract.sh (run)")
+    check(inv)
+    assert option_value(inv, "--workers") == "16" and option_value(inv, "--task-count") == "16"
+    assert option_value(inv, "--videos") == env["VIDEOS"] and option_value(inv, "--out") == env["OUT"]
+    assert (tmp_path / "out").is_dir()
+
+
+@pytest.mark.slow
+def test_slurm_script_extracts_its_share_with_the_real_flowprep(tmp_path) -> None:
+    from conftest import make_ucf_tree
+
+    videos = make_ucf_tree(tmp_path / "UCF-101", per_class=2)  # 4 videos: tasks 0-3 of 16 get one each
+    (tmp_path / "classInd.txt").write_text("1 Jump\n2 Run\n")
+    out = tmp_path / "shards"
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "FLOWPREP_VENV": str(Path(sys.executable).parent.parent),
+        "VIDEOS": str(videos), "OUT": str(out), "CLASS_INDEX": str(tmp_path / "classInd.txt"),
+        "SLURM_JOB_ID": "4711", "SLURM_ARRAY_JOB_ID": "4708", "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_MAX": "3", "SLURM_ARRAY_TASK_STEP": "1",
+        "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_CPUS_PER_TASK": "2",  # resubmitted alone: sbatch --array=3
+    }
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    run = subprocess.run(["bash", str(PIPELINES / "slurm_extract.sh")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "task 3 of 16 (SLURM array (SLURM_ARRAY_TASK_ID=3" in run.stdout
+    part = json.loads((out / "manifest-00003-of-00016.json").read_text())
+    assert (part["task"], part["num_videos"], part["complete"]) == ({"index": 3, "count": 16}, 1, True)
+    assert part["params"]["flow"]["method"] == "tvl1"
+    verify = subprocess.run([str(Path(sys.executable).parent / "flowprep"), "verify", str(out)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 1
+    assert "task(s) 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 of 16" in verify.stdout
+
+
+def test_torchrun_script_launches_one_torchrun_per_node(tmp_path) -> None:
+    log = tmp_path / "argv.jsonl"
+    bin_dir = tmp_path / "bin"
+    write_stub(bin_dir / "srun", 'exec "${@:3}"\n')  # drop srun's own two options, run the rest
+    write_stub(bin_dir / "scontrol", "printf 'gpu-node07\\ngpu-node08\\n'\n")
+    recorder(tmp_path / "venv" / "bin" / "torchrun", log)
+    run_dir = tmp_path / "runs" / "temporal"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "FLOWPREP_VENV": str(tmp_path / "venv"),
+        "DATA": str(tmp_path), "SLURM_JOB_ID": "777", "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "gpu-node[07-08]",
+    }
+    script = str(PIPELINES / "torchrun_train.sh")
+    for _ in range(2):  # the second time a checkpoint exists: the run is resumed
+        run = subprocess.run(["bash", script, "temporal"], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+    first, second = [json.loads(line) for line in log.read_text().splitlines()]
+    at = first.index("-m")
+    launcher = dict(zip(first[:at:2], first[1:at:2]))
+    assert launcher == {
+        "--nnodes": "2", "--nproc-per-node": "4", "--rdzv-backend": "c10d",
+        "--rdzv-endpoint": "gpu-node07:29500", "--rdzv-id": "777",
+    }
+    for argv in (first, second):
+        (inv,) = invocations_in_tokens(argv, "torchrun_train.sh (run)")
+        assert (inv.group, inv.command) == ("trainer", "fit")
+        check(inv)
+        assert option_value(inv, "--stream") == "temporal" and option_value(inv, "--out") == str(run_dir)
+    assert "--resume" not in first and second[-1] == "--resume"
+    bad = subprocess.run(["bash", script, "sideways"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected spatial or temporal" in bad.stderr
+
+
+# --- Kubernetes --------------------------------------------------------------------------------
+
+
+def docker_uid() -> int:
+    return int([rest for kw, rest in dockerfile_instructions() if kw == "USER"][-1].split(":")[0])
+
+
+def test_kubernetes_indexed_job() -> None:
+    job = yaml.safe_load((PIPELINES / "k8s_extract_job.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert isinstance(spec["completions"], int) and 1 <= spec["parallelism"] <= spec["completions"]
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # required by podFailurePolicy
+    if any(rule["action"] == "FailIndex" for rule in spec.get("podFailurePolicy", {}).get("rules", [])):
+        assert "backoffLimitPerIndex" in spec
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == docker_uid()
+    (container,) = pod["containers"]
+    assert "command" not in container, "keep the image's ENTRYPOINT (flowprep)"
+    inv = container_invocation([str(a) for a in container["args"]], "k8s_extract_job.yaml")
+    check(inv)
+    assert inv.command == "extract"
+    assert option_value(inv, "--task-count") == str(spec["completions"]), "--task-count must equal completions"
+    assert option_value(inv, "--task-index") is None, "the index comes from JOB_COMPLETION_INDEX"
+    assert option_value(inv, "--workers") == str(container["resources"]["requests"]["cpu"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for flag in ("--videos", "--out", "--class-index"):
+        path = option_value(inv, flag)
+        mount = [m for m in mounts if path.startswith(m.rstrip("/") + "/")]
+        assert mount, f"{flag} {path} is not on a mounted volume"
+        assert "persistentVolumeClaim" in volumes[mounts[mount[0]]], "the output volume must be shared (a PVC)"
+
+
+def test_kubernetes_verify_pod_reads_the_same_volume() -> None:
+    job = yaml.safe_load((PIPELINES / "k8s_extract_job.yaml").read_text())["spec"]["template"]["spec"]
+    pod = yaml.safe_load((PIPELINES / "k8s_verify_pod.yaml").read_text())
+    assert pod["kind"] == "Pod" and pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    inv = container_invocation([str(a) for a in container["args"]], "k8s_verify_pod.yaml")
+    check(inv)
+    assert inv.command == "verify"
+    extract = container_invocation([str(a) for a in job["containers"][0]["args"]], "k8s_extract_job.yaml")
+    assert inv.args[0] == option_value(extract, "--out")
+    claims = lambda spec: {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]}  # noqa: E731
+    assert claims(pod["spec"]) == claims(job)
+
+
+# --- AWS Batch ---------------------------------------------------------------------------------
+
+
+def test_aws_batch_job_definition() -> None:
+    jd = json.loads((PIPELINES / "aws_batch_extract.json").read_text())
+    assert jd["type"] == "container"
+    props = jd["containerProperties"]
+    inv = container_invocation(props["command"], "aws_batch_extract.json")
+    check(inv)
+    assert inv.command == "extract"
+    assert option_value(inv, "--task-index") is None and option_value(inv, "--task-count") is None, (
+        "AWS Batch sets AWS_BATCH_JOB_ARRAY_INDEX and AWS_BATCH_JOB_ARRAY_SIZE"
+    )
+    vcpus = {r["type"]: r["value"] for r in props["resourceRequirements"]}["VCPU"]
+    assert option_value(inv, "--workers") == vcpus
+    assert int(props["user"]) == docker_uid()
+    volumes = {v["name"] for v in props["volumes"]}
+    mounts = {m["containerPath"]: m["sourceVolume"] for m in props["mountPoints"]}
+    assert set(mounts.values()) <= volumes
+    for flag in ("--videos", "--out"):
+        assert any(option_value(inv, flag).startswith(m + "/") for m in mounts), f"{flag} is not on a mounted volume"
+    decisions = {e.get("onExitCode"): e["action"].upper() for e in jd["retryStrategy"]["evaluateOnExit"]}
+    assert decisions["1"] == decisions["2"] == "EXIT", "exit 1 and 2 are final; only a killed task should retry"
+
+
+def test_aws_batch_submit_example_is_an_array_job() -> None:
+    jd = json.loads((PIPELINES / "aws_batch_extract.json").read_text())
+    code = markdown_code((PIPELINES / "README.md").read_text())
+    submits = [
+        shlex.split(line) for line in logical_lines(code) if line.strip().startswith("aws batch submit-job")
+    ]
+    assert submits, "pipelines/README.md has no `aws batch submit-job` example"
+    for argv in submits:
+        assert argv[argv.index("--job-definition") + 1] == jd["jobDefinitionName"]
+        assert re.fullmatch(r"size=\d+", argv[argv.index("--array-properties") + 1])
+    assert any("register-job-definition" in line and "aws_batch_extract.json" in line for line in logical_lines(code))
+
+
+# --- documentation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ("README.md", {"flowprep extract", "flowprep verify", "trainer fit"}),
+        ("ucf101.md", {"flowprep extract", "flowprep verify", "trainer fit", "trainer evaluate"}),
+    ],
+)
+def test_documented_commands_use_flags_that_exist(doc: str, expected: set[str]) -> None:
+    invs = shell_invocations(markdown_code((PIPELINES / doc).read_text()), doc)
+    assert expected <= commands(invs), f"{doc} lacks {expected - commands(invs)}"
+    for inv in invs:
+        check(inv)
+
+
+def test_ucf101_recipe_trains_both_streams_and_selects_on_validation_only() -> None:
+    invs = shell_invocations(markdown_code((PIPELINES / "ucf101.md").read_text()), "ucf101.md")
+    fits = [inv for inv in invs if inv.command == "fit" and "..." not in inv.args]
+    assert {option_value(inv, "--stream") for inv in fits} == {"spatial", "temporal"}
+    for inv in fits:
+        assert "test" not in option_value(inv, "--val-list") and "test" not in option_value(inv, "--train-list")
+    (evaluate,) = [inv for inv in invs if inv.command == "evaluate"]
+    assert option_value(evaluate, "--test-list").endswith("test01.txt")
+    assert "test" not in option_value(evaluate, "--val-list")
+    assert option_value(evaluate, "--spatial") and option_value(evaluate, "--temporal")
+    text = (PIPELINES / "ucf101.md").read_text()
+    for split_file in ("classInd.txt", "trainlist01.txt", "testlist01.txt"):
+        assert split_file in text

@@ -1,0 +1,105 @@
+"""trainer/checkpoint.py: atomic writes, checked loads, RNG round trips, run-dir resolution."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import checkpoint as ck
+
+
+def _state(**extra: object) -> dict:
+    return {
+        "model": {"w": torch.arange(6.0).view(2, 3)}, "epoch": 3,
+        "config": {"model": {"stream": "temporal", "arch": "resnet18"}},
+        "classes": ["a", "b", "c"], **extra,
+    }
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    path = ck.save_checkpoint(_state(), tmp_path / "run" / "checkpoint.pt")
+    got = ck.load_checkpoint(path)
+    assert got["format"] == ck.FORMAT_NAME and got["format_version"] == ck.FORMAT_VERSION
+    assert torch.equal(got["model"]["w"], torch.arange(6.0).view(2, 3))
+    assert got["epoch"] == 3
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ck.save_checkpoint(_state(), tmp_path / "checkpoint.pt")
+    before = path.read_bytes()
+
+    def broken_save(obj: object, f: object) -> None:
+        f.write(b"half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(_state(epoch=4), path)
+    assert path.read_bytes() == before
+    assert ck.load_checkpoint(path)["epoch"] == 3
+
+
+def test_load_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ck.CheckpointError, match="no checkpoint at"):
+        ck.load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a zip file at all" * 10)
+    with pytest.raises(ck.CheckpointError, match="cannot read checkpoint") as e:
+        ck.load_checkpoint(garbage)
+    assert "\n" not in str(e.value)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ck.CheckpointError, match="not a trainer checkpoint"):
+        ck.load_checkpoint(foreign)
+    future = tmp_path / "future.pt"
+    torch.save({"format": ck.FORMAT_NAME, "format_version": 99}, future)
+    with pytest.raises(ck.CheckpointError, match="format_version 99, expected 1"):
+        ck.load_checkpoint(future)
+
+
+def test_rng_state_round_trip() -> None:
+    state = ck.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    ck.set_rng_state(state)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1]
+    assert torch.equal(first[2], second[2])
+
+
+def test_rng_state_survives_save_and_load(tmp_path: Path) -> None:
+    path = ck.save_checkpoint(_state(rng=ck.rng_state()), tmp_path / "c.pt")
+    expected = torch.rand(4)
+    ck.set_rng_state(ck.load_checkpoint(path)["rng"])
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_resolve_checkpoint_prefers_best(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ck.CheckpointError, match="no checkpoint or run directory"):
+        ck.resolve_checkpoint(run)
+    run.mkdir()
+    with pytest.raises(ck.CheckpointError, match="neither best.pt nor checkpoint.pt"):
+        ck.resolve_checkpoint(run)
+    ck.save_checkpoint(_state(), run / ck.LAST)
+    assert ck.resolve_checkpoint(run) == run / ck.LAST
+    ck.save_checkpoint(_state(), run / ck.BEST)
+    assert ck.resolve_checkpoint(run) == run / ck.BEST
+    assert ck.resolve_checkpoint(run / ck.LAST) == run / ck.LAST
+
+
+def test_check_compatible() -> None:
+    state = _state()
+    ck.check_compatible(state, path="x.pt", stream="temporal", arch="resnet18", classes=["a", "b", "c"])
+    with pytest.raises(ck.CheckpointError, match="x.pt is a temporal stream checkpoint, expected spatial"):
+        ck.check_compatible(state, path="x.pt", stream="spatial")
+    with pytest.raises(ck.CheckpointError, match="--arch resnet18, expected resnet50"):
+        ck.check_compatible(state, path="x.pt", arch="resnet50")
+    with pytest.raises(ck.CheckpointError, match="index 1: 'b' vs 'B'"):
+        ck.check_compatible(state, path="x.pt", classes=["a", "B", "c"])
+    with pytest.raises(ck.CheckpointError, match="lengths 3 vs 4"):
+        ck.check_compatible(state, path="x.pt", classes=["a", "b", "c", "d"])

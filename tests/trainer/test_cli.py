@@ -1,0 +1,167 @@
+"""trainer/cli.py: help, exit codes and one-line errors for bad input, and fit -> evaluate -> fuse end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from trainer import cli, models
+from trainer.cli import main
+
+REPO = Path(__file__).parents[2]
+TINY = ["--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--batch-size", "3", "--workers", "0",
+        "--val-samples", "2", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors on 2 shared cores: a second intra-op thread only adds contention (measured 3x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result: Result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught exception
+    assert "Traceback" not in result.output
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def _fit_args(shards, out: Path, stream: str = "temporal") -> list[str]:
+    return ["fit", "--stream", stream, "--shards", shards.root, "--train-list", shards.train_list,
+            "--val-list", shards.val_list, "--out", out, "--epochs", "1", *TINY]
+
+
+def test_cli_arch_choices_are_the_models() -> None:
+    assert cli.ARCHS == models.ARCHS
+
+
+def test_help_explains_every_command() -> None:
+    top = _invoke("--help")
+    assert top.exit_code == 0 and all(c in top.output for c in ("fit", "evaluate", "fuse", "torchrun"))
+    fit = _invoke("fit", "--help")
+    for opt in ("--stream", "--shards", "--train-list", "--val-list", "--out", "--arch", "--pretrained", "--epochs",
+                "--batch-size", "--lr", "--flow-length", "--crop-size", "--workers", "--device", "--seed", "--resume"):
+        assert opt in fit.output, opt
+    ev = _invoke("evaluate", "--help")
+    for opt in ("--test-list", "--spatial", "--temporal", "--fusion", "--spatial-weight", "--val-list", "--samples",
+                "--crops", "--out"):
+        assert opt in ev.output, opt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["fit"], ["evaluate"]])
+def test_python_m_trainer_reports_a_missing_shard_in_one_line(make_tiny_shards, tmp_path, argv) -> None:
+    """A real process: exit status 1 and one line on stderr, no traceback."""
+    shards = make_tiny_shards()
+    (shards.root / "shard-00001.h5").unlink()
+    if argv == ["fit"]:
+        args = _fit_args(shards, tmp_path / "run")
+    else:
+        args = ["evaluate", "--shards", shards.root, "--test-list", shards.test_list, "--temporal", tmp_path,
+                "--out", tmp_path / "r.json"]
+    proc = subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("Error: ") and str(shards.root / "shard-00001.h5") in line and "missing" in line
+
+
+def test_bad_lists_exit_1_with_one_line(tiny_shards, tmp_path) -> None:
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("Drift/v_Drift_g01_c01.avi 1\nDrift/v_Drift_g99_c01.avi 1\n")
+    args = _fit_args(tiny_shards, tmp_path / "run")
+    args[args.index("--train-list") + 1] = unknown
+    _one_line_error(_invoke(*args), 1, "unknown.txt:2", "Drift/v_Drift_g99_c01", "not in the shards")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    args[args.index("--train-list") + 1] = empty
+    _one_line_error(_invoke(*args), 1, "empty.txt", "empty")
+    _one_line_error(_invoke("evaluate", "--shards", tiny_shards.root, "--test-list", unknown, "--temporal", tmp_path,
+                            "--out", tmp_path / "r.json"), 1, "Drift/v_Drift_g99_c01")
+
+
+def test_usage_errors_exit_2(tiny_shards, tmp_path) -> None:
+    run = tmp_path / "run"
+    _one_line_error(_invoke(*_fit_args(tiny_shards, run), "--resume"), 2, "--resume: no checkpoint at")
+    _one_line_error(_invoke(*_fit_args(tiny_shards, run), "--pretrained", tmp_path / "nope.pth"), 2, "nope.pth")
+    no_stream = _fit_args(tiny_shards, run)
+    del no_stream[1:3]
+    _one_line_error(_invoke(*no_stream), 2, "Missing option '--stream'")
+    missing = _fit_args(tiny_shards, run)
+    missing[missing.index("--shards") + 1] = tmp_path / "no-such-dir"
+    _one_line_error(_invoke(*missing), 2, "--shards", "does not exist")
+    ev = ["evaluate", "--shards", tiny_shards.root, "--test-list", tiny_shards.test_list, "--out", tmp_path / "r.json"]
+    _one_line_error(_invoke(*ev), 2, "give --spatial and/or --temporal")
+    both = [*ev, "--spatial", tmp_path, "--temporal", tmp_path]
+    _one_line_error(_invoke(*both, "--spatial-weight", "auto"), 2, "--spatial-weight auto", "--val-list")
+    _one_line_error(_invoke(*both, "--fusion", "learned"), 2, "--fusion learned", "--val-list")
+    _one_line_error(_invoke(*both, "--fusion", "weighted"), 2, "needs --spatial-weight")
+    _one_line_error(_invoke(*both, "--spatial-weight", "1.5"), 2, "in [0, 1] or 'auto', got '1.5'")
+    _one_line_error(_invoke(*both, "--fusion", "average", "--spatial-weight", "0.3"), 2, "applies to --fusion weighted")
+    _one_line_error(_invoke(*ev, "--temporal", tmp_path, "--fusion", "learned"), 2, "fusion needs both streams")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda(tiny_shards, tmp_path) -> None:
+    args = _fit_args(tiny_shards, tmp_path / "run")
+    args[args.index("--device") + 1] = "cuda"
+    _one_line_error(_invoke(*args), 1, "no CUDA device")
+
+
+@pytest.mark.slow
+def test_fit_evaluate_fuse_end_to_end(tiny_shards, tmp_path) -> None:
+    runs = {s: tmp_path / s for s in ("spatial", "temporal")}
+    for stream, run in runs.items():
+        result = _invoke(*_fit_args(tiny_shards, run, stream))
+        assert result.exit_code == 0, result.output
+        assert "epoch 1: loss" in result.stdout
+        assert {p.name for p in run.iterdir()} == {"best.pt", "checkpoint.pt", "metrics.jsonl"}
+
+    # the same run again without --resume would overwrite it: refused
+    _one_line_error(_invoke(*_fit_args(tiny_shards, runs["temporal"])), 2, "already holds a run")
+    # resuming a finished run with another arch: the checkpoint does not fit
+    wrong = _fit_args(tiny_shards, runs["temporal"])
+    wrong[wrong.index("--arch") + 1] = "resnet34"
+    _one_line_error(_invoke(*wrong, "--resume"), 1, "holds a temporal resnet18 network")
+    # a spatial checkpoint given as --temporal
+    out = tmp_path / "eval" / "results.json"
+    ev = ["evaluate", "--shards", tiny_shards.root, "--test-list", tiny_shards.test_list, "--samples", "2",
+          "--workers", "0", "--device", "cpu", "--no-progress", "--out", out]
+    _one_line_error(_invoke(*ev, "--temporal", runs["spatial"]), 1, "is a spatial stream checkpoint, expected temporal")
+
+    result = _invoke(*ev, "--spatial", runs["spatial"], "--temporal", runs["temporal"], "--fusion", "learned",
+                     "--val-list", tiny_shards.val_list, "--crops", "10")
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert {"spatial", "temporal", "fused"} <= res.keys() and res["fusion"] == "learned" and res["num_videos"] == 3
+    assert res["crops"] == 10 and res["samples"] == 2
+    for name in ("spatial", "temporal", "fused"):
+        assert set(res[name]) == {"top1", "top5", "mean_class"} and Path(res["confusion"][name]).is_file()
+        assert f"{name:>8}: top1" in result.stdout
+
+    fused = tmp_path / "eval" / "weighted.json"
+    result = _invoke("fuse", "--scores", out.with_name("results.scores.npz"), "--spatial-weight", "auto", "--out", fused)
+    assert result.exit_code == 0, result.output
+    again = json.loads(fused.read_text())
+    assert again["fusion"] == "weighted" and 0.0 <= again["alpha"] <= 1.0 and again["fusion_fitted_on"] == 3
+    assert again["spatial"] == res["spatial"] and again["temporal"] == res["temporal"]
+
+    only = tmp_path / "eval" / "only.json"
+    _invoke(*ev[:-1], only, "--temporal", runs["temporal"])
+    result = _invoke("fuse", "--scores", only.with_name("only.scores.npz"), "--fusion", "learned", "--out", fused)
+    _one_line_error(result, 2, "fusion needs both streams")

@@ -1,0 +1,156 @@
+"""trainer/evaluate.py: metrics, fusion fitted on validation only, results/scores/PNG files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import checkpoint as ck
+from trainer.config import DataConfig, ModelConfig, to_dict
+from trainer.data import DataError
+from trainer.evaluate import (
+    confusion_matrix, fit_learned_fusion, load_scores, plot_confusion, report, run_evaluate, score_metrics,
+    search_alpha, topk_accuracy,
+)
+from trainer.fit import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors on 2 shared cores: a second intra-op thread only adds contention (measured 3x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_topk_and_mean_class_accuracy() -> None:
+    scores = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
+    labels = np.array([0, 1, 2, 0])
+    assert topk_accuracy(scores, labels, 1) == 0.5
+    assert topk_accuracy(scores, labels, 2) == 0.75  # video 1: class 1 is second (hit); video 3: class 0 is third
+    assert topk_accuracy(scores, labels, 5) == 1.0  # k capped at 3 classes
+    assert confusion_matrix(scores.argmax(1), labels, 3).tolist() == [[1, 1, 0], [1, 0, 0], [0, 0, 1]]
+    m = score_metrics(scores, labels)
+    # class 0: 1 of 2 right, class 1: 0 of 1, class 2: 1 of 1 -> mean of (0.5, 0, 1)
+    assert m == {"top1": 0.5, "top5": 1.0, "mean_class": pytest.approx(0.5)}
+
+
+def _two_stream_val(n: int = 60, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spatial is right (unsure, 0.5) on classes 0 and 1 and confidently wrong (0.95) on class 2; temporal
+    the other way round. A fixed weight cannot fix both: classes 0/1 need alpha > 0.655, class 2 alpha < 0.345."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    s, t = np.full((n, k), 0.025), np.full((n, k), 0.025)
+    for i, y in enumerate(labels):
+        wrong = (y + 1) % k
+        if y < 2:
+            s[i, y], t[i, wrong] = 0.5, 0.95
+        else:
+            s[i, wrong], t[i, y] = 0.95, 0.5
+    return s / s.sum(1, keepdims=True), t / t.sum(1, keepdims=True), labels
+
+
+def test_search_alpha_finds_the_only_working_weights() -> None:
+    s, t, y = _two_stream_val()
+    alpha = search_alpha(s, t, y)
+    accs = {a: topk_accuracy(a * s + (1 - a) * t, y, 1) for a in np.linspace(0, 1, 101)}
+    assert topk_accuracy(alpha * s + (1 - alpha) * t, y, 1) == pytest.approx(max(accs.values()), abs=0.02)
+    assert search_alpha(s, s, y) == 0.5  # every alpha ties: the most balanced one
+    right, wrong = np.eye(3)[y], np.eye(3)[(y + 1) % 3]
+    assert search_alpha(right, wrong, y) == 0.55  # any alpha > 0.5 is perfect: the most balanced of them
+    assert search_alpha(wrong, right, y) == 0.45
+
+
+def test_learned_fusion_beats_averaging_where_streams_specialise() -> None:
+    s, t, y = _two_stream_val()
+    mlp = fit_learned_fusion(s, t, y)
+    with torch.no_grad():
+        logp = lambda p: torch.from_numpy(np.log(p)).float()  # noqa: E731
+        pred = mlp(logp(s), logp(t)).argmax(1).numpy()
+    assert (pred == y).mean() == 1.0
+    assert max(topk_accuracy(a * s + (1 - a) * t, y, 1) for a in np.linspace(0, 1, 101)) < 0.9
+
+
+def test_confusion_png(tmp_path: Path) -> None:
+    cm = np.array([[3, 1], [0, 4]])
+    path = plot_confusion(cm, ["Drift", "Expand"], tmp_path / "cm.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+def _save_run(run: Path, stream: str, classes: list[str], *, seed: int) -> Path:
+    """A checkpoint as fit writes it (untrained resnet18 weights; the scores are checked, not the accuracy)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(stream=stream, num_classes=len(classes), arch="resnet18", flow_length=2, dropout=0.5)
+    data = DataConfig(shards="unused", train_list="unused", crop_size=16)
+    state = {"model": build_model(cfg, pretrained=None).state_dict(), "epoch": 1,
+             "config": {"model": to_dict(cfg), "data": to_dict(data)}, "classes": classes}
+    return ck.save_checkpoint(state, run / ck.BEST)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_shards, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {s: _save_run(root / s, s, tiny_shards.classes, seed=i).parent for i, s in enumerate(("spatial", "temporal"))}
+
+
+def test_evaluate_both_streams_with_fusion_fitted_on_validation(tiny_shards, runs, tmp_path) -> None:
+    out = tmp_path / "results.json"
+    res = run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=str(runs["spatial"]),
+                       temporal=str(runs["temporal"]), fusion="weighted", spatial_weight="auto",
+                       val_list=str(tiny_shards.val_list), samples=1, crops=10, device=CPU, out=out, workers=0,
+                       show_progress=False)
+    assert json.loads(out.read_text()) == res
+    assert res["num_videos"] == 3 and res["fusion"] == "weighted" and res["fusion_fitted_on"] == 3
+    bundle = load_scores(out.with_name("results.scores.npz"))
+    assert bundle["video_ids"].tolist() == [v for v in tiny_shards.video_ids if v.endswith("g04_c01")]
+    assert bundle["labels"].tolist() == [0, 1, 2]
+    assert bundle["val_labels"].tolist() == [0, 1, 2]
+    # alpha was picked on the validation scores, and the fused test scores use it
+    assert res["alpha"] == search_alpha(bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"])
+    fused = res["alpha"] * bundle["spatial"] + (1 - res["alpha"]) * bundle["temporal"]
+    for name, sc in (("spatial", bundle["spatial"]), ("temporal", bundle["temporal"]), ("fused", fused)):
+        assert res[name] == score_metrics(sc, bundle["labels"])
+        assert sc.shape == (3, 3) and sc.sum(1) == pytest.approx(1.0)
+        assert Path(res["confusion"][name]).read_bytes()[:4] == b"\x89PNG"
+    assert res["checkpoints"] == {s: str(runs[s] / ck.BEST) for s in ("spatial", "temporal")}
+
+    # The fusion can be redone from the saved scores without the networks.
+    again = report(bundle, fusion="average", spatial_weight=None, out=tmp_path / "avg.json")
+    assert again["alpha"] == 0.5 and again["spatial"] == res["spatial"]
+    assert again["fused"] == score_metrics(0.5 * bundle["spatial"] + 0.5 * bundle["temporal"], bundle["labels"])
+    learned = report(bundle, fusion="learned", spatial_weight=None, out=tmp_path / "learned.json")
+    assert learned["fusion_fitted_on"] == 3 and learned["alpha"] is None and set(learned["fused"]) == {"top1", "top5", "mean_class"}
+
+
+def test_evaluate_one_stream_single_crop(tiny_shards, runs, tmp_path) -> None:
+    out = tmp_path / "sub" / "t.json"
+    res = run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
+                       temporal=str(runs["temporal"]), samples=3, crops=1, device=CPU, out=out, workers=0,
+                       show_progress=False)
+    assert {"temporal", "num_videos"} <= res.keys() and "spatial" not in res and "fused" not in res
+    assert res["fusion"] is None and res["samples"] == 3 and res["crops"] == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["t.confusion-temporal.png", "t.json", "t.scores.npz"]
+
+
+def test_evaluate_refuses_test_videos_for_fusion_fitting(tiny_shards, runs, tmp_path) -> None:
+    with pytest.raises(DataError, match="shares 3 videos with --test-list"):
+        run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=str(runs["spatial"]),
+                     temporal=str(runs["temporal"]), fusion="learned", val_list=str(tiny_shards.test_list),
+                     device=CPU, out=tmp_path / "r.json", workers=0, show_progress=False)
+
+
+def test_evaluate_checks_the_checkpoint_stream_and_classes(tiny_shards, runs, tmp_path) -> None:
+    with pytest.raises(ck.CheckpointError, match="is a spatial stream checkpoint, expected temporal"):
+        run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
+                     temporal=str(runs["spatial"]), device=CPU, out=tmp_path / "r.json", workers=0, show_progress=False)
+    other = _save_run(tmp_path / "other", "temporal", ["Drift", "Expand", "Spin"], seed=0)
+    with pytest.raises(ck.CheckpointError, match="index 2: 'Spin' vs 'Rotate'"):
+        run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
+                     temporal=str(other), device=CPU, out=tmp_path / "r.json", workers=0, show_progress=False)

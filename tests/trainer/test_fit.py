@@ -1,0 +1,132 @@
+"""trainer/fit.py: real runs of resnet18 at a 16 px crop on the tiny shards (CPU, workers=0)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import checkpoint as ck
+from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from trainer.data import DataError
+from trainer.fit import METRICS, amp_dtype_for, fit, lr_lambda
+
+TIMING = {"samples_per_s", "data_wait_frac"}  # wall-clock fields differ between runs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors on 2 shared cores: a second intra-op thread only adds contention (measured 3x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _configs(shards, out: Path, *, epochs: int = 2, resume: bool = False, arch: str = "resnet18", stream: str = "temporal",
+             val: bool = True, seed: int = 0, workers: int = 0):
+    model = ModelConfig(stream=stream, num_classes=1, arch=arch, flow_length=2, dropout=0.5)
+    data = DataConfig(shards=str(shards.root), train_list=str(shards.train_list),
+                      val_list=str(shards.val_list) if val else None, crop_size=16, batch_size=3, workers=workers, val_samples=2)
+    optim = OptimConfig(epochs=epochs, lr=0.01, warmup_epochs=0.5)
+    run = RunConfig(out=str(out), device="cpu", seed=seed, resume=resume)
+    return {"model": model, "data": data, "optim": optim, "run": run, "show_progress": False}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(tiny_shards, tmp_path_factory) -> tuple[Path, Path]:
+    """The same 2-epoch run twice: uninterrupted in one process, and stopped after epoch 1 then resumed,
+    with DataLoader worker processes (2, then 1): augmentation must not depend on who loads a sample."""
+    a, b = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
+    fit(**_configs(tiny_shards, a))
+    first = fit(**_configs(tiny_shards, b, workers=2), stop_after=1)
+    assert first["epoch"] == 1 and len(_metrics(b)) == 1
+    fit(**_configs(tiny_shards, b, resume=True, workers=1))
+    return a, b
+
+
+@pytest.mark.slow
+def test_resume_gives_the_state_of_an_uninterrupted_run(straight_and_resumed) -> None:
+    a, b = straight_and_resumed
+    ca, cb = ck.load_checkpoint(a / ck.LAST), ck.load_checkpoint(b / ck.LAST)
+    assert ca["epoch"] == cb["epoch"] == 2
+    assert ca["model"].keys() == cb["model"].keys()
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"] == 4  # 2 iterations x 2 epochs
+    ma, mb = _metrics(a), _metrics(b)
+    assert [m["epoch"] for m in ma] == [m["epoch"] for m in mb] == [1, 2]
+    for x, y in zip(ma, mb):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+@pytest.mark.slow
+def test_checkpoint_metrics_and_best_on_validation(straight_and_resumed, tiny_shards) -> None:
+    run = straight_and_resumed[0]
+    metrics = _metrics(run)
+    for m in metrics:
+        assert {"loss", "acc", "val_acc", "val_clip_acc", "lr", "samples_per_s", "data_wait_frac"} <= m.keys()
+        assert 0.0 <= m["data_wait_frac"] <= 1.0 and m["samples_per_s"] > 0
+        assert m["samples_per_rank"] == [6] and m["overlap_samples"] == 0
+    best = ck.load_checkpoint(run / ck.BEST)
+    accs = [m["val_acc"] for m in metrics]
+    assert best["epoch"] == 1 + accs.index(max(accs))  # the first epoch reaching the best validation accuracy
+    assert best["best_acc"] == max(accs)
+    last = ck.load_checkpoint(run / ck.LAST)
+    assert last["classes"] == tiny_shards.classes
+    assert last["config"]["model"] == {"stream": "temporal", "num_classes": 3, "arch": "resnet18", "flow_length": 2,
+                                       "dropout": 0.5, "pretrained": None}
+    assert last["config"]["optim"]["momentum"] == 0.9 and last["config"]["optim"]["weight_decay"] == 5e-4
+    assert last["scale_factor"] == pytest.approx(2 * tiny_shards.bound / 255)
+    assert last["add_offset"] == pytest.approx(-tiny_shards.bound)
+    assert {"python", "numpy", "torch"} <= last["rng"][0].keys()
+    assert last["history"] == metrics
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl"]
+
+
+def test_run_dir_and_resume_mistakes(tiny_shards, tmp_path) -> None:
+    with pytest.raises(ck.CheckpointError, match="--resume: no checkpoint to resume at"):
+        fit(**_configs(tiny_shards, tmp_path / "nothing", resume=True))
+    run = tmp_path / "run"
+    fit(**_configs(tiny_shards, run, epochs=1, val=False))
+    assert not (run / ck.BEST).exists()  # no validation list, no best
+    with pytest.raises(ck.CheckpointError, match="already holds a run"):
+        fit(**_configs(tiny_shards, run, epochs=1, val=False))
+    with pytest.raises(ck.CheckpointError, match="holds a temporal resnet18 network .* ask for temporal resnet34"):
+        fit(**_configs(tiny_shards, run, epochs=2, resume=True, arch="resnet34", val=False))
+    assert fit(**_configs(tiny_shards, run, epochs=1, resume=True, val=False)) == {}  # nothing left to do
+
+
+def test_spatial_stream_needs_rgb(make_tiny_shards, tmp_path) -> None:
+    shards = make_tiny_shards(rgb=False)
+    with pytest.raises(DataError, match="spatial stream needs RGB frames"):
+        fit(**_configs(shards, tmp_path / "run", stream="spatial"))
+
+
+def test_spatial_stream_trains_one_epoch(tiny_shards, tmp_path) -> None:
+    stats = fit(**_configs(tiny_shards, tmp_path / "run", stream="spatial", epochs=1))
+    assert stats["samples_total"] == 6 and 0.0 <= stats["val_acc"] <= 1.0
+    assert ck.load_checkpoint(tmp_path / "run" / ck.LAST)["config"]["model"]["stream"] == "spatial"
+
+
+def test_learning_rate_schedules() -> None:
+    cos = lr_lambda(OptimConfig(epochs=10, lr=0.1, warmup_epochs=1, warmup_factor=0.1), iters_per_epoch=10)
+    assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55)  # linear warmup over 10 iterations
+    assert cos(10) == pytest.approx(1.0) and cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    step = lr_lambda(OptimConfig(epochs=30, lr=0.1, schedule="step", step_size=10, gamma=0.1), iters_per_epoch=4)
+    assert [step(i) for i in (0, 39, 40, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_mixed_precision_only_on_cuda() -> None:
+    assert amp_dtype_for("auto", torch.device("cpu")) is None
+    assert amp_dtype_for("fp16", torch.device("cpu")) is None
+    assert amp_dtype_for("none", torch.device("cuda", 0)) is None
+    assert amp_dtype_for("fp16", torch.device("cuda", 0)) is torch.float16

@@ -1,0 +1,127 @@
+"""Checkpoints: atomic save, checked load, and the RNG state that makes ``--resume`` exact.
+
+A checkpoint is one ``torch.save`` dict::
+
+    {"format": "trainer-checkpoint", "format_version": 1,
+     "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "epoch": last finished epoch (0-based), "best_acc": float, "rng": rng_state(),
+     "config": {"model": {...}, "data": {...}, "optim": {...}, "run": {...}},
+     "classes": [class names], "scale_factor": float, "add_offset": float}
+
+``RUN_DIR/checkpoint.pt`` is the latest epoch, ``RUN_DIR/best.pt`` the best on the validation list.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_NAME = "trainer-checkpoint"
+FORMAT_VERSION = 1
+LAST = "checkpoint.pt"
+BEST = "best.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit what is asked of it."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop draws from (python, numpy, torch CPU and CUDA)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    # A run resumed on a machine with a different GPU count restores what it can.
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        for i, s in enumerate(cuda):
+            torch.cuda.set_rng_state(s, device=i)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        # weights_only=False: the RNG state holds numpy arrays and python tuples. Only load your own runs.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a trainer checkpoint (expected format {FORMAT_NAME!r})")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format_version {ckpt.get('format_version')}, expected {FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best checkpoint (or the last one if no validation was run)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run directory {path} has neither {BEST} nor {LAST}")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint or run directory at {path}")
+    return path
+
+
+def check_compatible(
+    ckpt: dict[str, Any], *, path: str | Path, stream: str | None = None, arch: str | None = None,
+    classes: list[str] | None = None,
+) -> None:
+    """Raise a one-line CheckpointError if ``ckpt`` was trained for another stream, arch or class list."""
+    model = ckpt["config"]["model"]
+    if stream is not None and model["stream"] != stream:
+        raise CheckpointError(f"{path} is a {model['stream']} stream checkpoint, expected {stream}")
+    if arch is not None and model["arch"] != arch:
+        raise CheckpointError(f"{path} was trained with --arch {model['arch']}, expected {arch}")
+    if classes is not None and list(ckpt["classes"]) != list(classes):
+        raise CheckpointError(
+            f"{path} was trained on {len(ckpt['classes'])} classes that differ from the shards' "
+            f"{len(classes)} classes (first difference: "
+            f"{_first_difference(list(ckpt['classes']), list(classes))})"
+        )
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"index {i}: {x!r} vs {y!r}"
+    return f"lengths {len(a)} vs {len(b)}"

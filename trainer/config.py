@@ -1,0 +1,126 @@
+"""Training run parameters, one frozen dataclass per concern.
+
+They are stored in every checkpoint as plain dicts (``dataclasses.asdict``), so a checkpoint says how
+it was made and ``trainer evaluate`` can rebuild the network from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+Stream = Literal["spatial", "temporal"]
+STREAMS: tuple[str, ...] = ("spatial", "temporal")
+SCHEDULES: tuple[str, ...] = ("cosine", "step")
+AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
+
+# Dropout before the classifier as in the two-stream paper (0.5 spatial, 0.7 temporal in TSN's recipe).
+DEFAULT_DROPOUT = {"spatial": 0.5, "temporal": 0.7}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What network is trained; everything needed to rebuild it for evaluation."""
+
+    stream: Stream
+    num_classes: int
+    arch: str = "resnet50"
+    flow_length: int = 10  # L: flow fields per temporal sample (2L input channels)
+    dropout: float = 0.5
+    pretrained: str | None = None  # None | "imagenet" | path to a state dict (used only when building fresh)
+
+    def __post_init__(self) -> None:
+        if self.stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}, got {self.stream!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.flow_length < 1:
+            raise ValueError(f"flow_length must be >= 1, got {self.flow_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def same_network(self, other: "ModelConfig") -> bool:
+        """True if a state dict of one fits the other (pretrained only affects initialisation)."""
+        keys = ("stream", "num_classes", "arch", "flow_length")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples come from and how they are batched."""
+
+    shards: str
+    train_list: str
+    val_list: str | None = None
+    crop_size: int = 224
+    batch_size: int = 32  # per process
+    workers: int = 4  # DataLoader worker processes per process
+    val_samples: int = 5  # frames / stacks per validation video (video-level accuracy, centre crop)
+
+    def __post_init__(self) -> None:
+        for name in ("crop_size", "batch_size", "val_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum and a per-iteration learning-rate schedule."""
+
+    epochs: int = 30
+    lr: float = 0.01  # for the global batch (batch_size * world_size); not rescaled automatically
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    warmup_epochs: float = 0.0  # linear warmup from lr * warmup_factor
+    warmup_factor: float = 0.1
+    step_size: int = 10  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
+    max_grad_norm: float | None = 40.0  # TSN's clip on the global gradient norm; None disables
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {self.step_size}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how the run executes."""
+
+    out: str
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 where supported, else fp16; CUDA only
+    channels_last: bool = True  # applied on CUDA only (faster convolutions on tensor cores)
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """Rebuild a config from a checkpoint dict; unknown keys (from a newer version) are an error."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; expected a subset of {sorted(names)}")
+    return cls(**d)

@@ -1,0 +1,221 @@
+"""``trainer evaluate``: video-level scores per stream, their fusion, results.json and a confusion matrix.
+
+Per video, the softmax scores of ``samples`` uniformly spaced frames / flow stacks (x ``crops``) are
+averaged. Fusion weights (the spatial weight alpha, or the learned-fusion MLP) are fitted on the
+validation list's scores only, never on the test list's. Everything derived from the networks is
+saved next to results.json as ``<stem>.scores.npz`` so that ``trainer fuse`` can redo the fusion
+without running a network again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+
+from trainer import checkpoint as ckpt_io
+from trainer.config import ModelConfig, from_dict
+from trainer.data import DataError, VideoEvalDataset, index_shards, read_video_list
+from trainer.engine import evaluate
+from trainer.fit import amp_dtype_for, build_model
+from trainer.models import LearnedFusion
+
+FUSIONS = ("average", "weighted", "learned")
+ALPHA_GRID = np.linspace(0.0, 1.0, 21)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest scores (k capped at the class count)."""
+    k = min(k, scores.shape[1])
+    topk = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float((topk == labels[:, None]).any(axis=1).mean())
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts: row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    return cm
+
+
+def score_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """top1, top5 and mean per-class accuracy (over the classes present in ``labels``)."""
+    cm = confusion_matrix(scores.argmax(axis=1), labels, scores.shape[1])
+    present = cm.sum(axis=1) > 0
+    per_class = np.diag(cm)[present] / cm.sum(axis=1)[present]
+    return {
+        "top1": topk_accuracy(scores, labels, 1),
+        "top5": topk_accuracy(scores, labels, 5),
+        "mean_class": float(per_class.mean()),
+    }
+
+
+def search_alpha(spatial: np.ndarray, temporal: np.ndarray, labels: np.ndarray, grid: np.ndarray = ALPHA_GRID) -> float:
+    """The spatial weight in ``grid`` with the best top-1 on these (validation) scores; ties -> closest to 0.5."""
+    accs = [topk_accuracy(a * spatial + (1 - a) * temporal, labels, 1) for a in grid]
+    best = max(accs)
+    return float(min((a for a, acc in zip(grid, accs) if acc == best), key=lambda a: abs(a - 0.5)))
+
+
+def _log_probs(p: np.ndarray) -> torch.Tensor:
+    # LearnedFusion takes logits and applies softmax; log p is a logit whose softmax is p itself.
+    return torch.from_numpy(np.log(np.clip(p, 1e-12, None))).float()
+
+
+def fit_learned_fusion(
+    spatial: np.ndarray, temporal: np.ndarray, labels: np.ndarray, *, hidden: int = 256, steps: int = 300,
+    lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
+) -> LearnedFusion:
+    """Train a LearnedFusion MLP on (validation) per-video scores, full batch with Adam."""
+    torch.manual_seed(seed)
+    fusion = LearnedFusion(num_classes=spatial.shape[1], hidden=hidden)
+    s, t, y = _log_probs(spatial), _log_probs(temporal), torch.from_numpy(labels).long()
+    opt = torch.optim.Adam(fusion.parameters(), lr=lr, weight_decay=weight_decay)
+    fusion.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few thousand numbers per step: a thread pool only adds overhead
+    try:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(fusion(s, t), y).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return fusion.eval()
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str) -> Path:
+    """Row-normalised confusion matrix as a PNG (matplotlib's Agg canvas, no display needed)."""
+    k = len(classes)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = min(4 + 0.18 * k, 24)
+    fig = Figure(figsize=(side, side), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    fontsize = max(4, min(9, 600 // max(k, 1)))
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(k), classes, fontsize=fontsize)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def load_stream(path: str | Path, *, stream: str, classes: list[str], device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
+    """The network of a RUN_DIR (its best.pt, else checkpoint.pt) or checkpoint file, checked against ``stream`` and ``classes``."""
+    file = ckpt_io.resolve_checkpoint(path)
+    ckpt = ckpt_io.load_checkpoint(file)
+    ckpt_io.check_compatible(ckpt, path=file, stream=stream, classes=classes)
+    net = build_model(from_dict(ModelConfig, ckpt["config"]["model"]), pretrained=None)
+    net.load_state_dict(ckpt["model"])
+    channels_last = device.type == "cuda"
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    return net.eval(), ckpt["config"], file
+
+
+def video_scores(
+    net: torch.nn.Module, config: dict, records: list, *, index: Any, device: torch.device, samples: int, crops: int,
+    batch_size: int, workers: int, show_progress: bool,
+) -> np.ndarray:
+    """(num_videos, K) softmax scores averaged over each video's samples x crops."""
+    stream = config["model"]["stream"]
+    ds = VideoEvalDataset(records, stream=stream, samples=samples, crops=crops,
+                          flow_length=config["model"]["flow_length"], crop_size=config["data"]["crop_size"])
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    res = evaluate(
+        net, loader, device=device, stream=stream, scale_factor=index.scale_factor, add_offset=index.add_offset,
+        amp_dtype=amp_dtype_for("auto", device), channels_last=device.type == "cuda", show_progress=show_progress,
+    )
+    return res["scores"]
+
+
+def run_evaluate(
+    *, shards: str, test_list: str, spatial: str | None, temporal: str | None, fusion: str = "average",
+    spatial_weight: float | str | None = None, val_list: str | None = None, samples: int = 25, crops: int = 1,
+    device: torch.device, out: str | Path, batch_size: int = 1, workers: int = 2, show_progress: bool = True,
+) -> dict[str, Any]:
+    """Score the test list (and the validation list when fusion needs it), then :func:`report`."""
+    index = index_shards(shards)
+    test = read_video_list(test_list, index)
+    need_val = spatial is not None and temporal is not None and (fusion == "learned" or spatial_weight == "auto")
+    val = read_video_list(val_list, index) if need_val and val_list else []
+    shared = {r.video_id for r in test} & {r.video_id for r in val}
+    if shared:
+        raise DataError(
+            f"--val-list {val_list} shares {len(shared)} videos with --test-list {test_list} (e.g. {min(shared)}); "
+            "fusion weights must be chosen on held-out validation videos"
+        )
+    bundle: dict[str, Any] = {
+        "classes": np.array(index.classes), "video_ids": np.array([r.video_id for r in test]),
+        "labels": np.array([r.label for r in test], dtype=np.int64),
+        "val_video_ids": np.array([r.video_id for r in val]), "val_labels": np.array([r.label for r in val], dtype=np.int64),
+    }
+    checkpoints = {}
+    for stream, path in (("spatial", spatial), ("temporal", temporal)):
+        if path is None:
+            continue
+        net, config, file = load_stream(path, stream=stream, classes=list(index.classes), device=device)
+        checkpoints[stream] = str(file)
+        kw = dict(index=index, device=device, samples=samples, crops=crops, batch_size=batch_size, workers=workers,
+                  show_progress=show_progress)
+        bundle[stream] = video_scores(net, config, test, **kw)
+        if val:
+            bundle[f"val_{stream}"] = video_scores(net, config, val, **kw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(scores_path(out), **bundle)
+    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=out)
+    results.update(samples=samples, crops=crops, checkpoints=checkpoints)
+    _write_json(out, results)
+    return results
+
+
+def scores_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.scores.npz")
+
+
+def report(bundle: dict[str, Any], *, fusion: str, spatial_weight: float | str | None, out: Path) -> dict[str, Any]:
+    """Metrics per stream and fused from saved scores; writes results JSON and one confusion PNG per entry."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    labels, classes = bundle["labels"], [str(c) for c in bundle["classes"]]
+    scores = {name: bundle[name] for name in ("spatial", "temporal") if name in bundle}
+    results: dict[str, Any] = {"num_videos": int(len(labels)), "fusion": None, "alpha": None}
+    if len(scores) == 2:
+        s, t = scores["spatial"], scores["temporal"]
+        results["fusion"] = fusion
+        if fusion == "learned":
+            mlp = fit_learned_fusion(bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"])
+            with torch.no_grad():
+                scores["fused"] = mlp(_log_probs(s), _log_probs(t)).softmax(dim=1).numpy()
+            results["fusion_fitted_on"] = int(len(bundle["val_labels"]))
+        else:
+            alpha = 0.5 if fusion == "average" else spatial_weight
+            if alpha == "auto":
+                alpha = search_alpha(bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"])
+                results["fusion_fitted_on"] = int(len(bundle["val_labels"]))
+            results["alpha"] = float(alpha)
+            scores["fused"] = results["alpha"] * s + (1 - results["alpha"]) * t
+    confusion = {}
+    for name, sc in scores.items():
+        results[name] = score_metrics(sc, labels)
+        cm = confusion_matrix(sc.argmax(axis=1), labels, len(classes))
+        title = f"{name}: top-1 {100 * results[name]['top1']:.1f}% on {len(labels)} videos"
+        confusion[name] = str(plot_confusion(cm, classes, out.with_name(f"{out.stem}.confusion-{name}.png"), title=title))
+    results.update(confusion=confusion, scores=str(scores_path(out)))
+    _write_json(out, results)
+    return results
+
+
+def load_scores(path: str | Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
