@@ -13,7 +13,6 @@ setup: $(STAMP)
 # Re-installs only when the package metadata changes; a no-op otherwise.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -1,13 +1,21 @@
 """Temporal-stream loader throughput: flowprep shards vs one grayscale JPEG per flow channel per frame.
 
-Both loaders draw the same samples (random start, L consecutive fields, TSN multi-scale crop, resize
-to the crop size, random flip that negates u) with the same code; only the storage differs:
-- ``shards``: ``trainer.data.FlowStackDataset`` reading L fields from an HDF5 shard (gzip, 1 field/chunk);
+All rows draw the same kind of samples (random start, L consecutive fields, TSN multi-scale crop,
+random flip that negates u); they differ in storage and in WHERE the crop is resized:
+- ``shards``: ``trainer.data.FlowStackDataset`` as ``trainer fit`` uses it when all videos share one
+  size (``frame_size``): L fields read from the HDF5 shard (gzip, 1 field/chunk) into the window that
+  holds the box; NO crop, resize or flip in the worker: those run later, batched, on the device
+  (``transforms.prepare_train_batch``). Its CPU cost is measured separately (``device step on CPU``)
+  and folded into the ``shards + step on CPU`` row, so nothing is hidden;
+- ``shards_cpu_crop``: the same shards with the crop + cv2.resize + flip in the worker (the path for
+  videos of mixed sizes, and what ``shards`` was before);
 - ``jpeg``: the layout of the common two-stream toolkits, ``<video>/flow_x/frame%05d.jpg`` and
-  ``flow_y/...`` (quality 95, cv2.imwrite's default), 2L ``cv2.imread`` calls per sample.
-Rates are stacks/s; ``workers=0`` is the per-worker rate (one process, OpenCV single-threaded), then a
-DataLoader with 2 worker processes. Repetitions are interleaved and the median is reported; every file
-is read from the page cache (both written just before), so this measures decoding, not the disk.
+  ``flow_y/...`` (quality 95, cv2.imwrite's default), 2L ``cv2.imread`` calls per sample, then the
+  CPU-side crop + resize + flip those toolkits do.
+Rates are stacks/s; ``workers=0`` is the per-worker rate (one process, OpenCV and torch single-threaded),
+then a DataLoader with 2 worker processes (batches of 8, collation included). Repetitions are
+interleaved and the median is reported; every file is read from the page cache (both written just
+before), so this measures decoding, not the disk.
 
 The crop rows compare TSN's multi-scale crop with random resized crop through the shards: speed and
 the resize factor s = crop_size / crop side that multiplies the flow (evaluation uses 224/210 = 1.07).
@@ -36,7 +44,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
-from trainer.transforms import EVAL_RESIZE_RATIO, crop_resize, hflip_flow_uint8, multiscale_crop_box
+from trainer.transforms import (
+    EVAL_RESIZE_RATIO, TRAIN_PARAMS, crop_resize, hflip_flow_uint8, multiscale_crop_box, prepare_train_batch,
+)
 
 BOUND = 20.0
 
@@ -134,12 +144,29 @@ def read_ms(read: Callable[[VideoRecord, int], object], records: list[VideoRecor
     return (time.perf_counter() - t0) / n * 1e3
 
 
+def resize_factors(second: torch.Tensor) -> torch.Tensor:
+    """(sx, sy) of an item: given directly (CPU crop) or from its device-crop params (y0, x0, h, w, flip, S)."""
+    if second.shape[-1] == TRAIN_PARAMS:
+        return torch.stack([second[5] / second[3], second[5] / second[2]])
+    return second
+
+
 def inline_rate(ds: Dataset, n: int) -> tuple[float, list[torch.Tensor]]:
     idx = torch.randint(len(ds), (n,)).tolist()
-    t0, scales = time.perf_counter(), []
+    t0, items = time.perf_counter(), []
     for i in idx:
-        scales.append(ds[i][1])
-    return n / (time.perf_counter() - t0), scales
+        items.append(ds[i][1])
+    rate = n / (time.perf_counter() - t0)
+    return rate, [resize_factors(s) for s in items]
+
+
+def device_step_ms(ds: Dataset, batch_size: int, scale_factor: float, add_offset: float) -> float:
+    """Milliseconds per sample of ``prepare_train_batch`` run on this CPU (one thread) for one batch."""
+    items = [ds[i % len(ds)] for i in range(batch_size)]
+    x, params = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+    t0 = time.perf_counter()
+    prepare_train_batch(x, params, stream="temporal", scale_factor=scale_factor, add_offset=add_offset)
+    return (time.perf_counter() - t0) / batch_size * 1e3
 
 
 def single_thread_opencv(_: int) -> None:
@@ -185,6 +212,7 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cv2.setNumThreads(1)  # the inline rows are per-worker rates
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -211,13 +239,15 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
         jpeg_error = float(np.abs(jpeg.read(records[0], 1) - a).mean())
         if not jpeg_error < 1.5:
             raise click.ClickException(f"JPEG and shard stacks differ by {jpeg_error:.2f} codes on average; expected < 1.5")
-        sets = {"shards": FlowStackDataset(records, **kw), "jpeg": jpeg,
-                "shards+resized_crop": FlowStackDataset(records, crop="resized", **kw),
-                "raw_shards (what-if)": FlowStackDataset(raw_records, **kw)}
+        dev = {"frame_size": (240, 320)}  # as trainer fit builds it: crop on the device
+        sets = {"shards": FlowStackDataset(records, **dev, **kw), "shards_cpu_crop": FlowStackDataset(records, **kw),
+                "jpeg": jpeg, "shards+resized_crop": FlowStackDataset(records, crop="resized", **dev, **kw),
+                "raw_shards (what-if)": FlowStackDataset(raw_records, **dev, **kw)}
         readers = {"shards": (lambda r, s: read_flow(r, s, s + flow_length), records), "jpeg": (jpeg.read, records),
                    "raw_shards (what-if)": (lambda r, s: read_flow(r, s, s + flow_length), raw_records)}
+        idx = index_shards(root / "gzip")
         inline, scales = {k: [] for k in sets}, {k: [] for k in sets}
-        reads = {k: [] for k in readers}
+        reads, steps = {k: [] for k in readers}, []
         for rep in range(reps):
             order = list(sets)[rep % len(sets):] + list(sets)[:rep % len(sets)]  # rotate: no position bias
             for name in order:
@@ -226,11 +256,15 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
                 scales[name] += s
                 if name in readers:
                     reads[name].append(read_ms(*readers[name], samples // 2, flow_length))
-        loader = {k: [] for k in ("shards", "jpeg", "raw_shards (what-if)")}
+            steps.append(device_step_ms(sets["shards"], 16, idx.scale_factor, idx.add_offset))
+        loader = {k: [] for k in ("shards", "shards_cpu_crop", "jpeg")}
         for rep in range(2):
             for name in (list(loader) if rep == 0 else list(loader)[::-1]):
                 loader[name].append(loader_rate(sets[name], batches, 8))
     med = {k: statistics.median(v) for k, v in inline.items()}
+    step_ms = statistics.median(steps)
+    # Everything on one CPU core: the worker's item plus the device step run on this CPU instead.
+    med["shards + step on CPU"] = 1e3 / (1e3 / med["shards"] + step_ms)
     med_loader = {k: statistics.median(v) for k, v in loader.items()}
     med_read = {k: statistics.median(v) for k, v in reads.items()}
     eval_factor = crop_size / round(240 / EVAL_RESIZE_RATIO)
@@ -243,20 +277,29 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
         "stacks_per_s_per_worker": med, "stacks_per_s_per_worker_all": inline,
         "stacks_per_s_2_workers": med_loader, "stacks_per_s_2_workers_all": loader,
         "read_ms_per_stack": med_read, "read_ms_per_stack_all": reads,
+        "device_step_on_cpu_ms_per_stack": step_ms, "device_step_on_cpu_ms_all": steps,
         "speedup_per_worker": med["shards"] / med["jpeg"], "speedup_2_workers": med_loader["shards"] / med_loader["jpeg"],
+        "speedup_per_worker_cpu_crop": med["shards_cpu_crop"] / med["jpeg"],
+        "speedup_2_workers_cpu_crop": med_loader["shards_cpu_crop"] / med_loader["jpeg"],
+        "speedup_per_worker_incl_step_on_cpu": med["shards + step on CPU"] / med["jpeg"],
         "resize_factor": {"eval": eval_factor, "multiscale": factor_stats(scales["shards"]),
                           "resized": factor_stats(scales["shards+resized_crop"])},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     click.echo(f"{'loader':<22}{'stacks/s/worker':>16}{'2 workers':>11}{'read ms':>9}   resize factor s (p5/median/p95)")
-    for name in sets:
-        fs = factor_stats(scales[name])
+    for name in med:
+        fs = factor_stats(scales[name]) if name in scales else None
         two = f"{med_loader[name]:11.1f}" if name in med_loader else f"{'-':>11}"
         rd = f"{med_read[name]:9.2f}" if name in med_read else f"{'-':>9}"
-        click.echo(f"{name:<22}{med[name]:16.1f}{two}{rd}   {fs['s_p5']:.2f} / {fs['s_median']:.2f} / {fs['s_p95']:.2f}")
-    click.echo(f"speed-up shards/jpeg: {result['speedup_per_worker']:.2f}x per worker, "
-               f"{result['speedup_2_workers']:.2f}x with 2 workers (target >= 2x); eval factor {eval_factor:.2f}")
+        fac = f"{fs['s_p5']:.2f} / {fs['s_median']:.2f} / {fs['s_p95']:.2f}" if fs else "-"
+        click.echo(f"{name:<22}{med[name]:16.1f}{two}{rd}   {fac}")
+    click.echo("shards: crop + resize + flip run later on the device (prepare_train_batch, batched); that step costs "
+               f"{step_ms:.2f} ms/stack when run on this CPU instead (one thread), counted in 'shards + step on CPU'")
+    click.echo(f"speed-up vs jpeg (which crops/resizes/flips in the worker): shards {result['speedup_per_worker']:.2f}x "
+               f"per worker, {result['speedup_2_workers']:.2f}x with 2 workers (target >= 2x); shards_cpu_crop "
+               f"{result['speedup_per_worker_cpu_crop']:.2f}x / {result['speedup_2_workers_cpu_crop']:.2f}x; "
+               f"shards + step on CPU {result['speedup_per_worker_incl_step_on_cpu']:.2f}x; eval factor {eval_factor:.2f}")
     click.echo(f"bytes per field: shard {sizes['shard_bytes_per_field']:.0f}, raw shard {sizes['raw_shard_bytes_per_field']:.0f}, "
                f"jpeg {sizes['jpeg_bytes_per_field']:.0f}; wrote {out}")
 

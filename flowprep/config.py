@@ -77,8 +77,8 @@ class StorageConfig:
 
     rgb: bool = True  # store JPEG-encoded RGB frames for the spatial stream
     jpeg_quality: int = 90
-    compression: str = "gzip"  # HDF5 filter for flow; gzip is readable by every HDF5 reader
-    compression_level: int = 1
+    compression: str = "gzip"  # HDF5 filter for flow; gzip is readable by every HDF5 reader (deflated with ISA-L)
+    compression_level: int = 1  # ISA-L level, 0-3
     videos_per_shard: int = 100
 
 

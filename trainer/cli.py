@@ -104,6 +104,9 @@ def main() -> None:
               help="DataLoader processes per training process.")
 @click.option("--val-samples", type=click.IntRange(min=1), default=5, show_default=True,
               help="Frames / stacks per validation video (centre crop).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Randomly mirror half the training samples (flow: u negated). Turn it off when a mirror changes "
+                   "the class, e.g. moving left vs right or clockwise vs counter-clockwise.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto = cuda when available.")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
@@ -131,7 +134,8 @@ def fit(**o: Any) -> None:
     model = ModelConfig(stream=o["stream"], num_classes=1, arch=o["arch"], flow_length=o["flow_length"],
                         dropout=dropout, pretrained=o["pretrained"])
     data = DataConfig(shards=o["shards"], train_list=o["train_list"], val_list=o["val_list"], crop_size=o["crop_size"],
-                      batch_size=o["batch_size"], workers=o["workers"], val_samples=o["val_samples"])
+                      batch_size=o["batch_size"], workers=o["workers"], val_samples=o["val_samples"],
+                      flip=o["flip"])
     optim = OptimConfig(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                         schedule=o["schedule"], warmup_epochs=o["warmup_epochs"], step_size=o["step_size"],
                         gamma=o["gamma"])

@@ -57,6 +57,7 @@ class DataConfig:
     batch_size: int = 32  # per process
     workers: int = 4  # DataLoader worker processes per process
     val_samples: int = 5  # frames / stacks per validation video (video-level accuracy, centre crop)
+    flip: bool = True  # random horizontal flip in training; off for classes a mirror swaps (left/right)
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "batch_size", "val_samples"):

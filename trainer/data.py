@@ -17,6 +17,18 @@ while RandomResizedCrop (area down to 8%, aspect 3/4-4/3 that also scales u and 
 0.80 / 1.24 / 2.43, i.e. flow magnified up to 2.3x more than at test time, at the same
 loading speed. TSN (Wang et al. 2016) reports the multi-scale crop for both streams on UCF-101.
 
+Training crops on the device: given ``frame_size`` (every video stored at that size, the usual case), the
+training datasets return the uncropped window of the frame(s) that holds every possible box plus the
+box and flip drawn (``transforms.TRAIN_PARAMS``), and ``transforms.prepare_train_batch`` crops, resizes
+and flips the whole batch on the device. This takes the per-sample cv2.resize of 2L channels and the
+flip off the loader workers (see ``python -m benchmarks.loader``). Evaluation items are always cropped
+on the CPU (10-crop views, mixed sizes).
+
+Flow is read chunk by chunk with ``read_direct_chunk`` and inflated with ISA-L (one field per chunk,
+as the format says), straight into the item's buffer, skipping HDF5's filter pipeline: measured 0.16-0.30
+ms per 320x240 field against 0.6 ms with Python's zlib and 1.15 ms through h5py without a chunk cache
+(BENCHMARKS.md). Other chunk layouts or filters fall back to an h5py hyperslab read.
+
 HDF5 files are opened lazily, in the process that reads (each DataLoader worker), never before fork, and
 cached per process; a cache inherited through fork is dropped, not reused.
 """
@@ -29,17 +41,19 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import cv2
 import h5py
 import numpy as np
 import torch
+from isal import isal_zlib
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from trainer.transforms import (
     CROPS, MULTISCALE_SCALES, Box, center_crop_box, crop_resize, eval_views, hflip_flow_uint8, hflip_rgb,
-    train_crop_box,
+    train_crop_box, train_window, window_origin,
 )
 
 _PART = re.compile(r"manifest-(\d{5})-of-(\d{5})\.json")
@@ -213,13 +227,14 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
 # Per-process cache of open HDF5 files. The pid check drops handles inherited through fork: an HDF5 file
 # object must not be shared between processes.
 _files: dict[Path, h5py.File] = {}
+_flows: dict[tuple[Path, str], tuple[h5py.Dataset, str]] = {}  # (shard, video) -> flow dataset, read mode
 _files_pid = -1
 
 
 def _open(path: Path) -> h5py.File:
-    global _files, _files_pid
+    global _files, _flows, _files_pid
     if _files_pid != os.getpid():
-        _files, _files_pid = {}, os.getpid()
+        _files, _flows, _files_pid = {}, {}, os.getpid()
         if get_worker_info() is not None:
             cv2.setNumThreads(1)  # one worker = one core; OpenCV's own pool would oversubscribe
     f = _files.get(path)
@@ -237,13 +252,33 @@ def _rng() -> np.random.Generator:
 
 class _ShardDataset(Dataset):
     def __init__(self, records: list[VideoRecord], *, crop_size: int, train: bool,
-                 scales: tuple[float, ...], crop: str, flip: bool) -> None:
+                 scales: tuple[float, ...], crop: str, flip: bool, frame_size: tuple[int, int] | None) -> None:
         if not records:
             raise DataError("expected at least one video record, got an empty list")
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         self.records, self.crop_size, self.train, self.scales, self.crop = list(records), crop_size, train, scales, crop
         self.flip = flip and train
+        # Crop on the device: training only, and only when every item has the same (H, W) to batch.
+        self.frame_size = frame_size if train else None
+        self.window = train_window(*frame_size, crop=crop, scales=scales) if self.frame_size else None
+
+    def _device_item(self, read: Callable[[tuple[int, int], tuple[int, int]], np.ndarray],
+                     rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        """The window holding the box drawn, and (y0, x0, h, w, flip, size) relative to it."""
+        assert self.frame_size is not None and self.window is not None
+        height, width = self.frame_size
+        box = self._box(height, width, rng)
+        flip = self._flip_now(rng)  # drawn after the box, as in the CPU path: same draws, same crops
+        wy, wx = window_origin(box, self.window, height, width)
+        x = read((wy, self.window[0]), (wx, self.window[1]))
+        params = (box[0] - wy, box[1] - wx, box[2], box[3], float(flip), self.crop_size)
+        return torch.from_numpy(x), torch.tensor(params, dtype=torch.float32)
+
+    def _check_size(self, rec: VideoRecord, shape: tuple[int, ...]) -> None:
+        if self.frame_size is not None and tuple(shape) != self.frame_size:
+            raise DataError(f"{rec.shard}: {rec.video_id} is stored at {tuple(shape)}, expected frame_size "
+                            f"{self.frame_size}; pass frame_size=None for videos of mixed sizes")
 
     def _flip_now(self, rng: np.random.Generator) -> bool:
         return self.flip and rng.random() < 0.5
@@ -264,13 +299,46 @@ def read_frame(rec: VideoRecord, t: int) -> np.ndarray:
     return bgr[:, :, ::-1].transpose(2, 0, 1)  # BGR (H, W, 3) -> RGB (3, H, W), a view
 
 
-def read_flow(rec: VideoRecord, start: int, stop: int) -> np.ndarray:
-    """Flow fields [start, stop) as (n, 2, H, W) uint8; past the last field, the last field is repeated."""
-    ds = _open(rec.shard)[f"videos/{rec.video_id}/flow"]
-    q = ds[start:min(stop, ds.shape[0])]
-    if len(q) < stop - start:
-        q = np.concatenate([q, np.repeat(q[-1:], stop - start - len(q), axis=0)])
-    return q
+def _flow_dataset(rec: VideoRecord) -> tuple[h5py.Dataset, str]:
+    """The video's flow dataset and how to read it: "gzip" / "raw" chunk by chunk, else "hyperslab"."""
+    f = _open(rec.shard)  # first: in a new process this drops the handles inherited through fork
+    key = (rec.shard, rec.video_id)
+    if key not in _flows:
+        ds = f[f"videos/{rec.video_id}/flow"]
+        one_field = ds.chunks == (1, *ds.shape[1:])
+        plain = not ds.shuffle and not ds.fletcher32 and ds.scaleoffset is None
+        mode = {"gzip": "gzip", None: "raw"}.get(ds.compression, "hyperslab") if one_field and plain else "hyperslab"
+        _flows[key] = ds, mode
+    return _flows[key]
+
+
+def read_flow(rec: VideoRecord, start: int, stop: int, *, rows: tuple[int, int] | None = None,
+              cols: tuple[int, int] | None = None) -> np.ndarray:
+    """Flow fields [start, stop) as (n, 2, h, w) uint8; past the last field, the last field is repeated.
+
+    ``rows``/``cols``: (first, count) of a window, default the whole frame.
+    """
+    ds, mode = _flow_dataset(rec)
+    n_fields, _, height, width = ds.shape
+    r0, nr = rows or (0, height)
+    c0, nc = cols or (0, width)
+    stop_read = min(stop, n_fields)
+    out = np.empty((stop - start, 2, nr, nc), np.uint8)
+    if mode == "hyperslab":
+        out[:stop_read - start] = ds[start:stop_read, :, r0:r0 + nr, c0:c0 + nc]
+    else:
+        nbytes = 2 * height * width
+        for k, t in enumerate(range(start, stop_read)):
+            mask, chunk = ds.id.read_direct_chunk((t, 0, 0, 0))
+            if mask:
+                raise DataError(f"{rec.shard}: field {t} of {rec.video_id} was stored with its filter skipped "
+                                f"(mask {mask}); expected every chunk {mode}")
+            buf = isal_zlib.decompress(chunk, bufsize=nbytes) if mode == "gzip" else chunk
+            if len(buf) != nbytes:
+                raise DataError(f"{rec.shard}: field {t} of {rec.video_id} holds {len(buf)} bytes, expected {nbytes}")
+            out[k] = np.frombuffer(buf, np.uint8).reshape(2, height, width)[:, r0:r0 + nr, c0:c0 + nc]
+    out[stop_read - start:] = out[stop_read - start - 1]
+    return out
 
 
 class FrameDataset(_ShardDataset):
@@ -278,17 +346,25 @@ class FrameDataset(_ShardDataset):
 
     Training flips half the items horizontally unless ``flip=False`` (classes told apart by their
     left/right direction, e.g. the sample's MoveLeft/MoveRight, need it off).
-    Item: (x uint8 (3, S, S) RGB, scale float32 (2,) = (sx, sy), label).
+    Item: (x uint8 (3, S, S) RGB, scale float32 (2,) = (sx, sy), label); training with ``frame_size``
+    (H, W): (x uint8 (3, h, w) window, params float32 (6,), label), see ``transforms.prepare_train_batch``.
     """
 
     def __init__(self, records: list[VideoRecord], *, crop_size: int = 224, train: bool = True,
-                 scales: tuple[float, ...] = MULTISCALE_SCALES, crop: str = "multiscale", flip: bool = True) -> None:
-        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip)
+                 scales: tuple[float, ...] = MULTISCALE_SCALES, crop: str = "multiscale", flip: bool = True,
+                 frame_size: tuple[int, int] | None = None) -> None:
+        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip,
+                         frame_size=frame_size)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
         rec, rng = self.records[i], _rng()
         t = int(rng.integers(rec.num_frames)) if self.train else rec.num_frames // 2
         img = read_frame(rec, t)
+        if self.frame_size is not None:
+            self._check_size(rec, img.shape[1:])
+            x, params = self._device_item(
+                lambda r, c: np.ascontiguousarray(img[:, r[0]:r[0] + r[1], c[0]:c[0] + c[1]]), rng)
+            return x, params, rec.label
         x, sx, sy = crop_resize(img, self._box(*img.shape[1:], rng), self.crop_size)
         if self._flip_now(rng):
             x = hflip_rgb(x)
@@ -301,13 +377,15 @@ class FlowStackDataset(_ShardDataset):
     Training draws the start uniformly from [0, T-1-L] (fields i..i+L-1, each from frame i to i+1);
     evaluation takes the middle stack. A video shorter than L+1 frames (fewer than L fields) is padded by
     repeating its last field. Training flips half the items (mirror + negate u) unless ``flip=False``.
-    Item: (x uint8 (2L, S, S), scale float32 (2,) = (sx, sy), label).
+    Item: (x uint8 (2L, S, S), scale float32 (2,) = (sx, sy), label); training with ``frame_size``
+    (H, W): (x uint8 (2L, h, w) window, params float32 (6,), label), see ``transforms.prepare_train_batch``.
     """
 
     def __init__(self, records: list[VideoRecord], *, flow_length: int = 10, crop_size: int = 224,
                  train: bool = True, scales: tuple[float, ...] = MULTISCALE_SCALES, crop: str = "multiscale",
-                 flip: bool = True) -> None:
-        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip)
+                 flip: bool = True, frame_size: tuple[int, int] | None = None) -> None:
+        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip,
+                         frame_size=frame_size)
         _check_has_flow(self.records)
         self.flow_length = flow_length
 
@@ -315,6 +393,11 @@ class FlowStackDataset(_ShardDataset):
         rec, rng, L = self.records[i], _rng(), self.flow_length
         last = max(rec.num_frames - 1 - L, 0)
         start = int(rng.integers(last + 1)) if self.train else last // 2
+        if self.frame_size is not None:
+            self._check_size(rec, _flow_dataset(rec)[0].shape[2:])
+            x, params = self._device_item(
+                lambda r, c: read_flow(rec, start, start + L, rows=r, cols=c).reshape(2 * L, r[1], c[1]), rng)
+            return x, params, rec.label
         q = read_flow(rec, start, start + L)
         q = q.reshape(2 * L, *q.shape[2:])  # (L, 2, H, W) -> (2L, H, W), u/v interleaved
         x, sx, sy = crop_resize(q, self._box(*q.shape[1:], rng), self.crop_size)

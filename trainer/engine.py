@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from trainer import distributed
 from trainer.data import VideoEvalDataset
-from trainer.transforms import prepare_batch
+from trainer.transforms import TRAIN_PARAMS, prepare_batch, prepare_train_batch
 
 
 def _to_model_input(
@@ -25,8 +25,13 @@ def _to_model_input(
     add_offset: float, channels_last: bool,
 ) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
-    scale = scale.to(device, non_blocking=True)
-    x = prepare_batch(x, scale, stream=stream, scale_factor=scale_factor, add_offset=add_offset)
+    if scale.shape[-1] == TRAIN_PARAMS:
+        # Uncropped training windows + (y0, x0, h, w, flip, size): crop, resize and flip here, batched.
+        # The params stay on the CPU until prepare_train_batch has read the crop size (no device sync).
+        x = prepare_train_batch(x, scale, stream=stream, scale_factor=scale_factor, add_offset=add_offset)
+    else:
+        scale = scale.to(device, non_blocking=True)
+        x = prepare_batch(x, scale, stream=stream, scale_factor=scale_factor, add_offset=add_offset)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

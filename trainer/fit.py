@@ -170,10 +170,13 @@ def _fit(
     net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled else net
 
+    # One stored frame size for all videos: training crops are made on the device, batched (engine._to_model_input).
+    frame_size = (index.height, index.width) if index.height else None
     if model_cfg.stream == "spatial":
-        train_ds = FrameDataset(train_records, crop_size=data.crop_size, train=True)
+        train_ds = FrameDataset(train_records, crop_size=data.crop_size, train=True, flip=data.flip, frame_size=frame_size)
     else:
-        train_ds = FlowStackDataset(train_records, flow_length=model_cfg.flow_length, crop_size=data.crop_size, train=True)
+        train_ds = FlowStackDataset(train_records, flow_length=model_cfg.flow_length, crop_size=data.crop_size, train=True,
+                                    flip=data.flip, frame_size=frame_size)
     sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=run.seed)
     pin = device.type == "cuda"
     train_loader = DataLoader(

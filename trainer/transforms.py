@@ -26,6 +26,15 @@ Crops (boxes are ``(y0, x0, h, w)`` in stored-frame pixels):
 - ``center_crop_box`` / ``five_crop_boxes``: evaluation, geometrically identical to "resize the short side
   to crop_size*256/224, then take the centre (or 4 corners + centre) crop_size crop", but only the crop is
   resized.
+
+Training crops on the device. When every video has the same stored size (``frame_size``), the training
+datasets skip the CPU crop/resize/flip: an item is a fixed-size window of the frame(s) that holds every
+box the crop policy can draw (``train_window``), and ``TRAIN_PARAMS`` = (y0, x0, h, w, flip, size) of the
+box drawn, relative to that window, from the same RNG draws as the CPU path (so a resumed run crops
+the same). ``prepare_train_batch`` then crops and resizes the whole batch in one
+``torchvision.ops.roi_align`` call (aligned=True, one sample per output pixel: the same half-pixel
+bilinear sampling as ``cv2.resize``), mirrors the flagged samples, negates their u at every time step,
+multiplies u by sx and v by sy and normalises as ``prepare_batch``.
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ from typing import Callable, TypeVar
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import roi_align
 
 Box = tuple[int, int, int, int]  # (y0, x0, h, w)
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
@@ -49,6 +60,8 @@ CROPS = ("multiscale", "resized")  # training crop policies: TSN multi-scale cor
 RRC_AREA = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 EVAL_RESIZE_RATIO = 256 / 224  # short side resized to crop_size * 256/224 before cropping, as is customary
+TRAIN_PARAMS = 6  # per-sample device-crop parameters: (y0, x0, h, w, flip, size), see prepare_train_batch
+RESAMPLERS = ("roi_align", "grid_sample")
 
 
 def multiscale_crop_box(
@@ -176,6 +189,13 @@ def hflip_rgb(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[..., ::-1])
 
 
+def _normalize_rgb(x: Tensor) -> Tensor:
+    """(..., 3, H, W) float in [0, 255] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1) * 255
+    return (x - mean) / std
+
+
 def prepare_batch(
     x: Tensor, scale: Tensor, *, stream: str, scale_factor: float, add_offset: float,
     flow_norm: float = FLOW_NORM_PX,
@@ -190,9 +210,7 @@ def prepare_batch(
     if stream == "spatial":
         if x.shape[-3] != 3:
             raise ValueError(f"spatial stream expects 3 channels, got {tuple(x.shape)}")
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1) * 255
-        return (x.float() - mean) / std
+        return _normalize_rgb(x.float())
     if stream != "temporal":
         raise ValueError(f"stream must be 'spatial' or 'temporal', got {stream!r}")
     c = x.shape[-3]
@@ -204,3 +222,82 @@ def prepare_batch(
     f = f.unflatten(-3, (c // 2, 2))  # (..., L, 2, S, S)
     s = scale.to(device=x.device, dtype=f.dtype)[..., None, :, None, None]  # (..., 1, 2, 1, 1): (sx, sy)
     return (f * (s / flow_norm)).flatten(-4, -3)
+
+
+def train_window(height: int, width: int, *, crop: str, scales: tuple[float, ...] = MULTISCALE_SCALES) -> tuple[int, int]:
+    """(h, w) of the smallest window that holds every training box of policy ``crop`` in a frame of this
+    size: the multi-scale crop's sides are at most ``max(scales)`` x the short side, RandomResizedCrop
+    may span the whole frame."""
+    if crop == "resized":
+        return height, width
+    if crop != "multiscale":
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    side = max(1, int(min(height, width) * max(scales)))
+    return min(height, side), min(width, side)
+
+
+def window_origin(box: Box, window: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """Top-left corner of a ``window``-sized region of an (height, width) frame that contains ``box``."""
+    y0, x0, h, w = box
+    if h > window[0] or w > window[1]:
+        raise ValueError(f"crop box {box} is larger than the window {window}")
+    return min(y0, height - window[0]), min(x0, width - window[1])
+
+
+def _resample(x: Tensor, params: Tensor, size: int, method: str) -> Tensor:
+    """(B, C, H, W) float -> (B, C, size, size): each sample's box resized bilinearly with half-pixel
+    centres (as cv2.resize INTER_LINEAR), flagged samples mirrored."""
+    b, _, height, width = x.shape
+    y0, x0, h, w, flip = params[:, :5].unbind(1)
+    if method == "roi_align":
+        idx = torch.arange(b, device=x.device, dtype=x.dtype)
+        boxes = torch.stack([idx, x0, y0, x0 + w, y0 + h], 1).to(x.dtype)
+        out = roi_align(x, boxes, (size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        return torch.where(flip.bool()[:, None, None, None], out.flip(-1), out)
+    if method == "grid_sample":
+        # Normalised coordinates (align_corners=False): output column j samples x0 + (j + 0.5) w/size - 0.5;
+        # a negative x scale mirrors the crop for free.
+        sign = 1 - 2 * flip
+        theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+        theta[:, 0, 0], theta[:, 0, 2] = sign * w / width, (2 * x0 + w) / width - 1
+        theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * y0 + h) / height - 1
+        grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    raise ValueError(f"method must be one of {RESAMPLERS}, got {method!r}")
+
+
+def prepare_train_batch(
+    x: Tensor, params: Tensor, *, stream: str, scale_factor: float, add_offset: float,
+    flow_norm: float = FLOW_NORM_PX, method: str = "roi_align",
+) -> Tensor:
+    """Uncropped uint8 training batch on the device -> float32 network input (B, C, S, S).
+
+    ``x``: (B, C, H, W) uint8 windows, C = 3 or 2L; ``params``: (B, 6) = (y0, x0, h, w, flip, S) per
+    sample, boxes in window pixels, S the same for all. Crop + resize + flip happen here, then the
+    flow scaling (u * S/w, v * S/h, flipped u negated) and normalisation of ``prepare_batch``.
+    ``method``: ``roi_align`` (default: measured faster on CPU) or ``grid_sample`` (same sampling).
+    """
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ValueError(f"expected a uint8 batch (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    if tuple(params.shape) != (x.shape[0], TRAIN_PARAMS):
+        raise ValueError(f"expected params (B, {TRAIN_PARAMS}) = (y0, x0, h, w, flip, size) for B = {x.shape[0]}, "
+                         f"got {tuple(params.shape)}")
+    sizes = params[:, 5].unique()
+    if len(sizes) != 1:
+        raise ValueError(f"expected one crop size per batch, got {sizes.tolist()}")
+    size = int(sizes.item())
+    p = params.to(device=x.device, dtype=torch.float32)
+    if stream == "spatial":
+        if x.shape[1] != 3:
+            raise ValueError(f"spatial stream expects 3 channels, got {tuple(x.shape)}")
+        return _normalize_rgb(_resample(x.float(), p, size, method))
+    if stream != "temporal":
+        raise ValueError(f"stream must be 'spatial' or 'temporal', got {stream!r}")
+    if x.shape[1] % 2:
+        raise ValueError(f"temporal stream expects 2L channels (u, v interleaved), got {tuple(x.shape)}")
+    # Dequantization is affine, so resampling the codes and then dequantizing is exact (no rounding here).
+    out = _resample(x.float(), p, size, method).unflatten(1, (x.shape[1] // 2, 2))  # (B, L, 2, S, S)
+    sx = (1 - 2 * p[:, 4]) * size / p[:, 3]  # a flip negates u at every time step
+    sy = size / p[:, 2]
+    k = torch.stack([sx, sy], 1)[:, None, :, None, None] / flow_norm  # (B, 1, 2, 1, 1)
+    return (out * (scale_factor * k) + add_offset * k).flatten(1, 2)

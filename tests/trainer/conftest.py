@@ -35,11 +35,16 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 
 CLASSES = ["Drift", "Expand", "Rotate"]
+
+# The tests' tensors are tiny: one intra-op thread avoids thread start-up and contention on a shared
+# machine (the engine tests ran ~3x faster with it on 2 busy cores), and results do not depend on it.
+torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,29 @@ def test_fit_evaluate_fuse_end_to_end(tiny_shards, tmp_path) -> None:
     _invoke(*ev[:-1], only, "--temporal", runs["temporal"])
     result = _invoke("fuse", "--scores", only.with_name("only.scores.npz"), "--fusion", "learned", "--out", fused)
     _one_line_error(result, 2, "fusion needs both streams")
+
+
+@pytest.mark.parametrize("stream", ["spatial", "temporal"])
+def test_no_flip_turns_the_training_flip_off(tiny_shards, tmp_path, monkeypatch, stream) -> None:
+    """A mirrored MoveLeft clip is a MoveRight clip: --no-flip must stop every training flip, --flip keep them."""
+    from trainer import checkpoint, data
+
+    flips = []
+    for name in ("hflip_rgb", "hflip_flow_uint8"):
+        real = getattr(data, name)
+        monkeypatch.setattr(data, name, lambda x, real=real: flips.append(1) or real(x))
+    from trainer import engine
+
+    real_step = engine.prepare_train_batch  # device-side crops: each sample's params carry its flip flag
+    monkeypatch.setattr(engine, "prepare_train_batch",
+                        lambda x, params, **kw: flips.extend([1] * int(params[:, 4].sum())) or real_step(x, params, **kw))
+    counts = {}
+    for flag in ("--flip", "--no-flip"):
+        flips.clear()
+        run = tmp_path / flag
+        result = _invoke(*_fit_args(tiny_shards, run, stream), "--epochs", "3", flag)
+        assert result.exit_code == 0, result.output
+        counts[flag] = len(flips)
+        assert checkpoint.load_checkpoint(run / "checkpoint.pt")["config"]["data"]["flip"] is (flag == "--flip")
+    assert counts["--no-flip"] == 0
+    assert counts["--flip"] > 0  # 3 epochs x 6 samples, each flipped with probability 1/2

@@ -13,7 +13,9 @@ from flowprep.quantize import scale_and_offset
 from trainer.data import (
     DataError, FlowStackDataset, FrameDataset, VideoEvalDataset, index_shards, read_video_list,
 )
-from trainer.transforms import FLOW_NORM_PX, crop_resize, five_crop_boxes, hflip_flow_uint8, prepare_batch
+from trainer.transforms import (
+    FLOW_NORM_PX, crop_resize, five_crop_boxes, hflip_flow_uint8, prepare_batch, prepare_train_batch,
+)
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -394,3 +396,105 @@ def test_reads_a_real_flowprep_extraction_with_the_right_signs(tmp_path) -> None
     assert m["MoveDown"][1] > 0.1 and m["MoveUp"][1] < -0.1, m
     frame, _, label = FrameDataset(recs[:1], crop_size=48, train=False)[0]
     assert frame.shape == (3, 48, 48) and label == recs[0].label
+
+
+# ---------------------------------------------------------------- device-side training crops
+
+
+def test_direct_chunk_reads_equal_hdf5_hyperslabs_with_windows_and_padding(make_tiny_shards) -> None:
+    ts = make_tiny_shards(num_classes=1, videos_per_class=2, num_frames=[5, 12])
+    idx = index_shards(ts.root)
+    for vid in ts.video_ids:
+        rec, q = idx.videos[vid], ts.flow_q[vid]
+        assert data._flow_dataset(rec)[1] == "gzip"  # the format's storage takes the direct path
+        np.testing.assert_array_equal(data.read_flow(rec, 1, 4), q[1:4])
+        got = data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30))
+        want = np.concatenate([q[2:9], np.repeat(q[-1:], 9 - min(9, len(q)), axis=0)])[:, :, 3:23, 7:37]
+        np.testing.assert_array_equal(got, want)
+    # Other layouts fall back to h5py and read the same codes.
+    data._files.pop(rec.shard).close()
+    data._files_pid = -1  # drop the cached datasets too
+    with h5py.File(rec.shard, "a") as f:
+        g = f[f"videos/{rec.video_id}"]
+        del g["flow"]
+        g.create_dataset("flow", data=q, chunks=(2, 2, 8, 8), shuffle=True, compression="gzip")
+    assert data._flow_dataset(rec)[1] == "hyperslab"
+    np.testing.assert_array_equal(data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30)), want)
+
+
+def test_device_items_are_windows_with_the_cpu_paths_box_and_flip(tiny_shards) -> None:
+    """Same seed -> the device item's box and flip are the CPU item's; cropped on the device, the two agree."""
+    idx = index_shards(tiny_shards.root)
+    recs = read_video_list(tiny_shards.all_list, idx)
+    L, S = 3, 24
+    kw = dict(flow_length=L, crop_size=S)
+    cpu, dev = FlowStackDataset(recs, **kw), FlowStackDataset(recs, frame_size=(32, 40), **kw)
+    assert dev.window == (32, 32) and FlowStackDataset(recs, frame_size=(32, 40), crop="resized", **kw).window == (32, 40)
+    flips = set()
+    for i in range(0, 12, 2):
+        torch.manual_seed(100 + i)
+        x_cpu, scale, label = cpu[i]
+        torch.manual_seed(100 + i)
+        x, params, label_dev = dev[i]
+        assert x.dtype == torch.uint8 and x.shape == (2 * L, 32, 32) and label_dev == label
+        y0, x0, h, w, flip, size = params.tolist()
+        assert size == S and scale.tolist() == pytest.approx([S / w, S / h])
+        assert 0 <= y0 and y0 + h <= 32 and 0 <= x0 and x0 + w <= 32
+        flips.add(flip)
+        # The window is L consecutive fields of this video, uncropped and unflipped.
+        q = tiny_shards.flow_q[recs[i].video_id]
+        assert any(np.array_equal(x.numpy(), q[s:s + L].reshape(2 * L, 32, 40)[:, :, c:c + 32])
+                   for s in range(len(q) - L + 1) for c in range(9))
+        got = prepare_train_batch(x[None], params[None], stream="temporal", scale_factor=idx.scale_factor,
+                                  add_offset=idx.add_offset)[0]
+        want = prepare_batch(x_cpu[None], scale[None], stream="temporal", scale_factor=idx.scale_factor,
+                             add_offset=idx.add_offset)[0]
+        tol = idx.scale_factor * max(S / w, S / h) / FLOW_NORM_PX  # cv2's uint8 rounding, one code
+        np.testing.assert_allclose(got[:, 1:-1, 1:-1].numpy(), want[:, 1:-1, 1:-1].numpy(), atol=tol)
+    assert flips == {0.0, 1.0}
+
+
+def test_device_path_flips_and_scales_real_shard_flow(tiny_shards) -> None:
+    # Drift: u = 3 + 0.25k + 0.2t px everywhere, v = 0; after the device step u reads +-u * S/w.
+    idx = index_shards(tiny_shards.root)
+    ds = FlowStackDataset([idx.videos["Drift/v_Drift_g02_c01"]], flow_length=1, crop_size=64, frame_size=(32, 40))
+    torch.manual_seed(1)
+    batch = [ds[0] for _ in range(30)]
+    x, params = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    f = prepare_train_batch(x, params, stream="temporal", scale_factor=idx.scale_factor,
+                            add_offset=idx.add_offset) * FLOW_NORM_PX
+    signs = set()
+    for k in range(30):
+        u_px = f[k, 0].mean().item() * params[k, 3].item() / 64
+        assert sum(abs(abs(u_px) - (3.25 + 0.2 * t)) < 0.06 for t in range(11)) == 1, u_px
+        assert f[k, 0].std() < 1e-3 and f[k, 1].abs().max() < 0.05 * 64 / params[k, 2]
+        assert np.sign(u_px) == (-1 if params[k, 4] else 1)
+        signs.add(np.sign(u_px))
+    assert signs == {-1.0, 1.0}
+
+
+def test_device_frames_are_rgb_windows(tiny_shards) -> None:
+    idx = index_shards(tiny_shards.root)
+    recs = read_video_list(tiny_shards.all_list, idx)
+    ds = FrameDataset(recs, crop_size=48, frame_size=(32, 40), crop="resized")
+    torch.manual_seed(3)
+    x, params, label = ds[4]
+    assert x.shape == (3, 32, 40) and params.shape == (6,) and label == recs[4].label
+    assert abs(x[label].float().mean() - 200) < 6  # RGB order, class colour in its channel
+    assert FrameDataset(recs, frame_size=(32, 40), train=False).frame_size is None  # evaluation crops on the CPU
+
+
+def test_device_items_reject_a_video_of_another_size(make_tiny_shards) -> None:
+    ts = make_tiny_shards(num_classes=1, videos_per_class=1, width=48)
+    recs = list(index_shards(ts.root).videos.values())
+    with pytest.raises(DataError, match=r"stored at \(32, 48\), expected frame_size \(32, 40\)") as e:
+        FlowStackDataset(recs, flow_length=2, crop_size=16, frame_size=(32, 40))[0]
+    one_line(e)
+
+
+def test_device_items_batch_through_worker_processes(tiny_shards) -> None:
+    recs = read_video_list(tiny_shards.all_list, index_shards(tiny_shards.root))
+    ds = FlowStackDataset(recs, flow_length=2, crop_size=16, frame_size=(32, 40))
+    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    shapes = {(tuple(x.shape), tuple(p.shape)) for x, p, _ in loader}
+    assert shapes == {((4, 4, 32, 32), (4, 6))}

@@ -6,9 +6,9 @@ import torch
 from flowprep.quantize import quantize, scale_and_offset
 from trainer.data import index_shards
 from trainer.transforms import (
-    EVAL_RESIZE_RATIO, FLOW_NORM_PX, IMAGENET_MEAN, IMAGENET_STD, MULTISCALE_SCALES, center_crop_box, crop_resize,
-    eval_views, five_crop_boxes, hflip_flow_uint8, multiscale_crop_box, prepare_batch, random_resized_crop_box,
-    train_crop_box,
+    EVAL_RESIZE_RATIO, FLOW_NORM_PX, IMAGENET_MEAN, IMAGENET_STD, MULTISCALE_SCALES, RESAMPLERS, center_crop_box,
+    crop_resize, eval_views, five_crop_boxes, hflip_flow_uint8, hflip_rgb, multiscale_crop_box, prepare_batch,
+    prepare_train_batch, random_resized_crop_box, train_crop_box, train_window, window_origin,
 )
 
 B = 12.0  # deliberately not 20
@@ -212,3 +212,104 @@ def test_eval_views_order_and_flips() -> None:
             np.testing.assert_array_equal(views[10 * k + 5 + b], hflip_flow_uint8(np.ascontiguousarray(want)))
     one, _ = eval_views(items, crops=1, size=16, flip=hflip_flow_uint8)
     np.testing.assert_array_equal(one, views[[4, 14]])  # the centre crop
+
+
+# ---------------------------------------------------------------- device-side training crops
+
+
+def train_params(*rows: tuple) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("method", RESAMPLERS)
+def test_device_flip_negates_u_at_every_time_step(method: str) -> None:
+    L, h, w = 10, 12, 17
+    sq = np.ascontiguousarray(quantize(spiral_stack(L, h, w), B)[..., :h, :h])  # square: crops are square
+    sf, ao = scale_and_offset(B)
+    # Box = the whole window at its own size: no resampling, so only the flip changes anything.
+    x = torch.from_numpy(sq.reshape(1, 2 * L, h, h)).repeat(2, 1, 1, 1)
+    out = prepare_train_batch(x, train_params((0, 0, h, h, 0, h), (0, 0, h, h, 1, h)), stream="temporal",
+                              scale_factor=sf, add_offset=ao, method=method).double().numpy() * FLOW_NORM_PX
+    f = dequant(sq)
+    np.testing.assert_allclose(out[0].reshape(L, 2, h, h), f, atol=1e-4)
+    g = out[1].reshape(L, 2, h, h)
+    np.testing.assert_allclose(g[:, 0], -f[:, 0, :, ::-1], atol=1e-4)  # every step, not alternate ones
+    np.testing.assert_allclose(g[:, 1], f[:, 1, :, ::-1], atol=1e-4)
+    # The same as the exact uint8 flip of the CPU path.
+    np.testing.assert_allclose(g, dequant(hflip_flow_uint8(sq)), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", RESAMPLERS)
+def test_device_crop_matches_the_cpu_crop_and_scales_magnitudes(method: str) -> None:
+    L, H, W, S = 3, 30, 44, 16
+    q = quantize(spiral_stack(L, H, W), B).reshape(2 * L, H, W)
+    sf, ao = scale_and_offset(B)
+    boxes = [(2, 5, 20, 24), (0, 0, 30, 30), (7, 13, 12, 10)]  # down-, down- and up-sampling, aspect jitter
+    x = torch.from_numpy(q).expand(len(boxes), -1, -1, -1).contiguous()
+    params = train_params(*[(*b, flip, S) for b, flip in zip(boxes, (0, 1, 0))])
+    out = prepare_train_batch(x, params, stream="temporal", scale_factor=sf, add_offset=ao, method=method)
+    assert out.shape == (3, 2 * L, S, S) and out.dtype == torch.float32
+    for k, box in enumerate(boxes):
+        cpu, sx, sy = crop_resize(q, box, S)
+        if k == 1:
+            cpu = hflip_flow_uint8(cpu)
+        want = prepare_batch(torch.from_numpy(cpu)[None], torch.tensor([[sx, sy]]), stream="temporal",
+                             scale_factor=sf, add_offset=ao)[0]
+        # cv2 rounds to uint8 codes (0.5 code) and clamps at the crop's edge where roi_align/grid_sample see
+        # the real neighbour: compare inside a 1-pixel border, within one code scaled by the resize.
+        tol = sf * max(sx, sy) / FLOW_NORM_PX
+        np.testing.assert_allclose(out[k, :, 1:-1, 1:-1].numpy(), want[:, 1:-1, 1:-1].numpy(), atol=tol)
+    # Magnitudes follow the resize: a constant field u = 2 px, v = -3 px reads (2 S/w, -3 S/h).
+    const = np.stack([np.full((H, W), 2.0), np.full((H, W), -3.0)])[None]
+    c = torch.from_numpy(quantize(const, B).reshape(2, H, W)).expand(3, -1, -1, -1).contiguous()
+    out = prepare_train_batch(c, params, stream="temporal", scale_factor=sf, add_offset=ao, method=method)
+    for k, (_, _, h, w) in enumerate(boxes):
+        u0, v0 = dequant(quantize(const, B))[0, :, 0, 0]
+        sign = -1 if k == 1 else 1
+        np.testing.assert_allclose(out[k, 0].numpy() * FLOW_NORM_PX, sign * u0 * S / w, rtol=1e-5)
+        np.testing.assert_allclose(out[k, 1].numpy() * FLOW_NORM_PX, v0 * S / h, rtol=1e-5)
+
+
+def test_device_dequantization_uses_the_given_factors_not_an_assumed_bound() -> None:
+    x = torch.full((1, 2, 8, 8), 200, dtype=torch.uint8)
+    p = train_params((0, 0, 8, 8, 0, 8))
+    for bound in (B, 20.0):
+        sf, ao = scale_and_offset(bound)
+        out = prepare_train_batch(x, p, stream="temporal", scale_factor=sf, add_offset=ao)
+        np.testing.assert_allclose(out.numpy(), (200 * sf + ao) / FLOW_NORM_PX, rtol=1e-6)
+
+
+def test_device_rgb_crop_mirrors_without_negating() -> None:
+    rng = np.random.default_rng(6)
+    img = rng.integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    x = torch.from_numpy(img).expand(2, -1, -1, -1).contiguous()
+    out = prepare_train_batch(x, train_params((0, 0, 20, 20, 0, 20), (0, 0, 20, 20, 1, 20)), stream="spatial",
+                              scale_factor=1.0, add_offset=0.0)
+    ref = prepare_batch(torch.from_numpy(np.stack([img, hflip_rgb(img)])), torch.ones(2, 2), stream="spatial",
+                        scale_factor=1.0, add_offset=0.0)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-4)
+
+
+def test_prepare_train_batch_errors_name_what_was_expected() -> None:
+    x = torch.zeros(2, 4, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"params \(B, 6\).*got \(2, 2\)"):
+        prepare_train_batch(x, torch.ones(2, 2), stream="temporal", scale_factor=1, add_offset=0)
+    with pytest.raises(ValueError, match=r"one crop size per batch, got \[8.0, 9.0\]"):
+        prepare_train_batch(x, train_params((0, 0, 8, 8, 0, 8), (0, 0, 8, 8, 0, 9)), stream="temporal",
+                            scale_factor=1, add_offset=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        prepare_train_batch(x, train_params((0, 0, 8, 8, 0, 8), (0, 0, 8, 8, 0, 8)), stream="temporal",
+                            scale_factor=1, add_offset=0, method="nearest")
+
+
+def test_train_window_holds_every_box_of_the_policy() -> None:
+    rng = np.random.default_rng(7)
+    assert train_window(240, 320, crop="multiscale") == (240, 240)
+    assert train_window(240, 320, crop="resized") == (240, 320)
+    for crop in ("multiscale", "resized"):
+        win = train_window(240, 320, crop=crop)
+        for _ in range(500):
+            y0, x0, h, w = train_crop_box(240, 320, rng, crop=crop)
+            wy, wx = window_origin((y0, x0, h, w), win, 240, 320)
+            assert 0 <= wy <= y0 and y0 + h <= wy + win[0] <= 240
+            assert 0 <= wx <= x0 and x0 + w <= wx + win[1] <= 320
