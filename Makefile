@@ -22,8 +22,10 @@ test: setup
 demo: setup
 	$(BIN)/python -m flowprep.demo --out $(DEMO_OUT)
 
+# Extraction and loader benchmarks (see BENCHMARKS.md; they need Debian's opencv-doc sample videos).
 bench: setup
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.extract --out bench-out/extract.json
+	$(BIN)/python -m benchmarks.loader --out bench-out/loader.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-out

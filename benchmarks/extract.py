@@ -1,7 +1,7 @@
 """Extraction throughput, shard sizes and compression filters on real 320x240 videos.
 
 Variants, per flow method, run interleaved (order rotated each repetition) in this one process:
-- ``pipeline``: ``flowprep.runner.run_extract`` with default settings (RGB JPEGs, gzip-1) on N workers;
+- ``pipeline``: ``flowprep.runner.run_extract`` with default settings (RGB JPEGs, gzip flow) on N workers;
 - ``pipeline_no_rgb``: the same with ``--no-rgb``;
 - ``bare``: the same flow on the same videos on the same joblib loky pool (N jobs, same order), one task
   per video: decord decode in chunks of 32, gray, flow of every consecutive pair, results discarded;
@@ -11,9 +11,13 @@ Variants, per flow method, run interleaved (order rotated each repetition) in th
 Throughput is decoded frames per second of wall time; ratios are ratios of medians. Before each timed
 run the worker pool is started and warmed at the size that run uses, so process start-up (a one-off of
 a real run) is not measured; all of ``run_extract`` is (probe, JPEG, quantize, HDF5, fsync, merge).
+Each run also records the CPU time of this process and its workers, and each method how many cores N
+busy processes really get before and after (``free_cores``): on a shared machine wall-time ratios drift
+with other people's load, CPU-time ratios much less (but they do not see idle waits such as fsync).
 
 The compression rows rewrite the quantized flow of the first pipeline run with each filter (one field
-per chunk, appended in batches of 32 as the writer does) in this process, single-threaded. Plugin rows
+per chunk, appended in batches of 32 as the writer does) in this process, single-threaded: through
+flowprep's own writer, HDF5's filters, and ISA-L deflate into raw gzip chunks. Plugin rows
 (Blosc, LZ4, Zstd) appear when ``hdf5plugin`` imports; to add it without touching .venv:
 
     .venv/bin/pip install --no-deps --target /tmp/hdf5plugin-site hdf5plugin
@@ -35,7 +39,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import av
 import click
@@ -45,6 +49,7 @@ import h5py
 import joblib
 import numpy as np
 from joblib import Parallel, delayed
+from isal import isal_zlib
 from joblib.executor import get_memmapping_executor
 
 import flowprep
@@ -52,6 +57,7 @@ from flowprep.config import FlowConfig, StorageConfig
 from flowprep.flow import FlowEstimator
 from flowprep.reader import plan_videos
 from flowprep.runner import run_extract
+from flowprep.writer import VideoMeta, VideoWriter
 
 MEDIA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
 GET_MEDIA = "apt-get download opencv-doc && dpkg -x opencv-doc_*.deb /tmp/ocvdoc"
@@ -61,7 +67,7 @@ SOURCES = {"Tree": ("tree.avi", 0), "Megamind": ("Megamind.avi", 1), "Walking": 
 SIZE = (320, 240)
 TARGETS = {"farneback": 0.9, "tvl1": 0.97}  # pipeline / bare
 SCALING_TARGET = 1.85  # --workers 2 / --workers 1 with TV-L1 on 2 cores
-LABELS = {"pipeline": "pipeline (RGB, gzip-1)", "pipeline_no_rgb": "pipeline --no-rgb", "pipeline_w1": "pipeline "
+LABELS = {"pipeline": "pipeline (RGB)", "pipeline_no_rgb": "pipeline --no-rgb", "pipeline_w1": "pipeline "
           "--workers 1", "bare": "bare decode+flow, same pool", "threads": "1 process, OpenCV threads"}
 
 
@@ -106,9 +112,10 @@ def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[P
         cls = list(SOURCES)[i % len(SOURCES)]
         if cls not in decoded:
             name, first = SOURCES[cls]
+            needed = first + frames * -(-videos // len(SOURCES))  # the clips of this class, back to back
             with av.open(str(media / name)) as c:
                 decoded[cls] = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
-                                         for f in c.decode(video=0)][first:])
+                                         for f, _ in zip(c.decode(video=0), range(needed))][first:])
         src = decoded[cls]
         if len(src) < frames:
             raise click.UsageError(f"{SOURCES[cls][0]} has {len(src)} usable frames, expected >= {frames} per video")
@@ -162,31 +169,68 @@ def warm_pool(workers: int) -> None:
         Parallel(n_jobs=workers, backend="loky")(delayed(_touch)() for _ in range(workers))
 
 
+def _spin(seconds: float) -> float:
+    """Busy-loop for ``seconds`` of CPU time; the share of one core this process got meanwhile."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    while time.process_time() - cpu0 < seconds:
+        sum(range(10_000))
+    return (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+
+def free_cores(workers: int) -> float:
+    """Cores that ``workers`` busy processes actually get now (= workers on an idle machine)."""
+    warm_pool(workers)
+    return sum(Parallel(n_jobs=workers, backend="loky")(delayed(_spin)(1.0) for _ in range(workers)))
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time used so far by (this process, its live children: the worker pool), from /proc.
+
+    Other people's load stretches wall time but hardly CPU time: on a shared machine, the CPU time per
+    frame is the stable measure of the pipeline's extra work, and the wall time (the target) is not."""
+    me, tick, own = os.getpid(), os.sysconf("SC_CLK_TCK"), os.times()
+    children = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == me:
+            children += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return own.user + own.system, children
+
+
 def run_variant(name: str, *, method: str, paths: list[Path], root: Path, out: Path,
-                workers: int) -> tuple[float, int, list[float]]:
-    """(seconds, frames, per-video seconds of the bare variant) of one timed run of ``name`` over ``paths``."""
-    if name == "threads":
-        nproc, t0 = len(os.sched_getaffinity(0)), time.perf_counter()
-        frames = sum(bare_video(str(p), method, nproc, 0)[0] for p in paths)
-        return time.perf_counter() - t0, frames, []
+                workers: int) -> tuple[float, tuple[float, float], int, list[float]]:
+    """(seconds, CPU seconds of (this process, workers), frames, per-video seconds of the bare variant) of one
+    timed run of ``name``."""
     n = 1 if name == "pipeline_w1" else workers
-    warm_pool(n)
-    if name == "bare":
-        t0 = time.perf_counter()
-        done = list(Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
-            delayed(bare_video)(str(p), method) for p in paths))
-        return time.perf_counter() - t0, sum(f for f, _ in done), [t for _, t in done]
-    classes, metas = plan_videos(root)
-    wanted = {p.relative_to(root).as_posix() for p in paths}
-    metas = [m for m in metas if m.source in wanted]
-    t0 = time.perf_counter()
-    s = run_extract(videos_root=root, out=out, videos=metas, classes=classes, flow=FlowConfig(method=method),
-                    storage=StorageConfig(rgb=name != "pipeline_no_rgb"), workers=n, progress=False)
-    seconds = time.perf_counter() - t0
-    if s.failures or s.processed != len(paths):
-        raise click.ClickException(f"pipeline run: expected {len(paths)} videos extracted, got {s.processed} "
-                                   f"processed and failures {s.failures}")
-    return seconds, s.frames, []
+    if name == "threads":
+        def work() -> tuple[int, list[float]]:
+            return sum(bare_video(str(p), method, len(os.sched_getaffinity(0)), 0)[0] for p in paths), []
+    elif name == "bare":
+        def work() -> tuple[int, list[float]]:
+            done = list(Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
+                delayed(bare_video)(str(p), method) for p in paths))
+            return sum(f for f, _ in done), [t for _, t in done]
+    else:
+        classes, metas = plan_videos(root)
+        wanted = {p.relative_to(root).as_posix() for p in paths}
+        metas = [m for m in metas if m.source in wanted]
+
+        def work() -> tuple[int, list[float]]:
+            s = run_extract(videos_root=root, out=out, videos=metas, classes=classes, flow=FlowConfig(method=method),
+                            storage=StorageConfig(rgb=name != "pipeline_no_rgb"), workers=n, progress=False)
+            if s.failures or s.processed != len(paths):
+                raise click.ClickException(f"pipeline run: expected {len(paths)} videos extracted, got "
+                                           f"{s.processed} processed and failures {s.failures}")
+            return s.frames, []
+    if name != "threads":
+        warm_pool(n)
+    t0, (main0, pool0) = time.perf_counter(), cpu_seconds()
+    frames, per_video = work()
+    seconds, (main1, pool1) = time.perf_counter() - t0, cpu_seconds()
+    return seconds, (main1 - main0, pool1 - pool0), frames, per_video
 
 
 def shard_stats(out: Path) -> tuple[dict[str, float], np.ndarray]:
@@ -205,51 +249,101 @@ def shard_stats(out: Path) -> tuple[dict[str, float], np.ndarray]:
              "raw_field_bytes": float(2 * SIZE[0] * SIZE[1]), "fields": fields}, np.concatenate(flows))
 
 
-def filters() -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"none": {}, "gzip-1 (default)": {"compression": "gzip", "compression_opts": 1},
-                                      "gzip-4": {"compression": "gzip", "compression_opts": 4},
-                                      "lzf": {"compression": "lzf"}}
-    plugin = hdf5plugin()
-    if plugin is not None:
-        bits = plugin.Blosc.BITSHUFFLE
-        out.update({"lz4 (plugin)": dict(plugin.LZ4()), "zstd-1 (plugin)": dict(plugin.Zstd(clevel=1)),
-                    "zstd-3 (plugin)": dict(plugin.Zstd(clevel=3)),
-                    "blosc-lz4 bitshuffle (plugin)": dict(plugin.Blosc(cname="lz4", clevel=5, shuffle=bits)),
-                    "blosc-zstd-1 bitshuffle (plugin)": dict(plugin.Blosc(cname="zstd", clevel=1, shuffle=bits))})
-    return out
+Writer = Callable[[h5py.File, np.ndarray], h5py.Dataset]
 
 
-def filter_run(q: np.ndarray, opts: dict[str, Any], path: Path) -> tuple[float, float, float]:
-    """(ms per field to compress + write, ms per field to read one field, bytes per field) of ``q``."""
-    t0 = time.perf_counter()
-    with h5py.File(path, "w") as f:
-        ds = f.create_dataset("flow", shape=(0, *q.shape[1:]), maxshape=(None, *q.shape[1:]), dtype=np.uint8,
-                              chunks=(1, *q.shape[1:]), **opts)
+def _create(f: h5py.File, q: np.ndarray, **opts: Any) -> h5py.Dataset:
+    return f.create_dataset("flow", shape=(0, *q.shape[1:]), maxshape=(None, *q.shape[1:]), dtype=np.uint8,
+                            chunks=(1, *q.shape[1:]), **opts)
+
+
+def h5py_filter(**opts: Any) -> Writer:
+    """HDF5's own filter pipeline compresses each chunk."""
+    def write(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
+        ds = _create(f, q, **opts)
         for s in range(0, len(q), 32):
             ds.resize(min(s + 32, len(q)), axis=0)
             ds[s:s + 32] = q[s:s + 32]
-        size = ds.id.get_storage_size()
-    write = time.perf_counter() - t0
+        return ds
+    return write
+
+
+def isal_chunks(level: int) -> Writer:
+    """Each field deflated by ISA-L into a zlib stream, stored under HDF5's gzip filter (any reader inflates it)."""
+    def write(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
+        ds = _create(f, q, compression="gzip", compression_opts=level)
+        ds.resize(len(q), axis=0)
+        for i, field in enumerate(q):
+            ds.id.write_direct_chunk((i, 0, 0, 0), isal_zlib.compress(field.tobytes(), level))
+        return ds
+    return write
+
+
+def flowprep_writer(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
+    """Whatever ``flowprep.writer.VideoWriter`` does with the default storage settings."""
+    c = StorageConfig()
+    w = VideoWriter(f, VideoMeta("b/v", "b/v.avi", 0, "b"), height=q.shape[2], width=q.shape[3], bound=20.0,
+                    rgb=False, compression=c.compression, compression_level=c.compression_level)
+    for s in range(0, len(q), 32):
+        w.append_flow(q[s:s + 32])
+    w.finish(num_frames=len(q) + 1, fps=25.0)
+    return w.flow
+
+
+def filters() -> dict[str, Writer]:
+    c = StorageConfig()
+    out = {f"flowprep writer (default: {c.compression}-{c.compression_level})": flowprep_writer,
+           "none": h5py_filter(), "gzip-1 zlib (HDF5 filter)": h5py_filter(compression="gzip", compression_opts=1),
+           "gzip-4 zlib (HDF5 filter)": h5py_filter(compression="gzip", compression_opts=4),
+           "lzf": h5py_filter(compression="lzf")}
+    out.update({f"gzip ISA-L-{k} (direct chunks)": isal_chunks(k) for k in (0, 1, 2, 3)})
+    plugin = hdf5plugin()
+    if plugin is not None:
+        bits = plugin.Blosc.BITSHUFFLE
+        out.update({name: h5py_filter(**opts) for name, opts in (
+            ("lz4 (plugin)", plugin.LZ4()), ("zstd-1 (plugin)", plugin.Zstd(clevel=1)),
+            ("zstd-3 (plugin)", plugin.Zstd(clevel=3)),
+            ("blosc-lz4 bitshuffle (plugin)", plugin.Blosc(cname="lz4", clevel=5, shuffle=bits)),
+            ("blosc-zstd-1 bitshuffle (plugin)", plugin.Blosc(cname="zstd", clevel=1, shuffle=bits)))})
+    return out
+
+
+def filter_run(q: np.ndarray, write: Writer, path: Path) -> tuple[float, float, float | None, float]:
+    """(ms per field to compress + write, ms per field to read one field through HDF5, the same reading the raw
+    chunk and inflating it with ISA-L (gzip only, as trainer.data does), bytes per field) of ``q``."""
+    t0 = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        ds = write(f, q)
+        name, size = ds.name, ds.id.get_storage_size()
+    seconds = time.perf_counter() - t0
     with h5py.File(path, "r") as f:
-        ds, t0 = f["flow"], time.perf_counter()
-        back = [ds[i] for i in range(len(q))]
+        ds, t0 = f[name], time.perf_counter()
+        back = np.stack([ds[i] for i in range(len(q))])
         read = time.perf_counter() - t0
-    if not np.array_equal(np.stack(back), q):
-        raise click.ClickException(f"filter {opts}: expected the flow back unchanged, got different values")
+        direct = None
+        if ds.compression == "gzip":
+            t0 = time.perf_counter()
+            raw = [isal_zlib.decompress(ds.id.read_direct_chunk((i, 0, 0, 0))[1]) for i in range(len(q))]
+            direct = (time.perf_counter() - t0) / len(q) * 1e3
+            if np.frombuffer(b"".join(raw), np.uint8).reshape(q.shape).tobytes() != q.tobytes():
+                raise click.ClickException(f"{name}: expected the raw chunks to inflate to the flow, got other bytes")
+    if not np.array_equal(back, q):
+        raise click.ClickException(f"{name}: expected the flow back unchanged, got different values")
     path.unlink()
-    return write / len(q) * 1e3, read / len(q) * 1e3, size / len(q)
+    return seconds / len(q) * 1e3, read / len(q) * 1e3, direct, size / len(q)
 
 
 def compression_table(flows: dict[str, np.ndarray], reps: int, work: Path) -> dict[str, dict[str, Any]]:
     names = list(filters().items())
-    runs: dict[str, list[tuple[float, float, float]]] = {f"{m}:{k}": [] for m in flows for k, _ in names}
+    runs: dict[str, list[tuple]] = {f"{m}:{k}": [] for m in flows for k, _ in names}
     for rep in range(reps):
-        for name, opts in names[rep % len(names):] + names[:rep % len(names)]:
+        for name, write in names[rep % len(names):] + names[:rep % len(names)]:
             for method, q in flows.items():
-                runs[f"{method}:{name}"].append(filter_run(q, opts, work / "filter.h5"))
-    return {k: {"write_ms_per_field": statistics.median(w for w, _, _ in v),
-                "read_ms_per_field": statistics.median(r for _, r, _ in v), "bytes_per_field": v[0][2],
-                "fields": len(flows[k.split(":")[0]]), "runs": v} for k, v in runs.items()}
+                runs[f"{method}:{name}"].append(filter_run(q, write, work / "filter.h5"))
+    return {k: {"write_ms_per_field": statistics.median(r[0] for r in v),
+                "read_ms_per_field": statistics.median(r[1] for r in v),
+                "direct_isal_read_ms_per_field": statistics.median(r[2] for r in v) if v[0][2] is not None else None,
+                "bytes_per_field": v[0][3], "fields": len(flows[k.split(":")[0]]), "runs": v} for k, v in runs.items()}
 
 
 def measure(method: str, *, media: Path, tmp: Path, videos: int, frames: int, reps: int, workers: int,
@@ -257,41 +351,52 @@ def measure(method: str, *, media: Path, tmp: Path, videos: int, frames: int, re
     root, work = tmp / method / "videos", tmp / method / "out"
     paths = build_videos(media, root, videos=videos, frames=frames)
     click.echo(f"{method}: {videos} videos x {frames} frames, {workers} workers, {reps} reps", err=True)
-    load = [os.getloadavg()[0]]
+    load, free = [os.getloadavg()[0]], [free_cores(workers)]
     if method == "farneback":  # untimed first use of everything in this process (a TV-L1 field costs more)
         for v in ("pipeline", "bare"):
             run_variant(v, method=method, paths=paths[:1], root=root, out=tmp / "warm", workers=workers)
         shutil.rmtree(tmp / "warm")
     seconds: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    main_cpu: dict[str, list[float]] = {v: [] for v in variants}  # of which this process (the runner's merge...)
     utilisation = []  # busy time / (workers x wall time) of the bare runs: how evenly the videos spread
     expected = None
     for rep in range(reps):
         for v in variants[rep % len(variants):] + variants[:rep % len(variants)]:
-            t, n, per_video = run_variant(v, method=method, paths=paths, root=root, out=work / f"{v}-{rep}",
-                                          workers=workers)
+            t, c, n, per_video = run_variant(v, method=method, paths=paths, root=root, out=work / f"{v}-{rep}",
+                                             workers=workers)
             if n != (expected := expected or n):
                 raise click.ClickException(f"{v} decoded {n} frames; expected {expected}, as the other variants")
             seconds[v].append(t)
+            cpu[v].append(sum(c))
+            main_cpu[v].append(c[0])
             utilisation += [sum(per_video) / (workers * t)] if per_video else []
             if rep > 0 and (work / f"{v}-{rep}").exists():  # the first outputs are kept for the sizes
                 shutil.rmtree(work / f"{v}-{rep}")
-            click.echo(f"  rep {rep + 1}/{reps} {LABELS[v]:<30} {t:7.2f} s  {n / t:7.3g} frames/s", err=True)
+            click.echo(f"  rep {rep + 1}/{reps} {LABELS[v]:<30} {t:7.2f} s  {n / t:7.3g} frames/s  "
+                       f"{sum(c) / n * 1e3:7.1f} CPU ms/frame", err=True)
     load.append(os.getloadavg()[0])
+    free.append(free_cores(workers))
     fps = {v: expected / statistics.median(t) for v, t in seconds.items()}
+    cpu_ms = {v: statistics.median(c) / expected * 1e3 for v, c in cpu.items()}
+    main_ms = {v: statistics.median(c) / expected * 1e3 for v, c in main_cpu.items()}
     sizes, flows = shard_stats(work / "pipeline-0")
     sizes["no_rgb_shard_bytes_per_frame"] = shard_stats(work / "pipeline_no_rgb-0")[0]["shard_bytes_per_frame"]
     ratios = {"pipeline / bare": {"value": fps["pipeline"] / fps["bare"], "target": TARGETS[method]},
               "pipeline --no-rgb / bare": {"value": fps["pipeline_no_rgb"] / fps["bare"]},
+              "pipeline / bare by CPU time (bare CPU / pipeline CPU)": {"value": cpu_ms["bare"] / cpu_ms["pipeline"]},
+              "pipeline --no-rgb / bare by CPU time": {"value": cpu_ms["bare"] / cpu_ms["pipeline_no_rgb"]},
               "pipeline / 1 process with OpenCV threads": {"value": fps["pipeline"] / fps["threads"]}}
     if "pipeline_w1" in fps:
         ratios[f"pipeline --workers {workers} / --workers 1"] = {
             "value": fps["pipeline"] / fps["pipeline_w1"], "target": SCALING_TARGET if workers == 2 else None}
-    overhead = (statistics.median(seconds["pipeline"]) - statistics.median(seconds["bare"])) * workers
     return {"setup": {"videos": videos, "frames": frames, "workers": workers, "reps": reps},
-            "load_1min_before_after": load, "frames_per_s": fps, "seconds_all": seconds, "ratios": ratios,
+            "load_1min_before_after": load, "free_cores_before_after": free, "frames_per_s": fps,
+            "seconds_all": seconds, "ratios": ratios, "cpu_ms_per_frame": cpu_ms, "cpu_seconds_all": cpu,
+            "main_process_cpu_ms_per_frame": main_ms,
             "sizes": sizes, "bare_worker_utilisation": utilisation,
-            "bare_core_ms_per_field": statistics.median(seconds["bare"]) * workers / sizes["fields"] * 1e3,
-            "pipeline_overhead_core_ms_per_frame": overhead / expected * 1e3}, flows
+            "bare_cpu_ms_per_field": statistics.median(cpu["bare"]) / sizes["fields"] * 1e3,
+            "pipeline_extra_cpu_ms_per_frame": cpu_ms["pipeline"] - cpu_ms["bare"]}, flows
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -302,12 +407,18 @@ def markdown(result: dict[str, Any]) -> str:
              f"commit {str(m['git_commit'])[:10]}{' + local changes' if m['git_dirty'] else ''}.", ""]
     for method, r in result["methods"].items():
         s, z = r["setup"], r["sizes"]
+        busy = min(r["free_cores_before_after"]) < 0.9 * s["workers"]
         lines += [f"**{method}**: {s['videos']} videos x {s['frames']} frames at 320x240, {s['workers']} workers, "
-                  f"{s['reps']} interleaved repetitions (median).", "",
-                  "| variant | frames/s | vs bare | runs (s) |", "| --- | ---: | ---: | --- |"]
+                  f"{s['reps']} interleaved repetitions (median). {s['workers']} busy processes got "
+                  f"{' and '.join(f'{c:.2f}' for c in r['free_cores_before_after'])} cores before and after"
+                  + (": the machine was shared, so wall-time ratios are unreliable (CPU-time ones less so)."
+                     if busy else "."), "",
+                  "| variant | frames/s | vs bare | CPU ms/frame | of which main process | runs (s) |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
         for v, fps in r["frames_per_s"].items():
             runs = ", ".join(f"{t:.1f}" for t in r["seconds_all"][v])
-            lines.append(f"| {LABELS[v]} | {fps:.3g} | {fps / r['frames_per_s']['bare']:.3f} | {runs} |")
+            lines.append(f"| {LABELS[v]} | {fps:.3g} | {fps / r['frames_per_s']['bare']:.3f} | "
+                         f"{r['cpu_ms_per_frame'][v]:.1f} | {r['main_process_cpu_ms_per_frame'][v]:.2f} | {runs} |")
         lines.append("")
         for k, v in r["ratios"].items():
             target = v.get("target")
@@ -316,16 +427,20 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"- bytes per flow field {z['flow_bytes_per_field']:.0f} (raw {z['raw_field_bytes']:.0f}), per RGB "
                   f"frame {z['rgb_jpeg_bytes_per_frame']:.0f} (JPEG q90); shard bytes per frame "
                   f"{z['shard_bytes_per_frame']:.0f} with RGB, {z['no_rgb_shard_bytes_per_frame']:.0f} without",
-                  f"- bare loop {r['bare_core_ms_per_field']:.1f} core-ms per field, worker utilisation "
-                  f"{statistics.median(r['bare_worker_utilisation']):.2f} (1 = no idle worker); pipeline overhead "
-                  f"{r['pipeline_overhead_core_ms_per_frame']:.1f} core-ms per frame", ""]
+                  f"- bare loop {r['bare_cpu_ms_per_field']:.1f} CPU ms per field, worker utilisation "
+                  f"{statistics.median(r['bare_worker_utilisation']):.2f} (1 = no idle worker); the pipeline spends "
+                  f"{r['pipeline_extra_cpu_ms_per_frame']:.1f} CPU ms per frame more", ""]
     methods = list(result["methods"])
-    lines += ["| filter | " + " | ".join(f"{m} bytes/field | {m} write ms/field | {m} read ms/field" for m in methods)
-              + " |", "| --- |" + " ---: |" * (3 * len(methods))]
+    lines += ["Compression, ms per 320x240 field in one process: write = compress + write; read = through HDF5's "
+              "filter (any reader); ISA-L read = raw chunk + ISA-L inflate (the trainer's path, gzip only).", "",
+              "| filter | " + " | ".join(f"{m} bytes/field | write | read | ISA-L read" for m in methods) + " |",
+              "| --- |" + " ---: |" * (4 * len(methods))]
     for name in filters():
         cells = [result["compression"][f"{m}:{name}"] for m in methods]
-        lines.append(f"| {name} | " + " | ".join(f"{c['bytes_per_field']:.0f} | {c['write_ms_per_field']:.2f} | "
-                                                 f"{c['read_ms_per_field']:.2f}" for c in cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(
+            f"{c['bytes_per_field']:.0f} | {c['write_ms_per_field']:.2f} | {c['read_ms_per_field']:.2f} | "
+            + (f"{c['direct_isal_read_ms_per_field']:.2f}" if c["direct_isal_read_ms_per_field"] is not None else "-")
+            for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -370,14 +485,15 @@ def main(out: Path, media: Path, quick: bool, methods: tuple[str, ...], workers:
     result: dict[str, Any] = {"command": f"{env}python -m benchmarks.extract {' '.join(sys.argv[1:])}".strip(),
                               "machine": machine_facts(), "load_before": list(os.getloadavg()), "methods": {}}
     flows = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="extract-bench-") as tmp:
         for method in methods or ("farneback", "tvl1"):
             result["methods"][method], flows[method] = measure(method, media=media, tmp=Path(tmp), workers=workers,
                                                                **setups[method])
+            out.write_text(json.dumps(result, indent=2))  # what is measured survives a later failure
         click.echo("compression filters", err=True)
         result["compression"] = compression_table(flows, 1 if quick else 3, Path(tmp))
     result["load_after"] = list(os.getloadavg())
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     table = markdown(result)
     out.with_suffix(".md").write_text(table)
@@ -386,4 +502,8 @@ def main(out: Path, media: Path, quick: bool, methods: tuple[str, ...], workers:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's main: loky pickles ``__main__`` functions by value, with their globals (the
+    # TV-L1 solver cached by the threads variant cannot be pickled); ``benchmarks.extract`` ones by reference.
+    from benchmarks.extract import main as imported_main
+
+    imported_main()

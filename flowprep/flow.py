@@ -90,10 +90,11 @@ def iter_flow(
     for rgb in chunks:
         gray = to_gray(rgb)
         frames = gray if prev is None else np.concatenate([prev[None], gray])
-        if len(frames) >= 2:
-            flow = np.stack([estimator(frames[i], frames[i + 1]) for i in range(len(frames) - 1)])
-        else:
-            flow = np.empty((0, 2, *gray.shape[1:]), np.float32)
+        # Fill a C-contiguous array: np.stack of the (2, H, W) views would keep their (H, W, 2) memory
+        # order, and quantize() would then copy the whole float32 chunk once more.
+        flow = np.empty((max(len(frames) - 1, 0), 2, *gray.shape[1:]), np.float32)
+        for i in range(len(frames) - 1):
+            flow[i] = estimator(frames[i], frames[i + 1])
         prev = gray[-1]
         yield rgb, flow
 
