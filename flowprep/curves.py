@@ -67,7 +67,9 @@ def plot_curves(
             ax_acc.plot(xv, [e["val_acc"] for e in val], color=color, ls="--", marker=".", label=f"{name} val (videos)")
     if chance is not None:
         ax_acc.axhline(chance, color="grey", lw=1, ls=":", label=f"chance ({100 * chance:.1f}%)")
-    ax_loss.set(title="loss (cross-entropy)", xlabel="epoch")
+    # Log scale: a validation loss can spike 10-50x in an early epoch (BatchNorm statistics still settling)
+    # and would flatten every other curve on a linear axis.
+    ax_loss.set(title="loss (cross-entropy, log scale)", xlabel="epoch", yscale="log")
     ax_acc.set(title="top-1 accuracy", xlabel="epoch", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

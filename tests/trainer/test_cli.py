@@ -19,15 +19,6 @@ TINY = ["--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--batc
         "--val-samples", "2", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on 2 shared cores: a second intra-op thread only adds contention (measured 3x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _invoke(*args: str) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 

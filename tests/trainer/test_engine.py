@@ -20,15 +20,6 @@ CPU = torch.device("cpu")
 L = 2  # flow fields per sample: 4 input channels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on 2 shared cores: a second intra-op thread only adds contention (measured 3x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_flow_net(num_classes: int = 3, width: int = 16) -> nn.Module:
     """A 7x7 conv (large enough to see the fields' spatial derivatives) + BN + pooled linear head."""
     return nn.Sequential(

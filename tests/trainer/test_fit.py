@@ -16,15 +16,6 @@ from trainer.fit import METRICS, amp_dtype_for, fit, lr_lambda
 TIMING = {"samples_per_s", "data_wait_frac"}  # wall-clock fields differ between runs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on 2 shared cores: a second intra-op thread only adds contention (measured 3x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _configs(shards, out: Path, *, epochs: int = 2, resume: bool = False, arch: str = "resnet18", stream: str = "temporal",
              val: bool = True, seed: int = 0, workers: int = 0):
     model = ModelConfig(stream=stream, num_classes=1, arch=arch, flow_length=2, dropout=0.5)
