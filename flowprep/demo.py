@@ -96,7 +96,7 @@ class Runner:
         self.reused.append(str(path))
         click.echo(f"   reusing {path} ({why})")
 
-    def run(self, name: str, *args: str | Path) -> None:
+    def run(self, name: str, *args: str | Path | float) -> None:
         argv = [str(a) for a in args]
         click.secho("$ " + shlex.join([name, *argv]), fg="cyan")
         cpu0, t0 = _children_cpu(), time.perf_counter()
