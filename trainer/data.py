@@ -25,9 +25,9 @@ flip off the loader workers (see ``python -m benchmarks.loader``). Evaluation it
 on the CPU (10-crop views, mixed sizes).
 
 Flow is read chunk by chunk with ``read_direct_chunk`` and inflated with ISA-L (one field per chunk,
-as the format says), straight into the item's buffer, skipping HDF5's filter pipeline: measured 0.16-0.30
-ms per 320x240 field against 0.6 ms with Python's zlib and 1.15 ms through h5py without a chunk cache
-(BENCHMARKS.md). Other chunk layouts or filters fall back to an h5py hyperslab read.
+as the format says), straight into the item's buffer, skipping HDF5's filter pipeline: 0.31 ms per
+320x240 field against 0.68 ms through HDF5's own gzip filter (BENCHMARKS.md, compression table). Other
+chunk layouts or filters fall back to an h5py hyperslab read.
 
 HDF5 files are opened lazily, in the process that reads (each DataLoader worker), never before fork, and
 cached per process; a cache inherited through fork is dropped, not reused.
