@@ -31,7 +31,8 @@ class VerifyReport:
     num_extracted: int = 0
     num_failed: int = 0
     task_count: int | None = None
-    missing_tasks: list[int] = field(default_factory=list)
+    missing_tasks: list[int] = field(default_factory=list)  # array runs: no manifest part at all
+    unfinished_tasks: list[int] = field(default_factory=list)  # a part is present, but its task has not finished
     shards: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -157,7 +158,9 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
         resolved = sum(len(s["videos"]) for s in m["shards"]) + len(m["failures"])
         if m["complete"] and resolved != m["num_videos"]:
             report.problems.append(f"{path.name}: says complete but accounts for {resolved} of {m['num_videos']} videos")
-        complete = complete and m["complete"] and resolved == m["num_videos"]
+        if not (m["complete"] and resolved == m["num_videos"]):
+            report.unfinished_tasks.append(int(m["task"]["index"]))
+            complete = False
         for failure in m["failures"]:
             video = str(PurePosixPath(failure["path"]).with_suffix(""))
             if video in seen:
@@ -176,6 +179,7 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
     shard_bar.close()
     report.num_failed = len(report.failures)
     report.complete = complete
+    report.unfinished_tasks.sort()
     return report
 
 
@@ -187,6 +191,11 @@ def format_report(report: VerifyReport) -> str:
         lines.append(
             f"missing manifest parts: task(s) {', '.join(map(str, report.missing_tasks))} of {report.task_count} "
             "(not started, still running, or lost)"
+        )
+    if report.unfinished_tasks and (report.task_count or 1) > 1:
+        lines.append(
+            f"unfinished tasks: {', '.join(map(str, report.unfinished_tasks))} of {report.task_count} "
+            "(killed or still running: rerun the same task index to resume it)"
         )
     if not report.complete:
         lines.append(f"incomplete: {done} of {report.num_videos} videos" + (" (in the parts present)" if report.missing_tasks else ""))

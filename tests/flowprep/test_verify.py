@@ -84,6 +84,7 @@ def test_interrupted_run_is_incomplete(out: Path) -> None:
     report = verify_output(out)
     assert not report.ok and not report.complete and report.problems == []
     assert "incomplete: 4 of 5 videos" in format_report(report).splitlines()
+    assert report.unfinished_tasks == [0] and "unfinished tasks" not in format_report(report)  # a single run: no task to name
 
 
 def test_contract_checks_inside_a_shard(out: Path) -> None:
@@ -114,6 +115,14 @@ def test_array_run_names_missing_tasks(tmp_path: Path) -> None:
     assert "missing manifest parts: task(s) 1 of 3" in text and "incomplete: 3 of 3 videos (in the parts present)" in text
     _extract(videos, tmp_path / "out", metas=metas[2:3], task_index=1, task_count=3)
     assert verify_output(tmp_path / "out").ok
+    # Task 2 killed after it wrote its manifest part, before it finished: named, so that it can be rerun.
+    part = tmp_path / "out" / mf.manifest_name(task_index=2, task_count=3)
+    m = json.loads(part.read_text())
+    m.update(shards=[], complete=False)
+    part.write_text(json.dumps(m))
+    report = verify_output(tmp_path / "out")
+    assert not report.ok and report.unfinished_tasks == [2] and report.missing_tasks == [] and report.problems == []
+    assert "unfinished tasks: 2 of 3 (killed or still running: rerun the same task index to resume it)" in format_report(report)
 
 
 def test_not_a_run(tmp_path: Path) -> None:
