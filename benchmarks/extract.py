@@ -15,10 +15,15 @@ Each run also records the CPU time of this process and its workers, and each met
 busy processes really get before and after (``free_cores``): on a shared machine wall-time ratios drift
 with other people's load, CPU-time ratios much less (but they do not see idle waits such as fsync).
 
-The compression rows rewrite the quantized flow of the first pipeline run with each filter (one field
-per chunk, appended in batches of 32 as the writer does) in this process, single-threaded: through
-flowprep's own writer, HDF5's filters, and ISA-L deflate into raw gzip chunks. Plugin rows
-(Blosc, LZ4, Zstd) appear when ``hdf5plugin`` imports; to add it without touching .venv:
+Default sizes: Farneback 8 clips of 180 frames (UCF-101's mean clip is ~7 s at 25 fps), so per-video
+costs (probe, file creation, fsync) weigh as in a real run; ``--frames 40`` shows them 4.5x heavier.
+TV-L1 24 clips of 3 frames: a field costs ~1 s, and with many small tasks the two workers end within
+about one field of each other, so ``--workers 2 / --workers 1`` measures scaling, not the tail of a
+tiny job (with 8 clips of 6 fields, one worker idled ~8% of the run at the end).
+
+The compression rows (``benchmarks.compression``) rewrite the quantized flow of the first pipeline run
+with each filter. Plugin rows (Blosc, LZ4, Zstd) appear when ``hdf5plugin`` imports; to add it without
+touching .venv:
 
     .venv/bin/pip install --no-deps --target /tmp/hdf5plugin-site hdf5plugin
     PYTHONPATH=/tmp/hdf5plugin-site .venv/bin/python -m benchmarks.extract --out bench-out/extract.json
@@ -38,8 +43,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import av
 import click
@@ -49,15 +53,14 @@ import h5py
 import joblib
 import numpy as np
 from joblib import Parallel, delayed
-from isal import isal_zlib
 from joblib.executor import get_memmapping_executor
 
 import flowprep
+from benchmarks.compression import compression_markdown, compression_table, hdf5plugin
 from flowprep.config import FlowConfig, StorageConfig
 from flowprep.flow import FlowEstimator
 from flowprep.reader import plan_videos
 from flowprep.runner import run_extract
-from flowprep.writer import VideoMeta, VideoWriter
 
 MEDIA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
 GET_MEDIA = "apt-get download opencv-doc && dpkg -x opencv-doc_*.deb /tmp/ocvdoc"
@@ -73,15 +76,6 @@ LABELS = {"pipeline": "pipeline (RGB)", "pipeline_no_rgb": "pipeline --no-rgb", 
 
 class MissingMedia(click.ClickException):
     exit_code = 2
-
-
-def hdf5plugin() -> ModuleType | None:
-    os.environ.setdefault("BLOSC_NTHREADS", "1")  # single-threaded, as in a worker that owns one core
-    try:
-        import hdf5plugin as module
-    except ImportError:
-        return None
-    return module
 
 
 def machine_facts() -> dict[str, Any]:
@@ -105,21 +99,22 @@ def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[P
     """``videos`` clips of ``frames`` frames at 320x240 in a UCF-101 layout, cut round-robin from the
     sources; sorted by relative path, the order in which the pipeline hands them out.
 
-    Even clips are H.264 .mp4 (x264 defaults), odd ones MPEG-4 part 2 .avi at 600 kbit/s (UCF-101's xvid)."""
+    Even clips are H.264 .mp4 (x264 defaults), odd ones MPEG-4 part 2 .avi at 600 kbit/s (UCF-101's xvid).
+    A source shorter than its clips need (tree.avi has 68 frames) is played forwards, backwards, forwards...
+    (no frame twice in a row), so long clips stay real motion of real video."""
     decoded: dict[str, np.ndarray] = {}
     paths = []
     for i in range(videos):
         cls = list(SOURCES)[i % len(SOURCES)]
         if cls not in decoded:
             name, first = SOURCES[cls]
-            needed = first + frames * -(-videos // len(SOURCES))  # the clips of this class, back to back
+            needed = frames * -(-videos // len(SOURCES))  # the clips of this class, back to back
             with av.open(str(media / name)) as c:
-                decoded[cls] = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
-                                         for f, _ in zip(c.decode(video=0), range(needed))][first:])
+                src = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
+                                for f, _ in zip(c.decode(video=0), range(first + needed))][first:])
+            decoded[cls] = src[ping_pong(len(src), needed)]
         src = decoded[cls]
-        if len(src) < frames:
-            raise click.UsageError(f"{SOURCES[cls][0]} has {len(src)} usable frames, expected >= {frames} per video")
-        start = (i // len(SOURCES) * frames) % (len(src) - frames + 1)
+        start = i // len(SOURCES) * frames
         codec, ext = ("libx264", "mp4") if i % 2 == 0 else ("mpeg4", "avi")
         path = root / cls / f"v_{cls}_g{i // len(SOURCES) + 1:02d}_c01.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +128,15 @@ def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[P
             c.mux(s.encode())
         paths.append(path)
     return sorted(paths, key=lambda p: p.relative_to(root).as_posix())
+
+
+def ping_pong(n: int, length: int) -> np.ndarray:
+    """``length`` frame indices into n frames: 0, 1, ..., n-1, n-2, ..., 0, 1, ... (just 0..length-1 if n >= length)."""
+    if n < 2:
+        raise click.UsageError(f"a source video needs at least 2 usable frames, got {n}")
+    period = 2 * (n - 1)
+    k = np.arange(length) % period
+    return np.where(k < n, k, period - k)
 
 
 _ESTIMATORS: dict[str, FlowEstimator] = {}
@@ -249,103 +253,6 @@ def shard_stats(out: Path) -> tuple[dict[str, float], np.ndarray]:
              "raw_field_bytes": float(2 * SIZE[0] * SIZE[1]), "fields": fields}, np.concatenate(flows))
 
 
-Writer = Callable[[h5py.File, np.ndarray], h5py.Dataset]
-
-
-def _create(f: h5py.File, q: np.ndarray, **opts: Any) -> h5py.Dataset:
-    return f.create_dataset("flow", shape=(0, *q.shape[1:]), maxshape=(None, *q.shape[1:]), dtype=np.uint8,
-                            chunks=(1, *q.shape[1:]), **opts)
-
-
-def h5py_filter(**opts: Any) -> Writer:
-    """HDF5's own filter pipeline compresses each chunk."""
-    def write(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
-        ds = _create(f, q, **opts)
-        for s in range(0, len(q), 32):
-            ds.resize(min(s + 32, len(q)), axis=0)
-            ds[s:s + 32] = q[s:s + 32]
-        return ds
-    return write
-
-
-def isal_chunks(level: int) -> Writer:
-    """Each field deflated by ISA-L into a zlib stream, stored under HDF5's gzip filter (any reader inflates it)."""
-    def write(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
-        ds = _create(f, q, compression="gzip", compression_opts=level)
-        ds.resize(len(q), axis=0)
-        for i, field in enumerate(q):
-            ds.id.write_direct_chunk((i, 0, 0, 0), isal_zlib.compress(field.tobytes(), level))
-        return ds
-    return write
-
-
-def flowprep_writer(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
-    """Whatever ``flowprep.writer.VideoWriter`` does with the default storage settings."""
-    c = StorageConfig()
-    w = VideoWriter(f, VideoMeta("b/v", "b/v.avi", 0, "b"), height=q.shape[2], width=q.shape[3], bound=20.0,
-                    rgb=False, compression=c.compression, compression_level=c.compression_level)
-    for s in range(0, len(q), 32):
-        w.append_flow(q[s:s + 32])
-    w.finish(num_frames=len(q) + 1, fps=25.0)
-    return w.flow
-
-
-def filters() -> dict[str, Writer]:
-    c = StorageConfig()
-    out = {f"flowprep writer (default: {c.compression}-{c.compression_level})": flowprep_writer,
-           "none": h5py_filter(), "gzip-1 zlib (HDF5 filter)": h5py_filter(compression="gzip", compression_opts=1),
-           "gzip-4 zlib (HDF5 filter)": h5py_filter(compression="gzip", compression_opts=4),
-           "lzf": h5py_filter(compression="lzf")}
-    out.update({f"gzip ISA-L-{k} (direct chunks)": isal_chunks(k) for k in (0, 1, 2, 3)})
-    plugin = hdf5plugin()
-    if plugin is not None:
-        bits = plugin.Blosc.BITSHUFFLE
-        out.update({name: h5py_filter(**opts) for name, opts in (
-            ("lz4 (plugin)", plugin.LZ4()), ("zstd-1 (plugin)", plugin.Zstd(clevel=1)),
-            ("zstd-3 (plugin)", plugin.Zstd(clevel=3)),
-            ("blosc-lz4 bitshuffle (plugin)", plugin.Blosc(cname="lz4", clevel=5, shuffle=bits)),
-            ("blosc-zstd-1 bitshuffle (plugin)", plugin.Blosc(cname="zstd", clevel=1, shuffle=bits)))})
-    return out
-
-
-def filter_run(q: np.ndarray, write: Writer, path: Path) -> tuple[float, float, float | None, float]:
-    """(ms per field to compress + write, ms per field to read one field through HDF5, the same reading the raw
-    chunk and inflating it with ISA-L (gzip only, as trainer.data does), bytes per field) of ``q``."""
-    t0 = time.perf_counter()
-    with h5py.File(path, "w") as f:
-        ds = write(f, q)
-        name, size = ds.name, ds.id.get_storage_size()
-    seconds = time.perf_counter() - t0
-    with h5py.File(path, "r") as f:
-        ds, t0 = f[name], time.perf_counter()
-        back = np.stack([ds[i] for i in range(len(q))])
-        read = time.perf_counter() - t0
-        direct = None
-        if ds.compression == "gzip":
-            t0 = time.perf_counter()
-            raw = [isal_zlib.decompress(ds.id.read_direct_chunk((i, 0, 0, 0))[1]) for i in range(len(q))]
-            direct = (time.perf_counter() - t0) / len(q) * 1e3
-            if np.frombuffer(b"".join(raw), np.uint8).reshape(q.shape).tobytes() != q.tobytes():
-                raise click.ClickException(f"{name}: expected the raw chunks to inflate to the flow, got other bytes")
-    if not np.array_equal(back, q):
-        raise click.ClickException(f"{name}: expected the flow back unchanged, got different values")
-    path.unlink()
-    return seconds / len(q) * 1e3, read / len(q) * 1e3, direct, size / len(q)
-
-
-def compression_table(flows: dict[str, np.ndarray], reps: int, work: Path) -> dict[str, dict[str, Any]]:
-    names = list(filters().items())
-    runs: dict[str, list[tuple]] = {f"{m}:{k}": [] for m in flows for k, _ in names}
-    for rep in range(reps):
-        for name, write in names[rep % len(names):] + names[:rep % len(names)]:
-            for method, q in flows.items():
-                runs[f"{method}:{name}"].append(filter_run(q, write, work / "filter.h5"))
-    return {k: {"write_ms_per_field": statistics.median(r[0] for r in v),
-                "read_ms_per_field": statistics.median(r[1] for r in v),
-                "direct_isal_read_ms_per_field": statistics.median(r[2] for r in v) if v[0][2] is not None else None,
-                "bytes_per_field": v[0][3], "fields": len(flows[k.split(":")[0]]), "runs": v} for k, v in runs.items()}
-
-
 def measure(method: str, *, media: Path, tmp: Path, videos: int, frames: int, reps: int, workers: int,
             variants: list[str]) -> tuple[dict[str, Any], np.ndarray]:
     root, work = tmp / method / "videos", tmp / method / "out"
@@ -430,17 +337,7 @@ def markdown(result: dict[str, Any]) -> str:
                   f"- bare loop {r['bare_cpu_ms_per_field']:.1f} CPU ms per field, worker utilisation "
                   f"{statistics.median(r['bare_worker_utilisation']):.2f} (1 = no idle worker); the pipeline spends "
                   f"{r['pipeline_extra_cpu_ms_per_frame']:.1f} CPU ms per frame more", ""]
-    methods = list(result["methods"])
-    lines += ["Compression, ms per 320x240 field in one process: write = compress + write; read = through HDF5's "
-              "filter (any reader); ISA-L read = raw chunk + ISA-L inflate (the trainer's path, gzip only).", "",
-              "| filter | " + " | ".join(f"{m} bytes/field | write | read | ISA-L read" for m in methods) + " |",
-              "| --- |" + " ---: |" * (4 * len(methods))]
-    for name in filters():
-        cells = [result["compression"][f"{m}:{name}"] for m in methods]
-        lines.append(f"| {name} | " + " | ".join(
-            f"{c['bytes_per_field']:.0f} | {c['write_ms_per_field']:.2f} | {c['read_ms_per_field']:.2f} | "
-            + (f"{c['direct_isal_read_ms_per_field']:.2f}" if c["direct_isal_read_ms_per_field"] is not None else "-")
-            for c in cells) + " |")
+    lines += compression_markdown(result["compression"], list(result["methods"]))
     return "\n".join(lines) + "\n"
 
 
@@ -457,15 +354,15 @@ def _default(given: int | None, full: int, quick: int, is_quick: bool) -> int:
 @click.option("--method", "methods", type=click.Choice(["farneback", "tvl1"]), multiple=True,
               help="Flow method to measure (repeatable).  [default: both]")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.  [default: all cores]")
-@click.option("--reps", type=click.IntRange(min=1), default=None, help="Farneback repetitions.  [default: 5, quick 2]")
+@click.option("--reps", type=click.IntRange(min=1), default=None, help="Farneback repetitions.  [default: 3, quick 2]")
 @click.option("--tvl1-reps", type=click.IntRange(min=1), default=None, help="TV-L1 repetitions.  [default: 3, quick 1]")
 @click.option("--videos", type=click.IntRange(min=1), default=None, help="Farneback videos.  [default: 8, quick 4]")
 @click.option("--frames", type=click.IntRange(min=2), default=None,
-              help="Frames per Farneback video.  [default: 40, quick 16]")
+              help="Frames per Farneback video; UCF-101 averages ~180.  [default: 180, quick 16]")
 @click.option("--tvl1-videos", type=click.IntRange(min=1), default=None,
-              help="TV-L1 videos; many short ones, so that 2 workers end together.  [default: 8, quick 2]")
+              help="TV-L1 videos; many short ones, so that 2 workers end together.  [default: 24, quick 2]")
 @click.option("--tvl1-frames", type=click.IntRange(min=2), default=None,
-              help="Frames per TV-L1 video (~1.5 s per field per core at 320x240).  [default: 7, quick 3]")
+              help="Frames per TV-L1 video (~1 s per field per core at 320x240).  [default: 3, quick 3]")
 def main(out: Path, media: Path, quick: bool, methods: tuple[str, ...], workers: int | None, reps: int | None,
          tvl1_reps: int | None, videos: int | None, frames: int | None, tvl1_videos: int | None,
          tvl1_frames: int | None) -> None:
@@ -475,10 +372,10 @@ def main(out: Path, media: Path, quick: bool, methods: tuple[str, ...], workers:
     if missing:
         raise MissingMedia(f"{', '.join(missing)} not in {media}; get them with: {GET_MEDIA}")
     workers = workers or len(os.sched_getaffinity(0))
-    setups = {"farneback": dict(videos=_default(videos, 8, 4, quick), frames=_default(frames, 40, 16, quick),
-                                reps=_default(reps, 5, 2, quick), variants=["pipeline", "bare", "pipeline_no_rgb",
+    setups = {"farneback": dict(videos=_default(videos, 8, 4, quick), frames=_default(frames, 180, 16, quick),
+                                reps=_default(reps, 3, 2, quick), variants=["pipeline", "bare", "pipeline_no_rgb",
                                                                             "threads"]),
-              "tvl1": dict(videos=_default(tvl1_videos, 8, 2, quick), frames=_default(tvl1_frames, 7, 3, quick),
+              "tvl1": dict(videos=_default(tvl1_videos, 24, 2, quick), frames=_default(tvl1_frames, 3, 3, quick),
                            reps=_default(tvl1_reps, 3, 1, quick),
                            variants=["pipeline", "bare", "pipeline_w1", "pipeline_no_rgb", "threads"])}
     env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""

@@ -24,6 +24,10 @@ class ManifestError(ValueError):
     """A manifest file is unreadable or not a flowprep manifest."""
 
 
+class RunConflict(ValueError):
+    """OUT already holds a run that this one must not be mixed with."""
+
+
 def _check_task(task_index: int, task_count: int) -> None:
     if not (task_count >= 1 and 0 <= task_index < task_count):
         raise ValueError(f"expected 0 <= task_index < task_count, got task {task_index} of {task_count}")
@@ -125,6 +129,39 @@ def missing_tasks(parts: list[dict[str, Any]]) -> list[int]:
     (count,) = counts
     present = {p["task"]["index"] for p in parts}
     return [i for i in range(count) if i not in present]
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            diff = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    return None if old == new else f"{prefix[:-1]} is {old!r} there and {new!r} now"
+
+
+def check_compatible(out: Path, mine: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to mix runs; return this task's existing manifest (a resume) or None (a fresh start)."""
+    own = None
+    for part in read_manifests(out):
+        if part["task"]["count"] != mine["task"]["count"]:
+            raise RunConflict(
+                f"{out} holds a run split into {part['task']['count']} task(s); this run has "
+                f"{mine['task']['count']}: use another --out"
+            )
+        diff = _first_difference(part["params"], mine["params"])
+        if diff:
+            raise RunConflict(f"{out} holds a run with different parameters: {diff} (use another --out)")
+        if part["classes"] != mine["classes"]:
+            raise RunConflict(f"{out} holds a run with other classes ({len(part['classes'])} classes there, "
+                              f"{len(mine['classes'])} now; check --class-index): use another --out")
+        if part["task"]["index"] == mine["task"]["index"]:
+            for key in ("num_videos", "videos_sha256"):
+                if part[key] != mine[key]:
+                    raise RunConflict(f"{out} holds a run of a different video list ({key} differs): use another --out")
+            own = part
+    return own
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:

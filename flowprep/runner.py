@@ -26,16 +26,13 @@ from tqdm import tqdm
 
 import flowprep
 from flowprep import manifest as mf
+from flowprep.manifest import RunConflict  # noqa: F401  (raised by run_extract; callers catch runner.RunConflict)
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.worker import VideoJob, VideoResult, is_complete, read_failure, run_jobs
 from flowprep.writer import VideoMeta, write_file_attrs
 
 WORK_DIR = ".work"
 FAILURES = mf.FAILURES
-
-
-class RunConflict(ValueError):
-    """OUT already holds a run that this one must not be mixed with."""
 
 
 @dataclass(frozen=True)
@@ -90,39 +87,6 @@ def plan_shards(
     ]
 
 
-def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            diff = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-            if diff:
-                return diff
-        return None
-    return None if old == new else f"{prefix[:-1]} is {old!r} there and {new!r} now"
-
-
-def _check_compatible(out: Path, mine: dict[str, Any]) -> dict[str, Any] | None:
-    """Refuse to mix runs; return this task's existing manifest (a resume) or None (a fresh start)."""
-    own = None
-    for part in mf.read_manifests(out):
-        if part["task"]["count"] != mine["task"]["count"]:
-            raise RunConflict(
-                f"{out} holds a run split into {part['task']['count']} task(s); this run has "
-                f"{mine['task']['count']}: use another --out"
-            )
-        diff = _first_difference(part["params"], mine["params"])
-        if diff:
-            raise RunConflict(f"{out} holds a run with different parameters: {diff} (use another --out)")
-        if part["classes"] != mine["classes"]:
-            raise RunConflict(f"{out} holds a run with other classes ({len(part['classes'])} classes there, "
-                              f"{len(mine['classes'])} now; check --class-index): use another --out")
-        if part["task"]["index"] == mine["task"]["index"]:
-            for key in ("num_videos", "videos_sha256"):
-                if part[key] != mine[key]:
-                    raise RunConflict(f"{out} holds a run of a different video list ({key} differs): use another --out")
-            own = part
-    return own
-
-
 class _Run:
     def __init__(
         self, out: Path, videos_root: Path, shards: list[ShardPlan], manifest: dict, bar: tqdm, *, resume: bool
@@ -135,6 +99,7 @@ class _Run:
         self.failed = {f["path"]: f["error"] for f in manifest["failures"]}
         self.resolved: dict[str, dict[str, str | None]] = {s.name: {} for s in shards}  # video_id -> error or None
         self.logged = mf.failure_paths(out / FAILURES)
+        self.assembling: dict[str, tuple[h5py.File, set[str]]] = {}  # shard -> its open .tmp file, videos in it
 
     def work_dir(self, shard: ShardPlan) -> Path:
         return self.out / WORK_DIR / shard.name.removesuffix(".h5")
@@ -194,15 +159,33 @@ class _Run:
         if self.work_dir(shard).exists():
             shutil.rmtree(self.work_dir(shard))
 
-    def merge(self, shard: ShardPlan, ok: list[tuple[int, VideoMeta]]) -> None:
-        """Copy the per-video groups into the shard; H5Ocopy moves compressed chunks as they are."""
-        tmp, final = self.out / (shard.name + ".tmp"), self.out / shard.name
-        with h5py.File(tmp, "w") as f:
+    def add(self, shard: ShardPlan, n: int, meta: VideoMeta) -> None:
+        """Copy a finished video into its shard's temporary file now, while the workers go on.
+
+        Assembling shards as videos finish (not all at the end) keeps the main process's H5Ocopy and
+        most of the shard's fsync off the end of the run; H5Ocopy moves compressed chunks as they are.
+        """
+        if shard.name not in self.assembling:
+            f = h5py.File(self.out / (shard.name + ".tmp"), "w")
             write_file_attrs(f, self.params)
-            for n, meta in ok:
-                parent = f.require_group(str(PurePosixPath("videos", meta.video_id).parent))
-                with h5py.File(self.work_file(shard, n), "r") as src:
-                    src.copy(src[f"videos/{meta.video_id}"], parent, name=PurePosixPath(meta.video_id).name)
+            self.assembling[shard.name] = (f, set())
+        f, copied = self.assembling[shard.name]
+        parent = f.require_group(str(PurePosixPath("videos", meta.video_id).parent))
+        with h5py.File(self.work_file(shard, n), "r") as src:
+            src.copy(src[f"videos/{meta.video_id}"], parent, name=PurePosixPath(meta.video_id).name)
+        copied.add(meta.video_id)
+        f.flush()
+        os.fdatasync(f.id.get_vfd_handle())  # write back now, so the final fsync has little left to do
+
+    def merge(self, shard: ShardPlan, ok: list[tuple[int, VideoMeta]]) -> None:
+        """Complete the shard's temporary file (videos finished before a crash are copied now), then
+        fsync, rename to the final name and list it in the manifest."""
+        for n, meta in ok:
+            if meta.video_id not in self.assembling.get(shard.name, (None, set()))[1]:
+                self.add(shard, n, meta)
+        f, _ = self.assembling.pop(shard.name)
+        f.close()
+        tmp, final = self.out / (shard.name + ".tmp"), self.out / shard.name
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -251,7 +234,7 @@ def run_extract(
         videos_sha256=mf.videos_digest([v.source for s in shards for v in s.videos]),
     )
     out.mkdir(parents=True, exist_ok=True)
-    existing = _check_compatible(out, fresh)
+    existing = mf.check_compatible(out, fresh)
     manifest = existing or fresh
     bar = tqdm(total=len(videos), unit="video", dynamic_ncols=True, disable=not progress, desc="extract")
     run = _Run(out, videos_root, shards, manifest, bar, resume=existing is not None)
@@ -265,22 +248,28 @@ def run_extract(
         for n, meta in enumerate(shard.videos):
             if run.is_done(shard) or meta.video_id in run.resolved[shard.name]:
                 continue
-            shard_of[meta.video_id] = (shard, meta)
+            shard_of[meta.video_id] = (shard, n, meta)
             job = VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode, storage, chunk_frames)
             jobs.append(job)
     summary.reused = len(videos) - len(jobs)
     bar.update(summary.reused)
 
     def handle(result: VideoResult) -> None:
-        shard, meta = shard_of[result.video_id]
+        shard, n, meta = shard_of[result.video_id]
         run.record(shard, meta, result.error)
+        if result.ok:
+            run.add(shard, n, meta)
         summary.processed += 1
         summary.frames += result.num_frames
         bar.update(1)
         bar.set_postfix_str(f"{summary.frames / (time.perf_counter() - start):.0f} frames/s", refresh=False)
         run.maybe_finish(shard)
 
-    run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+    try:
+        run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+    finally:
+        for f, _ in run.assembling.values():  # unfinished shards: their .tmp is debris for the next run
+            f.close()
     run.write_manifest()
     bar.close()
     _remove_if_empty(out / WORK_DIR)

@@ -19,10 +19,11 @@ and flips the whole batch on the device. This takes the per-sample cv2.resize of
 flip off the loader workers (see ``python -m benchmarks.loader``). Evaluation items are always cropped
 on the CPU (10-crop views, mixed sizes).
 
-Flow is read chunk by chunk with ``read_direct_chunk`` and inflated with ISA-L (one field per chunk,
-as the format says) and the window copied into the item, skipping HDF5's filter pipeline: 0.31 ms per
-320x240 field against 0.68 ms through HDF5's own gzip filter (BENCHMARKS.md, compression table). Other
-chunk layouts or filters fall back to an h5py hyperslab read.
+Flow is read chunk by chunk with ``read_direct_chunk`` and inflated with libdeflate (the ``deflate``
+package; one field per chunk, as the format says), and the window is copied into the item, skipping
+HDF5's filter pipeline. libdeflate inflates a whole buffer of known size, which is exactly a chunk, faster
+than ISA-L and far faster than HDF5's zlib filter (BENCHMARKS.md, compression table). Other chunk layouts
+or filters fall back to an h5py hyperslab read.
 
 HDF5 files are opened lazily, in the process that reads (each DataLoader worker), never before fork, and
 cached per process; a cache inherited through fork is dropped, not reused.
@@ -35,10 +36,10 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
+import deflate
 import h5py
 import numpy as np
 import torch
-from isal import isal_zlib
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
@@ -162,7 +163,10 @@ def read_flow(rec: VideoRecord, start: int, stop: int, *, rows: tuple[int, int] 
             if mask:
                 raise DataError(f"{rec.shard}: field {t} of {rec.video_id} was stored with its filter skipped "
                                 f"(mask {mask}); expected every chunk {mode}")
-            buf = isal_zlib.decompress(chunk, bufsize=nbytes) if mode == "gzip" else chunk
+            try:
+                buf = deflate.zlib_decompress(chunk, nbytes) if mode == "gzip" else chunk
+            except deflate.DeflateError:
+                raise DataError(f"{rec.shard}: field {t} of {rec.video_id} does not inflate (corrupt chunk)") from None
             if len(buf) != nbytes:
                 raise DataError(f"{rec.shard}: field {t} of {rec.video_id} holds {len(buf)} bytes, expected {nbytes}")
             out[k] = np.frombuffer(buf, np.uint8).reshape(2, height, width)[:, r0:r0 + nr, c0:c0 + nc]

@@ -15,14 +15,14 @@ from media import random_frames, translating_texture, write_video
 from flowprep import manifest as mf
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.reader import plan_videos
-from flowprep.runner import RunConflict, plan_shards, run_extract
+from flowprep.runner import RunConflict, RunSummary, plan_shards, run_extract
 from flowprep.verify import format_report, verify_output
 from flowprep.worker import VideoJob, extract_video
 
 FLOWPREP = Path(sys.executable).parent / "flowprep"
 
 
-def extract(videos: Path, out: Path, **kwargs) -> "RunSummary":  # noqa: F821
+def extract(videos: Path, out: Path, **kwargs) -> RunSummary:
     classes, metas = plan_videos(videos)
     kwargs.setdefault("flow", FlowConfig(method="farneback"))
     kwargs.setdefault("workers", 2)

@@ -263,6 +263,21 @@ def test_direct_chunk_reads_equal_hdf5_hyperslabs_with_windows_and_padding(make_
     np.testing.assert_array_equal(data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30)), want)
 
 
+def test_a_corrupt_flow_chunk_is_one_clear_error(make_tiny_shards) -> None:
+    ts = make_tiny_shards(num_classes=1, videos_per_class=1)
+    rec = index_shards(ts.root).videos[ts.video_ids[0]]
+    with h5py.File(rec.shard, "a") as f:
+        ds = f[f"videos/{rec.video_id}/flow"]
+        chunk = bytearray(ds.id.read_direct_chunk((3, 0, 0, 0))[1])
+        chunk[len(chunk) // 2:] = bytes(len(chunk) - len(chunk) // 2)  # the second half zeroed, as a bad disk would
+        ds.id.write_direct_chunk((3, 0, 0, 0), bytes(chunk))
+    data._files_pid = -1  # forget handles opened before the edit
+    np.testing.assert_array_equal(data.read_flow(rec, 0, 3), ts.flow_q[rec.video_id][:3])  # other fields still read
+    with pytest.raises(DataError) as e:
+        data.read_flow(rec, 2, 5)
+    assert one_line(e) == f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk)"
+
+
 def test_device_items_are_windows_with_the_cpu_paths_box_and_flip(tiny_shards) -> None:
     """Same seed -> the device item's box and flip are the CPU item's; cropped on the device, the two agree."""
     idx = index_shards(tiny_shards.root)
