@@ -104,14 +104,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def check_compatible(
     ckpt: dict[str, Any], *, path: str | Path, stream: str | None = None, arch: str | None = None,
-    classes: list[str] | None = None,
+    classes: list[str] | None = None, flow_length: int | None = None,
 ) -> None:
-    """Raise a one-line CheckpointError if ``ckpt`` was trained for another stream, arch or class list."""
+    """Raise a one-line CheckpointError if ``ckpt`` was trained for another stream, arch, flow length or class list."""
     model = ckpt["config"]["model"]
     if stream is not None and model["stream"] != stream:
         raise CheckpointError(f"{path} is a {model['stream']} stream checkpoint, expected {stream}")
     if arch is not None and model["arch"] != arch:
         raise CheckpointError(f"{path} was trained with --arch {model['arch']}, expected {arch}")
+    if flow_length is not None and model["flow_length"] != flow_length:
+        raise CheckpointError(f"{path} was trained with --flow-length {model['flow_length']}, expected {flow_length}")
     if classes is not None and list(ckpt["classes"]) != list(classes):
         raise CheckpointError(
             f"{path} was trained on {len(ckpt['classes'])} classes that differ from the shards' "

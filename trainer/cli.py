@@ -1,4 +1,5 @@
-"""``trainer`` command line: fit one stream, evaluate streams and their fusion, redo a fusion from scores.
+"""``trainer`` command line: fit one stream (or both jointly), evaluate streams and their fusion, redo a
+fusion from scores.
 
 Exit codes: 0 done, 1 a data/checkpoint/device problem (one line on stderr), 2 a usage error.
 """
@@ -11,7 +12,10 @@ from typing import Any, Callable
 
 import click
 
-from trainer.config import AMP_MODES, DEFAULT_DROPOUT, SCHEDULES, DataConfig, ModelConfig, OptimConfig, RunConfig
+from trainer import options
+from trainer.config import (
+    AMP_MODES, DEFAULT_DROPOUT, JOINT_FUSIONS, SCHEDULES, DataConfig, ModelConfig, OptimConfig, RunConfig,
+)
 
 DEVICES = ("auto", "cpu", "cuda")
 # trainer.models.ARCHS, repeated so that --help and usage errors answer without importing torch (tested equal).
@@ -40,26 +44,6 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _pretrained(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
-    if value.lower() == "none":
-        return None
-    if value.lower() == "imagenet" or os.path.isfile(value):
-        return value
-    raise click.BadParameter(f"expected none, imagenet or a state dict file, got {value!r} (no such file)")
-
-
-def _spatial_weight(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        alpha = float(value)
-    except ValueError:
-        alpha = -1.0
-    if not 0.0 <= alpha <= 1.0:
-        raise click.BadParameter(f"expected a number in [0, 1] or 'auto', got {value!r}")
-    return alpha
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Train and evaluate two-stream networks on flowprep shards.
@@ -67,13 +51,15 @@ def main() -> None:
     \b
     trainer fit --stream temporal --shards OUT --train-list trainlist01.txt --val-list val.txt --out runs/t
     trainer evaluate --shards OUT --test-list testlist01.txt --spatial runs/s --temporal runs/t --out res.json
+    trainer fit --stream joint --fusion learned --spatial-init runs/s --temporal-init runs/t ... --out runs/j
     Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...
     """
 
 
 @main.command()
-@click.option("--stream", type=click.Choice(["spatial", "temporal"]), required=True,
-              help="spatial: single RGB frames; temporal: L stacked flow fields.")
+@click.option("--stream", type=click.Choice(["spatial", "temporal", "joint"]), required=True,
+              help="spatial: single RGB frames; temporal: L stacked flow fields; joint: both streams and --fusion, "
+                   "trained together on a flow stack and its centre frame (same crop and flip).")
 @click.option("--shards", type=_DIR, required=True, help="flowprep output folder (manifest + shards).")
 @click.option("--train-list", type=_FILE, required=True, help="UCF-101 style list: 'Class/v_x.avi [1-based label]'.")
 @click.option("--val-list", type=_FILE, default=None,
@@ -81,7 +67,7 @@ def main() -> None:
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
               help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
-@click.option("--pretrained", default="none", show_default=True, callback=_pretrained,
+@click.option("--pretrained", default="none", show_default=True, callback=options.pretrained,
               help="none, imagenet (torchvision weights; cached or downloadable) or a local ResNet state dict file. "
                    "The temporal stream's conv1 is initialised from the RGB conv1's channel mean.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
@@ -97,6 +83,17 @@ def main() -> None:
 @click.option("--gamma", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Before the classifier [default: 0.5 spatial, 0.7 temporal].")
+@click.option("--fusion", type=click.Choice(JOINT_FUSIONS), default=None,
+              help="Joint: average / alpha-weighted softmax scores, an MLP over them (learned) or over the pooled "
+                   "features (feature), trained end to end [default: average].")
+@click.option("--spatial-weight", type=click.FloatRange(0, 1), default=None,
+              help="Joint: alpha of --fusion weighted (implies it).")
+@click.option("--stream-loss-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Joint: loss = CE(fused) + W * (CE(spatial) + CE(temporal)); 0 trains through the fusion only.")
+@click.option("--spatial-init", type=click.Path(exists=True), default=None,
+              help="Joint: start the spatial stream from this spatial RUN_DIR (its best.pt) or checkpoint.")
+@click.option("--temporal-init", type=click.Path(exists=True), default=None,
+              help="Joint: start the temporal stream from this temporal RUN_DIR (its best.pt) or checkpoint.")
 @click.option("--flow-length", type=click.IntRange(min=1), default=10, show_default=True,
               help="L, flow fields per temporal sample (2L input channels).")
 @click.option("--crop-size", type=click.IntRange(min=8), default=224, show_default=True)
@@ -116,9 +113,11 @@ def main() -> None:
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Leave after this many epochs (for time-limited job slots); continue with --resume.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bar on rank 0.")
+@click.pass_context
 @_runtime_errors
-def fit(**o: Any) -> None:
-    """Train one stream; checkpoint each epoch into RUN_DIR, keep the best on --val-list.
+def fit(ctx: click.Context, **o: Any) -> None:
+    """Train one stream, or both jointly with a fusion; checkpoint each epoch into RUN_DIR, keep the best on
+    --val-list.
 
     Runs as one process, or one per GPU under torchrun (gloo on CPU, nccl on CUDA; only rank 0 writes).
     """
@@ -130,15 +129,17 @@ def fit(**o: Any) -> None:
         raise click.UsageError(f"--resume: no checkpoint at {last}")
     if not o["resume"] and os.path.isfile(last):
         raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")
-    dropout = DEFAULT_DROPOUT[o["stream"]] if o["dropout"] is None else o["dropout"]
+    joint = options.joint_options(ctx, o)
+    first = "spatial" if o["stream"] == "joint" else o["stream"]  # joint: dropout is the spatial stream's
+    dropout = DEFAULT_DROPOUT[first] if o["dropout"] is None else o["dropout"]
     model = ModelConfig(stream=o["stream"], num_classes=1, arch=o["arch"], flow_length=o["flow_length"],
-                        dropout=dropout, pretrained=o["pretrained"])
+                        dropout=dropout, pretrained=o["pretrained"], **joint)
     data = DataConfig(shards=o["shards"], train_list=o["train_list"], val_list=o["val_list"], crop_size=o["crop_size"],
                       batch_size=o["batch_size"], workers=o["workers"], val_samples=o["val_samples"],
                       flip=o["flip"])
     optim = OptimConfig(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                         schedule=o["schedule"], warmup_epochs=o["warmup_epochs"], step_size=o["step_size"],
-                        gamma=o["gamma"])
+                        gamma=o["gamma"], stream_loss_weight=o["stream_loss_weight"])
     run = RunConfig(out=o["out"], device=o["device"], seed=o["seed"], amp=o["amp"], resume=o["resume"])
     stats = run_fit(model=model, data=data, optim=optim, run=run, stop_after=o["stop_after"],
                     show_progress=o["progress"])
@@ -146,34 +147,17 @@ def fit(**o: Any) -> None:
         click.echo(f"{o['out']}: all {o['epochs']} epochs were already done", err=True)
 
 
-def _check_fusion(
-    ctx: click.Context, *, both: bool, fusion: str, weight: float | str | None, has_val: bool,
-    no_val: str = "give --val-list (never the test list)",
-) -> str:
-    """The fusion to use, or a UsageError for combinations that cannot work."""
-    explicit = ctx.get_parameter_source("fusion") not in (None, click.core.ParameterSource.DEFAULT)
-    if weight is not None and not explicit:
-        fusion = "weighted"
-    if weight is not None and fusion != "weighted":
-        raise click.UsageError(f"--spatial-weight applies to --fusion weighted, not --fusion {fusion}")
-    if fusion == "weighted" and weight is None:
-        raise click.UsageError("--fusion weighted needs --spatial-weight F (in [0, 1]) or --spatial-weight auto")
-    if not both and (explicit or weight is not None):
-        raise click.UsageError("fusion needs both streams; give --spatial and --temporal")
-    if both and not has_val and (weight == "auto" or fusion == "learned"):
-        what = "--spatial-weight auto" if weight == "auto" else "--fusion learned"
-        raise click.UsageError(f"{what} is fitted on validation videos: {no_val}")
-    return fusion
-
-
 @main.command()
 @click.option("--shards", type=_DIR, required=True, help="flowprep output folder (manifest + shards).")
 @click.option("--test-list", type=_FILE, required=True, help="Videos to score: 'Class/v_x.avi' (labels optional).")
 @click.option("--spatial", type=click.Path(exists=True), default=None, help="Spatial RUN_DIR (its best.pt) or a checkpoint.")
 @click.option("--temporal", type=click.Path(exists=True), default=None, help="Temporal RUN_DIR (its best.pt) or a checkpoint.")
+@click.option("--joint", type=click.Path(exists=True), default=None,
+              help="A joint RUN_DIR (its best.pt) or checkpoint, scored with its own heads and fusion; "
+                   "instead of --spatial/--temporal.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True,
               help="With both streams: mean of softmax scores, alpha-weighted mean, or an MLP fitted on --val-list.")
-@click.option("--spatial-weight", callback=_spatial_weight, default=None,
+@click.option("--spatial-weight", callback=options.spatial_weight, default=None,
               help="alpha in [0, 1] for weighted fusion, or 'auto' to pick it on --val-list (grid step 0.05).")
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
@@ -189,17 +173,26 @@ def _check_fusion(
 @click.pass_context
 @_runtime_errors
 def evaluate(ctx: click.Context, **o: Any) -> None:
-    """Video-level accuracy of each stream and of their fusion on --test-list."""
+    """Video-level accuracy of each stream and of their fusion on --test-list (or of a --joint model's)."""
     from trainer.distributed import resolve_device
     from trainer.evaluate import run_evaluate
 
-    if o["spatial"] is None and o["temporal"] is None:
-        raise click.UsageError("give --spatial and/or --temporal (a RUN_DIR or a checkpoint file)")
-    both = o["spatial"] is not None and o["temporal"] is not None
-    fusion = _check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"], has_val=o["val_list"] is not None)
+    if o["joint"] is not None:
+        extra = options.given(ctx, "spatial", "temporal", "fusion", "spatial_weight", "val_list")
+        if extra:
+            raise click.UsageError(f"--joint cannot be combined with {', '.join(extra)}: a joint model is scored "
+                                   "with its own two streams and fusion")
+        fusion = None
+    elif o["spatial"] is None and o["temporal"] is None:
+        raise click.UsageError("give --spatial and/or --temporal, or --joint (a RUN_DIR or a checkpoint file)")
+    else:
+        both = o["spatial"] is not None and o["temporal"] is not None
+        fusion = options.check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"],
+                                      has_val=o["val_list"] is not None)
     results = run_evaluate(
-        shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], fusion=fusion,
-        spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"], crops=int(o["crops"]),
+        shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], joint=o["joint"],
+        fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"],
+        crops=int(o["crops"]),
         device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
         show_progress=o["progress"],
     )
@@ -209,7 +202,7 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @main.command()
 @click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
-@click.option("--spatial-weight", callback=_spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (validation scores).")
+@click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (validation scores).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="results.json to write.")
 @click.pass_context
 @_runtime_errors
@@ -222,7 +215,7 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
     bundle = load_scores(scores)
     both = "spatial" in bundle and "temporal" in bundle
     has_val = both and "val_spatial" in bundle and "val_temporal" in bundle and len(bundle["val_labels"]) > 0
-    fusion = _check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
+    fusion = options.check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
                            no_val=f"{scores} holds no validation scores (run trainer evaluate with --val-list)")
     results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out))
     _echo_results(results, out)

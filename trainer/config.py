@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-Stream = Literal["spatial", "temporal"]
-STREAMS: tuple[str, ...] = ("spatial", "temporal")
+Stream = Literal["spatial", "temporal", "joint"]
+STREAMS: tuple[str, ...] = ("spatial", "temporal", "joint")  # joint: TwoStream(spatial, temporal, fusion)
+JOINT_FUSIONS: tuple[str, ...] = ("average", "weighted", "learned", "feature")  # trainer.networks.build_fusion
 SCHEDULES: tuple[str, ...] = ("cosine", "step")
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
 
@@ -29,10 +30,17 @@ class ModelConfig:
     flow_length: int = 10  # L: flow fields per temporal sample (2L input channels)
     dropout: float = 0.5
     pretrained: str | None = None  # None | "imagenet" | path to a state dict (used only when building fresh)
+    # Joint stream only (None otherwise). dropout above is then the spatial stream's.
+    fusion: str | None = None  # one of JOINT_FUSIONS
+    spatial_weight: float | None = None  # alpha of the weighted fusion
+    temporal_dropout: float | None = None
+    spatial_init: str | None = None  # RUN_DIR or checkpoint of a spatial run (used only when building fresh)
+    temporal_init: str | None = None  # RUN_DIR or checkpoint of a temporal run (likewise)
 
     def __post_init__(self) -> None:
         if self.stream not in STREAMS:
             raise ValueError(f"stream must be one of {STREAMS}, got {self.stream!r}")
+        self._check_joint_fields()
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.flow_length < 1:
@@ -40,9 +48,26 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
+    def _check_joint_fields(self) -> None:
+        joint_only = ("fusion", "spatial_weight", "temporal_dropout", "spatial_init", "temporal_init")
+        if self.stream != "joint":
+            given = [k for k in joint_only if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to the joint stream only, got stream {self.stream!r}")
+            return
+        if self.fusion not in JOINT_FUSIONS:
+            raise ValueError(f"the joint stream needs fusion in {JOINT_FUSIONS}, got {self.fusion!r}")
+        if (self.fusion == "weighted") != (self.spatial_weight is not None):
+            raise ValueError(f"spatial_weight is required by the weighted fusion and only by it; "
+                             f"got fusion {self.fusion!r} with spatial_weight {self.spatial_weight}")
+        if self.spatial_weight is not None and not 0.0 <= self.spatial_weight <= 1.0:
+            raise ValueError(f"spatial_weight must be in [0, 1], got {self.spatial_weight}")
+        if self.temporal_dropout is not None and not 0.0 <= self.temporal_dropout < 1.0:
+            raise ValueError(f"temporal_dropout must be in [0, 1), got {self.temporal_dropout}")
+
     def same_network(self, other: "ModelConfig") -> bool:
         """True if a state dict of one fits the other (pretrained only affects initialisation)."""
-        keys = ("stream", "num_classes", "arch", "flow_length")
+        keys = ("stream", "num_classes", "arch", "flow_length", "fusion")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
@@ -81,6 +106,9 @@ class OptimConfig:
     step_size: int = 10  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
     max_grad_norm: float | None = 40.0  # TSN's clip on the global gradient norm; None disables
+    # Joint stream: loss = CE(fused) + stream_loss_weight * (CE(spatial) + CE(temporal)), so that each
+    # stream keeps learning on its own instead of leaning on the other through the fusion.
+    stream_loss_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -93,6 +121,8 @@ class OptimConfig:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.step_size < 1:
             raise ValueError(f"step_size must be >= 1, got {self.step_size}")
+        if self.stream_loss_weight < 0:
+            raise ValueError(f"stream_loss_weight must be >= 0, got {self.stream_loss_weight}")
 
 
 @dataclass(frozen=True)

@@ -2,28 +2,53 @@
 
 Batches arrive as uint8 from the DataLoader (cheap to pin and copy); ``transforms.prepare_batch``
 dequantizes and normalises them on the device.
+
+The joint stream (``TwoStream``) runs through the same loops: its batches carry a tuple of inputs
+(rgb, flow) that share one crop's ``scale``/``params``, its output is a dict of the two streams' logits
+and the fused output, and ``losses.JointLoss`` scores that dict. Accuracy and the video scores are the fused
+output's; ``evaluate`` also reports each stream's video accuracy and scores.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer import distributed
 from trainer.data import VideoEvalDataset
+from trainer.losses import class_log_probs
 from trainer.transforms import TRAIN_PARAMS, prepare_batch, prepare_train_batch
+
+Inputs = Union[Tensor, tuple[Tensor, Tensor]]  # one stream's batch, or the joint stream's (rgb, flow)
+Output = Union[Tensor, dict[str, Tensor]]  # logits, or TwoStream's {"spatial", "temporal", "fused"}
+
+
+def _forward(model: nn.Module, x: Inputs) -> Output:
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def _main_output(output: Output) -> Tensor:
+    """What accuracy is measured on: the logits of a stream, the fused output of the joint stream."""
+    return output["fused"] if isinstance(output, dict) else output
 
 
 def _to_model_input(
-    x: torch.Tensor, scale: torch.Tensor, *, device: torch.device, stream: str, scale_factor: float,
+    x: Tensor | list[Tensor], scale: Tensor, *, device: torch.device, stream: str, scale_factor: float,
     add_offset: float, channels_last: bool,
-) -> torch.Tensor:
+) -> Inputs:
+    if stream == "joint":
+        # (rgb, flow) cut with the same box and flip: each half is prepared as its own stream, with the shared scale.
+        rgb, flow = x
+        kw = dict(device=device, scale_factor=scale_factor, add_offset=add_offset, channels_last=channels_last)
+        return (_to_model_input(rgb, scale, stream="spatial", **kw),
+                _to_model_input(flow, scale, stream="temporal", **kw))
     x = x.to(device, non_blocking=True)
     if scale.shape[-1] == TRAIN_PARAMS:
         # Uncropped training windows + (y0, x0, h, w, flip, size): crop, resize and flip here, batched.
@@ -52,15 +77,17 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     max_grad_norm: float | None = None,
+    criterion: Callable[[Output, Tensor], Tensor] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train for one pass over ``loader``; the scheduler steps once per iteration.
 
+    ``criterion`` defaults to cross-entropy on the logits; the joint stream passes a ``JointLoss``.
     Returns this process's ``samples`` and the all-process ``loss``, ``acc``, ``samples_per_s``,
     ``data_wait_frac`` (fraction of the epoch spent blocked on the loader) and ``lr`` (at the end).
     """
     model.train()
-    criterion = nn.CrossEntropyLoss()
+    criterion = criterion or nn.CrossEntropyLoss()
     loss_sum, correct, seen = 0.0, 0, 0
     wait = 0.0
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True, leave=False)
@@ -80,8 +107,8 @@ def train_one_epoch(
         target = target.to(device, non_blocking=True)
 
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x)  # (B, K)
-            loss = criterion(logits, target)
+            output = _forward(model, x)  # logits (B, K), or the joint stream's dict of them
+            loss = criterion(output, target)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if max_grad_norm is not None:
@@ -97,7 +124,7 @@ def train_one_epoch(
             raise FloatingPointError(f"loss is {batch_loss} at epoch {epoch}, iteration {bar.n}")
         n = target.shape[0]
         loss_sum += batch_loss * n
-        correct += int((logits.argmax(dim=1) == target).sum().item())
+        correct += int((_main_output(output).argmax(dim=1) == target).sum().item())
         seen += n
         bar.update(1)
         bar.set_postfix(loss=f"{batch_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
@@ -120,6 +147,14 @@ def train_one_epoch(
     }
 
 
+def _heads(output: Output, *, stream: str, fused_kind: str) -> dict[str, tuple[Tensor, str]]:
+    """Each head's float32 (B, K) output and its kind, the one accuracy is measured on first."""
+    if not isinstance(output, dict):
+        return {stream: (output.float(), "logits")}
+    return {"fused": (output["fused"].float(), fused_kind), "spatial": (output["spatial"].float(), "logits"),
+            "temporal": (output["temporal"].float(), "logits")}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -140,48 +175,64 @@ def evaluate(
     ``VideoEvalDataset`` ``(x (B, N, C, S, S), scale (B, N, 2), label, index)`` also give
     ``video_acc`` and ``scores``: (num_videos, K) softmax averaged over each video's N samples,
     collected from every process (each process fills the rows of the videos it saw).
-    ``num_classes`` defaults to the model's ``num_classes`` attribute (the two-stream models have one).
+    ``num_classes`` defaults to the model's ``num_classes`` attribute (each stream has one; TwoStream does not).
+
+    ``stream="joint"`` (x a tuple (rgb, flow), a TwoStream model): loss, accuracies and ``scores`` are the
+    fused output's (a fusion that outputs probabilities is averaged as is, logits through softmax), and
+    video batches add ``scores_spatial``/``scores_temporal`` and ``video_acc_spatial``/``video_acc_temporal``.
     """
     model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    net = getattr(model, "module", model)
+    fused_kind = net.fusion.output if stream == "joint" else "logits"
+    names = ("fused", "spatial", "temporal") if stream == "joint" else (stream,)
     loss_sum, clip_correct, clips = 0.0, 0, 0
-    scores: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
+    scores: dict[str, Tensor] = {}
+    labels: Tensor | None = None
     if isinstance(loader.dataset, VideoEvalDataset):
         # Allocated up front: a process may get no video at all and must still join the all-reduce.
         if num_classes is None:
-            num_classes = int(getattr(model, "module", model).num_classes)
-        scores = torch.zeros(len(loader.dataset), num_classes, dtype=torch.float64, device=device)
+            num_classes = int(net.num_classes)
+        scores = {name: torch.zeros(len(loader.dataset), num_classes, dtype=torch.float64, device=device)
+                  for name in names}
         labels = torch.zeros(len(loader.dataset), dtype=torch.float64, device=device)
     for batch in tqdm(loader, desc="eval", disable=not show_progress, dynamic_ncols=True, leave=False):
         x, scale, target = batch[:3]
         video = len(batch) == 4
         if video:
-            b, n = x.shape[:2]
-            x, scale = x.flatten(0, 1), scale.flatten(0, 1)  # (B, N, C, S, S) -> (B*N, C, S, S)
+            b, n = scale.shape[:2]
+            # (B, N, C, S, S) -> (B*N, C, S, S), each part of a joint batch alike
+            x = [part.flatten(0, 1) for part in x] if stream == "joint" else x.flatten(0, 1)
+            scale = scale.flatten(0, 1)
         x = _to_model_input(
             x, scale, device=device, stream=stream, scale_factor=scale_factor, add_offset=add_offset,
             channels_last=channels_last,
         )
         target = target.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x).float()  # (B, K) or (B*N, K)
+            heads = _heads(_forward(model, x), stream=stream, fused_kind=fused_kind)  # (B, K) or (B*N, K) each
+        main, kind = heads[names[0]]
         clip_target = target.repeat_interleave(n) if video else target
-        loss_sum += criterion(logits, clip_target).item()
-        clip_correct += int((logits.argmax(dim=1) == clip_target).sum().item())
+        loss_sum += F.nll_loss(class_log_probs(main, kind), clip_target, reduction="sum").item()  # = CE for logits
+        clip_correct += int((main.argmax(dim=1) == clip_target).sum().item())
         clips += clip_target.shape[0]
         if video:
-            assert scores is not None and labels is not None, "4-tuple batches come from VideoEvalDataset"
+            assert labels is not None, "4-tuple batches come from VideoEvalDataset"
             index = batch[3].to(device)
-            scores[index] = logits.softmax(dim=1).view(b, n, -1).mean(dim=1).double()  # (B, K)
+            for name, (out, kind) in heads.items():
+                probs = out if kind == "probabilities" else out.softmax(dim=1)
+                scores[name][index] = probs.view(b, n, -1).mean(dim=1).double()  # (B, K)
             labels[index] = target.double()
 
     totals = torch.tensor([loss_sum, clip_correct, clips], dtype=torch.float64, device=device)
     distributed.all_reduce_sum(totals)
     out: dict[str, Any] = {"loss": totals[0].item() / max(totals[2].item(), 1), "clip_acc": totals[1].item() / max(totals[2].item(), 1)}
-    if scores is not None and labels is not None:
-        distributed.all_reduce_sum(scores)
+    if labels is not None:
         distributed.all_reduce_sum(labels)
-        s, y = scores.cpu().numpy(), labels.cpu().numpy().astype(np.int64)
-        out.update(scores=s, labels=y, video_acc=float((s.argmax(axis=1) == y).mean()))
+        y = labels.cpu().numpy().astype(np.int64)
+        out["labels"] = y
+        for name in names:
+            distributed.all_reduce_sum(scores[name])
+            s = scores[name].cpu().numpy()
+            suffix = "" if name == names[0] else f"_{name}"
+            out.update({f"scores{suffix}": s, f"video_acc{suffix}": float((s.argmax(axis=1) == y).mean())})
     return out

@@ -5,6 +5,11 @@ averaged. Fusion weights (the spatial weight alpha, or the learned-fusion MLP) a
 validation list's scores only, never on the test list's. Everything derived from the networks is
 saved next to results.json as ``<stem>.scores.npz`` so that ``trainer fuse`` can redo the fusion
 without running a network again.
+
+A joint model (``trainer fit --stream joint``, ``--joint RUN_DIR``) is scored with its own heads and
+fusion: "spatial" and "temporal" are its streams' heads, "fused" the per-sample output of its fusion
+module averaged over the samples (softmax first where the fusion outputs logits); nothing is fitted on
+validation videos.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
 from trainer.data import DataError, VideoEvalDataset, index_shards, read_video_list
 from trainer.engine import evaluate
-from trainer.fit import amp_dtype_for, build_model
+from trainer.fit import amp_dtype_for
+from trainer.joint import JointEvalDataset
 from trainer.models import LearnedFusion
+from trainer.networks import build_model
 
 FUSIONS = ("average", "weighted", "learned")
 ALPHA_GRID = np.linspace(0.0, 1.0, 21)
@@ -107,7 +114,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str
 
 
 def load_stream(path: str | Path, *, stream: str, classes: list[str], device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
-    """The network of a RUN_DIR (its best.pt, else checkpoint.pt) or checkpoint file, checked against ``stream`` and ``classes``."""
+    """The network of a RUN_DIR (its best.pt, else checkpoint.pt) or checkpoint file, checked against ``stream``
+    (spatial, temporal or joint) and ``classes``."""
     file = ckpt_io.resolve_checkpoint(path)
     ckpt = ckpt_io.load_checkpoint(file)
     ckpt_io.check_compatible(ckpt, path=file, stream=stream, classes=classes)
@@ -121,26 +129,40 @@ def load_stream(path: str | Path, *, stream: str, classes: list[str], device: to
 def video_scores(
     net: torch.nn.Module, config: dict, records: list, *, index: Any, device: torch.device, samples: int, crops: int,
     batch_size: int, workers: int, show_progress: bool,
-) -> np.ndarray:
-    """(num_videos, K) softmax scores averaged over each video's samples x crops."""
+) -> dict[str, np.ndarray]:
+    """(num_videos, K) scores averaged over each video's samples x crops: ``{stream: softmax scores}`` for one
+    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model."""
     stream = config["model"]["stream"]
-    ds = VideoEvalDataset(records, stream=stream, samples=samples, crops=crops,
-                          flow_length=config["model"]["flow_length"], crop_size=config["data"]["crop_size"])
+    kw = dict(samples=samples, crops=crops, flow_length=config["model"]["flow_length"],
+              crop_size=config["data"]["crop_size"])
+    ds = JointEvalDataset(records, **kw) if stream == "joint" else VideoEvalDataset(records, stream=stream, **kw)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     res = evaluate(
         net, loader, device=device, stream=stream, scale_factor=index.scale_factor, add_offset=index.add_offset,
-        amp_dtype=amp_dtype_for("auto", device), channels_last=device.type == "cuda", show_progress=show_progress,
+        amp_dtype=amp_dtype_for("auto", device), channels_last=device.type == "cuda", num_classes=len(index.classes),
+        show_progress=show_progress,
     )
-    return res["scores"]
+    if stream != "joint":
+        return {stream: res["scores"]}
+    return {"spatial": res["scores_spatial"], "temporal": res["scores_temporal"], "fused": res["scores"]}
 
 
 def run_evaluate(
-    *, shards: str, test_list: str, spatial: str | None, temporal: str | None, fusion: str = "average",
+    *, shards: str, test_list: str, spatial: str | None, temporal: str | None, fusion: str | None = "average",
     spatial_weight: float | str | None = None, val_list: str | None = None, samples: int = 25, crops: int = 1,
     device: torch.device, out: str | Path, batch_size: int = 1, workers: int = 2, show_progress: bool = True,
+    joint: str | None = None,
 ) -> dict[str, Any]:
-    """Score the test list (and the validation list when fusion needs it), then :func:`report`."""
+    """Score the test list (and the validation list when fusion needs it), then :func:`report`.
+
+    ``joint``: a joint RUN_DIR or checkpoint instead of ``spatial``/``temporal``; its own fusion is reported
+    (``fusion``, ``spatial_weight`` and ``val_list`` are not used).
+    """
+    if joint is not None and (spatial is not None or temporal is not None):
+        raise ValueError("joint is a whole two-stream model: give it without spatial or temporal")
     index = index_shards(shards)
+    if (spatial is not None or joint is not None) and not index.has_rgb:
+        raise DataError(f"the spatial stream needs RGB frames, but the shards in {shards} were made with --no-rgb")
     test = read_video_list(test_list, index)
     need_val = spatial is not None and temporal is not None and (fusion == "learned" or spatial_weight == "auto")
     val = read_video_list(val_list, index) if need_val and val_list else []
@@ -155,22 +177,24 @@ def run_evaluate(
         "labels": np.array([r.label for r in test], dtype=np.int64),
         "val_video_ids": np.array([r.video_id for r in val]), "val_labels": np.array([r.label for r in val], dtype=np.int64),
     }
-    checkpoints = {}
-    for stream, path in (("spatial", spatial), ("temporal", temporal)):
+    checkpoints, own_fusion = {}, {}
+    for stream, path in (("spatial", spatial), ("temporal", temporal), ("joint", joint)):
         if path is None:
             continue
         net, config, file = load_stream(path, stream=stream, classes=list(index.classes), device=device)
         checkpoints[stream] = str(file)
         kw = dict(index=index, device=device, samples=samples, crops=crops, batch_size=batch_size, workers=workers,
                   show_progress=show_progress)
-        bundle[stream] = video_scores(net, config, test, **kw)
+        bundle.update(video_scores(net, config, test, **kw))  # joint: "spatial", "temporal" and "fused"
         if val:
-            bundle[f"val_{stream}"] = video_scores(net, config, val, **kw)
+            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, **kw).items()})
+        if stream == "joint":
+            own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(scores_path(out), **bundle)
-    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=out)
-    results.update(samples=samples, crops=crops, checkpoints=checkpoints)
+    results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
+    results.update(samples=samples, crops=crops, checkpoints=checkpoints, **own_fusion)
     _write_json(out, results)
     return results
 
@@ -179,14 +203,23 @@ def scores_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.scores.npz")
 
 
-def report(bundle: dict[str, Any], *, fusion: str, spatial_weight: float | str | None, out: Path) -> dict[str, Any]:
-    """Metrics per stream and fused from saved scores; writes results JSON and one confusion PNG per entry."""
-    if fusion not in FUSIONS:
+def report(
+    bundle: dict[str, Any], *, fusion: str | None, spatial_weight: float | str | None, out: Path,
+) -> dict[str, Any]:
+    """Metrics per stream and fused from saved scores; writes results JSON and one confusion PNG per entry.
+
+    ``fusion=None``: "fused" is the bundle's own (a joint model's fusion), not recomputed.
+    """
+    if fusion is None and "fused" not in bundle:
+        raise ValueError("fusion=None reports the fused scores of a joint model, but the bundle holds none")
+    if fusion is not None and fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     labels, classes = bundle["labels"], [str(c) for c in bundle["classes"]]
     scores = {name: bundle[name] for name in ("spatial", "temporal") if name in bundle}
     results: dict[str, Any] = {"num_videos": int(len(labels)), "fusion": None, "alpha": None}
-    if len(scores) == 2:
+    if fusion is None:
+        scores["fused"] = bundle["fused"]
+    elif len(scores) == 2:
         s, t = scores["spatial"], scores["temporal"]
         results["fusion"] = fusion
         if fusion == "learned":

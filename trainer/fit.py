@@ -1,4 +1,5 @@
-"""``trainer fit``: train one stream on the shards, checkpoint every epoch, keep the best on validation.
+"""``trainer fit``: train one stream (or both jointly, with their fusion) on the shards, checkpoint every
+epoch, keep the best on validation.
 
 RUN_DIR/checkpoint.pt   latest epoch (model, optimizer, scheduler, scaler, epoch, RNG states, configs)
 RUN_DIR/best.pt         best validation video accuracy so far (only with a validation list)
@@ -7,6 +8,11 @@ RUN_DIR/metrics.jsonl   one JSON line per epoch
 ``--resume`` continues bit for bit as if never interrupted, with any number of workers: each training
 sample's augmentation is drawn from its own seed (run seed, epoch, dataset index), and the
 checkpoint holds every process's RNG state (dropout, shuffling).
+
+The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.joint`` items (a flow stack
+and its centre RGB frame, one crop and flip for both) with ``losses.JointLoss``; its validation accuracy,
+which picks best.pt, is the fused output's, and metrics.jsonl adds each stream's (``val_acc_spatial``,
+``val_acc_temporal``).
 """
 
 from __future__ import annotations
@@ -23,56 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from trainer import checkpoint as ckpt_io
 from trainer import distributed
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
-from trainer.data import DataError, FlowStackDataset, FrameDataset, VideoEvalDataset, index_shards, read_video_list
+from trainer.data import DataError, index_shards, read_video_list
 from trainer.engine import evaluate, train_one_epoch
-from trainer.models import spatial_stream, temporal_stream
+from trainer.loaders import make_train_loader, make_val_loader
+from trainer.losses import JointLoss
+from trainer.networks import build_model, init_streams
+
+__all__ = ["METRICS", "amp_dtype_for", "build_model", "fit", "lr_lambda", "seed_everything"]  # build_model: networks
 
 METRICS = "metrics.jsonl"
-
-
-class _EpochKeys(Sampler):
-    """Yields (epoch, index) so that a dataset in a persistent worker knows which epoch it serves."""
-
-    def __init__(self, sampler: DistributedSampler) -> None:
-        self.sampler = sampler
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        epoch = self.sampler.epoch
-        return ((epoch, i) for i in self.sampler)
-
-
-class _SeededSamples(Dataset):
-    """Draws item ``i`` of ``epoch`` from torch's RNG seeded by (seed, epoch, i): the same crops and flips
-    whatever the worker count, worker order or a resume (trainer.data draws from torch's RNG)."""
-
-    def __init__(self, inner: Dataset, *, seed: int) -> None:
-        self.inner, self.seed = inner, seed
-
-    def __len__(self) -> int:
-        return len(self.inner)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, i = key
-        with torch.random.fork_rng(devices=[]):  # leaves the process's own stream (dropout, workers=0) alone
-            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1, np.uint64)[0] >> 1))
-            return self.inner[i]
-
-
-def build_model(cfg: ModelConfig, *, pretrained: str | None) -> torch.nn.Module:
-    if cfg.stream == "spatial":
-        return spatial_stream(arch=cfg.arch, num_classes=cfg.num_classes, dropout=cfg.dropout, pretrained=pretrained)
-    return temporal_stream(
-        arch=cfg.arch, num_classes=cfg.num_classes, flow_length=cfg.flow_length, dropout=cfg.dropout,
-        pretrained=pretrained,
-    )
 
 
 def lr_lambda(optim: OptimConfig, iters_per_epoch: int):
@@ -149,8 +118,9 @@ def _fit(
     index = index_shards(data.shards)
     train_records = read_video_list(data.train_list, index)
     val_records = read_video_list(data.val_list, index) if data.val_list else []
-    if model_cfg.stream == "spatial" and not index.has_rgb:
-        raise DataError(f"the spatial stream needs RGB frames, but the shards in {data.shards} were made with --no-rgb")
+    if model_cfg.stream in ("spatial", "joint") and not index.has_rgb:
+        raise DataError(f"the {model_cfg.stream} stream needs RGB frames, but the shards in {data.shards} were made "
+                        "with --no-rgb")
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(index.classes))
 
     if device.type == "cuda":
@@ -161,48 +131,29 @@ def _fit(
         saved = from_dict(ModelConfig, resumed["config"]["model"])
         if not saved.same_network(model_cfg):
             raise ckpt_io.CheckpointError(
-                f"--resume: {out / ckpt_io.LAST} holds a {saved.stream} {saved.arch} network "
-                f"(flow_length {saved.flow_length}, {saved.num_classes} classes); the options ask for "
-                f"{model_cfg.stream} {model_cfg.arch} (flow_length {model_cfg.flow_length}, {model_cfg.num_classes} classes)"
+                f"--resume: {out / ckpt_io.LAST} holds a {_network(saved)}; the options ask for {_network(model_cfg)}"
             )
     net = build_model(model_cfg, pretrained=None if resumed else model_cfg.pretrained)
+    if resumed is None and model_cfg.stream == "joint":
+        init_streams(net, model_cfg, classes=list(index.classes))  # --spatial-init / --temporal-init, if given
     channels_last = run.channels_last and device.type == "cuda"
     net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled else net
 
     # One stored frame size for all videos: training crops are made on the device, batched (engine._to_model_input).
     frame_size = (index.height, index.width) if index.height else None
-    if model_cfg.stream == "spatial":
-        train_ds = FrameDataset(train_records, crop_size=data.crop_size, train=True, flip=data.flip, frame_size=frame_size)
-    else:
-        train_ds = FlowStackDataset(train_records, flow_length=model_cfg.flow_length, crop_size=data.crop_size, train=True,
-                                    flip=data.flip, frame_size=frame_size)
-    sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=run.seed)
     pin = device.type == "cuda"
-    train_loader = DataLoader(
-        _SeededSamples(train_ds, seed=run.seed), batch_size=data.batch_size, sampler=_EpochKeys(sampler),
-        num_workers=data.workers, pin_memory=pin,
-        drop_last=len(sampler) >= data.batch_size,  # a last batch of 1 breaks BatchNorm
-        persistent_workers=data.workers > 0,  # no re-fork, no HDF5 re-open, no cold prefetch each epoch
-        prefetch_factor=4 if data.workers else None,
-        generator=torch.Generator().manual_seed(run.seed),  # worker base seeds: not drawn from the global RNG
-    )
-    val_loader = None
-    if val_records:
-        val_ds = VideoEvalDataset(
-            val_records, stream=model_cfg.stream, samples=data.val_samples, crops=1,
-            flow_length=model_cfg.flow_length, crop_size=data.crop_size,
-        )
-        # Each process scores its own videos (no padding duplicates); engine.evaluate sums the score rows.
-        val_loader = DataLoader(
-            val_ds, batch_size=max(1, data.batch_size // data.val_samples), num_workers=data.workers,
-            sampler=list(range(dist.rank, len(val_ds), dist.world_size)), pin_memory=pin,
-        )
+    train_loader, sampler = make_train_loader(model_cfg, data, train_records, frame_size=frame_size, dist=dist,
+                                              seed=run.seed, pin_memory=pin)
+    val_loader = make_val_loader(model_cfg, data, val_records, dist=dist, pin_memory=pin) if val_records else None
 
     optimizer = torch.optim.SGD(ddp.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, len(train_loader)))
     amp_dtype = amp_dtype_for(run.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = None  # cross-entropy on the logits
+    if model_cfg.stream == "joint":
+        criterion = JointLoss(fused_output=net.fusion.output, stream_weight=optim.stream_loss_weight)
 
     start_epoch, best_acc, history = 0, -1.0, []
     if resumed is not None:
@@ -228,7 +179,8 @@ def _fit(
         stats = train_one_epoch(
             ddp, train_loader, optimizer, scheduler, scaler, device=device, stream=model_cfg.stream,
             scale_factor=index.scale_factor, add_offset=index.add_offset, epoch=epoch + 1, amp_dtype=amp_dtype,
-            channels_last=channels_last, max_grad_norm=optim.max_grad_norm, show_progress=show_progress,
+            channels_last=channels_last, max_grad_norm=optim.max_grad_norm, criterion=criterion,
+            show_progress=show_progress,
         )
         stats = {"epoch": epoch + 1, **stats, "samples_per_rank": distributed.all_gather_object(stats.pop("samples"))}
         # Each rank's sampler indices for this epoch: disjoint unless DistributedSampler had to pad.
@@ -242,8 +194,11 @@ def _fit(
             val = evaluate(
                 net, val_loader, device=device, stream=model_cfg.stream, scale_factor=index.scale_factor,
                 add_offset=index.add_offset, amp_dtype=amp_dtype, channels_last=channels_last,
+                num_classes=model_cfg.num_classes,
             )
             stats.update(val_loss=val["loss"], val_clip_acc=val["clip_acc"], val_acc=val["video_acc"])
+            if model_cfg.stream == "joint":  # val_acc above is the fused output's
+                stats.update(val_acc_spatial=val["video_acc_spatial"], val_acc_temporal=val["video_acc_temporal"])
             is_best = val["video_acc"] > best_acc
             best_acc = max(best_acc, val["video_acc"])
         history.append(stats)
@@ -265,8 +220,15 @@ def _fit(
     return stats
 
 
+def _network(cfg: ModelConfig) -> str:
+    fusion = f" with {cfg.fusion} fusion" if cfg.fusion else ""
+    return f"{cfg.stream} {cfg.arch} network{fusion} (flow_length {cfg.flow_length}, {cfg.num_classes} classes)"
+
+
 def _summary(stats: dict[str, Any]) -> str:
     line = f"epoch {stats['epoch']}: loss {stats['loss']:.4f} acc {stats['acc']:.3f}"
     if "val_acc" in stats:
         line += f" val_acc {stats['val_acc']:.3f}"
+    if "val_acc_spatial" in stats:
+        line += f" (spatial {stats['val_acc_spatial']:.3f}, temporal {stats['val_acc_temporal']:.3f})"
     return line + f" | {stats['samples_per_s']:.1f} samples/s, data wait {100 * stats['data_wait_frac']:.1f}%"

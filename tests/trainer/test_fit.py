@@ -74,7 +74,8 @@ def test_checkpoint_metrics_and_best_on_validation(straight_and_resumed, tiny_sh
     last = ck.load_checkpoint(run / ck.LAST)
     assert last["classes"] == tiny_shards.classes
     assert last["config"]["model"] == {"stream": "temporal", "num_classes": 3, "arch": "resnet18", "flow_length": 2,
-                                       "dropout": 0.5, "pretrained": None}
+                                       "dropout": 0.5, "pretrained": None, "fusion": None, "spatial_weight": None,
+                                       "temporal_dropout": None, "spatial_init": None, "temporal_init": None}
     assert last["config"]["optim"]["momentum"] == 0.9 and last["config"]["optim"]["weight_decay"] == 5e-4
     assert last["scale_factor"] == pytest.approx(2 * tiny_shards.bound / 255)
     assert last["add_offset"] == pytest.approx(-tiny_shards.bound)
