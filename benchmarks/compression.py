@@ -3,7 +3,7 @@
 The rows rewrite the quantized flow of an extraction (one field per chunk, appended in batches of 32 as the
 writer does) in this process, single-threaded: through flowprep's own writer, HDF5's filters, and ISA-L
 deflate into raw gzip chunks. "read" goes through HDF5's filter pipeline (any reader); "direct read" reads
-the raw chunk and inflates it with libdeflate, as ``trainer.data`` does. Plugin rows (Blosc, LZ4, Zstd)
+the raw chunk and inflates it with libdeflate, as ``trainer.data`` does (and, for comparison, with ISA-L). Plugin rows (Blosc, LZ4, Zstd)
 appear when ``hdf5plugin`` imports. Used by ``benchmarks.extract``.
 """
 
@@ -94,9 +94,9 @@ def filters() -> dict[str, Writer]:
     return out
 
 
-def filter_run(q: np.ndarray, write: Writer, path: Path) -> tuple[float, float, float | None, float]:
+def filter_run(q: np.ndarray, write: Writer, path: Path) -> tuple[float, float, tuple[float, float] | None, float]:
     """(ms per field to compress + write, ms per field to read one field through HDF5, the same reading the raw
-    chunk and inflating it with libdeflate (gzip only, as trainer.data does), bytes per field) of ``q``."""
+    chunk and inflating it with (libdeflate as trainer.data does, ISA-L) (gzip only), bytes per field) of ``q``."""
     t0 = time.perf_counter()
     with h5py.File(path, "w") as f:
         ds = write(f, q)
@@ -110,7 +110,9 @@ def filter_run(q: np.ndarray, write: Writer, path: Path) -> tuple[float, float, 
         if ds.compression == "gzip":
             t0 = time.perf_counter()
             raw = [deflate.zlib_decompress(ds.id.read_direct_chunk((i, 0, 0, 0))[1], q[0].nbytes) for i in range(len(q))]
-            direct = (time.perf_counter() - t0) / len(q) * 1e3
+            t1 = time.perf_counter()
+            [isal_zlib.decompress(ds.id.read_direct_chunk((i, 0, 0, 0))[1], bufsize=q[0].nbytes) for i in range(len(q))]
+            direct = ((t1 - t0) / len(q) * 1e3, (time.perf_counter() - t1) / len(q) * 1e3)
             if np.frombuffer(b"".join(raw), np.uint8).reshape(q.shape).tobytes() != q.tobytes():
                 raise click.ClickException(f"{name}: expected the raw chunks to inflate to the flow, got other bytes")
     if not np.array_equal(back, q):
@@ -128,7 +130,8 @@ def compression_table(flows: dict[str, np.ndarray], reps: int, work: Path) -> di
                 runs[f"{method}:{name}"].append(filter_run(q, write, work / "filter.h5"))
     return {k: {"write_ms_per_field": statistics.median(r[0] for r in v),
                 "read_ms_per_field": statistics.median(r[1] for r in v),
-                "direct_read_ms_per_field": statistics.median(r[2] for r in v) if v[0][2] is not None else None,
+                "direct_read_ms_per_field": statistics.median(r[2][0] for r in v) if v[0][2] is not None else None,
+                "direct_isal_read_ms_per_field": statistics.median(r[2][1] for r in v) if v[0][2] is not None else None,
                 "bytes_per_field": v[0][3], "fields": len(flows[k.split(":")[0]]), "runs": v} for k, v in runs.items()}
 
 
@@ -136,13 +139,15 @@ def compression_markdown(table: dict[str, dict[str, Any]], methods: list[str]) -
     """The compression table as markdown lines (one row per filter, four columns per flow method)."""
     lines: list[str] = []
     lines += ["Compression, ms per 320x240 field in one process: write = compress + write; read = through HDF5's "
-              "filter (any reader); direct read = raw chunk + libdeflate inflate (the trainer's path, gzip only).", "",
+              "filter (any reader); direct read = raw chunk + libdeflate inflate (the trainer's path) / + ISA-L inflate "
+              "(gzip only).", "",
               "| filter | " + " | ".join(f"{m} bytes/field | write | read | direct read" for m in methods) + " |",
               "| --- |" + " ---: |" * (4 * len(methods))]
     for name in filters():
         cells = [table[f"{m}:{name}"] for m in methods]
         lines.append(f"| {name} | " + " | ".join(
             f"{c['bytes_per_field']:.0f} | {c['write_ms_per_field']:.2f} | {c['read_ms_per_field']:.2f} | "
-            + (f"{c['direct_read_ms_per_field']:.2f}" if c["direct_read_ms_per_field"] is not None else "-")
+            + (f"{c['direct_read_ms_per_field']:.2f} / {c['direct_isal_read_ms_per_field']:.2f}"
+               if c["direct_read_ms_per_field"] is not None else "-")
             for c in cells) + " |")
     return lines
