@@ -34,109 +34,33 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import click
 import cv2
 import decord
 import h5py
-import joblib
 import numpy as np
 from joblib import Parallel, delayed
-from joblib.executor import get_memmapping_executor
 
-import flowprep
-from benchmarks.compression import compression_markdown, compression_table, hdf5plugin
+from benchmarks.compression import compression_markdown, compression_table
+from benchmarks.machine import cpu_seconds, free_cores, machine_facts, warm_pool
+from benchmarks.media import GET_MEDIA, MEDIA, SIZE, SOURCES, MissingMedia, build_videos
 from flowprep.config import FlowConfig, StorageConfig
 from flowprep.flow import FlowEstimator
 from flowprep.reader import plan_videos
 from flowprep.runner import run_extract
 
-MEDIA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
-GET_MEDIA = "apt-get download opencv-doc && dpkg -x opencv-doc_*.deb /tmp/ocvdoc"
-# class -> (file, first frame used). Megamind.avi opens with a cut from a title card: TV-L1 spends ~20 s
-# on that one field (~1 s on the others), which would turn a short clip into the whole TV-L1 run.
-SOURCES = {"Tree": ("tree.avi", 0), "Megamind": ("Megamind.avi", 1), "Walking": ("vtest.avi", 0)}
-SIZE = (320, 240)
 TARGETS = {"farneback": 0.9, "tvl1": 0.97}  # pipeline / bare
 SCALING_TARGET = 1.85  # --workers 2 / --workers 1 with TV-L1 on 2 cores
 LABELS = {"pipeline": "pipeline (RGB)", "pipeline_no_rgb": "pipeline --no-rgb", "pipeline_w1": "pipeline "
           "--workers 1", "bare": "bare decode+flow, same pool", "threads": "1 process, OpenCV threads"}
-
-
-class MissingMedia(click.ClickException):
-    exit_code = 2
-
-
-def machine_facts() -> dict[str, Any]:
-    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in
-            Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)}  # the last CPU's lines win
-    here = Path(__file__).parent
-    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=here).stdout.strip()
-           for a in (["rev-parse", "HEAD"], ["status", "--porcelain"])]
-    plugin = hdf5plugin()
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": info.get("model name", platform.processor()),
-            # 2 means the "cores" are SMT siblings: then 2 workers cannot reach 2x
-            "threads_per_core": int(info["siblings"]) / int(info["cpu cores"]) if "cpu cores" in info else None,
-            "platform": platform.platform(), "python": sys.version.split()[0], "flowprep": flowprep.__version__,
-            "opencv": cv2.__version__, "decord": decord.__version__, "h5py": h5py.__version__,
-            "hdf5": h5py.version.hdf5_version, "numpy": np.__version__, "joblib": joblib.__version__,
-            "av": av.__version__, "hdf5plugin": plugin.version if plugin else None,
-            "git_commit": git[0] or None, "git_dirty": bool(git[1])}
-
-
-def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[Path]:
-    """``videos`` clips of ``frames`` frames at 320x240 in a UCF-101 layout, cut round-robin from the
-    sources; sorted by relative path, the order in which the pipeline hands them out.
-
-    Even clips are H.264 .mp4 (x264 defaults), odd ones MPEG-4 part 2 .avi at 600 kbit/s (UCF-101's xvid).
-    A source shorter than its clips need (tree.avi has 68 frames) is played forwards, backwards, forwards...
-    (no frame twice in a row), so long clips stay real motion of real video."""
-    decoded: dict[str, np.ndarray] = {}
-    paths = []
-    for i in range(videos):
-        cls = list(SOURCES)[i % len(SOURCES)]
-        if cls not in decoded:
-            name, first = SOURCES[cls]
-            needed = frames * -(-videos // len(SOURCES))  # the clips of this class, back to back
-            with av.open(str(media / name)) as c:
-                src = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
-                                for f, _ in zip(c.decode(video=0), range(first + needed))][first:])
-            decoded[cls] = src[ping_pong(len(src), needed)]
-        src = decoded[cls]
-        start = i // len(SOURCES) * frames
-        codec, ext = ("libx264", "mp4") if i % 2 == 0 else ("mpeg4", "avi")
-        path = root / cls / f"v_{cls}_g{i // len(SOURCES) + 1:02d}_c01.{ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with av.open(str(path), "w") as c:
-            s = c.add_stream(codec, rate=Fraction(25))
-            s.width, s.height, s.pix_fmt = *SIZE, "yuv420p"
-            if codec == "mpeg4":
-                s.bit_rate = 600_000
-            for frame in src[start:start + frames]:
-                c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            c.mux(s.encode())
-        paths.append(path)
-    return sorted(paths, key=lambda p: p.relative_to(root).as_posix())
-
-
-def ping_pong(n: int, length: int) -> np.ndarray:
-    """``length`` frame indices into n frames: 0, 1, ..., n-1, n-2, ..., 0, 1, ... (just 0..length-1 if n >= length)."""
-    if n < 2:
-        raise click.UsageError(f"a source video needs at least 2 usable frames, got {n}")
-    period = 2 * (n - 1)
-    k = np.arange(length) % period
-    return np.where(k < n, k, period - k)
 
 
 _ESTIMATORS: dict[str, FlowEstimator] = {}
@@ -158,50 +82,6 @@ def bare_video(path: str, method: str, opencv_threads: int = 1, decoder_threads:
                 flow(prev, gray)
             prev = gray
     return n, time.perf_counter() - t0
-
-
-def _touch() -> None:
-    import flowprep.worker  # noqa: F401  (what the pipeline's tasks import)
-    time.sleep(0.3)  # long enough that every worker of the pool takes one
-
-
-def warm_pool(workers: int) -> None:
-    """Start the loky pool exactly as the next timed call uses it (joblib recreates it when the arguments differ)."""
-    if workers == 1:  # flowprep.worker runs --workers 1 on joblib's executor directly
-        get_memmapping_executor(1).submit(_touch).result()
-    else:
-        Parallel(n_jobs=workers, backend="loky")(delayed(_touch)() for _ in range(workers))
-
-
-def _spin(seconds: float) -> float:
-    """Busy-loop for ``seconds`` of CPU time; the share of one core this process got meanwhile."""
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    while time.process_time() - cpu0 < seconds:
-        sum(range(10_000))
-    return (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-
-
-def free_cores(workers: int) -> float:
-    """Cores that ``workers`` busy processes actually get now (= workers on an idle machine)."""
-    warm_pool(workers)
-    return sum(Parallel(n_jobs=workers, backend="loky")(delayed(_spin)(1.0) for _ in range(workers)))
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """CPU time used so far by (this process, its live children: the worker pool), from /proc.
-
-    Other people's load stretches wall time but hardly CPU time: on a shared machine, the CPU time per
-    frame is the stable measure of the pipeline's extra work, and the wall time (the target) is not."""
-    me, tick, own = os.getpid(), os.sysconf("SC_CLK_TCK"), os.times()
-    children = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == me:
-            children += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return own.user + own.system, children
 
 
 def run_variant(name: str, *, method: str, paths: list[Path], root: Path, out: Path,
@@ -354,7 +234,7 @@ def _default(given: int | None, full: int, quick: int, is_quick: bool) -> int:
 @click.option("--method", "methods", type=click.Choice(["farneback", "tvl1"]), multiple=True,
               help="Flow method to measure (repeatable).  [default: both]")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.  [default: all cores]")
-@click.option("--reps", type=click.IntRange(min=1), default=None, help="Farneback repetitions.  [default: 3, quick 2]")
+@click.option("--reps", type=click.IntRange(min=1), default=None, help="Farneback repetitions.  [default: 5, quick 2]")
 @click.option("--tvl1-reps", type=click.IntRange(min=1), default=None, help="TV-L1 repetitions.  [default: 3, quick 1]")
 @click.option("--videos", type=click.IntRange(min=1), default=None, help="Farneback videos.  [default: 8, quick 4]")
 @click.option("--frames", type=click.IntRange(min=2), default=None,
@@ -373,7 +253,7 @@ def main(out: Path, media: Path, quick: bool, methods: tuple[str, ...], workers:
         raise MissingMedia(f"{', '.join(missing)} not in {media}; get them with: {GET_MEDIA}")
     workers = workers or len(os.sched_getaffinity(0))
     setups = {"farneback": dict(videos=_default(videos, 8, 4, quick), frames=_default(frames, 180, 16, quick),
-                                reps=_default(reps, 3, 2, quick), variants=["pipeline", "bare", "pipeline_no_rgb",
+                                reps=_default(reps, 5, 2, quick), variants=["pipeline", "bare", "pipeline_no_rgb",
                                                                             "threads"]),
               "tvl1": dict(videos=_default(tvl1_videos, 24, 2, quick), frames=_default(tvl1_frames, 3, 3, quick),
                            reps=_default(tvl1_reps, 3, 1, quick),

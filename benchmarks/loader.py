@@ -17,6 +17,10 @@ then a DataLoader with 2 worker processes (batches of 8, collation included). Re
 interleaved and the median is reported; every file is read from the page cache (both written just
 before), so this measures decoding, not the disk.
 
+The "read ms" column is storage + decoding only (no crop); it also times the shards read with ISA-L
+inflate instead of libdeflate (``read_flow_isal``), right after the libdeflate read, to show what the
+``deflate`` dependency buys.
+
 The crop rows compare TSN's multi-scale crop with random resized crop through the shards: speed and
 the resize factor s = crop_size / crop side that multiplies the flow (evaluation uses 224/210 = 1.07).
 
@@ -40,6 +44,8 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from isal import isal_zlib
 
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
@@ -133,6 +139,19 @@ class JpegFlowStackDataset(Dataset):
         if rng.random() < 0.5:
             x = hflip_flow_uint8(x)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy)), rec.label
+
+
+_ISAL_FILES: dict[Path, h5py.File] = {}
+
+
+def read_flow_isal(rec: VideoRecord, start: int, stop: int) -> np.ndarray:
+    """``trainer.data.read_flow``'s direct path with ISA-L instead of libdeflate (what it used before); files
+    stay open, as trainer.data keeps them."""
+    f = _ISAL_FILES.get(rec.shard) or _ISAL_FILES.setdefault(rec.shard, h5py.File(rec.shard, "r", rdcc_nbytes=0))
+    ds = f[f"videos/{rec.video_id}/flow"]
+    n = ds.shape[1] * ds.shape[2] * ds.shape[3]
+    return np.stack([np.frombuffer(isal_zlib.decompress(ds.id.read_direct_chunk((t, 0, 0, 0))[1], bufsize=n),
+                                   np.uint8).reshape(ds.shape[1:]) for t in range(start, stop)])
 
 
 def read_ms(read: Callable[[VideoRecord, int], object], records: list[VideoRecord], n: int, L: int) -> float:
@@ -244,6 +263,7 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
                 "jpeg": jpeg, "shards+resized_crop": FlowStackDataset(records, crop="resized", **dev, **kw),
                 "raw_shards (what-if)": FlowStackDataset(raw_records, **dev, **kw)}
         readers = {"shards": (lambda r, s: read_flow(r, s, s + flow_length), records), "jpeg": (jpeg.read, records),
+                   "shards, ISA-L inflate": (lambda r, s: read_flow_isal(r, s, s + flow_length), records),
                    "raw_shards (what-if)": (lambda r, s: read_flow(r, s, s + flow_length), raw_records)}
         idx = index_shards(root / "gzip")
         inline, scales = {k: [] for k in sets}, {k: [] for k in sets}
@@ -254,8 +274,8 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
                 rate, s = inline_rate(sets[name], samples)
                 inline[name].append(rate)
                 scales[name] += s
-                if name in readers:
-                    reads[name].append(read_ms(*readers[name], samples // 2, flow_length))
+                for reader in [r for r in readers if r == name or (name == "shards" and r.startswith("shards,"))]:
+                    reads[reader].append(read_ms(*readers[reader], samples // 2, flow_length))
             steps.append(device_step_ms(sets["shards"], 16, idx.scale_factor, idx.add_offset))
         loader = {k: [] for k in ("shards", "shards_cpu_crop", "jpeg")}
         for rep in range(2):
@@ -294,6 +314,7 @@ def main(out: Path, source: Path | None, videos: int, frames: int, samples: int,
         rd = f"{med_read[name]:9.2f}" if name in med_read else f"{'-':>9}"
         fac = f"{fs['s_p5']:.2f} / {fs['s_median']:.2f} / {fs['s_p95']:.2f}" if fs else "-"
         click.echo(f"{name:<22}{med[name]:16.1f}{two}{rd}   {fac}")
+    click.echo(f"read ms per stack, shards inflated with ISA-L instead of libdeflate: {med_read['shards, ISA-L inflate']:.2f}")
     click.echo("shards: crop + resize + flip run later on the device (prepare_train_batch, batched); that step costs "
                f"{step_ms:.2f} ms/stack when run on this CPU instead (one thread), counted in 'shards + step on CPU'")
     click.echo(f"speed-up vs jpeg (which crops/resizes/flips in the worker): shards {result['speedup_per_worker']:.2f}x "
