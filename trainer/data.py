@@ -222,10 +222,14 @@ class FlowStackDataset(_ShardDataset):
         _check_has_flow(self.records)
         self.flow_length = flow_length
 
+    def _start(self, rec: VideoRecord, rng: np.random.Generator) -> int:
+        """First field of the stack: uniform over [0, T-1-L] when training, the middle stack otherwise."""
+        last = max(rec.num_frames - 1 - self.flow_length, 0)
+        return int(rng.integers(last + 1)) if self.train else last // 2
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
         rec, rng, L = self.records[i], _rng(), self.flow_length
-        last = max(rec.num_frames - 1 - L, 0)
-        start = int(rng.integers(last + 1)) if self.train else last // 2
+        start = self._start(rec, rng)
         if self.frame_size is not None:
             self._check_size(rec, _flow_dataset(rec)[0].shape[2:])
             x, params = self._device_item(

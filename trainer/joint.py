@@ -24,10 +24,9 @@ import torch
 from torch import Tensor
 
 from trainer.data import (
-    DataError, VideoEvalDataset, VideoRecord, _check_has_flow, _flow_dataset, _rng, _ShardDataset, read_flow,
-    read_frame,
+    DataError, FlowStackDataset, VideoEvalDataset, VideoRecord, _flow_dataset, _rng, read_flow, read_frame,
 )
-from trainer.transforms import MULTISCALE_SCALES, crop_resize, eval_views, hflip_flow_uint8, hflip_rgb
+from trainer.transforms import crop_resize, eval_views, hflip_flow_uint8, hflip_rgb
 
 JointInputs = tuple[Tensor, Tensor]  # (rgb, flow)
 
@@ -43,25 +42,16 @@ def _check_same_size(rec: VideoRecord, rgb_hw: tuple[int, ...], flow_hw: tuple[i
                         "expected one frame size for both (docs/shard-format.md)")
 
 
-class JointDataset(_ShardDataset):
-    """Joint stream training/validation items: the flow stack of ``FlowStackDataset`` and its centre RGB
-    frame, one crop box and one flip for both (see the module docstring).
+class JointDataset(FlowStackDataset):
+    """Joint stream training/validation items: the flow stack of ``FlowStackDataset`` (same arguments, same
+    start draw) and its centre RGB frame, one crop box and one flip for both (see the module docstring).
 
     ``flip=False`` turns the training flip off (classes a mirror swaps, e.g. moving left vs right).
     """
 
-    def __init__(self, records: list[VideoRecord], *, flow_length: int = 10, crop_size: int = 224,
-                 train: bool = True, scales: tuple[float, ...] = MULTISCALE_SCALES, crop: str = "multiscale",
-                 flip: bool = True, frame_size: tuple[int, int] | None = None) -> None:
-        super().__init__(records, crop_size=crop_size, train=train, scales=scales, crop=crop, flip=flip,
-                         frame_size=frame_size)
-        _check_has_flow(self.records)
-        self.flow_length = flow_length
-
-    def __getitem__(self, i: int) -> tuple[JointInputs, Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[JointInputs, Tensor, int]:  # type: ignore[override]
         rec, rng, L = self.records[i], _rng(), self.flow_length
-        last = max(rec.num_frames - 1 - L, 0)
-        start = int(rng.integers(last + 1)) if self.train else last // 2  # as FlowStackDataset: same draws
+        start = self._start(rec, rng)  # as FlowStackDataset: same draws
         img = read_frame(rec, centre_frame(rec, start, L))
         if self.frame_size is not None:
             self._check_size(rec, img.shape[1:])
