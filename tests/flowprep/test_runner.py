@@ -129,6 +129,36 @@ def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path
     assert stamp  # the finished per-video file was merged, not recomputed (processed == 1)
 
 
+def test_videos_enter_their_shard_as_they_finish(ucf_tree: Path, tmp_path: Path, monkeypatch, read_shards) -> None:
+    """The main process copies each finished video into its shard's .tmp at once (not all at the end), and
+    the shard keeps its temporary name until its last video is in."""
+    import flowprep.runner as runner
+
+    states = []
+    add = runner._Run.add
+
+    def spy(self, shard, n, meta) -> None:
+        add(self, shard, n, meta)
+        f, copied = self.assembling[shard.name]
+        states.append((shard.name, len(self.resolved[shard.name]), meta.video_id in f["videos"] and "num_frames" in
+                       f[f"videos/{meta.video_id}"].attrs, len(copied), (self.out / shard.name).exists()))
+
+    monkeypatch.setattr(runner._Run, "add", spy)
+    out = tmp_path / "out"
+    summary = extract(ucf_tree, out, storage=StorageConfig(videos_per_shard=3))
+    assert summary.processed == 4 and len(states) == 4
+    assert all(in_tmp and not final_exists for _, _, in_tmp, _, final_exists in states)
+    # Copied on arrival: when a video enters the .tmp, every video of its shard finished so far is in it.
+    assert all(copied == resolved for _, resolved, _, copied, _ in states)
+    assert sorted((name, count) for name, _, _, count, _ in states) == [
+        ("shard-00000.h5", 1), ("shard-00000.h5", 2), ("shard-00000.h5", 3), ("shard-00001.h5", 1)]
+    assert not list(out.glob("*.tmp")) and verify_output(out).ok
+    reference = tmp_path / "ref"
+    monkeypatch.setattr(runner._Run, "add", add)
+    extract(ucf_tree, reference, storage=StorageConfig(videos_per_shard=3), workers=1)
+    assert read_shards(out) == read_shards(reference)
+
+
 def test_a_different_run_in_out_is_refused(ucf_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     extract(ucf_tree, out)
