@@ -195,7 +195,7 @@ def main(out: Path, work: Path, smoke: bool, workers: int) -> None:
     train = make_shards(work / "shards", classes=cfg["classes"], videos=cfg["videos"], frames=cfg["frames"], h=cfg["h"],
                         w=cfg["w"], repeat=cfg["repeat"], procs=cfg["procs"])
     shard_s = time.perf_counter() - t0
-    window = (cfg["h"], min(cfg["h"], cfg["w"]))  # the multi-scale crop's window (transforms.train_window)
+    window = (cfg["h"], min(cfg["h"], cfg["w"]))  # the multi-scale crop's window (crops.train_window)
     result: dict[str, Any] = {
         "machine": {"gpu": _gpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,

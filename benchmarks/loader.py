@@ -50,9 +50,8 @@ from isal import isal_zlib
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
-from trainer.transforms import (
-    EVAL_RESIZE_RATIO, TRAIN_PARAMS, crop_resize, hflip_flow_uint8, multiscale_crop_box, prepare_train_batch,
-)
+from trainer.crops import EVAL_RESIZE_RATIO, crop_resize, multiscale_crop_box
+from trainer.transforms import TRAIN_PARAMS, hflip_flow_uint8, prepare_train_batch
 
 BOUND = 20.0
 

@@ -1,8 +1,8 @@
 """torch Datasets over flowprep shards: one JPEG frame (spatial) or L consecutive flow fields (temporal).
 
 The records come from ``trainer.shards`` (``index_shards``, ``read_video_list``; re-exported here). Items
-are uint8 tensors plus the crop's resize factors (see trainer/transforms.py for the maths, the flip and
-the device-side normalisation).
+are uint8 tensors plus the crop's resize factors (trainer/crops.py draws the boxes; trainer/transforms.py
+has the maths, the flip and the device-side normalisation).
 
 Default crop: TSN's multi-scale corner crop, for both streams (``crop="resized"`` selects torchvision's
 RandomResizedCrop). The resize factor s of a crop multiplies the flow, so it decides which motion
@@ -44,10 +44,11 @@ from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from trainer.shards import DataError, ShardIndex, VideoRecord, index_shards, read_video_list
-from trainer.transforms import (
-    CROPS, MULTISCALE_SCALES, Box, center_crop_box, crop_resize, eval_views, hflip_flow_uint8, hflip_rgb,
-    train_crop_box, train_window, window_origin,
+from trainer.crops import (
+    CROPS, MULTISCALE_SCALES, Box, center_crop_box, crop_resize, eval_views, train_crop_box, train_window,
+    window_origin,
 )
+from trainer.transforms import hflip_flow_uint8, hflip_rgb
 
 __all__ = [  # the index lives in trainer.shards; re-exported because every caller wants both
     "DataError", "FlowStackDataset", "FrameDataset", "ShardIndex", "VideoEvalDataset", "VideoRecord",

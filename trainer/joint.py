@@ -26,7 +26,8 @@ from torch import Tensor
 from trainer.data import (
     DataError, FlowStackDataset, VideoEvalDataset, VideoRecord, _flow_dataset, _rng, read_flow, read_frame,
 )
-from trainer.transforms import crop_resize, eval_views, hflip_flow_uint8, hflip_rgb
+from trainer.crops import crop_resize, eval_views
+from trainer.transforms import hflip_flow_uint8, hflip_rgb
 
 JointInputs = tuple[Tensor, Tensor]  # (rgb, flow)
 

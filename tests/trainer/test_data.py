@@ -10,9 +10,8 @@ import trainer.data as data
 from trainer.data import (
     DataError, FlowStackDataset, FrameDataset, VideoEvalDataset, index_shards, read_video_list,
 )
-from trainer.transforms import (
-    FLOW_NORM_PX, crop_resize, five_crop_boxes, hflip_flow_uint8, prepare_batch, prepare_train_batch,
-)
+from trainer.crops import crop_resize, five_crop_boxes
+from trainer.transforms import FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
