@@ -144,17 +144,21 @@ def _flow_dataset(rec: VideoRecord) -> tuple[h5py.Dataset, str]:
 
 
 def read_flow(rec: VideoRecord, start: int, stop: int, *, rows: tuple[int, int] | None = None,
-              cols: tuple[int, int] | None = None) -> np.ndarray:
+              cols: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Flow fields [start, stop) as (n, 2, h, w) uint8; past the last field, the last field is repeated.
 
-    ``rows``/``cols``: (first, count) of a window, default the whole frame.
+    ``rows``/``cols``: (first, count) of a window, default the whole frame. ``out``: write into this
+    (n, 2, h, w) uint8 array (e.g. part of a larger item) instead of a new one.
     """
     ds, mode = _flow_dataset(rec)
     n_fields, _, height, width = ds.shape
     r0, nr = rows or (0, height)
     c0, nc = cols or (0, width)
     stop_read = min(stop, n_fields)
-    out = np.empty((stop - start, 2, nr, nc), np.uint8)
+    if out is None:
+        out = np.empty((stop - start, 2, nr, nc), np.uint8)
+    elif out.dtype != np.uint8 or out.shape != (stop - start, 2, nr, nc):
+        raise ValueError(f"out must be uint8 {(stop - start, 2, nr, nc)}, got {out.dtype} {out.shape}")
     if mode == "hyperslab":
         out[:stop_read - start] = ds[start:stop_read, :, r0:r0 + nr, c0:c0 + nc]
     else:

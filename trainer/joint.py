@@ -59,8 +59,10 @@ class JointDataset(FlowStackDataset):
             self._check_size(rec, _flow_dataset(rec)[0].shape[2:])
 
             def window(r: tuple[int, int], c: tuple[int, int]) -> np.ndarray:
-                flow = read_flow(rec, start, start + L, rows=r, cols=c).reshape(2 * L, r[1], c[1])
-                return np.concatenate([img[:, r[0]:r[0] + r[1], c[0]:c[0] + c[1]], flow])
+                x = np.empty((3 + 2 * L, r[1], c[1]), np.uint8)  # filled in place: no second copy of the flow
+                x[:3] = img[:, r[0]:r[0] + r[1], c[0]:c[0] + c[1]]
+                read_flow(rec, start, start + L, rows=r, cols=c, out=x[3:].reshape(L, 2, r[1], c[1]))
+                return x
 
             # One (3 + 2L)-channel window: _device_item draws one box and one flip, shared by both halves.
             x, params = self._device_item(window, rng)

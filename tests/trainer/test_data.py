@@ -251,6 +251,12 @@ def test_direct_chunk_reads_equal_hdf5_hyperslabs_with_windows_and_padding(make_
         got = data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30))
         want = np.concatenate([q[2:9], np.repeat(q[-1:], 9 - min(9, len(q)), axis=0)])[:, :, 3:23, 7:37]
         np.testing.assert_array_equal(got, want)
+        item = np.zeros((1 + 14, 20, 30), np.uint8)  # flow written into part of a larger item, in place
+        assert data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30), out=item[1:].reshape(7, 2, 20, 30)).base is not None
+        np.testing.assert_array_equal(item[1:].reshape(7, 2, 20, 30), want)
+        assert not item[0].any()
+        with pytest.raises(ValueError, match=r"out must be uint8 \(7, 2, 20, 30\)"):
+            data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30), out=np.zeros((7, 2, 20, 31), np.uint8))
     # Other layouts fall back to h5py and read the same codes.
     data._files.pop(rec.shard).close()
     data._files_pid = -1  # drop the cached datasets too
