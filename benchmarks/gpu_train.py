@@ -3,12 +3,14 @@
 1. Writes 320x240 shards (C classes x V videos x T frames, RGB JPEGs + gzip flow with the entropy of
    real flow, ~33 KB/field) with one process per core.
 2. GPU ceiling: ``engine.train_one_epoch`` on one pinned batch repeated (no loader), for the
-   device-crop batches ``trainer fit`` now feeds (uncropped 240x240 windows + crop params, cropped,
-   resized and flipped by ``transforms.prepare_train_batch``), and for pre-cropped 224x224 batches;
-   plus the device step alone with roi_align vs grid_sample.
-3. The real ``python3 -m trainer fit`` for the temporal and the spatial stream (resnet50, batch 64,
-   crop 224, bf16, channels_last, 14 workers), samples/s and data_wait_frac of the epochs after the
-   first (steady state) from metrics.jsonl.
+   device-crop batches ``trainer fit`` feeds (uncropped 240x240 windows + crop params, cropped,
+   resized and flipped by ``transforms.prepare_train_batch``); with ``--extras`` also for pre-cropped
+   224x224 batches, and the device step alone with roi_align vs grid_sample.
+3. The real ``python3 -m trainer fit`` for each stream (resnet50, batch 64, crop 224, bf16,
+   channels_last, 14 workers, epochs of --steps iterations) with each loader, one after the other on the
+   same shards: ``ring`` (--shared-batches, trainer/batches.py) and ``collate`` (--no-shared-batches,
+   torch's default collate and pin_memory). Samples/s and data_wait_frac are the medians of the epochs
+   after the first (steady state) from metrics.jsonl.
 Prints and writes a JSON summary (GPU name, CPU count, versions).
 
     PYTHONPATH=. python3 -m benchmarks.gpu_train --out $OUT/gpu.json        # on the GPU machine
@@ -147,11 +149,12 @@ def device_step_ms(method: str, *, batch: int, crop: int, window: tuple[int, int
 
 
 def fit_run(stream: str, *, shards: Path, train: Path, out: Path, arch: str, batch: int, crop: int, workers: int,
-            epochs: int, device: str, timeout: float) -> dict[str, Any]:
-    """The real ``trainer fit``; steady state = the epochs after the first (workers and cuDNN warm)."""
+            epochs: int, device: str, timeout: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The real ``trainer fit`` (plus ``extra`` options); steady state = the epochs after the first (workers and
+    cuDNN warm)."""
     cmd = [sys.executable, "-m", "trainer", "fit", "--stream", stream, "--shards", str(shards), "--train-list", str(train),
            "--out", str(out), "--arch", arch, "--batch-size", str(batch), "--crop-size", str(crop), "--workers",
-           str(workers), "--epochs", str(epochs), "--device", device, "--no-progress"]
+           str(workers), "--epochs", str(epochs), "--device", device, "--no-progress", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
@@ -172,24 +175,37 @@ def _gpu_name() -> str:
         return "none (no nvidia-smi)"
 
 
+LOADERS = {"ring": ("--shared-batches",), "collate": ("--no-shared-batches",)}  # trainer/batches.py vs torch's collate
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Write the summary here (JSON).")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp/gpu_train"), show_default=True,
               help="Scratch folder for shards and runs (emptied first).")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs, measures nothing.")
 @click.option("--workers", default=14, show_default=True, help="DataLoader workers of the trainer fit runs.")
-def main(out: Path, work: Path, smoke: bool, workers: int) -> None:
+@click.option("--steps", default=150, show_default=True,
+              help="Iterations per trainer fit epoch (150 x 64 ~ a UCF-101 split's 9.5k training videos).")
+@click.option("--epochs", default=4, show_default=True, help="trainer fit epochs; the first is not counted.")
+@click.option("--streams", default="temporal,spatial", show_default=True, help="Streams to run trainer fit on.")
+@click.option("--loaders", default="ring,collate", show_default=True,
+              help="ring: --shared-batches (trainer/batches.py); collate: --no-shared-batches. Run one after the other.")
+@click.option("--extras", is_flag=True, help="Also the pre-cropped ceilings and the device step (roi_align vs grid_sample).")
+def main(out: Path, work: Path, smoke: bool, workers: int, steps: int, epochs: int, streams: str, loaders: str,
+         extras: bool) -> None:
     """Measure trainer fit's samples/s and data wait against the GPU-only ceiling (see the module docstring)."""
     if not smoke and not torch.cuda.is_available():
         raise click.ClickException("no CUDA device; expected a GPU machine (use --smoke to try the script on a CPU)")
     device = torch.device("cpu" if smoke else "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    cfg = (dict(classes=2, videos=3, frames=14, h=48, w=64, repeat=4, procs=2, arch="resnet18", batch=4, crop=32,
-                workers=min(workers, 2), epochs=2, steps=2)
+    cfg = (dict(classes=2, videos=3, frames=14, h=48, w=64, procs=2, arch="resnet18", batch=4, crop=32,
+                workers=min(workers, 2), epochs=2, steps=2, ceiling_steps=2)
            if smoke else
-           dict(classes=8, videos=6, frames=40, h=240, w=320, repeat=96, procs=os.cpu_count() or 8, arch="resnet50",
-                batch=64, crop=224, workers=workers, epochs=3, steps=40))
+           dict(classes=8, videos=6, frames=40, h=240, w=320, procs=os.cpu_count() or 8, arch="resnet50",
+                batch=64, crop=224, workers=workers, epochs=epochs, steps=steps, ceiling_steps=40))
+    train_videos = cfg["classes"] * (cfg["videos"] - 1)
+    cfg["repeat"] = -(-cfg["steps"] * cfg["batch"] // train_videos)  # list repeated: epochs of >= steps iterations
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     train = make_shards(work / "shards", classes=cfg["classes"], videos=cfg["videos"], frames=cfg["frames"], h=cfg["h"],
@@ -206,28 +222,33 @@ def main(out: Path, work: Path, smoke: bool, workers: int) -> None:
     }
     click.echo(f"shards: {shard_s:.1f} s, {result['setup']['shard_bytes'] / 1e6:.0f} MB")
     kw = dict(batch=cfg["batch"], crop=cfg["crop"], window=window, device=device)
-    result["device_step_ms_per_batch"] = {m: device_step_ms(m, **kw) for m in ("roi_align", "grid_sample")}
-    click.echo(f"device step (temporal, batch {cfg['batch']}): " +
-               ", ".join(f"{m} {v:.2f} ms" for m, v in result["device_step_ms_per_batch"].items()))
+    if extras:
+        result["device_step_ms_per_batch"] = {m: device_step_ms(m, **kw) for m in ("roi_align", "grid_sample")}
+        click.echo(f"device step (temporal, batch {cfg['batch']}): " +
+                   ", ".join(f"{m} {v:.2f} ms" for m, v in result["device_step_ms_per_batch"].items()))
+    stream_list = [x for x in streams.split(",") if x]
     result["ceiling_samples_per_s"] = {}
-    for stream in ("temporal", "spatial"):
-        for dc in (True, False):
+    for stream in stream_list:
+        for dc in (True, False) if extras else (True,):
             name = f"{stream}_{'device_crop' if dc else 'precropped'}"
-            result["ceiling_samples_per_s"][name] = r = ceiling(stream, arch=cfg["arch"], steps=cfg["steps"], device_crop=dc, **kw)
+            result["ceiling_samples_per_s"][name] = r = ceiling(stream, arch=cfg["arch"], steps=cfg["ceiling_steps"],
+                                                                device_crop=dc, **kw)
             click.echo(f"ceiling {name}: {r:.0f} samples/s")
     result["fit"] = {}
-    for stream in ("temporal", "spatial"):
-        r = fit_run(stream, shards=work / "shards", train=train, out=work / f"fit_{stream}", arch=cfg["arch"],
-                    batch=cfg["batch"], crop=cfg["crop"], workers=cfg["workers"], epochs=cfg["epochs"],
-                    device=device.type, timeout=150)
-        result["fit"][stream] = r
-        if r["rc"]:
-            click.echo(f"fit {stream}: FAILED rc={r['rc']}: {r['error'][-300:]}")
-        else:
-            ceil = result["ceiling_samples_per_s"][f"{stream}_device_crop"]
-            click.echo(f"fit {stream} ({cfg['workers']} workers): {r['samples_per_s']:.0f} samples/s "
-                       f"({100 * r['samples_per_s'] / ceil:.0f}% of the ceiling), data wait "
-                       f"{100 * r['data_wait_frac']:.1f}% (steady-state epochs), wall {r['wall_s']:.0f} s")
+    for stream in stream_list:
+        for loader in [x for x in loaders.split(",") if x]:
+            name = f"{stream}_{loader}"
+            r = fit_run(stream, shards=work / "shards", train=train, out=work / f"fit_{name}", arch=cfg["arch"],
+                        batch=cfg["batch"], crop=cfg["crop"], workers=cfg["workers"], epochs=cfg["epochs"],
+                        device=device.type, timeout=240, extra=LOADERS[loader])
+            result["fit"][name] = r
+            if r["rc"]:
+                click.echo(f"fit {name}: FAILED rc={r['rc']}: {r['error'][-300:]}")
+            else:
+                ceil = result["ceiling_samples_per_s"][f"{stream}_device_crop"]
+                click.echo(f"fit {name} ({cfg['workers']} workers, {cfg['steps']}-step epochs): "
+                           f"{r['samples_per_s']:.0f} samples/s ({100 * r['samples_per_s'] / ceil:.0f}% of the ceiling), "
+                           f"data wait {100 * r['data_wait_frac']:.1f}% (steady-state epochs), wall {r['wall_s']:.0f} s")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     click.echo(f"wrote {out}")

@@ -1,58 +1,82 @@
-"""Where the temporal loader's time goes on a GPU machine's CPUs (complements benchmarks/gpu_train.py).
+"""Where the temporal loader's time goes on a machine's CPUs, without a model (complements gpu_train.py).
 
 1. One process, no DataLoader: ms per temporal training item split into the HDF5 read (read_flow of
    L=10 fields of a 240x240 window) and the whole item (read + box/flip draw + tensor).
-2. DataLoader alone (no model): items/s with 1 and with N workers, batch 64, pin_memory on CUDA, the
-   device-crop items ``trainer fit`` uses, i.e. the most a training run could be fed.
-3. The real ``trainer fit --stream temporal`` with epochs of --steps iterations, so that the epoch
-   start (the workers' first batches) weighs what it weighs in a UCF-101-sized epoch (~150 steps).
+2. The training loader of ``trainer fit`` alone (``loaders.make_train_loader``, device-crop temporal
+   items, batch 64), items/s with 1 and with N workers, for each loader side by side: ``ring``
+   (--shared-batches: batches written into reused shared buffers, pinned on CUDA, trainer/batches.py)
+   and ``collate`` (--no-shared-batches: torch's default collate, pin_memory on CUDA). On CUDA each batch
+   is also copied to the device, as the training step would; i.e. the most a training run could be fed.
+   Repetitions alternate the loaders (medians reported): the machine's load drifts.
 
-    PYTHONPATH=. python3 -m benchmarks.loader_device --out $OUT/loader_device.json
+    PYTHONPATH=. python3 -m benchmarks.loader_device --out $OUT/loader_device.json      # GPU machine
+    .venv/bin/python -m benchmarks.loader_device --out bench-out/loader_device.json --workers 2   # here
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
 import click
 import torch
-from torch.utils.data import DataLoader
 
-from benchmarks.gpu_train import fit_run, make_shards
-from trainer.data import FlowStackDataset, index_shards, read_flow, read_video_list
+from benchmarks.gpu_train import make_shards
+from trainer.config import DataConfig, ModelConfig
+from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
+from trainer.distributed import DistInfo
+from trainer.loaders import make_train_loader
 
 
-def loader_rate(ds: FlowStackDataset, *, workers: int, batches: int, batch: int, pin: bool) -> float:
-    dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin, drop_last=True,
-                    persistent_workers=False, prefetch_factor=4 if workers else None)
-    it = iter(dl)
+def loader_rate(records: list[VideoRecord], frame_size: tuple[int, int], *, workers: int, shared: bool, batches: int,
+                batch: int, device: torch.device) -> float:
+    """Items/s of trainer fit's training loader (after its first batch), each batch moved to ``device``."""
+    model = ModelConfig(stream="temporal", num_classes=8, flow_length=10)
+    data = DataConfig(shards="-", train_list="-", crop_size=224, batch_size=batch, workers=workers, shared_batches=shared)
+    loader, sampler = make_train_loader(model, data, records, frame_size=frame_size, dist=DistInfo(), seed=0, device=device)
+    if len(loader) < batches + 1:
+        raise click.ClickException(f"{len(loader)} batches per epoch, expected at least {batches + 1}")
+    sampler.set_epoch(0)
+    it = iter(loader)
     next(it)  # workers started, first batch ready
     t0, n = time.perf_counter(), 0
     for _ in range(batches):
         x, _, _ = next(it)
+        x = x.to(device, non_blocking=True)  # the ring's batches are there already; the collated ones are pinned
         n += x.shape[0]
-    return n / (time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rate = n / (time.perf_counter() - t0)
+    del it, loader  # workers and the ring go before the next measurement
+    return rate
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp/loader_device"))
-@click.option("--workers", default=14, show_default=True)
-@click.option("--steps", default=150, show_default=True, help="Iterations per trainer fit epoch.")
-@click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
-def main(out: Path, work: Path, workers: int, steps: int, smoke: bool) -> None:
-    cuda = torch.cuda.is_available() and not smoke
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp/loader_device"),
+              show_default=True)
+@click.option("--workers", default=14, show_default=True, help="The larger worker count (the other is 1).")
+@click.option("--batches", default=120, show_default=True, help="Batches timed per measurement with --workers workers.")
+@click.option("--reps", default=3, show_default=True)
+@click.option("--smoke", is_flag=True, help="Tiny sizes: checks that the script runs.")
+def main(out: Path, work: Path, workers: int, batches: int, reps: int, smoke: bool) -> None:
+    """Items/s of trainer fit's temporal training loader, ring vs collate, 1 and N workers."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     batch, L = (8, 10) if smoke else (64, 10)
-    repeat = max(1, steps * batch // 40 + 1)
+    batches = 3 if smoke else batches
+    few = max(2, batches // 6)  # the 1-worker runs are ~N times slower
+    repeat = max(1, (batches + 2) * batch // 40 + 1)
     train = make_shards(work / "shards", classes=8, videos=6, frames=40, h=240, w=320, repeat=repeat,
                         procs=min(16, os.cpu_count() or 1))
     index = index_shards(work / "shards")
     recs = read_video_list(train, index)
-    ds = FlowStackDataset(recs, flow_length=L, crop_size=224, train=True, frame_size=(index.height, index.width))
-    res: dict = {"cpus": os.cpu_count(), "torch": torch.__version__}
+    frame_size = (index.height, index.width)
+    ds = FlowStackDataset(recs, flow_length=L, crop_size=224, train=True, frame_size=frame_size)
+    res: dict = {"cpus": os.cpu_count(), "torch": torch.__version__, "device": str(device), "batch": batch,
+                 "batches": batches, "reps": reps}
     n = 20 if smoke else 300
     t0 = time.perf_counter()
     for i in range(n):
@@ -62,19 +86,22 @@ def main(out: Path, work: Path, workers: int, steps: int, smoke: bool) -> None:
     for i in range(n):
         ds[i]
     res["item_ms"] = (time.perf_counter() - t0) / n * 1e3
-    print(f"one process: read_flow {res['read_ms']:.2f} ms, whole item {res['item_ms']:.2f} ms")
-    res["loader_items_per_s"] = {}
+    click.echo(f"one process: read_flow {res['read_ms']:.2f} ms, whole item {res['item_ms']:.2f} ms")
+    rates: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for w in (1, workers):
+            for name, shared in (("ring", True), ("collate", False)):
+                r = loader_rate(recs, frame_size, workers=w, shared=shared, batches=few if w == 1 else batches,
+                                batch=batch, device=device)
+                rates.setdefault(f"{name}_{w}", []).append(r)
+    res["loader_items_per_s"] = {k: statistics.median(v) for k, v in rates.items()}
+    res["loader_items_per_s_runs"] = rates
     for w in (1, workers):
-        rate = loader_rate(ds, workers=w, batches=(3 if smoke else (20 if w == 1 else 120)), batch=batch, pin=cuda)
-        res["loader_items_per_s"][w] = rate
-        print(f"DataLoader, {w} workers: {rate:.0f} items/s")
-    if not smoke:
-        res["fit_temporal"] = fit_run("temporal", shards=work / "shards", train=train, out=work / "run", arch="resnet50",
-                                      batch=batch, crop=224, workers=workers, epochs=3, device="cuda", timeout=150)
-        f = res["fit_temporal"]
-        print(f"fit temporal, {steps}-step epochs: {f.get('samples_per_s', 0):.0f} samples/s, "
-              f"data wait {f.get('data_wait_frac', 0):.1%}")
+        ring, coll = res["loader_items_per_s"][f"ring_{w}"], res["loader_items_per_s"][f"collate_{w}"]
+        click.echo(f"{w:2d} workers: ring {ring:.0f} items/s, collate {coll:.0f} items/s, ring/collate {ring / coll:.2f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,9 @@ def main() -> None:
 @click.option("--crop-size", type=click.IntRange(min=8), default=224, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
               help="DataLoader processes per training process.")
+@click.option("--shared-batches/--no-shared-batches", default=True, show_default=True,
+              help="Workers write training batches into a ring of reused shared buffers, pinned on CUDA (no fresh "
+                   "memory per batch); off: torch's default collate, for comparison. Needs --workers >= 1.")
 @click.option("--val-samples", type=click.IntRange(min=1), default=5, show_default=True,
               help="Frames / stacks per validation video (centre crop).")
 @click.option("--flip/--no-flip", default=True, show_default=True,
@@ -136,7 +139,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
                         dropout=dropout, pretrained=o["pretrained"], **joint)
     data = DataConfig(shards=o["shards"], train_list=o["train_list"], val_list=o["val_list"], crop_size=o["crop_size"],
                       batch_size=o["batch_size"], workers=o["workers"], val_samples=o["val_samples"],
-                      flip=o["flip"])
+                      flip=o["flip"], shared_batches=o["shared_batches"])
     optim = OptimConfig(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                         schedule=o["schedule"], warmup_epochs=o["warmup_epochs"], step_size=o["step_size"],
                         gamma=o["gamma"], stream_loss_weight=o["stream_loss_weight"])

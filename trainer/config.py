@@ -83,6 +83,9 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes per process
     val_samples: int = 5  # frames / stacks per validation video (video-level accuracy, centre crop)
     flip: bool = True  # random horizontal flip in training; off for classes a mirror swaps (left/right)
+    # Workers write training batches into reused shared (on CUDA pinned) buffers: trainer/batches.py.
+    # False: torch's default collate into fresh shared memory per batch (kept for comparison).
+    shared_batches: bool = True
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "batch_size", "val_samples"):

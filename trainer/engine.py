@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer import distributed
+from trainer.batches import SharedBatchLoader
 from trainer.data import VideoEvalDataset
 from trainer.losses import class_log_probs
 from trainer.transforms import TRAIN_PARAMS, prepare_batch, prepare_train_batch
@@ -64,7 +65,7 @@ def _to_model_input(
 
 def train_one_epoch(
     model: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: torch.utils.data.DataLoader | SharedBatchLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,

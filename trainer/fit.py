@@ -144,7 +144,7 @@ def _fit(
     frame_size = (index.height, index.width) if index.height else None
     pin = device.type == "cuda"
     train_loader, sampler = make_train_loader(model_cfg, data, train_records, frame_size=frame_size, dist=dist,
-                                              seed=run.seed, pin_memory=pin)
+                                              seed=run.seed, device=device)
     val_loader = make_val_loader(model_cfg, data, val_records, dist=dist, pin_memory=pin) if val_records else None
 
     optimizer = torch.optim.SGD(ddp.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)

@@ -1,0 +1,151 @@
+"""trainer/batches.py: training batches through the ring of shared buffers, with real worker processes.
+
+The reference is the plain collating DataLoader (``shared_batches=False``) over the same items: the ring must
+give exactly its batches, epoch after epoch, whatever the consumer's pace.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from trainer.batches import HELD, BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
+from trainer.config import DataConfig, ModelConfig
+from trainer.data import DataError, index_shards, read_video_list
+from trainer.distributed import DistInfo
+from trainer.loaders import make_train_loader
+
+CPU = torch.device("cpu")
+
+
+def _loaders(ts, *, stream: str, device_crop: bool, workers: int = 2, batch_size: int = 3,
+             device: torch.device = CPU):
+    index = index_shards(ts.root)
+    records = read_video_list(ts.all_list, index)  # 12 videos: 4 batches of 3 per epoch
+    model = ModelConfig(stream=stream, num_classes=3, flow_length=2,
+                        **({"fusion": "average", "temporal_dropout": 0.7} if stream == "joint" else {}))
+    made = {}
+    for shared in (True, False):
+        data = DataConfig(shards=str(ts.root), train_list=str(ts.all_list), crop_size=16, batch_size=batch_size,
+                          workers=workers, shared_batches=shared)
+        made[shared] = make_train_loader(model, data, records, frame_size=(ts.height, ts.width) if device_crop else None,
+                                         dist=DistInfo(), seed=7, device=device)
+    return made[True], made[False]
+
+
+def _epoch(loader, sampler, epoch: int, *, pause: float = 0.0) -> list[tuple]:
+    """The epoch's batches as detached copies, each taken after ``pause`` s (the workers run ahead meanwhile)."""
+    sampler.set_epoch(epoch)
+    out = []
+    for x, params, labels in loader:
+        time.sleep(pause)
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # joint: collate gives a list, the ring a tuple
+        out.append((tuple(t.clone() for t in xs), params.clone(), labels.clone()))
+    return out
+
+
+def _assert_same(got: list[tuple], want: list[tuple]) -> None:
+    assert len(got) == len(want) > 0
+    for (gx, gp, gl), (wx, wp, wl) in zip(got, want):
+        assert len(gx) == len(wx)
+        for a, b in zip(gx, wx):
+            assert a.dtype == b.dtype == torch.uint8 and torch.equal(a, b)
+        assert torch.equal(gp, wp) and torch.equal(gl, wl)
+
+
+@pytest.mark.parametrize("stream", ["spatial", "temporal", "joint"])
+@pytest.mark.parametrize("device_crop", [True, False], ids=["device_crop", "cpu_crop"])
+def test_ring_gives_the_collated_batches(tiny_shards, stream: str, device_crop: bool) -> None:
+    (ring, ring_sampler), (plain, plain_sampler) = _loaders(tiny_shards, stream=stream, device_crop=device_crop)
+    assert isinstance(ring, SharedBatchLoader) and isinstance(plain, DataLoader)
+    assert len(ring) == len(plain) == 4
+    for epoch in (0, 1):  # persistent workers, second epoch on the same ring
+        got, want = _epoch(ring, ring_sampler, epoch), _epoch(plain, plain_sampler, epoch)
+        _assert_same(got, want)
+    assert not torch.equal(got[0][0][0], _epoch(plain, plain_sampler, 0)[0][0][0])  # epochs differ: a real check
+
+
+def test_a_slow_consumer_still_sees_each_batch_intact(tiny_shards) -> None:
+    """The consumer dwells on each batch while 2 workers x prefetch 2 fill the ring ahead: no slot in use is
+    overwritten (the ring is as small as allowed)."""
+    (ring, sampler), (plain, plain_sampler) = _loaders(tiny_shards, stream="temporal", device_crop=True, batch_size=1)
+    assert ring.ring.slots == 2 * 2 + HELD and len(ring) == 12  # more batches than slots: the ring wraps
+    _assert_same(_epoch(ring, sampler, 0, pause=0.05), _epoch(plain, plain_sampler, 0))
+
+
+def test_an_abandoned_epoch_leaves_the_next_one_intact(tiny_shards) -> None:
+    (ring, sampler), (plain, plain_sampler) = _loaders(tiny_shards, stream="temporal", device_crop=True, batch_size=1)
+    sampler.set_epoch(0)
+    it = iter(ring)
+    for _ in range(3):
+        next(it)
+    it.close()  # e.g. an exception in the step: the workers still hold dispatched batches of epoch 0
+    _assert_same(_epoch(ring, sampler, 1), _epoch(plain, plain_sampler, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("stream", ["temporal", "joint"])
+def test_on_cuda_batches_arrive_on_the_device_from_the_pinned_ring(tiny_shards, stream: str) -> None:
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    (ring, sampler), (plain, plain_sampler) = _loaders(tiny_shards, stream=stream, device_crop=True, batch_size=1,
+                                                       device=cuda)
+    assert ring.pinned and all(t.is_pinned() for t in ring.ring.parts)
+    got = _epoch(ring, sampler, 0, pause=0.02)
+    assert all(t.device == cuda for x, _, _ in got for t in x)
+    _assert_same([(tuple(t.cpu() for t in x), p, lab) for x, p, lab in got], _epoch(plain, plain_sampler, 0))
+    ring.close()
+    assert not ring.ring.parts[0].is_pinned()
+
+
+def test_a_ring_smaller_than_the_dataloaders_lookahead_is_refused(tiny_shards) -> None:
+    (ring, sampler), _ = _loaders(tiny_shards, stream="temporal", device_crop=True)
+    small = BatchRing(slots=ring_slots(workers=2, prefetch_factor=2) - 1, batch_size=3, parts=[(4, 32, 32)], params=6)
+    with pytest.raises(ValueError, match="2 workers x prefetch_factor 2 needs at least 7 slots, got 6"):
+        SharedBatchLoader(ring.loader, small, device=CPU)
+
+
+def test_an_item_of_another_layout_is_a_bug() -> None:
+    ring = BatchRing(slots=2, batch_size=2, parts=[(3, 8, 8), (4, 8, 8)], params=6)
+    ring.put(1, 1, (torch.ones(3, 8, 8, dtype=torch.uint8), torch.full((4, 8, 8), 2, dtype=torch.uint8)),
+             torch.arange(6.0), 5)
+    xs, params, labels = ring.view(1, 2)
+    assert xs[0][1].eq(1).all() and xs[1][1].eq(2).all() and xs[0][0].eq(0).all()
+    assert params[1].tolist() == [0, 1, 2, 3, 4, 5] and labels.tolist() == [0, 5]
+    with pytest.raises(ValueError, match=r"expected an item of parts \[\(3, 8, 8\), \(4, 8, 8\)\], got \[\(3, 8, 9\)\]"):
+        ring.put(0, 0, torch.zeros(3, 8, 9, dtype=torch.uint8), torch.zeros(6), 0)
+
+
+class _Failing(torch.utils.data.Dataset):
+    """Item (epoch, i) -> a small item, except index 5: a DataError, as a corrupt chunk gives."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, key: tuple[int, int]):
+        if key[1] == 5:
+            raise DataError("shard-00001.h5: field 3 of v_x does not inflate (corrupt chunk)")
+        return torch.full((2, 4, 4), key[1], dtype=torch.uint8), torch.zeros(2), key[1] % 3
+
+
+def test_a_data_error_in_a_worker_reaches_the_main_process() -> None:
+    ring = BatchRing(slots=ring_slots(workers=2, prefetch_factor=2), batch_size=2, parts=[(2, 4, 4)], params=2)
+    sampler = torch.utils.data.DistributedSampler(range(8), num_replicas=1, rank=0, shuffle=False)
+    loader = DataLoader(RingBatches(_Failing(), ring), batch_size=None, num_workers=2, prefetch_factor=2,
+                        sampler=EpochBatches(sampler, batch_size=2, drop_last=False))
+    it = iter(SharedBatchLoader(loader, ring, device=CPU))
+    x, _, labels = next(it)
+    assert x[:, 0, 0, 0].tolist() == [0, 1] and labels.tolist() == [0, 1]
+    next(it)
+    with pytest.raises(DataError, match=r"field 3 of v_x does not inflate \(corrupt chunk\)"):
+        next(it)
+
+
+def test_epoch_batches_number_from_zero_and_keep_a_short_last_batch() -> None:
+    sampler = torch.utils.data.DistributedSampler(range(7), num_replicas=1, rank=0, shuffle=False)
+    sampler.set_epoch(4)
+    assert list(EpochBatches(sampler, batch_size=3, drop_last=False)) == [
+        (4, 0, [0, 1, 2]), (4, 1, [3, 4, 5]), (4, 2, [6])]
+    assert len(EpochBatches(sampler, batch_size=3, drop_last=True)) == 2
