@@ -6,6 +6,7 @@ give exactly its batches, epoch after epoch, whatever the consumer's pace.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -143,9 +144,25 @@ def test_a_data_error_in_a_worker_reaches_the_main_process() -> None:
         next(it)
 
 
-def test_epoch_batches_number_from_zero_and_keep_a_short_last_batch() -> None:
-    sampler = torch.utils.data.DistributedSampler(range(7), num_replicas=1, rank=0, shuffle=False)
+def test_epoch_batches_run_on_into_the_next_epochs_in_their_own_order() -> None:
+    sampler = torch.utils.data.DistributedSampler(range(7), num_replicas=1, rank=0, shuffle=True, seed=3)
     sampler.set_epoch(4)
-    assert list(EpochBatches(sampler, batch_size=3, drop_last=False)) == [
-        (4, 0, [0, 1, 2]), (4, 1, [3, 4, 5]), (4, 2, [6])]
+    batches = EpochBatches(sampler, batch_size=3, drop_last=False)
+    assert len(batches) == 3
+    stream = list(itertools.islice(batches, 7))
+    assert [(e, g) for e, g, _ in stream] == [(4, 0), (4, 1), (4, 2), (5, 3), (5, 4), (5, 5), (6, 6)]
+    assert [k for _, _, k in stream[:3]] == batches.batches(4) and [len(k) for _, _, k in stream[:3]] == [3, 3, 1]
+    sampler.set_epoch(5)
+    assert [k for _, _, k in stream[3:6]] == batches.batches(5) == [list(sampler)[i:i + 3] for i in (0, 3, 6)]
+    assert batches.batches(4) != batches.batches(5)
     assert len(EpochBatches(sampler, batch_size=3, drop_last=True)) == 2
+
+
+def test_the_stream_goes_on_across_epochs_and_restarts_where_it_must(tiny_shards) -> None:
+    """Epochs read to the end continue one DataLoader iteration; an epoch out of turn starts a new one."""
+    (ring, sampler), (plain, plain_sampler) = _loaders(tiny_shards, stream="temporal", device_crop=True)
+    where = []
+    for epoch in (0, 1, 2, 1):  # the last one: as after a resume from epoch 1
+        _assert_same(_epoch(ring, sampler, epoch), _epoch(plain, plain_sampler, epoch))
+        where.append((ring._start_epoch, ring._consumed))  # the iteration's first epoch, batches read from it
+    assert where == [(0, 4), (0, 8), (0, 12), (1, 4)]
