@@ -26,6 +26,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.extract --out bench-out/extract.json
 	$(BIN)/python -m benchmarks.loader --out bench-out/loader.json
+	$(BIN)/python -m benchmarks.loader_device --workers 2 --batches 24 --reps 3 --out bench-out/loader_device-cpu2.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-out

@@ -1,7 +1,7 @@
 """One training epoch and one evaluation pass, read top to bottom (torchvision references style).
 
-Batches arrive as uint8 from the DataLoader (cheap to pin and copy); ``transforms.prepare_batch``
-dequantizes and normalises them on the device.
+Batches arrive as uint8, from a DataLoader or, in training, from ``batches.SharedBatchLoader`` (already on a
+CUDA device then); ``transforms.prepare_batch`` dequantizes and normalises them on the device.
 
 The joint stream (``TwoStream``) runs through the same loops: its batches carry a tuple of inputs
 (rgb, flow) that share one crop's ``scale``/``params``, its output is a dict of the two streams' logits
