@@ -41,9 +41,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from trainer.distributed import DeviceError
+
 HELD = 3  # batches the main process may hold: the one being used and up to HELD - 1 copies in flight
 
 Batch = tuple[Union[Tensor, tuple[Tensor, ...]], Tensor, Tensor]  # (x or (rgb, flow), params, labels)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
 class BatchRing:
@@ -60,10 +66,16 @@ class BatchRing:
             raise ValueError(f"expected slots >= 1, batch_size >= 1 and at least one part, got slots {slots}, "
                              f"batch_size {batch_size}, parts {list(parts)}")
         self.slots, self.batch_size = slots, batch_size
-        self.parts = [torch.zeros((slots, batch_size, *p), dtype=torch.uint8).share_memory_() for p in parts]
-        self.params = torch.zeros((slots, batch_size, params), dtype=torch.float32).share_memory_()
-        self.labels = torch.zeros((slots, batch_size), dtype=torch.int64).share_memory_()
         self._pinned: list[int] = []
+        shapes = [((slots, batch_size, *p), torch.uint8) for p in parts]
+        shapes += [((slots, batch_size, params), torch.float32), ((slots, batch_size), torch.int64)]
+        nbytes = sum(torch.Size(s).numel() * t.itemsize for s, t in shapes)
+        try:
+            *self.parts, self.params, self.labels = [torch.zeros(s, dtype=t).share_memory_() for s, t in shapes]
+        except RuntimeError as e:  # /dev/shm too small (a container's 64 MB default) or exhausted
+            raise DeviceError(f"cannot allocate the {_size(nbytes)} batch ring in shared memory ({e}); "
+                              "give the container more (--ipc=host or --shm-size), lower --workers or --batch-size, "
+                              "or train with --no-shared-batches") from None
 
     @property
     def nbytes(self) -> int:
@@ -90,8 +102,8 @@ class BatchRing:
             err = int(cudart.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0))
             if err:
                 self.unpin()
-                raise RuntimeError(f"CUDA could not pin the {self.nbytes / 2**20:.0f} MiB batch ring (cudaHostRegister: "
-                                   f"cudaError {err}); train with --no-shared-batches")
+                raise DeviceError(f"CUDA could not pin the {_size(self.nbytes)} batch ring (cudaHostRegister: "
+                                  f"cudaError {err}); train with --no-shared-batches")
             self._pinned.append(t.data_ptr())
 
     def unpin(self) -> None:

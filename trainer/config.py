@@ -66,8 +66,9 @@ class ModelConfig:
             raise ValueError(f"temporal_dropout must be in [0, 1), got {self.temporal_dropout}")
 
     def same_network(self, other: "ModelConfig") -> bool:
-        """True if a state dict of one fits the other (pretrained only affects initialisation)."""
-        keys = ("stream", "num_classes", "arch", "flow_length", "fusion")
+        """True if a checkpoint of one continues the other: its state dict fits, and the weighted fusion's alpha
+        (a constant, not in the state dict) is the same (pretrained only affects initialisation)."""
+        keys = ("stream", "num_classes", "arch", "flow_length", "fusion", "spatial_weight")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 
 class DeviceError(RuntimeError):
-    """The requested device is not available on this machine."""
+    """The requested device, or the memory a run needs on it or its host, is not available on this machine."""
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,8 @@ def _fit(
 
 def _network(cfg: ModelConfig) -> str:
     fusion = f" with {cfg.fusion} fusion" if cfg.fusion else ""
+    if cfg.spatial_weight is not None:
+        fusion += f" (spatial weight {cfg.spatial_weight:g})"
     return f"{cfg.stream} {cfg.arch} network{fusion} (flow_length {cfg.flow_length}, {cfg.num_classes} classes)"
 
 

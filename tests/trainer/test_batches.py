@@ -7,6 +7,7 @@ give exactly its batches, epoch after epoch, whatever the consumer's pace.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 from trainer.batches import HELD, BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
 from trainer.config import DataConfig, ModelConfig
 from trainer.data import DataError, index_shards, read_video_list
-from trainer.distributed import DistInfo
+from trainer.distributed import DeviceError, DistInfo
 from trainer.loaders import make_train_loader
 
 CPU = torch.device("cpu")
@@ -119,6 +120,19 @@ def test_an_item_of_another_layout_is_a_bug() -> None:
         ring.put(0, 0, torch.zeros(3, 8, 9, dtype=torch.uint8), torch.zeros(6), 0)
 
 
+def test_too_little_shared_memory_is_one_clear_error(monkeypatch) -> None:
+    def no_space(self):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_space)  # as on a container's 64 MB /dev/shm
+    with pytest.raises(DeviceError) as e:
+        BatchRing(slots=31, batch_size=64, parts=[(20, 240, 240)], params=6)
+    assert str(e.value) == (
+        "cannot allocate the 2180 MiB batch ring in shared memory (unable to allocate shared memory(shm) for file "
+        "</torch_1_2_3>: No space left on device (28)); give the container more (--ipc=host or --shm-size), lower "
+        "--workers or --batch-size, or train with --no-shared-batches")
+
+
 class _Failing(torch.utils.data.Dataset):
     """Item (epoch, i) -> a small item, except index 5: a DataError, as a corrupt chunk gives."""
 
@@ -166,3 +180,39 @@ def test_the_stream_goes_on_across_epochs_and_restarts_where_it_must(tiny_shards
         _assert_same(_epoch(ring, sampler, epoch), _epoch(plain, plain_sampler, epoch))
         where.append((ring._start_epoch, ring._consumed))  # the iteration's first epoch, batches read from it
     assert where == [(0, 4), (0, 8), (0, 12), (1, 4)]
+
+
+def _fit_cli(ts, out, *extra: str):
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+    args = ["fit", "--stream", "temporal", "--shards", ts.root, "--train-list", ts.train_list, "--out", out,
+            "--epochs", "2", "--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--batch-size", "3",
+            "--workers", "2", "--device", "cpu", "--no-progress", *extra]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_trainer_fit_trains_the_same_network_with_either_loader(tiny_shards, tmp_path) -> None:
+    from trainer.checkpoint import LAST, load_checkpoint
+
+    runs = {flag: tmp_path / flag for flag in ("--shared-batches", "--no-shared-batches")}
+    for flag, out in runs.items():
+        result = _fit_cli(tiny_shards, out, flag)
+        assert result.exit_code == 0, result.output
+    ring, plain = (load_checkpoint(out / LAST) for out in runs.values())
+    assert ring["config"]["data"]["shared_batches"] is True and plain["config"]["data"]["shared_batches"] is False
+    assert ring["epoch"] == plain["epoch"] == 2
+    for k, v in ring["model"].items():
+        assert torch.equal(v, plain["model"][k]), k
+
+
+def test_trainer_fit_says_in_one_line_when_shared_memory_is_short(tiny_shards, tmp_path, monkeypatch) -> None:
+    def no_space(self):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_space)
+    result = _fit_cli(tiny_shards, tmp_path / "run")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert re.fullmatch(r"Error: cannot allocate the \d+ KiB batch ring in shared memory \(.*No space left on device "
+                        r"\(28\)\); give the container more \(--ipc=host or --shm-size\), .* --no-shared-batches",
+                        result.output.strip().splitlines()[-1])

@@ -7,6 +7,8 @@ tiny convolutional streams so that it needs many steps but few seconds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -234,6 +236,16 @@ def straight_and_resumed(tiny_shards, tmp_path_factory) -> tuple[Path, Path]:
     assert fit(**_configs(tiny_shards, b, workers=2), stop_after=1)["epoch"] == 1
     fit(**_configs(tiny_shards, b, resume=True, workers=1))
     return a, b
+
+
+def test_resuming_with_another_fusion_weight_is_refused(tiny_shards, tmp_path) -> None:
+    """alpha is a constant of the weighted fusion, not a weight: a resume must not change it silently."""
+    weighted = _model(fusion="weighted")  # alpha 0.3
+    fit(**_configs(tiny_shards, tmp_path, epochs=2, model=weighted), stop_after=1)
+    with pytest.raises(ck.CheckpointError, match=r"holds a joint resnet18 network with weighted fusion \(spatial weight "
+                                                 r"0.3\) .* ask for .* weighted fusion \(spatial weight 0.6\)"):
+        fit(**_configs(tiny_shards, tmp_path, epochs=2, resume=True, model=dataclasses.replace(weighted, spatial_weight=0.6)))
+    assert fit(**_configs(tiny_shards, tmp_path, epochs=2, resume=True, model=weighted))["epoch"] == 2
 
 
 def test_joint_resume_gives_the_state_of_an_uninterrupted_run(straight_and_resumed, tiny_shards) -> None:
