@@ -49,9 +49,10 @@ from isal import isal_zlib
 
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
+from benchmarks.jpeg_layout import JpegFlowStackDataset, write_jpeg_tree
 from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
-from trainer.crops import EVAL_RESIZE_RATIO, crop_resize, multiscale_crop_box
-from trainer.transforms import TRAIN_PARAMS, hflip_flow_uint8, prepare_train_batch
+from trainer.crops import EVAL_RESIZE_RATIO
+from trainer.transforms import TRAIN_PARAMS, prepare_train_batch
 
 BOUND = 20.0
 
@@ -103,41 +104,6 @@ def write_shards(root: Path, quantized: list[np.ndarray], *, compression: str | 
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "list.txt").write_text("".join(f"{v}.avi 1\n" for v in ids))
     return read_video_list(root / "list.txt", index_shards(root))
-
-
-def write_jpeg_tree(root: Path, records: list[VideoRecord], quantized: list[np.ndarray]) -> None:
-    """``root/<video_id>/flow_x/frame00001.jpg``...: one grayscale JPEG per channel per field (1-based)."""
-    for rec, q in zip(records, quantized):
-        for axis, name in ((0, "flow_x"), (1, "flow_y")):
-            d = root / rec.video_id / name
-            d.mkdir(parents=True)
-            for t, field in enumerate(q[:, axis]):
-                cv2.imwrite(str(d / f"frame{t + 1:05d}.jpg"), field, [cv2.IMWRITE_JPEG_QUALITY, 95])
-
-
-class JpegFlowStackDataset(Dataset):
-    """The toolkits' layout, with FlowStackDataset's sampling, crop, resize and flip."""
-
-    def __init__(self, records: list[VideoRecord], jpeg_root: Path, *, flow_length: int, crop_size: int) -> None:
-        self.records, self.root, self.L, self.S = records, jpeg_root, flow_length, crop_size
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def read(self, rec: VideoRecord, start: int) -> np.ndarray:
-        """(2L, H, W) uint8 [u0, v0, u1, ...] from 2L files."""
-        d = self.root / rec.video_id
-        return np.stack([cv2.imread(str(d / name / f"frame{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE)
-                         for t in range(start, start + self.L) for name in ("flow_x", "flow_y")])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        rec = self.records[i]
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-        q = self.read(rec, int(rng.integers(rec.num_frames - self.L)))
-        x, sx, sy = crop_resize(q, multiscale_crop_box(*q.shape[1:], rng), self.S)
-        if rng.random() < 0.5:
-            x = hflip_flow_uint8(x)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy)), rec.label
 
 
 _ISAL_FILES: dict[Path, h5py.File] = {}
