@@ -51,18 +51,20 @@ def test_torchrun_two_cpu_processes(tiny_shards, tmp_path: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "trainer", "fit", "--stream", "temporal", "--shards", str(tiny_shards.root),
         "--train-list", str(tiny_shards.all_list), "--val-list", str(one_val), "--out", str(out),
-        "--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--epochs", "1", "--batch-size", "3",
-        "--workers", "0", "--val-samples", "2", "--device", "cpu", "--no-progress",
-    ]
+        "--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--epochs", "2", "--batch-size", "3",
+        "--workers", "1", "--val-samples", "2", "--device", "cpu", "--no-progress",
+    ]  # a loader worker per rank: each rank's batch ring, running on from epoch 1 into epoch 2
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl"]
-    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # 12 training videos split over 2 ranks: 6 each, none seen twice.
-    assert m["samples_per_rank"] == [6, 6] and m["samples_total"] == 12 and m["overlap_samples"] == 0
-    assert m["val_acc"] in (0.0, 1.0)
-    assert proc.stdout.count("epoch 1:") == 1  # only rank 0 reports
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        # 12 training videos split over 2 ranks: 6 each, none seen twice.
+        assert m["samples_per_rank"] == [6, 6] and m["samples_total"] == 12 and m["overlap_samples"] == 0
+        assert m["val_acc"] in (0.0, 1.0)
+    assert proc.stdout.count("epoch 1:") == proc.stdout.count("epoch 2:") == 1  # only rank 0 reports
     ckpt = ck.load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["epoch"] == 1 and len(ckpt["rng"]) == 2  # every rank's RNG state, for --resume
+    assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2  # every rank's RNG state, for --resume
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
