@@ -20,8 +20,9 @@ batch has returned by then.
 
 One DataLoader iteration runs across epochs (``EpochBatches`` goes on into the next epoch's batches, in
 that epoch's own DistributedSampler order), so the workers prepare the first batches of epoch e + 1 while
-epoch e ends instead of idling, and no epoch starts with a wait for a whole batch to be read (measured on
-an H100: ~0.2 s per epoch start, 3-4% of a 150-step epoch). ``SharedBatchLoader.__iter__`` yields one
+epoch e ends instead of idling, and no epoch starts with a wait for one worker to read a whole batch
+(64 temporal items: ~0.2 s, estimated from 2.3-3 ms per item; on an H100 the data wait of 150-step epochs
+went from 5.1% to 1.6% with this change, BENCHMARKS.md). ``SharedBatchLoader.__iter__`` yields one
 epoch, ``sampler.epoch``; if the stream is not at that epoch's start (a first epoch, a resume, an epoch
 abandoned part-way), it starts a new iteration there, and a new ``iter()`` on persistent workers first
 waits until they have passed every task of the old one, so no writer is left behind.
