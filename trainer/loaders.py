@@ -53,7 +53,7 @@ class _SeededSamples(Dataset):
 
 
 def train_dataset(model: ModelConfig, data: DataConfig, records: list[VideoRecord], *,
-                  frame_size: tuple[int, int] | None) -> Dataset:
+                  frame_size: tuple[int, int] | None) -> FrameDataset | FlowStackDataset:
     """The training dataset of ``model.stream``; ``frame_size`` (all videos stored at it) crops on the device."""
     if model.stream == "spatial":
         return FrameDataset(records, crop_size=data.crop_size, train=True, flip=data.flip, frame_size=frame_size)
@@ -62,11 +62,13 @@ def train_dataset(model: ModelConfig, data: DataConfig, records: list[VideoRecor
                          frame_size=frame_size)
 
 
-def _ring_parts(model: ModelConfig, data: DataConfig, ds: Dataset) -> tuple[list[tuple[int, int, int]], int]:
-    """(C, H, W) of each input part of a training item, and the length of its params."""
-    window = getattr(ds, "window", None) or (data.crop_size, data.crop_size)
+def _ring_parts(model: ModelConfig, data: DataConfig,
+                ds: FrameDataset | FlowStackDataset) -> tuple[list[tuple[int, int, int]], int]:
+    """(C, H, W) of each input part of a training item, and the length of its params: the uncropped window and
+    (y0, x0, h, w, flip, size) when cropping on the device, else the crop and (sx, sy)."""
     channels = {"spatial": (3,), "temporal": (2 * model.flow_length,), "joint": (3, 2 * model.flow_length)}
-    return [(c, *window) for c in channels[model.stream]], TRAIN_PARAMS if getattr(ds, "window", None) else 2
+    hw = ds.window or (data.crop_size, data.crop_size)
+    return [(c, *hw) for c in channels[model.stream]], TRAIN_PARAMS if ds.window else 2
 
 
 def make_train_loader(
