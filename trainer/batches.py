@@ -156,9 +156,6 @@ class RingBatches(Dataset):
     def __init__(self, items: Dataset, ring: BatchRing) -> None:
         self.items, self.ring = items, ring
 
-    def __len__(self) -> int:
-        return len(self.items)  # type: ignore[arg-type]
-
     def __getitem__(self, key: tuple[int, int, list[int]]) -> tuple[int, int, int, int]:
         epoch, g, indices = key
         slot = g % self.ring.slots
@@ -175,9 +172,10 @@ class SharedBatchLoader:
 
     def __init__(self, loader: DataLoader, ring: BatchRing, *, device: torch.device) -> None:
         workers, prefetch = loader.num_workers, loader.prefetch_factor or 0
-        if ring.slots < prefetch * workers + HELD:
+        need = ring_slots(workers=workers, prefetch_factor=prefetch)
+        if ring.slots < need:
             raise ValueError(f"a ring for {workers} workers x prefetch_factor {prefetch} needs at least "
-                             f"{prefetch * workers + HELD} slots, got {ring.slots}")
+                             f"{need} slots, got {ring.slots}")
         self.loader, self.ring, self.device = loader, ring, device
         self.pinned = device.type == "cuda"
         if self.pinned:
