@@ -6,12 +6,13 @@ import dataclasses
 import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from flowprep import __version__, dask_backend, distributor, manifest, reader, runner
+from flowprep import __version__, dask_backend, distributor, exits, manifest, reader, runner
 from flowprep import verify as verify_mod
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 
@@ -31,13 +32,49 @@ def main() -> None:
 class RunError(click.ClickException):
     """Input the command cannot use, found after parsing (one line, exit status 2 like usage errors)."""
 
-    exit_code = 2
+    exit_code = exits.USAGE.code
 
 
 class ClusterError(click.ClickException):
     """The Dask cluster cannot run the job; retrying later may help (exit status 3)."""
 
-    exit_code = 3
+    exit_code = exits.CLUSTER.code
+
+
+class BusyOutput(click.ClickException):
+    """Another live run holds this task's output (exit status 4)."""
+
+    exit_code = exits.BUSY.code
+
+
+class EnvironmentFailure(click.ClickException):
+    """The run stopped because its environment failed; a rerun resumes (exit status 75)."""
+
+    exit_code = exits.RETRY.code
+
+
+ERROR_LOG = "flowprep-error.log"
+
+
+def _environment_failure(exc: BaseException, out: Path) -> EnvironmentFailure:
+    """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to a log."""
+    import traceback
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and exc.strerror not in text:
+        text = f"{exc.strerror}: {text}"
+    if not isinstance(exc, (exits.RetriableError, OSError)):
+        text = f"unexpected {type(exc).__name__}: {text}"
+    if len(text) > 400:
+        text = text[:400] + " ..."
+    try:
+        with open(out / ERROR_LOG, "a") as log:
+            log.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} pid {os.getpid()}\n")
+            log.write("".join(traceback.format_exception(exc)))
+        where = f"traceback in {out / ERROR_LOG}"
+    except OSError:
+        where = "traceback with --debug"
+    return EnvironmentFailure(f"{text} ({where}); rerun the same command to resume")
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
@@ -92,7 +129,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
     return cls(**{fld.name: kwargs.pop(f"{prefix}_{fld.name}") for fld in dataclasses.fields(cls)})
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, epilog=exits.help_text())
 @click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of videos (.avi .mp4 .mkv .webm .mov, searched recursively). The class of a video is "
                    "its top-level folder, as in UCF-101: VIDEOS/<Class>/<video>.")
@@ -137,16 +174,28 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
                    "cluster's worker threads set the parallelism instead of --workers).")
 @click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
               help="Address of the Dask scheduler (--backend dask).")
+@click.option("--retry-failed", is_flag=True,
+              help="Try the videos listed as failed again. Without it, a failed video is tried again only when "
+                   "its file changed (size or modification time).")
+@click.option("--check", is_flag=True,
+              help="On a rerun, also compare every finished shard's sha256 with the manifest (reads every byte) "
+                   "and extract the videos of a damaged one again. Without it a rerun checks that each shard "
+                   "exists with the recorded size.")
+@click.option("--failed-videos-ok", is_flag=True,
+              help="Exit 0 instead of 1 when the run finished but some videos could not be decoded (they stay "
+                   "listed in failures.jsonl and by verify): for job files whose scheduler would otherwise "
+                   "count the task as failed.")
+@click.option("--debug", is_flag=True, help="Show the full traceback of a crash instead of one line.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
 def extract(videos: Path, out: Path, method: str, workers: int | None, bound: float, videos_per_shard: int,
             class_index: Path | None, size_text: str | None, short_side: int | None, frame_step: int,
             no_rgb: bool, jpeg_quality: int, task_index: int | None, task_count: int | None, backend: str,
-            scheduler: str | None, progress: bool, **method_kwargs: Any) -> None:
+            scheduler: str | None, retry_failed: bool, check: bool, failed_videos_ok: bool, debug: bool,
+            progress: bool, **method_kwargs: Any) -> None:
     """Compute dense optical flow for every video under --videos into quantized HDF5 shards in --out.
 
-    Exit status: 0 when every video was extracted, 1 when the run finished but some videos could
-    not be decoded (listed in OUT/failures.jsonl), 2 for usage errors, 3 when the Dask cluster
-    cannot be used (unreachable, no workers, workers without the shared folders).
+    Rerun the same command after any trouble (a crash, kill -9, a full disk, a deleted or damaged
+    shard): it resumes without redoing finished videos and repairs what it finds missing.
     """
     size = _parse_size(size_text)
     if size is not None and short_side is not None:
@@ -161,31 +210,42 @@ def extract(videos: Path, out: Path, method: str, workers: int | None, bound: fl
     except (distributor.TaskError, dask_backend.BackendUsageError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        classes, metas = reader.plan_videos(videos, class_index=class_index)
+        classes, metas = reader.plan_videos(videos, class_index=class_index, warn=lambda m: click.echo(m, err=True))
         total = len(metas)
+        weights = distributor.video_weights(videos, [m.source for m in metas])
         if task.count > 1:  # an array task: say which one, and where that came from
-            sizes = distributor.video_weights(videos, [m.source for m in metas])
-            mine = set(distributor.split_videos(sizes, task_index=task.index, task_count=task.count))
+            mine = set(distributor.split_videos(weights, task_index=task.index, task_count=task.count))
             metas = [m for m in metas if m.source in mine]
             click.echo(f"{task}: {len(metas)} of {total} videos")
         out.mkdir(parents=True, exist_ok=True)  # the Dask workers are asked whether they see it
         with dask_backend.joblib_backend(backend, scheduler, shared_paths=[videos, out]) as jobs_backend:
             summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
                                          decode=decode, storage=storage, workers=workers, task_index=task.index,
-                                         task_count=task.count, backend=jobs_backend, progress=progress)
+                                         task_count=task.count, backend=jobs_backend, progress=progress,
+                                         inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
+                                         check=check)
     except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_backend.BackendUsageError) as exc:
         raise RunError(str(exc)) from exc
     except dask_backend.BackendError as exc:
         raise ClusterError(str(exc)) from exc
+    except exits.BusyError as exc:
+        raise BusyOutput(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(exits.INTERRUPTED.code)
+    except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
+        if debug:
+            raise
+        raise _environment_failure(exc, out) from exc
+    if summary.repaired or summary.retried:
+        click.echo(f"repaired {len(summary.repaired)} damaged or missing item(s), retried {len(summary.retried)} "
+                   "failed video(s) (listed above)")
     click.echo(f"{summary.num_videos - len(summary.failures)} of {summary.num_videos} videos extracted into "
                f"{len(summary.shards)} shard(s) in {out} ({summary.processed} processed now, {summary.reused} "
                f"from an earlier run, {summary.frames} frames in {summary.seconds:.1f} s)")
     if summary.failures:
         click.echo(f"{len(summary.failures)} video(s) failed: see {out / runner.FAILURES}")
-        sys.exit(1)
+        sys.exit(exits.OK.code if failed_videos_ok else exits.SOME_INPUTS_FAILED.code)
 
 
 @main.command()

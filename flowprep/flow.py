@@ -6,6 +6,7 @@ v (+ down), and field i is the motion from frame i to frame i + 1 (``prev`` -> `
 
 from __future__ import annotations
 
+import threading
 from typing import Iterable, Iterator
 
 import cv2
@@ -67,14 +68,20 @@ class FlowEstimator:
         return flow.transpose(2, 0, 1)  # (H, W, 2) -> (2, H, W), a view: the caller stacks (copies)
 
 
-_ESTIMATORS: dict[FlowConfig, FlowEstimator] = {}
+_LOCAL = threading.local()  # per thread: OpenCV releases the GIL inside calc(), so threads must not share a solver
 
 
 def estimator_for(config: FlowConfig) -> FlowEstimator:
-    """One estimator per configuration per process (a worker reuses it across its videos)."""
-    if config not in _ESTIMATORS:
-        _ESTIMATORS[config] = FlowEstimator(method=config.method, tvl1=config.tvl1, farneback=config.farneback)
-    return _ESTIMATORS[config]
+    """One estimator per configuration per thread (a worker reuses it across its videos).
+
+    Per thread, not per process: a TV-L1 solver object keeps its pyramids and buffers between calls,
+    and OpenCV runs ``calc`` without the GIL, so two threads of one process (a Dask worker with
+    several threads) sharing it would overwrite each other's buffers and return wrong flow silently.
+    """
+    cache = _LOCAL.__dict__.setdefault("estimators", {})
+    if config not in cache:
+        cache[config] = FlowEstimator(method=config.method, tvl1=config.tvl1, farneback=config.farneback)
+    return cache[config]
 
 
 def iter_flow(

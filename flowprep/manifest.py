@@ -141,10 +141,26 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     return None if old == new else f"{prefix[:-1]} is {old!r} there and {new!r} now"
 
 
-def check_compatible(out: Path, mine: dict[str, Any]) -> dict[str, Any] | None:
-    """Refuse to mix runs; return this task's existing manifest (a resume) or None (a fresh start)."""
-    own = None
-    for part in read_manifests(out):
+def check_compatible(out: Path, mine: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """Refuse to mix runs; return (this task's existing manifest or None for a fresh start, a repair note).
+
+    This task's own manifest, when it cannot be read (damaged by hand or by the file system: it is
+    only ever replaced atomically), is set aside as ``<name>.damaged`` and the task starts over,
+    so that a rerun repairs what ``verify`` flags; the note says so. Other tasks' unreadable parts
+    are theirs to repair and are passed over here.
+    """
+    own, note = None, None
+    mine_name = manifest_name(task_index=mine["task"]["index"], task_count=mine["task"]["count"])
+    for path in manifest_paths(out):
+        try:
+            part = read_manifest(path)
+        except ManifestError as exc:
+            if path.name != mine_name:
+                continue
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            note = f"{exc}: set aside as {aside.name}; this task starts over"
+            continue
         if part["task"]["count"] != mine["task"]["count"]:
             raise RunConflict(
                 f"{out} holds a run split into {part['task']['count']} task(s); this run has "
@@ -161,7 +177,16 @@ def check_compatible(out: Path, mine: dict[str, Any]) -> dict[str, Any] | None:
                 if part[key] != mine[key]:
                     raise RunConflict(f"{out} holds a run of a different video list ({key} differs): use another --out")
             own = part
-    return own
+    return own, note
+
+
+def inputs_digest(weights: list[tuple[str, int]]) -> str:
+    """sha256 of the whole input listing (relative path and size of every video) a task planned from.
+
+    The tasks of an array run split the videos by size, each from its own listing: when the files
+    change between task starts, tasks can disagree on the split, which ``verify`` reports.
+    """
+    return hashlib.sha256("\n".join(f"{p}\t{size}" for p, size in sorted(weights)).encode()).hexdigest()
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:

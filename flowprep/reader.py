@@ -9,28 +9,54 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from flowprep.writer import VideoMeta
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
+_LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
 
 
 class DatasetError(ValueError):
     """The videos folder or the class index cannot be used as given (a usage error)."""
 
 
-def find_videos(root: str | Path) -> list[str]:
-    """Paths of all videos under ``root`` relative to it (posix, sorted), extensions case-insensitive."""
+def find_videos(root: str | Path, *, warn: Callable[[str], None] | None = None) -> list[str]:
+    """Paths of all videos under ``root`` relative to it (posix, sorted), extensions case-insensitive.
+
+    Folder links are followed (datasets are often assembled from linked class folders), but each
+    real folder is read once: a link back into the tree (``Cls/up -> ..``, ``alias -> .``) or a
+    second link to a folder already read is skipped, and ``warn`` is told so. A folder that cannot
+    be read is a ``DatasetError``: it would silently make the dataset smaller.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"--videos must be a folder, got {str(root)!r}")
-    found = []
-    # followlinks: datasets are often assembled from symlinked class folders.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    found, seen, skipped = [], {os.path.realpath(root): "."}, []
+
+    def unreadable(exc: OSError) -> None:
+        raise DatasetError(f"cannot read the folder {exc.filename}: {exc.strerror} (fix its permissions, or move "
+                           "it out of --videos)")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        rel_dir = Path(dirpath).relative_to(root)
+        keep = []
+        for d in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):  # real ones first
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                skipped.append(f"{(rel_dir / d).as_posix()} (the same folder as {seen[real]})")
+                continue
+            seen[real] = (rel_dir / d).as_posix()
+            keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS):
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
+                found.append((rel_dir / name).as_posix())
+    if skipped and warn is not None:
+        shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warn(f"note: skipped {len(skipped)} linked folder(s) already read: {shown}")
     return sorted(found)
 
 
@@ -54,11 +80,17 @@ def read_class_index(path: str | Path) -> list[str]:
     return names
 
 
-def plan_videos(root: str | Path, *, class_index: str | Path | None = None) -> tuple[list[str], list[VideoMeta]]:
+def plan_videos(
+    root: str | Path, *, class_index: str | Path | None = None, warn: Callable[[str], None] | None = None
+) -> tuple[list[str], list[VideoMeta]]:
     """(classes, videos sorted by relative path) for the tree under ``root``."""
-    sources = find_videos(root)
+    sources = find_videos(root, warn=warn)
     if not sources:
         raise DatasetError(f"no videos ({' '.join(VIDEO_EXTENSIONS)}) under {root}")
+    odd = [s for s in sources if any(c in s for c in _LINE_BREAKING)]
+    if odd:
+        raise DatasetError(f"video path {odd[0]!r} contains a tab or line break, which no list file can name: "
+                           f"rename it ({len(odd)} such path(s))")
     loose = [s for s in sources if "/" not in s]
     if loose:
         raise DatasetError(f"videos must sit in class folders (<Class>/<video>), found {loose[0]!r} at the top level")

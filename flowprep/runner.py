@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 import flowprep
 from flowprep import manifest as mf
+from flowprep.lock import SUFFIX as LOCK_SUFFIX, OutputLock, describe as describe_holder
 from flowprep.manifest import RunConflict  # noqa: F401  (raised by run_extract; callers catch runner.RunConflict)
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
-from flowprep.worker import VideoJob, VideoResult, is_complete, read_failure, run_jobs
+from flowprep.worker import VideoJob, VideoResult, failed_path, is_complete, read_failure, run_jobs
 from flowprep.writer import VideoMeta, write_file_attrs
 
 WORK_DIR = ".work"
@@ -51,6 +52,9 @@ class RunSummary:
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)  # every failure of this task
     shards: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what this call found damaged and redid, one line each
+    retried: list[str] = field(default_factory=list)  # failed videos given another try (changed file, --retry-failed)
+    notes: list[str] = field(default_factory=list)  # e.g. the stale lock that was taken over
 
 
 def default_workers() -> int:
@@ -89,10 +93,11 @@ def plan_shards(
 
 class _Run:
     def __init__(
-        self, out: Path, videos_root: Path, shards: list[ShardPlan], manifest: dict, bar: tqdm, *, resume: bool
+        self, out: Path, videos_root: Path, shards: list[ShardPlan], manifest: dict, bar: tqdm, *, resume: bool,
+        lock: OutputLock | None = None,
     ) -> None:
         self.out, self.videos_root, self.shards, self.manifest, self.bar = out, videos_root, shards, manifest, bar
-        self.resume = resume
+        self.resume, self.lock = resume, lock
         self.manifest_path = out / mf.manifest_name(task_index=manifest["task"]["index"], task_count=manifest["task"]["count"])
         self.params = manifest["params"]
         self.done = {s["name"] for s in manifest["shards"]}
@@ -137,13 +142,93 @@ class _Run:
                 elif path.exists():
                     self.resolved[shard.name][meta.video_id] = None
 
+    def stamp(self, meta: VideoMeta) -> dict[str, int]:
+        """Size and mtime of a video's file: a failed video whose file changes is tried again."""
+        try:
+            st = (self.videos_root / meta.source).stat()
+        except OSError:
+            return {}
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def repair(self, *, check: bool) -> list[str]:
+        """Drop listed shards that are missing or damaged, so that their videos are extracted again.
+
+        Always checks that each listed shard exists with the recorded size (cheap); ``check`` also
+        compares its sha256 (reads every byte). Returns one line per repaired shard.
+        """
+        repaired = []
+        for entry in list(self.manifest["shards"]):
+            path = self.out / entry["name"]
+            if not path.is_file():
+                problem = "missing"
+            elif path.stat().st_size != entry["size"]:
+                problem = f"{path.stat().st_size} bytes, the manifest says {entry['size']}"
+            elif check and mf.file_digest(path) != entry["sha256"]:
+                problem = "sha256 differs from the manifest"
+            else:
+                continue
+            self.forget(entry)
+            path.unlink(missing_ok=True)
+            repaired.append(f"{entry['name']} ({problem}): extracting its {len(entry['videos'])} video(s) again")
+        return repaired
+
+    def forget(self, entry: dict) -> None:
+        """Unlist a finished shard (manifest written at once, before its file is touched)."""
+        self.manifest["shards"] = [s for s in self.manifest["shards"] if s["name"] != entry["name"]]
+        self.done.discard(entry["name"])
+        self.write_manifest()
+
+    def retry_failures(self, *, everything: bool) -> list[str]:
+        """Give failed videos another try: those whose file changed since (size or mtime), or all.
+
+        A failed video of a finished shard reopens the shard: its extracted videos are copied back
+        into per-video files (not recomputed) and the shard is made again once the retried video is done.
+        """
+        where = {meta.source: (shard, n, meta) for shard in self.shards for n, meta in enumerate(shard.videos)}
+        retried = []
+        for failure in list(self.manifest["failures"]):
+            if failure["path"] not in where:
+                continue
+            shard, n, meta = where[failure["path"]]
+            changed = {k: v for k, v in self.stamp(meta).items() if k in failure and failure[k] != v}
+            if not (everything or changed):
+                continue
+            listed = next((s for s in self.manifest["shards"] if s["name"] == shard.name), None)
+            if listed is not None:
+                self.reopen(shard, listed)
+            self.manifest["failures"].remove(failure)
+            del self.failed[failure["path"]]
+            failed_path(self.work_file(shard, n)).unlink(missing_ok=True)
+            why = "its file changed" if changed else "--retry-failed"
+            retried.append(f"{failure['path']} ({why}; it failed with: {failure['error']})")
+        if retried:
+            self.write_manifest()
+        return retried
+
+    def reopen(self, shard: ShardPlan, entry: dict) -> None:
+        """Turn a finished shard back into per-video files, then unlist and remove it."""
+        work = self.work_dir(shard)
+        work.mkdir(parents=True, exist_ok=True)
+        index = {meta.video_id: n for n, meta in enumerate(shard.videos)}
+        with h5py.File(self.out / entry["name"], "r") as src:
+            for video_id in entry["videos"]:
+                dst = self.work_file(shard, index[video_id])
+                tmp = dst.with_name(dst.name + ".tmp")
+                tmp.unlink(missing_ok=True)
+                with h5py.File(tmp, "x") as f:
+                    parent = f.require_group(str(PurePosixPath("videos", video_id).parent))
+                    src.copy(src[f"videos/{video_id}"], parent, name=PurePosixPath(video_id).name)
+                os.replace(tmp, dst)
+        self.forget(entry)
+        (self.out / entry["name"]).unlink(missing_ok=True)
+
     def record(self, shard: ShardPlan, meta: VideoMeta, error: str | None) -> None:
         self.resolved[shard.name][meta.video_id] = error
         if error is None:
             return
         if meta.source not in self.failed:
             self.failed[meta.source] = error
-            self.manifest["failures"].append({"path": meta.source, "error": error})
+            self.manifest["failures"].append({"path": meta.source, "error": error, **self.stamp(meta)})
         if meta.source not in self.logged:
             self.logged.add(meta.source)
             mf.append_failure(self.out / FAILURES, {"path": meta.source, "error": error})
@@ -166,7 +251,7 @@ class _Run:
         most of the shard's fsync off the end of the run; H5Ocopy moves compressed chunks as they are.
         """
         if shard.name not in self.assembling:
-            f = h5py.File(self.out / (shard.name + ".tmp"), "w")
+            f = h5py.File(self.out / (shard.name + ".tmp"), "x")  # clean() removed any debris; never "w"
             write_file_attrs(f, self.params)
             self.assembling[shard.name] = (f, set())
         f, copied = self.assembling[shard.name]
@@ -219,10 +304,36 @@ def run_extract(
     backend: str | ParallelBackendBase = "loky",
     chunk_frames: int = 32,
     progress: bool = True,
+    inputs_sha256: str | None = None,
+    retry_failed: bool = False,
+    check: bool = False,
 ) -> RunSummary:
-    """Extract ``videos`` (this task's share, paths relative to ``videos_root``) into ``out``; resumable."""
-    start = time.perf_counter()
+    """Extract ``videos`` (this task's share, paths relative to ``videos_root``) into ``out``; resumable.
+
+    Holds the task's lock (``lock.OutputLock``) throughout: a second run of the same task is refused
+    with ``BusyError``. A rerun repairs: listed shards that are missing or damaged (size; sha256 with
+    ``check``) are extracted again, and failed videos whose file changed (all with ``retry_failed``)
+    are tried again. ``inputs_sha256`` records the listing the task planned from (``verify`` compares
+    the tasks' records).
+    """
     videos_root, out = Path(videos_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = mf.manifest_name(task_index=task_index, task_count=task_count)
+    with OutputLock(out / (name + LOCK_SUFFIX)) as lock:
+        return _extract_locked(videos_root=videos_root, out=out, videos=videos, classes=classes, flow=flow,
+                               decode=decode, storage=storage, workers=workers, task_index=task_index,
+                               task_count=task_count, backend=backend, chunk_frames=chunk_frames,
+                               progress=progress, inputs_sha256=inputs_sha256, retry_failed=retry_failed,
+                               check=check, lock=lock)
+
+
+def _extract_locked(
+    *, videos_root: Path, out: Path, videos: Sequence[VideoMeta], classes: Sequence[str], flow: FlowConfig,
+    decode: DecodeConfig, storage: StorageConfig, workers: int | None, task_index: int, task_count: int,
+    backend: str | ParallelBackendBase, chunk_frames: int, progress: bool, inputs_sha256: str | None,
+    retry_failed: bool, check: bool, lock: OutputLock,
+) -> RunSummary:
+    start = time.perf_counter()
     workers = workers or default_workers()
     shards = plan_shards(videos, videos_per_shard=storage.videos_per_shard, task_index=task_index, task_count=task_count)
     fresh = mf.new_manifest(
@@ -233,16 +344,26 @@ def run_extract(
         num_videos=len(videos),
         videos_sha256=mf.videos_digest([v.source for s in shards for v in s.videos]),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    existing = mf.check_compatible(out, fresh)
+    if inputs_sha256 is not None:
+        fresh["inputs_sha256"] = inputs_sha256
+    summary = RunSummary(out=out, num_videos=len(videos))
+    if lock.took_over:
+        summary.notes.append(f"took over the lock of a run that is gone ({describe_holder(lock.took_over)})")
+    existing, set_aside = mf.check_compatible(out, fresh)
+    if set_aside:
+        summary.repaired.append(set_aside)
     manifest = existing or fresh
     bar = tqdm(total=len(videos), unit="video", dynamic_ncols=True, disable=not progress, desc="extract")
-    run = _Run(out, videos_root, shards, manifest, bar, resume=existing is not None)
+    run = _Run(out, videos_root, shards, manifest, bar, resume=existing is not None, lock=lock)
+    if existing is not None:
+        summary.repaired += run.repair(check=check)
+        summary.retried = run.retry_failures(everything=retry_failed)
+    for line in summary.notes + [f"repair: {r}" for r in summary.repaired] + [f"retry: {r}" for r in summary.retried]:
+        bar.write(line)
     run.clean()
     for shard in shards:
         run.maybe_finish(shard)  # shards whose videos were all resolved before a crash
     run.write_manifest()
-    summary = RunSummary(out=out, num_videos=len(videos))
     jobs, shard_of = [], {}
     for shard in shards:
         for n, meta in enumerate(shard.videos):
@@ -255,6 +376,7 @@ def run_extract(
     bar.update(summary.reused)
 
     def handle(result: VideoResult) -> None:
+        lock.check()  # a run that lost its lock must not write on
         shard, n, meta = shard_of[result.video_id]
         run.record(shard, meta, result.error)
         if result.ok:
@@ -270,8 +392,9 @@ def run_extract(
     finally:
         for f, _ in run.assembling.values():  # unfinished shards: their .tmp is debris for the next run
             f.close()
+        bar.close()
+    lock.check()
     run.write_manifest()
-    bar.close()
     _remove_if_empty(out / WORK_DIR)
     summary.failures, summary.shards = list(manifest["failures"]), [s["name"] for s in manifest["shards"]]
     summary.seconds = time.perf_counter() - start

@@ -144,6 +144,15 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
         if path.name != expected:
             report.problems.append(f"{path.name}: holds task {m['task']['index']} of {m['task']['count']}, expected name {expected}")
     report.missing_tasks = mf.missing_tasks([m for _, m in parts])
+    listings: dict[str, list[int]] = {}
+    for _, m in parts:
+        if m.get("inputs_sha256"):
+            listings.setdefault(m["inputs_sha256"], []).append(int(m["task"]["index"]))
+    if len(listings) > 1:
+        groups = "; ".join("task(s) " + ", ".join(map(str, sorted(t))) for t in sorted(listings.values()))
+        report.problems.append(
+            f"the tasks planned from different input listings ({groups}): the videos changed between task "
+            "starts, so some videos may be in no task or in two; extract again into a new --out")
     params = parts[0][1]["params"]
     seen: dict[str, str] = {}
     complete = not report.missing_tasks

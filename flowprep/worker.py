@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -83,38 +84,76 @@ def encode_jpegs(rgb: np.ndarray, quality: int) -> list[bytes]:
     return out
 
 
+class OutputError(RuntimeError):
+    """Writing a video's own file failed (disk full, I/O error): a failure of the run, not of the video."""
+
+
+@contextmanager
+def _output(path: Path) -> Iterator[None]:
+    """Errors inside the block are the output's: raised as ``OutputError``, never recorded against the video."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"cannot write {path}: {one_line(exc)}") from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (h5py and OpenCV messages span several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
     info, storage, bound = stream.info, job.storage, job.flow.bound
     frames = 0
-    with h5py.File(tmp, "w") as f:
-        writer = VideoWriter(
-            f,
-            job.meta,
-            height=info.height,
-            width=info.width,
-            bound=bound,
-            rgb=storage.rgb,
-            jpeg_quality=storage.jpeg_quality,
-            compression=storage.compression,
-            compression_level=storage.compression_level,
-        )
+    tmp.unlink(missing_ok=True)  # debris of a killed attempt; the task's lock keeps other runs out
+    with _output(tmp):
+        f = h5py.File(tmp, "x")  # never "w": it would truncate a file before HDF5's own lock refuses it
+    try:
+        with _output(tmp):
+            writer = VideoWriter(
+                f,
+                job.meta,
+                height=info.height,
+                width=info.width,
+                bound=bound,
+                rgb=storage.rgb,
+                jpeg_quality=storage.jpeg_quality,
+                compression=storage.compression,
+                compression_level=storage.compression_level,
+            )
         # A chunk holds RGB (3 B/px) and float32 flow (8 B/px): cap it near CHUNK_BYTES so that
         # full-HD videos on many workers do not exhaust memory; it does not change the output.
         chunk = max(2, min(job.chunk_frames, CHUNK_BYTES // (11 * info.height * info.width)))
-        for rgb, flow in iter_flow(stream.chunks(chunk), estimator_for(job.flow)):
-            if len(flow):
-                writer.append_flow(quantize(flow, bound))
-            if storage.rgb:
-                writer.append_rgb(encode_jpegs(rgb, storage.jpeg_quality))
+        for rgb, flow in iter_flow(stream.chunks(chunk), estimator_for(job.flow)):  # the video's own errors
+            q = quantize(flow, bound) if len(flow) else None
+            jpegs = encode_jpegs(rgb, storage.jpeg_quality) if storage.rgb else None
+            with _output(tmp):
+                if q is not None:
+                    writer.append_flow(q)
+                if jpegs is not None:
+                    writer.append_rgb(jpegs)
             frames += len(rgb)
-        writer.finish(num_frames=frames, fps=info.fps)
-    with open(tmp, "rb") as fh:  # durable before the rename makes it count as finished
+        with _output(tmp):
+            writer.finish(num_frames=frames, fps=info.fps)
+    finally:
+        with _output(tmp):
+            f.close()
+    with _output(tmp), open(tmp, "rb") as fh:  # durable before the rename makes it count as finished
         os.fsync(fh.fileno())
     return frames
 
 
 def extract_video(job: VideoJob) -> VideoResult:
-    """Process one video into ``job.out``; a video the decoder rejects is a failure, not an exception."""
+    """Process one video into ``job.out``.
+
+    Anything that goes wrong with the video itself (the decoder rejects it, reading it fails, OpenCV
+    or memory give out on it) is a recorded failure, not an exception, and the run goes on. Writing
+    the output is different: an ``OutputError`` (disk full, I/O error) is raised, so the run stops
+    with the retriable status instead of blaming the video.
+    """
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
     start = time.perf_counter()
     out, tmp, running = Path(job.out), Path(job.out + ".tmp"), running_path(job.out)
@@ -130,12 +169,17 @@ def extract_video(job: VideoJob) -> VideoResult:
             num_threads=1,
         )
         frames = _write(job, stream, tmp)
-    except DecodeError as exc:
+    except OutputError:
         tmp.unlink(missing_ok=True)
-        _write_failure(failed_path(out), {"path": job.meta.source, "error": str(exc)})
+        running.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the video's own problem: recorded, the run goes on
+        tmp.unlink(missing_ok=True)
+        error = str(exc) if isinstance(exc, DecodeError) else one_line(exc)
+        _write_failure(failed_path(out), {"path": job.meta.source, "error": error})
         running.unlink()
         return VideoResult(
-            job.meta.video_id, job.out, False, error=str(exc), seconds=time.perf_counter() - start, pid=os.getpid()
+            job.meta.video_id, job.out, False, error=error, seconds=time.perf_counter() - start, pid=os.getpid()
         )
     os.replace(tmp, out)
     running.unlink()

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from media import random_frames, write_video
 
+from flowprep import exits
 from flowprep.cli import main
 from flowprep.worker import CRASH_ENV
 
@@ -24,8 +25,14 @@ def test_help_explains_defaults() -> None:
     for phrase in ["--method [tvl1|farneback]", "[default: tvl1]", "native size: flow at the source resolution",
                    "256 is recommended for Kinetics", "--tvl1-lambda FLOAT", "[default: 0.15]",
                    "--farneback-winsize INTEGER", "[default: 15]", "[default: 20.0;",
-                   "all cores available", "Exit status: 0 when every video was extracted, 1 when"]:
+                   "all cores available", "Exit status (what a scheduler should do):"]:
         assert phrase in text, phrase
+
+
+def test_help_lists_every_exit_status_of_the_table() -> None:
+    text = " ".join(invoke("extract", "--help").output.split())
+    for status in exits.STATUSES:
+        assert f"{status.code} {status.short}" in text, status
 
 
 def test_extract_then_verify(ucf_tree: Path, tmp_path: Path) -> None:
