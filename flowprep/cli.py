@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -54,6 +55,21 @@ class EnvironmentFailure(click.ClickException):
 
 
 ERROR_LOG = "flowprep-error.log"
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error",
+                       errno.EROFS: "read-only file system"}
+
+
+def _environment_cause(exc: BaseException) -> str | None:
+    """"disk full" and the like, found anywhere in the exception's chain (HDF5 puts the errno in its text)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _ENVIRONMENT_ERRNOS:
+            return _ENVIRONMENT_ERRNOS[seen.errno]
+        for number, cause in _ENVIRONMENT_ERRNOS.items():
+            if f"errno = {number}," in str(seen) or os.strerror(number) in str(seen):
+                return cause
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _environment_failure(exc: BaseException, out: Path) -> EnvironmentFailure:
@@ -63,7 +79,10 @@ def _environment_failure(exc: BaseException, out: Path) -> EnvironmentFailure:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and exc.strerror not in text:
         text = f"{exc.strerror}: {text}"
-    if not isinstance(exc, (exits.RetriableError, OSError)):
+    cause = _environment_cause(exc)
+    if cause:
+        text = f"{cause} ({out}): {text}"
+    elif not isinstance(exc, (exits.RetriableError, OSError)):
         text = f"unexpected {type(exc).__name__}: {text}"
     if len(text) > 400:
         text = text[:400] + " ..."

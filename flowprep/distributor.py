@@ -71,7 +71,14 @@ def split_videos(items: Sequence[tuple[str, int]], *, task_index: int, task_coun
 def video_weights(root: str | Path, rel_paths: Iterable[str]) -> list[tuple[str, int]]:
     """(relative path, file size in bytes) pairs: size is a cheap stand-in for decode + flow work."""
     root = Path(root)
-    return [(p, os.stat(root / p).st_size) for p in rel_paths]
+    return [(p, _size(root / p)) for p in rel_paths]
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # a dangling link or a vanished file: its worker records the failure
+        return 0
 
 
 # --- which task am I? -------------------------------------------------------------------------

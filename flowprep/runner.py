@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
@@ -388,11 +389,20 @@ def _extract_locked(
         run.maybe_finish(shard)
 
     try:
-        run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
-    finally:
+        with warnings.catch_warnings():  # joblib warns that it cancelled the other jobs when one raises
+            warnings.filterwarnings("ignore", message=".*tasks which were still being processed", category=UserWarning)
+            run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+    except BaseException:
         for f, _ in run.assembling.values():  # unfinished shards: their .tmp is debris for the next run
-            f.close()
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - the disk that failed the run fails this too; keep the first error
+                pass
+        raise
+    finally:
         bar.close()
+    for f, _ in run.assembling.values():
+        f.close()
     lock.check()
     run.write_manifest()
     _remove_if_empty(out / WORK_DIR)
