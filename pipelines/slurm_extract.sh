@@ -17,6 +17,7 @@
 #SBATCH --mem-per-cpu=1G
 #SBATCH --time=12:00:00
 #SBATCH --output=flowprep-extract-%A_%a.log
+#SBATCH --requeue
 
 set -euo pipefail
 
@@ -39,9 +40,14 @@ flowprep() {
 }
 
 mkdir -p "$OUT"
-# Exit status: 0 all videos extracted, 1 finished but some videos failed (listed in
-# OUT/failures.jsonl; rerunning will not fix them), 2 usage error, anything else (killed,
-# preempted, out of memory): resubmit the task and it resumes.
+# Exit status (flowprep extract --help, pipelines/README.md): 0 done (with --failed-videos-ok also when
+# some videos could not be decoded: they are listed in OUT/failures.jsonl and by verify), 2 usage error
+# (final). The retriable ones below (3 cluster, 4 busy, 75 disk full / I/O error / crash, 130
+# interrupted) requeue this task, up to MAX_REQUEUES times: the rerun resumes. A task killed by SLURM
+# (preemption, time limit, node failure) is requeued by SLURM itself (--requeue).
+RETRIABLE="3 4 75 130"
+MAX_REQUEUES=3
+status=0
 flowprep extract \
     --videos "$VIDEOS" \
     --out "$OUT" \
@@ -51,4 +57,10 @@ flowprep extract \
     --videos-per-shard 100 \
     --workers "${SLURM_CPUS_PER_TASK:-1}" \
     --task-count "$TASK_COUNT" \
-    --no-progress
+    --failed-videos-ok \
+    --no-progress || status=$?
+if [[ " $RETRIABLE " == *" $status "* && ${SLURM_RESTART_COUNT:-0} -lt $MAX_REQUEUES ]]; then
+    echo "flowprep extract exited $status (retriable): requeueing task ${SLURM_ARRAY_TASK_ID:-}" >&2
+    scontrol requeue "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}"
+fi
+exit "$status"

@@ -13,6 +13,7 @@ from conftest import make_ucf_tree
 from media import random_frames, translating_texture, write_video
 
 from flowprep import manifest as mf
+from flowprep import runner
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.reader import plan_videos
 from flowprep.runner import RunConflict, RunSummary, plan_shards, run_extract
@@ -101,7 +102,8 @@ def test_failures_are_recorded_once_and_the_run_goes_on(ucf_tree: Path, tmp_path
     assert (out / "failures.jsonl").read_text().splitlines() == lines  # no duplicates across resumes
 
 
-def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path: Path, read_shards) -> None:
+def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path: Path, read_shards,
+                                                          monkeypatch) -> None:
     storage = StorageConfig(videos_per_shard=2)
     reference = extract(ucf_tree, tmp_path / "ref", storage=storage)
     assert reference.processed == 4
@@ -122,11 +124,20 @@ def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path
     (work / "00001.running").write_text("12345")
     (out / "shard-00001.h5.tmp").write_bytes(b"half a shard")
     stamp = (work / "00000.h5").stat().st_mtime_ns
+    merged_stamps = []
+    add = runner._Run.add
+
+    def watch(self, shard, n, meta):  # the stamp of each per-video file as it enters its shard
+        if n == 0 and shard.name == "shard-00001.h5":
+            merged_stamps.append(self.work_file(shard, n).stat().st_mtime_ns)
+        return add(self, shard, n, meta)
+
+    monkeypatch.setattr(runner._Run, "add", watch)
     resumed = extract(ucf_tree, out, storage=storage)
     assert (resumed.processed, resumed.reused) == (1, 3)  # only the interrupted video was computed
     assert not (out / ".work").exists() and not list(out.glob("*.tmp"))
     assert read_shards(out) == read_shards(tmp_path / "ref")
-    assert stamp  # the finished per-video file was merged, not recomputed (processed == 1)
+    assert merged_stamps == [stamp]  # the finished per-video file was merged as it was, not written again
 
 
 def test_videos_enter_their_shard_as_they_finish(ucf_tree: Path, tmp_path: Path, monkeypatch, read_shards) -> None:

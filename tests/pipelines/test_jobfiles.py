@@ -466,3 +466,78 @@ def test_ucf101_recipe_trains_both_streams_and_selects_on_validation_only() -> N
     text = (PIPELINES / "ucf101.md").read_text()
     for split_file in ("classInd.txt", "trainlist01.txt", "testlist01.txt"):
         assert split_file in text
+
+
+# --- exit statuses: the job files retry exactly the retriable ones of flowprep.exits -------------------
+
+
+def test_kubernetes_job_retries_exactly_the_retriable_statuses() -> None:
+    from flowprep import exits
+
+    spec = yaml.safe_load((PIPELINES / "k8s_extract_job.yaml").read_text())["spec"]
+    rules = [r for r in spec["podFailurePolicy"]["rules"] if "onExitCodes" in r]
+
+    def action(code: int) -> str:  # the first matching rule decides; no rule: Count (retried up to the limit)
+        for rule in rules:
+            if rule["onExitCodes"]["operator"] == "In" and code in rule["onExitCodes"]["values"]:
+                return rule["action"]
+        return "Count"
+
+    for status in exits.STATUSES[1:]:
+        assert (action(status.code) in ("Count", "Ignore")) == status.retriable, status
+    assert action(137) == "Count"  # killed by SIGKILL (OOM): retried
+    assert spec["podReplacementPolicy"] == "Failed"
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert "--failed-videos-ok" in args, "one bad video must not fail the Job (kubectl wait --for=complete)"
+
+
+def test_aws_batch_retries_exactly_the_retriable_statuses() -> None:
+    import fnmatch
+
+    from flowprep import exits
+
+    jd = json.loads((PIPELINES / "aws_batch_extract.json").read_text())
+    rules = jd["retryStrategy"]["evaluateOnExit"]
+
+    def action(code: int) -> str:  # AWS Batch: the first entry whose patterns all match
+        for rule in rules:
+            if fnmatch.fnmatch(str(code), rule.get("onExitCode", "*")) and rule.get("onReason", "*") == "*":
+                return rule["action"].upper()
+        return "EXIT"
+
+    for status in exits.STATUSES[1:]:
+        assert (action(status.code) == "RETRY") == status.retriable, status
+    assert action(137) == "RETRY"
+    assert "--failed-videos-ok" in jd["containerProperties"]["command"]
+
+
+def test_slurm_script_requeues_exactly_the_retriable_statuses(tmp_path) -> None:
+    from flowprep import exits
+
+    text = (PIPELINES / "slurm_extract.sh").read_text()
+    listed = re.search(r'^RETRIABLE="([\d ]+)"$', text, flags=re.M).group(1).split()
+    assert sorted(map(int, listed)) == sorted(exits.RETRIABLE)
+    assert re.search(r"^#SBATCH --requeue$", text, flags=re.M)
+    for status in (0, 2, 75):
+        bin_dir = tmp_path / f"bin{status}"
+        (bin_dir / "venv" / "bin").mkdir(parents=True)
+        fake = bin_dir / "venv" / "bin" / "flowprep"
+        fake.write_text(f"#!/bin/sh\nexit {status}\n")
+        fake.chmod(0o755)
+        scontrol = bin_dir / "scontrol"
+        scontrol.write_text(f'#!/bin/sh\necho "$@" > {bin_dir}/requeued\n')
+        scontrol.chmod(0o755)
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "FLOWPREP_VENV": str(bin_dir / "venv"),
+               "VIDEOS": str(tmp_path / "v"), "OUT": str(tmp_path / "out"), "CLASS_INDEX": str(tmp_path / "c.txt"),
+               "SLURM_JOB_ID": "4711", "SLURM_ARRAY_JOB_ID": "4708", "SLURM_ARRAY_TASK_ID": "3"}
+        run = subprocess.run(["bash", str(PIPELINES / "slurm_extract.sh")], env=env, capture_output=True, text=True)
+        assert run.returncode == status
+        requeued = (bin_dir / "requeued").read_text().strip() if (bin_dir / "requeued").exists() else None
+        assert requeued == ("requeue 4708_3" if status in exits.RETRIABLE else None), status
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", PIPELINES / "README.md"])
+def test_the_docs_print_the_exit_status_table_of_the_code(doc: Path) -> None:
+    from flowprep import exits
+
+    assert exits.markdown_table() in doc.read_text(), f"regenerate the table in {doc} from flowprep.exits"
