@@ -91,32 +91,56 @@ def _check_shard(path: Path, entry: dict, classes: list[str], params: dict[str, 
     size = path.stat().st_size
     if size != entry["size"]:
         return [f"size {size} bytes, the manifest says {entry['size']} (truncated or modified)"]
-    if mf.file_digest(path) != entry["sha256"]:
-        return ["sha256 differs from the manifest (the file is corrupted or was modified)"]
+    damaged = mf.file_digest(path) != entry["sha256"]
+    problems = ["sha256 differs from the manifest (the file is corrupted or was modified)"] if damaged else []
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        return [f"cannot be opened as HDF5 ({exc})"]
+        return problems + [f"cannot be opened as HDF5 ({' '.join(str(exc).split())})"]
     with f:
-        if f.attrs.get("format") != FORMAT_NAME or f.attrs.get("format_version") != FORMAT_VERSION:
-            return [f"root attributes say format={f.attrs.get('format')!r} version={f.attrs.get('format_version')!r}"]
-        problems = []
-        if json.loads(f.attrs.get("params", "null")) != params:
-            problems.append("root attribute params differs from the manifest params")
-        found: dict[str, h5py.Group] = {}
+        return problems + _check_contents(f, entry, classes, params, read_all=damaged)
 
-        def collect(name: str, obj: h5py.HLObject) -> None:  # a video group is one with attributes
-            if isinstance(obj, h5py.Group) and "num_frames" in obj.attrs:
-                found[name] = obj
 
-        if VIDEOS_GROUP in f:
-            f[VIDEOS_GROUP].visititems(collect)
-        listed = set(entry["videos"])
-        problems += [f"holds video {v} that the manifest does not list" for v in sorted(set(found) - listed)]
-        problems += [f"lacks video {v} that the manifest lists" for v in sorted(listed - set(found))]
-        for name in sorted(listed & set(found)):
-            problems += _check_video(name, found[name], classes, params)
-        return problems
+def _check_contents(f: h5py.File, entry: dict, classes: list[str], params: dict[str, Any], *, read_all: bool) -> list[str]:
+    """The shard's structure, video by video; ``read_all`` (a damaged shard) also inflates every flow
+    chunk and decodes every frame, to name the videos the damage is in."""
+    if f.attrs.get("format") != FORMAT_NAME or f.attrs.get("format_version") != FORMAT_VERSION:
+        return [f"root attributes say format={f.attrs.get('format')!r} version={f.attrs.get('format_version')!r}"]
+    problems = []
+    if json.loads(f.attrs.get("params", "null")) != params:
+        problems.append("root attribute params differs from the manifest params")
+    found: dict[str, h5py.Group] = {}
+
+    def collect(name: str, obj: h5py.HLObject) -> None:  # a video group is one with attributes
+        if isinstance(obj, h5py.Group) and "num_frames" in obj.attrs:
+            found[name] = obj
+
+    if VIDEOS_GROUP in f:
+        f[VIDEOS_GROUP].visititems(collect)
+    listed = set(entry["videos"])
+    problems += [f"holds video {v} that the manifest does not list" for v in sorted(set(found) - listed)]
+    problems += [f"lacks video {v} that the manifest lists" for v in sorted(listed - set(found))]
+    for name in sorted(listed & set(found)):
+        problems += _check_video(name, found[name], classes, params)
+        if read_all:
+            problems += _read_video(name, found[name])
+    return problems
+
+
+def _read_video(name: str, g: h5py.Group) -> list[str]:
+    """Read every array of a video: the first chunk or frame that fails is named."""
+    for key in ("flow", "rgb"):
+        if key not in g:
+            continue
+        ds = g[key]
+        for i in range(len(ds)):
+            try:
+                item = ds[i]
+            except (OSError, ValueError, RuntimeError) as exc:
+                return [f"video {name}: {key}[{i}] cannot be read ({' '.join(str(exc).split())[:200]})"]
+            if key == "rgb" and cv2.imdecode(item, cv2.IMREAD_COLOR) is None:
+                return [f"video {name}: rgb[{i}] is not a JPEG"]
+    return []
 
 
 def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:

@@ -60,7 +60,29 @@ def test_flipped_byte(out: Path) -> None:
     shard.write_bytes(bytes(data))
     report = verify_output(out)
     assert not report.ok
-    assert report.problems == ["shard-00001.h5: sha256 differs from the manifest (the file is corrupted or was modified)"]
+    assert report.problems[0] == "shard-00001.h5: sha256 differs from the manifest (the file is corrupted or was modified)"
+
+
+def test_a_damaged_flow_chunk_is_named_by_video_and_field(out: Path) -> None:
+    shard = out / "shard-00001.h5"
+    with h5py.File(shard, "r") as f:
+        video = json.loads((out / "manifest.json").read_text())["shards"][1]["videos"][0]
+        info = f[f"videos/{video}/flow"].id.get_chunk_info(2)  # field 2's compressed bytes
+    with open(shard, "r+b") as fh:
+        fh.seek(info.byte_offset + 4)
+        fh.write(b"\xff" * 16)
+    problems = verify_output(out).problems
+    assert problems[0].endswith("sha256 differs from the manifest (the file is corrupted or was modified)")
+    assert problems[1].startswith(f"shard-00001.h5: video {video}: flow[2] cannot be read (")
+
+
+def test_an_edited_scale_factor_is_named_by_video_and_attribute(out: Path) -> None:
+    shard = out / "shard-00001.h5"
+    with h5py.File(shard, "r+") as f:
+        video = json.loads((out / "manifest.json").read_text())["shards"][1]["videos"][0]
+        f[f"videos/{video}/flow"].attrs["scale_factor"] = 0.5
+    problems = verify_output(out).problems
+    assert any(p.startswith(f"shard-00001.h5: video {video}: flow scale_factor/add_offset 0.5/") for p in problems), problems
 
 
 def test_truncated_shard(out: Path) -> None:
