@@ -9,6 +9,7 @@ libraries: ``check_workers`` refuses a cluster where that is not so, before any 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import joblib
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 from joblib.parallel import ParallelBackendBase
+
+from flowprep.exits import RetriableError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -121,11 +124,21 @@ def joblib_backend(
         raise BackendUsageError(f"expected --scheduler like tcp://HOST:PORT, got {scheduler!r} ({e})") from None
     except OSError as e:
         raise BackendError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
-    with client:
-        check_workers(client, shared_paths=shared_paths, timeout=max(connect_timeout, 30.0))
-        dask_backend = _dask_backend(client)
-        with joblib.parallel_config(backend=dask_backend):
-            yield dask_backend
+    client_log = logging.getLogger("distributed.client")
+    level = client_log.level
+    try:
+        with client:
+            check_workers(client, shared_paths=shared_paths, timeout=max(connect_timeout, 30.0))
+            dask_backend = _dask_backend(client)
+            # A lost scheduler is reported in one line (below); distributed's client would also log its
+            # reconnection attempts, with tracebacks, until it is closed.
+            client_log.setLevel(logging.CRITICAL)
+            with joblib.parallel_config(backend=dask_backend):
+                yield dask_backend
+    except (distributed.client.FutureCancelledError, distributed.comm.CommClosedError) as exc:
+        raise RetriableError(f"lost the Dask cluster at {scheduler}: {' '.join(str(exc).split())}") from exc
+    finally:
+        client_log.setLevel(level)
 
 
 def _dask_backend(client: "Client") -> ParallelBackendBase:

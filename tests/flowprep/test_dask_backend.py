@@ -219,3 +219,44 @@ def test_tvl1_on_a_cluster_whose_worker_runs_two_threads_equals_a_loky_run(ucf_t
     assert on_loky.exit_code == 0, on_loky.output
     assert read_shards(tmp_path / "dask") == read_shards(tmp_path / "loky")
     assert len(read_shards(tmp_path / "dask")) == 4
+
+
+@pytest.mark.timeout(300)
+def test_a_scheduler_lost_mid_run_is_one_line_and_the_retriable_status(tmp_path) -> None:
+    import socket
+    import sys
+    from pathlib import Path
+
+    from conftest import make_ucf_tree
+
+    from flowprep import exits
+
+    videos = make_ucf_tree(tmp_path / "v", classes=("A", "B"), per_class=4, frames=24, height=120, width=160)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "2", "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+        run = subprocess.Popen([str(bin_dir / "flowprep"), "extract", "--videos", str(videos), "--out",
+                                str(tmp_path / "out"), "--method", "tvl1", "--backend", "dask", "--scheduler", address,
+                                "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out" / ".work").glob("*/*.running")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until a worker is on a video
+        scheduler.kill()
+        stdout, stderr = run.communicate(timeout=180)
+    finally:
+        for proc in (scheduler, worker):
+            proc.kill()
+            proc.wait()
+    assert run.returncode == exits.RETRY.code, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: lost the Dask cluster at {address}: ") and last.endswith("rerun the same command to resume")
