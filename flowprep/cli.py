@@ -72,7 +72,8 @@ def _environment_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _environment_failure(exc: BaseException, out: Path) -> EnvironmentFailure:
+def _environment_failure(exc: BaseException, out: Path, *,
+                         action: str = "rerun the same command to resume") -> EnvironmentFailure:
     """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to a log."""
     import traceback
 
@@ -93,7 +94,7 @@ def _environment_failure(exc: BaseException, out: Path) -> EnvironmentFailure:
         where = f"traceback in {out / ERROR_LOG}"
     except OSError:
         where = "traceback with --debug"
-    return EnvironmentFailure(f"{text} ({where}); rerun the same command to resume")
+    return EnvironmentFailure(f"{text} ({where}); {action}")
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
@@ -271,13 +272,21 @@ def extract(videos: Path, out: Path, method: str, workers: int | None, bound: fl
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
 @click.option("--progress/--no-progress", default=False, help="Show a progress bar over shards (on stderr).")
-def verify(out: Path, as_json: bool, progress: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of a crash instead of one line.")
+def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
     """Check that OUT is complete and intact: every manifest part, shard size, sha256, video and dataset.
 
     Exit status 0 only when complete and intact, 1 otherwise ("incomplete: N of M videos" after an
-    interrupted run). Videos that could not be decoded are listed but do not make it fail.
+    interrupted run; a damaged shard is named with the video and the field or attribute that is wrong:
+    rerun the same `flowprep extract` command, with --check, to repair it), 75 when reading OUT failed
+    (I/O error; one line). Videos that could not be decoded are listed but do not make it fail.
     """
-    report = verify_mod.verify_output(out, progress=progress)
+    try:
+        report = verify_mod.verify_output(out, progress=progress)
+    except Exception as exc:  # an I/O error reading OUT, a bug: one line, retriable
+        if debug:
+            raise
+        raise _environment_failure(exc, out, action="run verify again") from exc
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else verify_mod.format_report(report))
     sys.exit(0 if report.ok else 1)
 

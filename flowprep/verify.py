@@ -232,6 +232,8 @@ def format_report(report: VerifyReport) -> str:
         )
     if not report.complete:
         lines.append(f"incomplete: {done} of {report.num_videos} videos" + (" (in the parts present)" if report.missing_tasks else ""))
+    if any(p.split(":", 1)[0] in report.shards for p in report.problems):
+        lines.append("to repair damaged or missing shards: rerun the same flowprep extract command with --check")
     summary = f"{report.num_extracted} videos in {len(report.shards)} shard(s), {report.num_failed} failed"
     lines.append(("OK: " if report.ok else "NOT OK: ") + summary)
     return "\n".join(lines)

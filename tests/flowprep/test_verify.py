@@ -163,3 +163,21 @@ def test_cli_exit_status_and_json(out: Path) -> None:
     assert bad.exit_code == 1 and "problem: shard-00001.h5: missing" in bad.output
     assert json.loads(runner.invoke(main, ["verify", str(out), "--json"]).output)["problems"] == ["shard-00001.h5: missing"]
     assert runner.invoke(main, ["verify", str(out / "nope")]).exit_code == 2
+
+
+def test_verify_says_how_to_repair_a_damaged_shard(out: Path) -> None:
+    (out / "shard-00002.h5").unlink()
+    text = format_report(verify_output(out))
+    assert "problem: shard-00002.h5: missing" in text
+    assert "to repair damaged or missing shards: rerun the same flowprep extract command with --check" in text
+
+
+def test_verify_that_cannot_read_a_shard_is_one_line_and_exit_75(out: Path, monkeypatch) -> None:
+    def unreadable(path, chunk=0):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(mf, "file_digest", unreadable)
+    result = CliRunner().invoke(main, ["verify", str(out)])
+    assert result.exit_code == 75
+    assert result.output.startswith("Error: I/O error (") and result.output.strip().endswith("; run verify again")
+    assert len(result.output.strip().splitlines()) == 1
