@@ -250,6 +250,8 @@ def extract(videos: Path, out: Path, method: str, workers: int | None, bound: fl
         raise ClusterError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
+    except PermissionError as exc:  # the inputs were read already: this is --out (a video's own is a failure)
+        raise RunError(f"cannot write into {out}: permission denied ({exc.filename})") from exc
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume", err=True)
         sys.exit(exits.INTERRUPTED.code)

@@ -398,6 +398,19 @@ def test_an_unreadable_class_folder_is_one_line_and_exit_2(ucf_tree: Path, tmp_p
     assert not out.exists()
 
 
+def test_an_out_folder_that_cannot_be_written_is_one_line_and_exit_2(ucf_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir(mode=0o555)
+    cmd = [str(FLOWPREP), *extract_args(ucf_tree, out)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == exits.USAGE.code, result.stdout + result.stderr
+    assert result.stderr.strip() == f"Error: cannot write into {out}: permission denied ({out / 'manifest.json.lock'})"
+
+
 def test_a_video_name_with_a_line_break_is_refused_in_one_line(ucf_tree: Path, tmp_path: Path) -> None:
     write_video(ucf_tree / "Run" / "two\nlines.mp4", random_frames(4, 48, 64))
     result = invoke(*extract_args(ucf_tree, tmp_path / "out"))
