@@ -94,11 +94,10 @@ def plan_shards(
 
 class _Run:
     def __init__(
-        self, out: Path, videos_root: Path, shards: list[ShardPlan], manifest: dict, bar: tqdm, *, resume: bool,
-        lock: OutputLock | None = None,
+        self, out: Path, videos_root: Path, shards: list[ShardPlan], manifest: dict, bar: tqdm, *, resume: bool
     ) -> None:
         self.out, self.videos_root, self.shards, self.manifest, self.bar = out, videos_root, shards, manifest, bar
-        self.resume, self.lock = resume, lock
+        self.resume = resume
         self.manifest_path = out / mf.manifest_name(task_index=manifest["task"]["index"], task_count=manifest["task"]["count"])
         self.params = manifest["params"]
         self.done = {s["name"] for s in manifest["shards"]}
@@ -285,6 +284,19 @@ class _Run:
         self.manifest["shards"] = sorted(self.manifest["shards"] + [entry], key=lambda s: s["name"])
         self.done.add(shard.name)
 
+    def close_unfinished(self, *, after_error: bool = False) -> None:
+        """Close the ``.tmp`` files of unfinished shards: debris that the next run removes.
+
+        After an error, a close that fails too (the full disk that stopped the run fails HDF5's
+        final flush) must not replace the first error, which is the one the user needs to see.
+        """
+        for f, _ in self.assembling.values():
+            try:
+                f.close()
+            except Exception:
+                if not after_error:
+                    raise
+
     def write_manifest(self) -> None:
         self.manifest["complete"] = all(self.is_done(s) for s in self.shards)
         mf.write_json_atomic(self.manifest_path, self.manifest)
@@ -319,96 +331,78 @@ def run_extract(
     """
     videos_root, out = Path(videos_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name = mf.manifest_name(task_index=task_index, task_count=task_count)
-    with OutputLock(out / (name + LOCK_SUFFIX)) as lock:
-        return _extract_locked(videos_root=videos_root, out=out, videos=videos, classes=classes, flow=flow,
-                               decode=decode, storage=storage, workers=workers, task_index=task_index,
-                               task_count=task_count, backend=backend, chunk_frames=chunk_frames,
-                               progress=progress, inputs_sha256=inputs_sha256, retry_failed=retry_failed,
-                               check=check, lock=lock)
+    lock_path = out / (mf.manifest_name(task_index=task_index, task_count=task_count) + LOCK_SUFFIX)
+    with OutputLock(lock_path) as lock:
+        start = time.perf_counter()
+        workers = workers or default_workers()
+        shards = plan_shards(videos, videos_per_shard=storage.videos_per_shard, task_index=task_index, task_count=task_count)
+        fresh = mf.new_manifest(
+            task_index=task_index,
+            task_count=task_count,
+            params=run_params(flow=flow, decode=decode, storage=storage),
+            classes=list(classes),
+            num_videos=len(videos),
+            videos_sha256=mf.videos_digest([v.source for s in shards for v in s.videos]),
+        )
+        if inputs_sha256 is not None:
+            fresh["inputs_sha256"] = inputs_sha256
+        summary = RunSummary(out=out, num_videos=len(videos))
+        if lock.took_over:
+            summary.notes.append(f"took over the lock of a run that is gone ({describe_holder(lock.took_over)})")
+        existing, set_aside = mf.check_compatible(out, fresh)
+        if set_aside:
+            summary.repaired.append(set_aside)
+        manifest = existing or fresh
+        bar = tqdm(total=len(videos), unit="video", dynamic_ncols=True, disable=not progress, desc="extract")
+        run = _Run(out, videos_root, shards, manifest, bar, resume=existing is not None)
+        if existing is not None:
+            summary.repaired += run.repair(check=check)
+            summary.retried = run.retry_failures(everything=retry_failed)
+        for line in summary.notes + [f"repair: {r}" for r in summary.repaired] + [f"retry: {r}" for r in summary.retried]:
+            bar.write(line)
+        run.clean()
+        for shard in shards:
+            run.maybe_finish(shard)  # shards whose videos were all resolved before a crash
+        run.write_manifest()
+        jobs, shard_of = [], {}
+        for shard in shards:
+            for n, meta in enumerate(shard.videos):
+                if run.is_done(shard) or meta.video_id in run.resolved[shard.name]:
+                    continue
+                shard_of[meta.video_id] = (shard, n, meta)
+                job = VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode, storage, chunk_frames)
+                jobs.append(job)
+        summary.reused = len(videos) - len(jobs)
+        bar.update(summary.reused)
 
+        def handle(result: VideoResult) -> None:
+            lock.check()  # a run that lost its lock must not write on
+            shard, n, meta = shard_of[result.video_id]
+            run.record(shard, meta, result.error)
+            if result.ok:
+                run.add(shard, n, meta)
+            summary.processed += 1
+            summary.frames += result.num_frames
+            bar.update(1)
+            bar.set_postfix_str(f"{summary.frames / (time.perf_counter() - start):.0f} frames/s", refresh=False)
+            run.maybe_finish(shard)
 
-def _extract_locked(
-    *, videos_root: Path, out: Path, videos: Sequence[VideoMeta], classes: Sequence[str], flow: FlowConfig,
-    decode: DecodeConfig, storage: StorageConfig, workers: int | None, task_index: int, task_count: int,
-    backend: str | ParallelBackendBase, chunk_frames: int, progress: bool, inputs_sha256: str | None,
-    retry_failed: bool, check: bool, lock: OutputLock,
-) -> RunSummary:
-    start = time.perf_counter()
-    workers = workers or default_workers()
-    shards = plan_shards(videos, videos_per_shard=storage.videos_per_shard, task_index=task_index, task_count=task_count)
-    fresh = mf.new_manifest(
-        task_index=task_index,
-        task_count=task_count,
-        params=run_params(flow=flow, decode=decode, storage=storage),
-        classes=list(classes),
-        num_videos=len(videos),
-        videos_sha256=mf.videos_digest([v.source for s in shards for v in s.videos]),
-    )
-    if inputs_sha256 is not None:
-        fresh["inputs_sha256"] = inputs_sha256
-    summary = RunSummary(out=out, num_videos=len(videos))
-    if lock.took_over:
-        summary.notes.append(f"took over the lock of a run that is gone ({describe_holder(lock.took_over)})")
-    existing, set_aside = mf.check_compatible(out, fresh)
-    if set_aside:
-        summary.repaired.append(set_aside)
-    manifest = existing or fresh
-    bar = tqdm(total=len(videos), unit="video", dynamic_ncols=True, disable=not progress, desc="extract")
-    run = _Run(out, videos_root, shards, manifest, bar, resume=existing is not None, lock=lock)
-    if existing is not None:
-        summary.repaired += run.repair(check=check)
-        summary.retried = run.retry_failures(everything=retry_failed)
-    for line in summary.notes + [f"repair: {r}" for r in summary.repaired] + [f"retry: {r}" for r in summary.retried]:
-        bar.write(line)
-    run.clean()
-    for shard in shards:
-        run.maybe_finish(shard)  # shards whose videos were all resolved before a crash
-    run.write_manifest()
-    jobs, shard_of = [], {}
-    for shard in shards:
-        for n, meta in enumerate(shard.videos):
-            if run.is_done(shard) or meta.video_id in run.resolved[shard.name]:
-                continue
-            shard_of[meta.video_id] = (shard, n, meta)
-            job = VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode, storage, chunk_frames)
-            jobs.append(job)
-    summary.reused = len(videos) - len(jobs)
-    bar.update(summary.reused)
-
-    def handle(result: VideoResult) -> None:
-        lock.check()  # a run that lost its lock must not write on
-        shard, n, meta = shard_of[result.video_id]
-        run.record(shard, meta, result.error)
-        if result.ok:
-            run.add(shard, n, meta)
-        summary.processed += 1
-        summary.frames += result.num_frames
-        bar.update(1)
-        bar.set_postfix_str(f"{summary.frames / (time.perf_counter() - start):.0f} frames/s", refresh=False)
-        run.maybe_finish(shard)
-
-    try:
-        with warnings.catch_warnings():  # joblib warns that it cancelled the other jobs when one raises
-            warnings.filterwarnings("ignore", message=".*tasks which were still being processed", category=UserWarning)
-            run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
-    except BaseException:
-        for f, _ in run.assembling.values():  # unfinished shards: their .tmp is debris for the next run
-            try:
-                f.close()
-            except Exception:  # noqa: BLE001 - the disk that failed the run fails this too; keep the first error
-                pass
-        raise
-    finally:
-        bar.close()
-    for f, _ in run.assembling.values():
-        f.close()
-    lock.check()
-    run.write_manifest()
-    _remove_if_empty(out / WORK_DIR)
-    summary.failures, summary.shards = list(manifest["failures"]), [s["name"] for s in manifest["shards"]]
-    summary.seconds = time.perf_counter() - start
-    return summary
+        try:
+            with warnings.catch_warnings():  # joblib warns that it cancelled the other jobs when one raises
+                warnings.filterwarnings("ignore", message=".*tasks which were still being processed", category=UserWarning)
+                run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+        except BaseException:
+            run.close_unfinished(after_error=True)
+            raise
+        finally:
+            bar.close()
+        run.close_unfinished()
+        lock.check()
+        run.write_manifest()
+        _remove_if_empty(out / WORK_DIR)
+        summary.failures, summary.shards = list(manifest["failures"]), [s["name"] for s in manifest["shards"]]
+        summary.seconds = time.perf_counter() - start
+        return summary
 
 
 def _remove_if_empty(folder: Path) -> None:
