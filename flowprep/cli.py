@@ -72,9 +72,10 @@ def _environment_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _environment_failure(exc: BaseException, out: Path, *,
-                         action: str = "rerun the same command to resume") -> EnvironmentFailure:
-    """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to a log."""
+def _environment_failure(exc: BaseException, out: Path, *, action: str = "rerun the same command to resume",
+                         log: bool = True) -> EnvironmentFailure:
+    """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to
+    OUT/flowprep-error.log (``log``; commands that only read OUT do not write there)."""
     import traceback
 
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -87,13 +88,15 @@ def _environment_failure(exc: BaseException, out: Path, *,
         text = f"unexpected {type(exc).__name__}: {text}"
     if len(text) > 400:
         text = text[:400] + " ..."
-    try:
-        with open(out / ERROR_LOG, "a") as log:
-            log.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} pid {os.getpid()}\n")
-            log.write("".join(traceback.format_exception(exc)))
-        where = f"traceback in {out / ERROR_LOG}"
-    except OSError:
-        where = "traceback with --debug"
+    where = "traceback with --debug"
+    if log:
+        try:
+            with open(out / ERROR_LOG, "a") as f:
+                f.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} pid {os.getpid()}\n")
+                f.write("".join(traceback.format_exception(exc)))
+            where = f"traceback in {out / ERROR_LOG}"
+        except OSError:
+            pass  # the disk that failed the run; --debug shows the traceback
     return EnvironmentFailure(f"{text} ({where}); {action}")
 
 
@@ -288,7 +291,7 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
     except Exception as exc:  # an I/O error reading OUT, a bug: one line, retriable
         if debug:
             raise
-        raise _environment_failure(exc, out, action="run verify again") from exc
+        raise _environment_failure(exc, out, action="run verify again", log=False) from exc
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else verify_mod.format_report(report))
     sys.exit(0 if report.ok else 1)
 

@@ -179,5 +179,7 @@ def test_verify_that_cannot_read_a_shard_is_one_line_and_exit_75(out: Path, monk
     monkeypatch.setattr(mf, "file_digest", unreadable)
     result = CliRunner().invoke(main, ["verify", str(out)])
     assert result.exit_code == 75
-    assert result.output.startswith("Error: I/O error (") and result.output.strip().endswith("; run verify again")
+    assert result.output.startswith("Error: I/O error (") and result.output.strip().endswith(
+        "(traceback with --debug); run verify again")
+    assert not (out / "flowprep-error.log").exists()  # verify only reads OUT
     assert len(result.output.strip().splitlines()) == 1
