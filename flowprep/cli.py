@@ -164,10 +164,10 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--workers", type=click.IntRange(min=1), default=None, show_default=False,
               help="Worker processes, one video each (OpenCV single-threaded in each).  "
                    f"[default: all cores available to this process, here {runner.default_workers()}]")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0,
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
               help="Clip flow to +-BOUND pixels, then quantize to uint8 (step 2*BOUND/255 px). 20 is the "
                    "bound of the common two-stream toolkits; larger motions are rare at 25-30 fps.")
-@click.option("--videos-per-shard", type=click.IntRange(min=1), default=100,
+@click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard (a video is never split).")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt ('1 ApplyEyeMakeup' lines): labels follow its order. "
@@ -177,10 +177,10 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--short-side", type=click.IntRange(min=2),
               help="Resize so the short side is N, keeping the aspect; 256 is recommended for Kinetics-sized "
                    "inputs.  [default: native size]")
-@click.option("--frame-step", type=click.IntRange(min=1), default=1,
+@click.option("--frame-step", type=click.IntRange(min=1), default=DecodeConfig.frame_step,
               help="Use every N-th frame (flow then spans N source frames).")
 @click.option("--no-rgb", is_flag=True, help="Do not store the JPEG frames the spatial stream needs.")
-@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, help="JPEG quality of the stored frames.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=StorageConfig.jpeg_quality, help="JPEG quality of the stored frames.")
 @_method_options("tvl1", TVL1Params)
 @_method_options("farneback", FarnebackParams)
 @click.option("--task-index", type=click.IntRange(min=0), default=None, show_default=False,

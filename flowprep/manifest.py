@@ -1,4 +1,4 @@
-"""Output names and the manifest JSON of docs/shard-format.md: write one part, read all parts.
+"""The manifest JSON of docs/shard-format.md as a run writes it: one part per task, checked on resume.
 
 A single run (task 0 of 1) writes ``manifest.json`` and ``shard-00000.h5``...; array task i of n
 writes ``manifest-iiiii-of-nnnnn.json`` and ``taskiiiii-shard-00000.h5``... into the same folder.
@@ -9,39 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-MANIFEST_FORMAT = "flowprep-manifest"
-MANIFEST_VERSION = 1
-SINGLE_MANIFEST = "manifest.json"
-FAILURES = "failures.jsonl"
-_PART = re.compile(r"^manifest-(\d{5})-of-(\d{5})\.json$")
-
-
-class ManifestError(ValueError):
-    """A manifest file is unreadable or not a flowprep manifest."""
+from flowprep.format import (  # noqa: F401  (the names of docs/shard-format.md; callers use them from here too)
+    FAILURES,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    SINGLE_MANIFEST,
+    ManifestError,
+    manifest_name,
+    manifest_paths,
+    read_manifest,
+    shard_name,
+)
 
 
 class RunConflict(ValueError):
     """OUT already holds a run that this one must not be mixed with."""
-
-
-def _check_task(task_index: int, task_count: int) -> None:
-    if not (task_count >= 1 and 0 <= task_index < task_count):
-        raise ValueError(f"expected 0 <= task_index < task_count, got task {task_index} of {task_count}")
-
-
-def manifest_name(*, task_index: int = 0, task_count: int = 1) -> str:
-    _check_task(task_index, task_count)
-    return SINGLE_MANIFEST if task_count == 1 else f"manifest-{task_index:05d}-of-{task_count:05d}.json"
-
-
-def shard_name(number: int, *, task_index: int = 0, task_count: int = 1) -> str:
-    _check_task(task_index, task_count)
-    prefix = "" if task_count == 1 else f"task{task_index:05d}-"
-    return f"{prefix}shard-{number:05d}.h5"
 
 
 def new_manifest(
@@ -91,29 +76,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path.name}: cannot read the manifest ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{path.name}: not a flowprep manifest (format={data.get('format')!r})")
-    if data.get("format_version") != MANIFEST_VERSION:
-        raise ManifestError(
-            f"{path.name}: expected format_version {MANIFEST_VERSION}, got {data.get('format_version')!r}"
-        )
-    return data
-
-
-def manifest_paths(out: str | Path) -> list[Path]:
-    """Every manifest part in ``out``: ``manifest.json`` and/or ``manifest-*-of-*.json``, sorted."""
-    out = Path(out)
-    paths = [out / SINGLE_MANIFEST] if (out / SINGLE_MANIFEST).is_file() else []
-    paths += sorted(p for p in out.glob("manifest-*-of-*.json") if _PART.match(p.name))
-    return paths
 
 
 def read_manifests(out: str | Path) -> list[dict[str, Any]]:

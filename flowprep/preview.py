@@ -8,7 +8,6 @@ Writes a PNG grid of frame pairs, or an animated GIF (Pillow) or MP4 (H.264, PyA
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,12 @@ import cv2
 import h5py
 import numpy as np
 
+from flowprep.format import ManifestError, dequantize, manifest_paths, read_manifest, video_id as video_id_of
 from flowprep.hsv import flow_to_rgb, legend
 
 GAP = 4  # pixels between panels
 BACKGROUND = 40  # grey of the canvas, as the legend's
 FORMATS = (".png", ".gif", ".mp4")
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 
 
 class PreviewError(ValueError):
@@ -43,15 +42,20 @@ class PreviewVideo:
 
 
 def find_shard(root: Path, video_id: str) -> Path:
-    """The shard file holding ``video_id``, found through manifest*.json."""
+    """The shard file holding ``video_id``, found through the manifest(s)."""
     if not root.is_dir():
         raise PreviewError(f"expected a shard folder (with manifest.json), got {root}: no such folder")
-    manifests = sorted(root.glob("manifest*.json"))
+    manifests = manifest_paths(root)
     if not manifests:
-        raise PreviewError(f"expected manifest*.json in {root}, found none: is it a flowprep output folder?")
+        raise PreviewError(f"expected manifest.json or manifest-*-of-*.json in {root}, found none: is it a flowprep "
+                           "output folder?")
     known: list[str] = []
     for m in manifests:
-        for shard in json.loads(m.read_text())["shards"]:
+        try:
+            shards = read_manifest(m)["shards"]
+        except ManifestError as exc:
+            raise PreviewError(str(exc)) from None
+        for shard in shards:
             if video_id in shard["videos"]:
                 return root / shard["name"]
             known.extend(shard["videos"])
@@ -72,9 +76,7 @@ def pick_fields(num_fields: int, count: int | None) -> np.ndarray:
 def load_video(root: str | Path, video_id: str, *, frames: int | None = None) -> PreviewVideo:
     """Read ``frames`` evenly spaced flow fields (all if None) and their first RGB frames."""
     root = Path(root)
-    video_id = video_id.strip("/").removeprefix("videos/")
-    if Path(video_id).suffix.lower() in VIDEO_SUFFIXES:  # a list-file path (Class/v_x.avi) names the same video
-        video_id = video_id[: -len(Path(video_id).suffix)]
+    video_id = video_id_of(video_id.strip("/").removeprefix("videos/"))  # a list-file path names the same video
     path = find_shard(root, video_id)
     if not path.is_file():
         raise PreviewError(f"the manifest lists {video_id} in {path.name}, but {path} does not exist")
@@ -85,7 +87,7 @@ def load_video(root: str | Path, video_id: str, *, frames: int | None = None) ->
         ds = g["flow"]
         idx = pick_fields(ds.shape[0], frames)
         q = ds[idx.tolist()] if len(idx) < ds.shape[0] else ds[:]
-        flow = q.astype(np.float32) * np.float32(ds.attrs["scale_factor"]) + np.float32(ds.attrs["add_offset"])
+        flow = dequantize(q, ds.attrs["scale_factor"], ds.attrs["add_offset"])
         rgb = None
         if "rgb" in g:
             # The JPEGs hold RGB pictures; OpenCV decodes them in BGR order.

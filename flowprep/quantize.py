@@ -9,12 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
-def scale_and_offset(bound: float) -> tuple[float, float]:
-    """(scale_factor, add_offset) such that ``f = q * scale_factor + add_offset``."""
-    if not bound > 0:
-        raise ValueError(f"bound must be > 0, got {bound}")
-    return 2.0 * bound / 255.0, -float(bound)
+from flowprep.format import dequantize, scale_and_offset  # noqa: F401  (the formula's one home; both directions)
 
 
 def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
@@ -29,8 +24,3 @@ def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
     flat = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.reshape(1, -1)
     q = cv2.addWeighted(flat, 1.0 / scale, flat, 0.0, -offset / scale, dtype=cv2.CV_8U)
     return q.reshape(f.shape)
-
-
-def dequantize(q: np.ndarray, scale_factor: float, add_offset: float) -> np.ndarray:
-    """uint8 -> float32 pixels, with the factors read from the data (never a hard-coded bound)."""
-    return q.astype(np.float32) * np.float32(scale_factor) + np.float32(add_offset)

@@ -8,12 +8,12 @@ is given, else the sorted class folder names.
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
+from flowprep.format import VIDEO_EXTENSIONS, video_id as video_id_of
 from flowprep.writer import VideoMeta
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 _LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
 
 
@@ -105,7 +105,7 @@ def plan_videos(
     label = {name: i for i, name in enumerate(classes)}
     videos, seen = [], {}
     for source in sources:
-        video_id = str(PurePosixPath(source).with_suffix(""))
+        video_id = video_id_of(source)
         if video_id in seen:
             raise DatasetError(f"{seen[video_id]!r} and {source!r} would both be stored as {video_id!r}")
         seen[video_id] = source

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -19,8 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flowprep import manifest as mf
-from flowprep.quantize import scale_and_offset
-from flowprep.writer import FORMAT_NAME, FORMAT_VERSION, VIDEOS_GROUP
+from flowprep.format import SHARD_FORMAT, SHARD_VERSION, VIDEOS_GROUP, scale_and_offset, video_id
 
 
 @dataclass
@@ -104,7 +103,7 @@ def _check_shard(path: Path, entry: dict, classes: list[str], params: dict[str, 
 def _check_contents(f: h5py.File, entry: dict, classes: list[str], params: dict[str, Any], *, read_all: bool) -> list[str]:
     """The shard's structure, video by video; ``read_all`` (a damaged shard) also inflates every flow
     chunk and decodes every frame, to name the videos the damage is in."""
-    if f.attrs.get("format") != FORMAT_NAME or f.attrs.get("format_version") != FORMAT_VERSION:
+    if f.attrs.get("format") != SHARD_FORMAT or f.attrs.get("format_version") != SHARD_VERSION:
         return [f"root attributes say format={f.attrs.get('format')!r} version={f.attrs.get('format_version')!r}"]
     problems = []
     if json.loads(f.attrs.get("params", "null")) != params:
@@ -195,7 +194,7 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
             report.unfinished_tasks.append(int(m["task"]["index"]))
             complete = False
         for failure in m["failures"]:
-            video = str(PurePosixPath(failure["path"]).with_suffix(""))
+            video = video_id(failure["path"])
             if video in seen:
                 report.problems.append(f"{path.name}: failed video {failure['path']} is also in {seen[video]}")
             seen[video] = f"the failures of {path.name}"

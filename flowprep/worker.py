@@ -26,7 +26,6 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.decode import DecodeError, VideoStream
 from flowprep.flow import estimator_for, iter_flow
-from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter
 
 # Test-only fault injection: a worker given this source path dies by SIGSEGV, as a decoder crash
@@ -128,7 +127,7 @@ def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
         # full-HD videos on many workers do not exhaust memory; it does not change the output.
         chunk = max(2, min(job.chunk_frames, CHUNK_BYTES // (11 * info.height * info.width)))
         for rgb, flow in iter_flow(stream.chunks(chunk), estimator_for(job.flow)):  # the video's own errors
-            q = quantize(flow, bound) if len(flow) else None
+            q = writer.quantize(flow) if len(flow) else None
             jpegs = encode_jpegs(rgb, storage.jpeg_quality) if storage.rgb else None
             with _output(tmp):
                 if q is not None:

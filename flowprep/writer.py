@@ -16,11 +16,10 @@ import numpy as np
 from isal import isal_zlib
 
 
-from flowprep.quantize import scale_and_offset
-
-FORMAT_NAME = "flowprep-shard"
-FORMAT_VERSION = 1
-VIDEOS_GROUP = "videos"
+from flowprep.format import SHARD_FORMAT as FORMAT_NAME
+from flowprep.format import SHARD_VERSION as FORMAT_VERSION
+from flowprep.format import VIDEOS_GROUP, scale_and_offset
+from flowprep.quantize import quantize
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,11 @@ class VideoWriter:
             self.rgb.attrs["height"] = height
             self.rgb.attrs["width"] = width
             self.rgb.attrs["color"] = "RGB"
-        self._height, self._width = height, width
+        self._height, self._width, self.bound = height, width, bound
+
+    def quantize(self, flow: np.ndarray) -> np.ndarray:
+        """Float flow -> the codes this video's attributes describe (the writer owns its bound)."""
+        return quantize(flow, self.bound)
 
     def append_flow(self, q: np.ndarray) -> None:
         if q.dtype != np.uint8 or q.ndim != 4 or q.shape[1:] != (2, self._height, self._width):

@@ -122,3 +122,15 @@ def test_real_subprocess_with_two_workers_survives_a_worker_crash(ucf_tree: Path
     assert sorted(failures) == ["Jump/half.mp4", "Run/v_Run_g07.mp4"]
     check = invoke("verify", str(out))
     assert check.exit_code == 0, check.output
+
+
+def test_every_extract_default_comes_from_the_run_dataclasses() -> None:
+    from flowprep.cli import extract
+    from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
+
+    defaults = {p.name: p.default for p in extract.params}
+    assert defaults["bound"] == FlowConfig().bound
+    assert defaults["jpeg_quality"] == StorageConfig().jpeg_quality
+    assert defaults["videos_per_shard"] == StorageConfig().videos_per_shard
+    assert defaults["frame_step"] == DecodeConfig().frame_step
+    assert defaults["tvl1_lambda_"] == TVL1Params().lambda_ and defaults["farneback_winsize"] == FarnebackParams().winsize

@@ -163,7 +163,7 @@ def test_bad_input_is_one_clear_line(shards: Path, tmp_path: Path) -> None:
     assert "unknown video id" in msg and "did you mean MoveRight/v_MoveRight_g01_c01" in msg
     msg = preview(str(shards), "MoveRight/v_MoveRight_g01_c01", "--out", str(tmp_path / "x.jpg"))
     assert "expected --out ending in .png, .gif, .mp4" in msg
-    assert "expected manifest*.json" in preview(str(tmp_path), "A/v_A", "--out", out)
+    assert "expected manifest.json or manifest-*-of-*.json" in preview(str(tmp_path), "A/v_A", "--out", out)
     msg = preview(str(shards), "A/v_A", "--out", str(tmp_path / "no" / "x.png"))
     assert "expected an existing folder for --out" in msg
     (shards / "shard-00000.h5").rename(shards / "moved.h5")
