@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from flowprep import __version__, dask_backend, distributor, exits, manifest, reader, runner
+from flowprep import frames as frames_mod
 from flowprep import verify as verify_mod
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 
@@ -294,6 +295,66 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
         raise _environment_failure(exc, out, action="run verify again", log=False) from exc
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else verify_mod.format_report(report))
     sys.exit(0 if report.ok else 1)
+
+
+@main.command("import-frames", context_settings={"show_default": True})
+@click.option("--frames", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of flow frames (one JPEG per flow channel per frame) made by another toolkit.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New output folder for the shards and the manifest.")
+@click.option("--layout", required=True, type=click.Choice(frames_mod.LAYOUTS),
+              help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_); "
+                   "twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 names.")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
+              help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
+@click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="UCF-101 classInd.txt: labels follow its order.  [default: sorted class names]")
+@click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
+@click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
+              help="Videos per HDF5 shard.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0,
+              help="Frame rate to record (frames do not carry one).")
+def import_frames(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, no_rgb: bool,
+                  videos_per_shard: int, fps: float) -> None:
+    """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
+
+    The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
+    frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
+    count); then nothing is written and the exit status is 2.
+    """
+    try:
+        classes = reader.read_class_index(class_index) if class_index else None
+        manifest = frames_mod.import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
+                                            videos_per_shard=videos_per_shard, fps=fps)
+    except (frames_mod.FramesError, reader.DatasetError) as exc:
+        raise RunError(str(exc)) from exc
+    except exits.BusyError as exc:
+        raise BusyOutput(str(exc)) from exc
+    report = verify_mod.verify_output(out)
+    click.echo(f"{manifest['num_videos']} videos imported into {len(manifest['shards'])} shard(s) in {out}; verify: "
+               + ("OK" if report.ok else "NOT OK"))
+    if not report.ok:
+        click.echo(verify_mod.format_report(report))
+        sys.exit(exits.RETRY.code)
+
+
+@main.command("export-frames", context_settings={"show_default": True})
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the frames.")
+@click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
+              help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, help="JPEG quality of the flow frames.")
+def export_frames(shards: Path, out: Path, layout: str, quality: int) -> None:
+    """Write the shards of SHARDS as JPEG frames, so that mmaction2 configs can read them.
+
+    RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
+    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects).
+    """
+    try:
+        n = frames_mod.export_frames(shards, out, layout=layout, quality=quality)
+    except frames_mod.FramesError as exc:
+        raise RunError(str(exc)) from exc
+    click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
 
 
 # Built-in sample dataset and flow previews (defined next to their code).

@@ -1,0 +1,269 @@
+"""Flow that users already have, as JPEG frames: ``flowprep import-frames`` and ``flowprep export-frames``.
+
+The common toolkits store TV-L1 flow as one 8-bit gray JPEG per flow channel per frame, with the
+same mapping as ours: ``g = round((f + B) * 255 / (2B))`` clipped to 0..255. So a decoded JPEG's gray
+values are our uint8 codes (up to JPEG's loss), and the shard's ``scale_factor``/``add_offset`` for
+the bound B the frames were made with dequantize them. The shard's ``params.flow`` records that the
+source was lossy JPEG, the layout and the bound.
+
+Layouts (``--layout``):
+
+- ``denseflow`` / ``mmaction``: one folder per video, ``img_00001.jpg`` (RGB), ``flow_x_00001.jpg`` and
+  ``flow_y_00001.jpg`` (denseflow also writes ``x_00001.jpg``/``y_00001.jpg``); numbering from 0 or 1.
+  The video folders sit in class folders (``<Class>/<video>/``, mmaction2's rawframes), or at the top
+  with UCF-101 names (``v_<Class>_g01_c01``), whose class is then read from the name.
+- ``twostreamfusion``: the widely shared UCF-101 TV-L1 set: ``u/<video>/frame000001.jpg``,
+  ``v/<video>/frame000001.jpg`` and RGB in ``jpegs_256/<video>/frame000001.jpg``; UCF-101 names.
+
+Video ids are ``<Class>/<video>``, as ``flowprep extract`` names UCF-101's videos, so UCF-101's list
+files select them. A video must have as many u as v frames, numbered without gaps, and one RGB frame
+more than flow frames (or pass ``--no-rgb``): anything else is named per video, never trimmed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import h5py
+import numpy as np
+
+import flowprep
+from flowprep import format as fmt
+from flowprep import manifest as mf
+from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
+
+LAYOUTS = ("denseflow", "mmaction", "twostreamfusion")
+_UCF_NAME = re.compile(r"^v_(?P<cls>.+)_g\d+_c\d+$")
+_NUMBERED = re.compile(r"^(?P<prefix>[a-z_]*?)(?P<n>\d+)\.jpe?g$", re.IGNORECASE)
+_KINDS = {  # layout -> {file prefix: kind}
+    "denseflow": {"flow_x_": "u", "flow_y_": "v", "x_": "u", "y_": "v", "img_": "rgb"},
+    "mmaction": {"flow_x_": "u", "flow_y_": "v", "x_": "u", "y_": "v", "img_": "rgb"},
+}
+_TSF_FOLDERS = {"u": "u", "v": "v", "rgb": "jpegs_256"}
+
+
+class FramesError(ValueError):
+    """Frames that cannot be imported as given; the message lists the first problems (one line each)."""
+
+
+@dataclass
+class FrameVideo:
+    video_id: str
+    class_name: str
+    u: list[Path]
+    v: list[Path]
+    rgb: list[Path]
+
+
+def _numbered(files: Sequence[Path]) -> list[tuple[int, Path]]:
+    return sorted((int(_NUMBERED.match(p.name).group("n")), p) for p in files)
+
+
+def _gaps(numbers: list[int]) -> str | None:
+    if not numbers:
+        return None
+    first = numbers[0]
+    if first not in (0, 1):
+        return f"numbering starts at {first}"
+    missing = sorted(set(range(first, numbers[-1] + 1)) - set(numbers))
+    if missing:
+        return f"frame(s) {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} missing"
+    return None
+
+
+def _class_of(folder: str, name: str) -> str | None:
+    if "/" in folder:
+        return folder.split("/", 1)[0]
+    m = _UCF_NAME.match(name)
+    return m.group("cls") if m else None
+
+
+def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[FrameVideo], list[str]]:
+    """The videos of a frames tree and the problems found (file names only; nothing is decoded)."""
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise FramesError(f"expected --layout one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if not root.is_dir():
+        raise FramesError(f"--frames must be a folder, got {str(root)!r}")
+    per_video: dict[str, dict[str, list[Path]]] = {}
+    if layout == "twostreamfusion":
+        for kind, sub in _TSF_FOLDERS.items():
+            if kind == "rgb" and not rgb:
+                continue
+            if not (root / sub).is_dir():
+                raise FramesError(f"{root}: expected the folders u/, v/ and jpegs_256/ of the twostreamfusion layout, "
+                                  f"{sub}/ is missing")
+            for folder in sorted(p for p in (root / sub).iterdir() if p.is_dir()):
+                files = [p for p in folder.iterdir() if _NUMBERED.match(p.name)]
+                per_video.setdefault(folder.name, {"u": [], "v": [], "rgb": []})[kind] = files
+    else:
+        prefixes = _KINDS[layout]
+        for path in sorted(root.rglob("*")):
+            m = _NUMBERED.match(path.name)
+            if not (m and path.is_file()):
+                continue
+            kind = prefixes.get(m.group("prefix").lower())
+            if kind is None or (kind == "rgb" and not rgb):
+                continue
+            folder = path.parent.relative_to(root).as_posix()
+            per_video.setdefault(folder, {"u": [], "v": [], "rgb": []})[kind].append(path)
+    videos, problems = [], []
+    for folder, files in sorted(per_video.items()):
+        name = folder.rsplit("/", 1)[-1]
+        cls = _class_of(folder, name)
+        if cls is None:
+            problems.append(f"{folder}: cannot tell its class (expected <Class>/<video>/ or a UCF-101 name v_<Class>_gNN_cNN)")
+            continue
+        u, v, frames = _numbered(files["u"]), _numbered(files["v"]), _numbered(files["rgb"])
+        where = f"{folder}: "
+        if not u or not v:
+            problems.append(where + f"{len(u)} u and {len(v)} v flow frames: both are needed")
+            continue
+        if len(u) != len(v):
+            problems.append(where + f"{len(u)} u but {len(v)} v flow frames")
+            continue
+        for kind, numbered in (("u", u), ("v", v)) + ((("rgb", frames),) if rgb else ()):
+            gap = _gaps([n for n, _ in numbered])
+            if gap:
+                problems.append(where + f"{kind}: {gap}")
+        if rgb and len(frames) != len(u) + 1:
+            problems.append(where + f"{len(frames)} RGB frames for {len(u)} flow frames, expected {len(u) + 1} "
+                                    "(or pass --no-rgb)")
+        video_id = folder if "/" in folder else f"{cls}/{name}"
+        videos.append(FrameVideo(video_id, cls, [p for _, p in u], [p for _, p in v], [p for _, p in frames]))
+    if not videos and not problems:
+        problems.append(f"{root}: no flow frames of the {layout} layout found")
+    return videos, problems
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FramesError(f"{path}: not a readable JPEG")
+    return img
+
+
+def _video_arrays(video: FrameVideo) -> Iterator[np.ndarray]:
+    """(n, 2, H, W) uint8 codes, 32 fields at a time."""
+    for s in range(0, len(video.u), 32):
+        fields = []
+        for pu, pv in zip(video.u[s:s + 32], video.v[s:s + 32]):
+            gu, gv = _read_gray(pu), _read_gray(pv)
+            if gu.shape != gv.shape:
+                raise FramesError(f"{video.video_id}: {pu.name} is {gu.shape[1]}x{gu.shape[0]} but {pv.name} is "
+                                  f"{gv.shape[1]}x{gv.shape[0]}")
+            fields.append(np.stack([gu, gv]))
+        yield np.stack(fields)
+
+
+def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: float, classes: Sequence[str] | None = None,
+                  rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0) -> dict:
+    """Write the frames under ``root`` as shards into ``out`` (nothing is written when a video has a problem).
+
+    Returns the manifest. ``classes`` (a class index's order) else the sorted class names found.
+    """
+    from flowprep.lock import SUFFIX, OutputLock
+
+    root, out = Path(root), Path(out)
+    videos, problems = scan(root, layout, rgb=rgb)
+    found = sorted({v.class_name for v in videos})
+    classes = list(classes) if classes is not None else found
+    problems += [f"{v.video_id}: class {v.class_name!r} is not in the class index" for v in videos
+                 if v.class_name not in classes]
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more problem(s)"] if len(problems) > 10 else [])
+        raise FramesError("\n".join(shown))
+    label = {c: i for i, c in enumerate(classes)}
+    params = {
+        "flow": {"method": "imported", "bound": float(bound),
+                 "params": {"source": "jpeg", "lossy": True, "layout": layout, "frames": str(root.resolve())}},
+        "decode": {"size": None, "short_side": None, "frame_step": 1},
+        "storage": {"rgb": rgb, "jpeg_quality": None, "compression": "gzip", "compression_level": 1,
+                    "videos_per_shard": videos_per_shard},
+        "versions": {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "h5py": h5py.__version__,
+                     "numpy": np.__version__},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out / (fmt.SINGLE_MANIFEST + SUFFIX)):
+        if fmt.manifest_paths(out):
+            raise FramesError(f"{out} already holds a flowprep output: use another --out")
+        manifest = mf.new_manifest(task_index=0, task_count=1, params=params, classes=classes,
+                                   num_videos=len(videos), videos_sha256=mf.videos_digest([v.video_id for v in videos]))
+        for number, start in enumerate(range(0, len(videos), videos_per_shard)):
+            name = fmt.shard_name(number)
+            tmp, final = out / (name + ".tmp"), out / name
+            tmp.unlink(missing_ok=True)
+            batch = videos[start:start + videos_per_shard]
+            with h5py.File(tmp, "x") as f:
+                write_file_attrs(f, params)
+                for video in batch:
+                    _write_video(f, video, label[video.class_name], bound=bound, rgb=rgb, fps=fps)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            manifest["shards"].append({"name": name, "size": final.stat().st_size, "sha256": mf.file_digest(final),
+                                       "videos": [v.video_id for v in batch]})
+        manifest["complete"] = True
+        mf.write_json_atomic(out / fmt.SINGLE_MANIFEST, manifest)
+    return manifest
+
+
+def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, rgb: bool, fps: float) -> None:
+    height, width = _read_gray(video.u[0]).shape
+    meta = VideoMeta(video_id=video.video_id, source=video.video_id, label=label, class_name=video.class_name)
+    # jpeg_quality -1: unknown, the source's own JPEG files are stored as they are (no second loss)
+    writer = VideoWriter(f, meta, height=height, width=width, bound=bound, rgb=rgb, jpeg_quality=-1)
+    for q in _video_arrays(video):
+        if q.shape[2:] != (height, width):
+            raise FramesError(f"{video.video_id}: flow frames change size ({width}x{height}, then "
+                              f"{q.shape[3]}x{q.shape[2]})")
+        writer.append_flow(q)
+    if rgb:
+        first = cv2.imread(str(video.rgb[0]), cv2.IMREAD_COLOR)
+        if first is None or first.shape[:2] != (height, width):
+            got = "unreadable" if first is None else f"{first.shape[1]}x{first.shape[0]}"
+            raise FramesError(f"{video.video_id}: RGB frames are {got}, the flow is {width}x{height}: the shard "
+                              "format needs one size (pass --no-rgb to import the flow alone)")
+        writer.append_rgb([p.read_bytes() for p in video.rgb])
+    writer.finish(num_frames=len(video.u) + 1, fps=fps)
+
+
+def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmaction", quality: int = 95) -> int:
+    """Write every video of a shard folder as mmaction2 rawframes; returns the number of videos.
+
+    ``OUT/<video_id>/img_00001.jpg`` (the stored JPEG bytes), ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``
+    (the uint8 codes as gray JPEGs), and ``OUT/rawframes.txt``: ``<video_id> <num_frames> <label>`` per
+    line (0-based labels, mmaction2's rawframe annotation format).
+    """
+    if layout != "mmaction":
+        raise FramesError(f"export-frames writes the mmaction layout, got {layout!r}")
+    shards, out = Path(shards), Path(out)
+    paths = fmt.manifest_paths(shards)
+    if not paths:
+        raise FramesError(f"{shards}: no manifest: not a flowprep output folder")
+    lines, params = [], [cv2.IMWRITE_JPEG_QUALITY, quality]
+    for manifest in map(fmt.read_manifest, paths):
+        for entry in manifest["shards"]:
+            with h5py.File(shards / entry["name"], "r") as f:
+                for vid in entry["videos"]:
+                    g = f[f"{fmt.VIDEOS_GROUP}/{vid}"]
+                    folder = out / vid
+                    folder.mkdir(parents=True, exist_ok=True)
+                    flow = g["flow"]
+                    for i in range(len(flow)):
+                        q = flow[i]
+                        for name, plane in (("flow_x", q[0]), ("flow_y", q[1])):
+                            ok, buf = cv2.imencode(".jpg", plane, params)
+                            (folder / f"{name}_{i + 1:05d}.jpg").write_bytes(buf.tobytes())
+                    if "rgb" in g:
+                        for i, jpeg in enumerate(g["rgb"]):
+                            (folder / f"img_{i + 1:05d}.jpg").write_bytes(jpeg.tobytes())
+                    lines.append(f"{vid} {int(g.attrs['num_frames'])} {int(g.attrs['label'])}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rawframes.txt").write_text("".join(line + "\n" for line in lines))
+    return len(lines)

@@ -1,0 +1,130 @@
+"""flowprep import-frames / export-frames: JPEG flow frames of the common toolkits <-> shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flowprep import format as fmt
+from flowprep.cli import main
+from flowprep.verify import verify_output
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def gray(value: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(value + rng.integers(-3, 4, (h, w)), 0, 255).astype(np.uint8)
+
+
+def write_jpeg(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    path.write_bytes(buf.tobytes())
+
+
+def twostreamfusion(root: Path, videos: dict[str, int], *, rgb_extra: int = 1) -> Path:
+    """The widely shared UCF-101 layout: u/<video>/frame000001.jpg, v/..., jpegs_256/..."""
+    for k, (name, fields) in enumerate(videos.items()):
+        for i in range(1, fields + 1):
+            write_jpeg(root / "u" / name / f"frame{i:06d}.jpg", gray(140 + k, seed=i))  # ~ +2 px at bound 20
+            write_jpeg(root / "v" / name / f"frame{i:06d}.jpg", gray(115, seed=i))  # ~ -2 px
+        for i in range(1, fields + rgb_extra + 1):
+            write_jpeg(root / "jpegs_256" / name / f"frame{i:06d}.jpg", np.full((24, 32, 3), 60 + i, np.uint8))
+    return root
+
+
+def test_twostreamfusion_frames_become_shards_that_ucf_lists_select(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_ApplyEyeMakeup_g08_c01": 4, "v_Archery_g01_c02": 3})
+    (tmp_path / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n3 Basketball\n")
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion", "--bound", "20",
+                    "--class-index", tmp_path / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    assert "2 videos imported into 1 shard(s)" in result.output and "verify: OK" in result.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["classes"] == ["ApplyEyeMakeup", "Archery", "Basketball"]
+    assert m["params"]["flow"]["method"] == "imported" and m["params"]["flow"]["bound"] == 20.0
+    assert m["params"]["flow"]["params"]["source"] == "jpeg" and m["params"]["flow"]["params"]["lossy"] is True
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        g = f["videos/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01"]
+        assert (g.attrs["num_frames"], g.attrs["label"], g["flow"].shape) == (5, 0, (4, 2, 24, 32))
+        flow = fmt.dequantize(g["flow"][:], g["flow"].attrs["scale_factor"], g["flow"].attrs["add_offset"])
+        assert abs(flow[:, 0].mean() - (140 * 40 / 255 - 20)) < 0.1 and abs(flow[:, 1].mean() - (115 * 40 / 255 - 20)) < 0.1
+        assert g["rgb"][2].tobytes() == (frames / "jpegs_256" / "v_ApplyEyeMakeup_g08_c01" / "frame000003.jpg").read_bytes()
+        assert f["videos/Archery/v_Archery_g01_c02"].attrs["label"] == 1
+    listing = tmp_path / "testlist.txt"
+    listing.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi\nArchery/v_Archery_g01_c02.avi\n")
+    listed = {v for s in m["shards"] for v in s["videos"]}
+    assert {e.video_id for e in fmt.read_list(listing)} == listed
+
+
+def test_a_bound_of_12_dequantizes_with_12(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 2})
+    out = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion",
+                  "--bound", "12").exit_code == 0
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        assert f["videos/A/v_A_g01_c01/flow"].attrs["add_offset"] == pytest.approx(-12.0)
+
+
+def test_denseflow_names_at_the_top_numbered_from_zero(tmp_path: Path) -> None:
+    root = tmp_path / "denseflow"
+    for i in range(3):
+        write_jpeg(root / "v_Run_g02_c01" / f"x_{i:05d}.jpg", gray(128, seed=i))
+        write_jpeg(root / "v_Run_g02_c01" / f"y_{i:05d}.jpg", gray(128, seed=i + 9))
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", root, "--out", out, "--layout", "denseflow", "--no-rgb")
+    assert result.exit_code == 0, result.output
+    assert verify_output(out).ok
+    assert json.loads((out / "manifest.json").read_text())["shards"][0]["videos"] == ["Run/v_Run_g02_c01"]
+
+
+def test_problems_are_named_per_video_and_nothing_is_written(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 4, "v_B_g01_c01": 3, "v_C_g01_c01": 3,
+                                                "v_D_g01_c01": 2})
+    (frames / "v" / "v_A_g01_c01" / "frame000004.jpg").unlink()  # fewer v than u
+    (frames / "u" / "v_B_g01_c01" / "frame000002.jpg").unlink()  # a gap in u and v
+    (frames / "v" / "v_B_g01_c01" / "frame000002.jpg").unlink()
+    (frames / "jpegs_256" / "v_C_g01_c01" / "frame000004.jpg").unlink()  # as many RGB frames as flow frames
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: v_A_g01_c01: 4 u but 3 v flow frames",
+        "v_B_g01_c01: u: frame(s) 2 missing",
+        "v_B_g01_c01: v: frame(s) 2 missing",
+        "v_B_g01_c01: 4 RGB frames for 2 flow frames, expected 3 (or pass --no-rgb)",
+        "v_C_g01_c01: 3 RGB frames for 3 flow frames, expected 4 (or pass --no-rgb)",
+    ]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_export_then_import_gives_back_the_flow_up_to_jpeg_loss(ucf_tree: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    extract = invoke("extract", "--videos", ucf_tree, "--out", shards, "--method", "farneback", "--workers", "2",
+                     "--no-progress")
+    assert extract.exit_code == 0, extract.output
+    frames = tmp_path / "frames"
+    exported = invoke("export-frames", shards, "--out", frames, "--layout", "mmaction")
+    assert exported.exit_code == 0 and "4 videos written as mmaction frames" in exported.output
+    lines = (frames / "rawframes.txt").read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["Jump/v_Jump_g00", "Jump/v_Jump_g01", "Run/v_Run_g00", "Run/v_Run_g01"]
+    assert all(line.split()[1:] in (["8", "0"], ["8", "1"]) for line in lines)
+    back = tmp_path / "back"
+    imported = invoke("import-frames", "--frames", frames, "--out", back, "--layout", "mmaction")
+    assert imported.exit_code == 0, imported.output
+    with h5py.File(shards / "shard-00000.h5", "r") as a, h5py.File(back / "shard-00000.h5", "r") as b:
+        for vid in ("Jump/v_Jump_g00", "Run/v_Run_g01"):
+            qa, qb = a[f"videos/{vid}/flow"][:].astype(int), b[f"videos/{vid}/flow"][:].astype(int)
+            assert qa.shape == qb.shape and np.abs(qa - qb).mean() < 1.0  # JPEG quality 95
+            assert [x.tobytes() for x in a[f"videos/{vid}/rgb"]] == [x.tobytes() for x in b[f"videos/{vid}/rgb"]]
+            assert a[f"videos/{vid}"].attrs["label"] == b[f"videos/{vid}"].attrs["label"]
