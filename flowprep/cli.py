@@ -156,7 +156,8 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @main.command(context_settings={"show_default": True}, epilog=exits.help_text())
 @click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of videos (.avi .mp4 .mkv .webm .mov, searched recursively). The class of a video is "
-                   "its top-level folder, as in UCF-101: VIDEOS/<Class>/<video>.")
+                   "its top-level folder, as in UCF-101 (VIDEOS/<Class>/<video>), unless --layout or --labels says "
+                   "otherwise.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: shards, manifest, failures.jsonl. Rerun the same command to resume.")
 @click.option("--method", type=click.Choice(["tvl1", "farneback"]), default="tvl1",
@@ -171,8 +172,18 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard (a video is never split).")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="UCF-101 classInd.txt ('1 ApplyEyeMakeup' lines): labels follow its order. "
-                   "[default: sorted class folder names]")
+              help="UCF-101 classInd.txt ('1 ApplyEyeMakeup' lines) or Something-Something's labels JSON: labels "
+                   "follow its order.  [default: sorted class names]")
+@click.option("--layout", type=click.Choice(reader.LAYOUTS), default=None, show_default=False,
+              help="Where classes come from without --labels: ucf101 / hmdb51 / folders: the top-level folder "
+                   "(<Class>/<video>); kinetics: the folder holding the video (<split>/<label>/<video>); ssv2 "
+                   "needs --labels.  [default: folders; top-level videos are extracted unlabelled, with a note]")
+@click.option("--labels", "labels", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Label file(s), repeatable, of one kind (detected from the content): a CSV 'path,label[,split]' "
+                   "(path relative to --videos), Kinetics' official CSV (label,youtube_id,time_start,time_end,split; "
+                   "files named {youtube_id}_{start:06d}_{end:06d}.mp4) or Something-Something v2's JSON (<id>.webm).")
+@click.option("--unlabelled", is_flag=True,
+              help="Extract without labels: label -1 and no class name in the shards (e.g. a test set).")
 @click.option("--size", "size_text", metavar="WxH",
               help="Resize every frame to WxH before flow.  [default: native size: flow at the source resolution]")
 @click.option("--short-side", type=click.IntRange(min=2),
@@ -212,7 +223,8 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--debug", is_flag=True, help="Show the full traceback of a crash instead of one line.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
 def extract(videos: Path, out: Path, method: str, workers: int | None, bound: float, videos_per_shard: int,
-            class_index: Path | None, size_text: str | None, short_side: int | None, frame_step: int,
+            class_index: Path | None, layout: str | None, labels: tuple[Path, ...], unlabelled: bool,
+            size_text: str | None, short_side: int | None, frame_step: int,
             no_rgb: bool, jpeg_quality: int, task_index: int | None, task_count: int | None, backend: str,
             scheduler: str | None, retry_failed: bool, check: bool, failed_videos_ok: bool, debug: bool,
             progress: bool, **method_kwargs: Any) -> None:
@@ -234,7 +246,8 @@ def extract(videos: Path, out: Path, method: str, workers: int | None, bound: fl
     except (distributor.TaskError, dask_backend.BackendUsageError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        classes, metas = reader.plan_videos(videos, class_index=class_index, warn=lambda m: click.echo(m, err=True))
+        classes, metas = reader.plan_videos(videos, class_index=class_index, layout=layout, labels=labels,
+                                            unlabelled=unlabelled, warn=lambda m: click.echo(m, err=True))
         total = len(metas)
         weights = distributor.video_weights(videos, [m.source for m in metas])
         if task.count > 1:  # an array task: say which one, and where that came from

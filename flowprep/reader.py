@@ -7,11 +7,13 @@ is given, else the sorted class folder names.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from flowprep.format import VIDEO_EXTENSIONS, video_id as video_id_of
+from flowprep.labels import read_labels
 from flowprep.writer import VideoMeta
 
 _LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
@@ -63,27 +65,53 @@ def find_videos(root: str | Path, *, warn: Callable[[str], None] | None = None) 
 def read_class_index(path: str | Path) -> list[str]:
     """Class names from a UCF-101 ``classInd.txt`` ("<1-based index> <name>" per line), by index."""
     path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):  # Something-Something v2's labels JSON: {"Class name": "index", ...}
+        try:
+            order = sorted(json.loads(text).items(), key=lambda kv: int(kv[1]))
+        except (ValueError, AttributeError) as exc:
+            raise DatasetError(f"{path}: expected a JSON object {{class name: index}} ({exc})") from None
+        if [int(i) for _, i in order] != list(range(len(order))):
+            raise DatasetError(f"{path}: expected the indexes 0..{len(order) - 1}, once each")
+        return [name for name, _ in order]
     names: list[str] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        number, _, name = line.strip().partition(" ")  # class names may hold spaces ("air drumming")
+        name = name.strip()
+        if not (number.isdigit() and name):
             raise DatasetError(f"{path}:{lineno}: expected '<index> <ClassName>', got {line.strip()!r}")
-        if int(parts[0]) != len(names) + 1:
-            raise DatasetError(f"{path}:{lineno}: expected index {len(names) + 1}, got {parts[0]}")
-        if parts[1] in names:
-            raise DatasetError(f"{path}:{lineno}: class {parts[1]!r} is listed twice")
-        names.append(parts[1])
+        if int(number) != len(names) + 1:
+            raise DatasetError(f"{path}:{lineno}: expected index {len(names) + 1}, got {number}")
+        if name in names:
+            raise DatasetError(f"{path}:{lineno}: class {name!r} is listed twice")
+        names.append(name)
     if not names:
         raise DatasetError(f"{path}: no classes in the class index")
     return names
 
 
+LAYOUTS = ("folders", "ucf101", "hmdb51", "kinetics", "ssv2")
+_SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "validate", "test", "testing"}
+
+
 def plan_videos(
-    root: str | Path, *, class_index: str | Path | None = None, warn: Callable[[str], None] | None = None
+    root: str | Path, *, class_index: str | Path | None = None, warn: Callable[[str], None] | None = None,
+    layout: str | None = None, labels: Sequence[str | Path] = (), unlabelled: bool = False,
 ) -> tuple[list[str], list[VideoMeta]]:
-    """(classes, videos sorted by relative path) for the tree under ``root``."""
+    """(classes, videos sorted by relative path) for the tree under ``root``.
+
+    Where a video's class comes from: ``labels`` files (generic CSV, Kinetics CSV, SSv2 JSON; see
+    ``flowprep.labels``) when given; none with ``unlabelled`` (label -1, no class name; also when every
+    video sits at the top level, with a note); else its folder: the top-level one (``folders``, ``ucf101``,
+    ``hmdb51``: ``<Class>/<video>``), or the one holding it (``kinetics``: ``<split>/<label>/<video>``).
+    Problems (unlabelled videos, labels naming missing videos, unknown classes) are listed, the first
+    ten and a count, in one ``DatasetError``.
+    """
+    warn = warn or (lambda message: None)
+    if layout is not None and layout not in LAYOUTS:
+        raise DatasetError(f"expected a layout in {', '.join(LAYOUTS)}, got {layout!r}")
     sources = find_videos(root, warn=warn)
     if not sources:
         raise DatasetError(f"no videos ({' '.join(VIDEO_EXTENSIONS)}) under {root}")
@@ -91,17 +119,27 @@ def plan_videos(
     if odd:
         raise DatasetError(f"video path {odd[0]!r} contains a tab or line break, which no list file can name: "
                            f"rename it ({len(odd)} such path(s))")
-    loose = [s for s in sources if "/" not in s]
-    if loose:
-        raise DatasetError(f"videos must sit in class folders (<Class>/<video>), found {loose[0]!r} at the top level")
-    folders = sorted({s.split("/", 1)[0] for s in sources})
+    problems: list[str] = []
+    if labels:
+        names = _names_from_labels(sources, [Path(p) for p in labels], problems, warn)
+    elif unlabelled or (layout is None and all("/" not in s for s in sources)):
+        if not unlabelled:
+            warn(f"note: the {len(sources)} videos sit at the top of {root}, in no class folders: extracting them "
+                 "unlabelled (label -1); give --labels FILE to label them")
+        names = {s: "" for s in sources}
+    elif layout == "ssv2":
+        raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
+    else:
+        names = _names_from_folders(sources, layout or "folders", root)
+    found = sorted({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
-        unknown = [c for c in folders if c not in classes]
-        if unknown:
-            raise DatasetError(f"class folder {unknown[0]!r} is not in {class_index} ({len(unknown)} unknown folder(s))")
+        problems += [f"class {c!r} is not in {class_index}" for c in found if c not in classes]
     else:
-        classes = folders
+        classes = found
+    if problems:
+        raise DatasetError("\n".join(problems[:10] + ([f"... and {len(problems) - 10} more problem(s)"]
+                                                       if len(problems) > 10 else [])))
     label = {name: i for i, name in enumerate(classes)}
     videos, seen = [], {}
     for source in sources:
@@ -109,6 +147,44 @@ def plan_videos(
         if video_id in seen:
             raise DatasetError(f"{seen[video_id]!r} and {source!r} would both be stored as {video_id!r}")
         seen[video_id] = source
-        class_name = source.split("/", 1)[0]
-        videos.append(VideoMeta(video_id=video_id, source=source, label=label[class_name], class_name=class_name))
+        name = names[source]
+        videos.append(VideoMeta(video_id=video_id, source=source, label=label[name] if name else -1, class_name=name))
     return classes, videos
+
+
+def _names_from_folders(sources: list[str], layout: str, root: str | Path) -> dict[str, str]:
+    loose = [s for s in sources if "/" not in s]
+    if loose:
+        raise DatasetError(f"videos must sit in class folders (<Class>/<video>), found {loose[0]!r} at the top level "
+                           "(or give --labels FILE, or --unlabelled)")
+    if layout == "kinetics":  # <split>/<label>/<video> or <label>/<video>: the folder holding the video
+        return {s: s.rsplit("/", 2)[-2] for s in sources}
+    tops = {s.split("/", 1)[0] for s in sources}
+    if layout == "folders" and tops <= _SPLIT_NAMES:
+        raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
+                           "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
+                           "by these names anyway")
+    return {s: s.split("/", 1)[0] for s in sources}
+
+
+def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str],
+                       warn: Callable[[str], None]) -> dict[str, str]:
+    try:
+        table = read_labels(paths)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(str(exc)) from None
+    problems += table.problems
+    names, used = {}, set()
+    for source in sources:
+        row = table.rows.get(table.key_of(source))
+        if row is None:
+            problems.append(f"{source}: not in the labels file(s) {', '.join(p.name for p in paths)}")
+            continue
+        names[source] = row.class_name
+        used.add(table.key_of(source))
+    missing = sorted(set(table.rows) - used)
+    if missing and table.kind == "csv":
+        problems += [f"{table.rows[key].where}: names {key!r}, which is not under --videos" for key in missing]
+    elif missing:  # Kinetics and SSv2 downloads always miss some videos: say how many
+        warn(f"note: {len(missing)} of the {len(table.rows)} videos in the labels file(s) are not under --videos")
+    return names

@@ -52,7 +52,8 @@ def _check_video(name: str, g: h5py.Group, classes: list[str], params: dict[str,
         return [f"video {name}: missing attribute(s) {', '.join(missing)}"]
     problems = []
     label, t = int(a["label"]), int(a["num_frames"])
-    if not (0 <= label < len(classes)) or classes[label] != a["class_name"]:
+    unlabelled = label == -1 and a["class_name"] == ""  # extract --unlabelled
+    if not unlabelled and (not (0 <= label < len(classes)) or classes[label] != a["class_name"]):
         problems.append(f"video {name}: label {label} / class_name {a['class_name']!r} disagree with the manifest classes")
     if "flow" not in g:
         return problems + [f"video {name}: no flow dataset"]

@@ -40,8 +40,8 @@ def test_labels_default_to_sorted_folders(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("files", "index", "message"),
     [
-        (["Other/x.avi"], "1 Zoo\n", "class folder 'Other' is not in"),
-        (["x.avi"], None, "must sit in class folders"),
+        (["Other/x.avi"], "1 Zoo\n", "class 'Other' is not in"),
+        (["x.avi", "A/y.avi"], None, "must sit in class folders"),
         (["A/x.avi", "A/x.mp4"], None, "would both be stored as 'A/x'"),
         (["A/readme.txt"], None, "no videos"),
         (["A/x.avi"], "1 A\n3 B\n", "expected index 2, got 3"),

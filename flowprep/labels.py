@@ -1,0 +1,119 @@
+"""Label files of the common datasets, read for ``flowprep extract --labels`` (imports neither cv2 nor torch).
+
+- generic CSV: ``path,label[,split]`` per row (a header row ``path,label,...`` is optional); ``path`` is
+  relative to ``--videos`` (with or without extension), ``label`` a class name;
+- Kinetics-400/600/700: the official CSV ``label,youtube_id,time_start,time_end,split``; a video file is
+  matched by the common name ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4``;
+- Something-Something v2: the official JSON list of ``{"id", "template", ...}``; a video file is matched by
+  its name ``<id>.webm``, its class is the template without brackets ("Putting something on a surface").
+
+``read_labels`` returns a table keyed by what identifies a video file (its id for the generic CSV, its
+file stem for Kinetics and SSv2) and the problems found (duplicates, malformed rows), one line each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowprep.format import video_id
+
+KINDS = ("csv", "kinetics", "ssv2")
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    class_name: str
+    split: str | None
+    where: str  # "file:line", for messages
+
+
+@dataclass
+class LabelTable:
+    kind: str  # one of KINDS
+    rows: dict[str, LabelRow]  # key -> label
+    problems: list[str]
+
+    def key_of(self, source: str) -> str:
+        """The key a video file (path relative to --videos) is looked up by."""
+        return video_id(source) if self.kind == "csv" else Path(source).stem
+
+
+def detect(path: Path) -> str:
+    """The kind of a label file, from its content."""
+    head = path.read_text(encoding="utf-8", errors="replace").lstrip()[:4096]
+    if head.startswith("["):
+        return "ssv2"
+    first = head.splitlines()[0] if head else ""
+    return "kinetics" if "youtube_id" in first and "time_start" in first else "csv"
+
+
+def read_labels(paths: list[Path]) -> LabelTable:
+    """Read one or more label files of one kind (e.g. Kinetics' train.csv and validate.csv)."""
+    kinds = {detect(p) for p in paths}
+    if len(kinds) != 1:
+        raise ValueError(f"the --labels files are of different kinds ({', '.join(sorted(kinds))}): give one kind")
+    (kind,) = kinds
+    table = LabelTable(kind, {}, [])
+    for path in paths:
+        {"csv": _generic, "kinetics": _kinetics, "ssv2": _ssv2}[kind](path, table)
+    return table
+
+
+def _add(table: LabelTable, key: str, row: LabelRow) -> None:
+    if key in table.rows:
+        table.problems.append(f"{row.where}: {key!r} is labelled twice (first at {table.rows[key].where})")
+    else:
+        table.rows[key] = row
+
+
+def _generic(path: Path, table: LabelTable) -> None:
+    with open(path, newline="", encoding="utf-8") as f:
+        for lineno, fields in enumerate(csv.reader(f), 1):
+            if not fields or not "".join(fields).strip():
+                continue
+            if lineno == 1 and [x.strip().lower() for x in fields[:2]] == ["path", "label"]:
+                continue  # the header
+            where = f"{path.name}:{lineno}"
+            if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
+                table.problems.append(f"{where}: expected 'path,label[,split]', got {','.join(fields)!r}")
+                continue
+            split = fields[2].strip() if len(fields) == 3 else None
+            _add(table, video_id(fields[0].strip()), LabelRow(fields[1].strip(), split, where))
+
+
+def _kinetics(path: Path, table: LabelTable) -> None:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        need = {"youtube_id", "time_start", "time_end"}
+        if not need <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: expected Kinetics columns label,youtube_id,time_start,time_end,split")
+        for lineno, row in enumerate(reader, 2):
+            where = f"{path.name}:{lineno}"
+            try:
+                key = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+            except (TypeError, ValueError):
+                table.problems.append(f"{where}: expected integer time_start and time_end, got {row}")
+                continue
+            label = (row.get("label") or "").strip()
+            if not label:
+                table.problems.append(f"{where}: {key} has no label (a test split without labels: use --unlabelled)")
+                continue
+            _add(table, key, LabelRow(label, (row.get("split") or "").strip() or None, where))
+
+
+def _ssv2(path: Path, table: LabelTable) -> None:
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    for i, item in enumerate(items):
+        where = f"{path.name}[{i}]"
+        if not isinstance(item, dict) or "id" not in item or "template" not in item:
+            table.problems.append(f"{where}: expected an object with 'id' and 'template' (the test list has no "
+                                  "labels: use --unlabelled)")
+            continue
+        name = str(item["template"]).replace("[", "").replace("]", "")
+        _add(table, str(item["id"]), LabelRow(name, None, where))
