@@ -37,9 +37,15 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (DataError, CheckpointError, DeviceError, PretrainedError) as e:
-            raise click.ClickException(" ".join(str(e).split())) from None
+            message = " ".join(str(e).split())
+            # Drop the stack now: it holds the DataLoader iterators, and torch only stops their worker processes
+            # promptly when the iterator is freed as a plain object; left to the garbage collector (the traceback
+            # is a reference cycle), each worker waits out a 5 s join timeout before the command can exit.
+            e.__traceback__ = None
         except FloatingPointError as e:
-            raise click.ClickException(f"training diverged: {e}; try a lower --lr") from None
+            message = f"training diverged: {e}; try a lower --lr"
+            e.__traceback__ = None
+        raise click.ClickException(message)
 
     return wrapper
 

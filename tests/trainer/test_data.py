@@ -280,7 +280,8 @@ def test_a_corrupt_flow_chunk_is_one_clear_error(make_tiny_shards) -> None:
     np.testing.assert_array_equal(data.read_flow(rec, 0, 3), ts.flow_q[rec.video_id][:3])  # other fields still read
     with pytest.raises(DataError) as e:
         data.read_flow(rec, 2, 5)
-    assert one_line(e) == f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk)"
+    assert one_line(e) == (f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk); "
+                           "`flowprep verify` checks the whole folder, rerunning the extraction repairs it")
 
 
 def test_device_items_are_windows_with_the_cpu_paths_box_and_flip(tiny_shards) -> None:
