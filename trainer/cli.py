@@ -1,7 +1,8 @@
 """``trainer`` command line: fit one stream (or both jointly), evaluate streams and their fusion, redo a
 fusion from scores.
 
-Exit codes: 0 done, 1 a data/checkpoint/device problem (one line on stderr), 2 a usage error.
+Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
+stderr, also for a damaged shard read in a loader worker), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def main() -> None:
     trainer evaluate --shards OUT --test-list testlist01.txt --spatial runs/s --temporal runs/t --out res.json
     trainer fit --stream joint --fusion learned --spatial-init runs/s --temporal-init runs/t ... --out runs/j
     Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...
+
+    Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
+    video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
+    are not its shard's, a list naming unknown videos; 2 usage error. Lists hold 'path [label]' per line; the
+    path may contain spaces, the label is the last token when it is an integer.
     """
 
 

@@ -45,6 +45,8 @@ def test_cli_arch_choices_are_the_models() -> None:
 def test_help_explains_every_command() -> None:
     top = _invoke("--help")
     assert top.exit_code == 0 and all(c in top.output for c in ("fit", "evaluate", "fuse", "torchrun"))
+    text = " ".join(top.output.split())  # as wrapped for any terminal width
+    assert "Exit status: 0 done; 1 unusable data" in text and "a damaged shard" in text and "2 usage error" in text
     fit = _invoke("fit", "--help")
     for opt in ("--stream", "--shards", "--train-list", "--val-list", "--out", "--arch", "--pretrained", "--epochs",
                 "--batch-size", "--lr", "--flow-length", "--crop-size", "--workers", "--device", "--seed", "--resume"):
