@@ -34,8 +34,8 @@ _WORKER = re.compile(r"Caught \w+ in (DataLoader worker process \d+)\.\nOriginal
                      re.DOTALL)
 
 
-# What to do about a damaged shard (the folder's own check, then the documented repair).
-DAMAGED = "`flowprep verify` checks the whole folder, rerunning the extraction repairs it"
+# What to do about damaged data: the folder's own check names what to re-extract.
+DAMAGED = "`flowprep verify` on the folder says what to re-extract"
 
 
 def one_line(e: BaseException) -> str:

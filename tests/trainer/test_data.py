@@ -281,7 +281,7 @@ def test_a_corrupt_flow_chunk_is_one_clear_error(make_tiny_shards) -> None:
     with pytest.raises(DataError) as e:
         data.read_flow(rec, 2, 5)
     assert one_line(e) == (f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk); "
-                           "`flowprep verify` checks the whole folder, rerunning the extraction repairs it")
+                           "`flowprep verify` on the folder says what to re-extract")
 
 
 def test_a_corrupt_chunk_read_through_hdf5s_own_filters_is_one_line_naming_shard_video_and_fields(
@@ -305,7 +305,7 @@ def test_a_corrupt_chunk_read_through_hdf5s_own_filters_is_one_line_naming_shard
     with pytest.raises(DataError) as e:
         data.read_flow(rec, 2, 5)
     assert one_line(e).startswith(f"{rec.shard}: fields 2-4 of {rec.video_id} cannot be read (OSError: ")
-    assert one_line(e).endswith("; `flowprep verify` checks the whole folder, rerunning the extraction repairs it")
+    assert one_line(e).endswith("; `flowprep verify` on the folder says what to re-extract")
 
 
 def test_device_items_are_windows_with_the_cpu_paths_box_and_flip(tiny_shards) -> None:

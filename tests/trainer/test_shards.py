@@ -169,7 +169,7 @@ def test_a_video_with_edited_flow_quantization_is_refused_naming_shard_video_and
         read_video_list(ts.all_list, idx)
     assert one_line(e) == (f"{shard}: video {vid} has flow {shown} but the shard's params say bound 12 px, i.e. "
                            "0.09411765 / -12; its flow would be dequantized wrongly (an edited or foreign video): "
-                           "`flowprep verify` checks the whole folder, rerunning the extraction repairs it")
+                           "`flowprep verify` on the folder says what to re-extract")
     others = tmp_path / "others.txt"  # a list without that video trains: only the videos used are checked
     others.write_text("".join(ln + "\n" for ln in ts.all_list.read_text().splitlines() if vid not in ln))
     assert len(read_video_list(others, idx)) == 11
