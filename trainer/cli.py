@@ -1,7 +1,8 @@
 """``trainer`` command line: fit one stream (or both jointly), evaluate streams and their fusion, redo a
 fusion from scores.
 
-Exit codes: 0 done, 1 a data/checkpoint/device problem (one line on stderr), 2 a usage error.
+Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
+stderr, also for a damaged shard read in a loader worker), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (DataError, CheckpointError, DeviceError, PretrainedError) as e:
-            raise click.ClickException(" ".join(str(e).split())) from None
+            message = " ".join(str(e).split())
+            # Drop the stack now: it holds the DataLoader iterators, and torch only stops their worker processes
+            # promptly when the iterator is freed as a plain object; left to the garbage collector (the traceback
+            # is a reference cycle), each worker waits out a 5 s join timeout before the command can exit.
+            e.__traceback__ = None
         except FloatingPointError as e:
-            raise click.ClickException(f"training diverged: {e}; try a lower --lr") from None
+            message = f"training diverged: {e}; try a lower --lr"
+            e.__traceback__ = None
+        raise click.ClickException(message)
 
     return wrapper
 
@@ -53,6 +60,11 @@ def main() -> None:
     trainer evaluate --shards OUT --test-list testlist01.txt --spatial runs/s --temporal runs/t --out res.json
     trainer fit --stream joint --fusion learned --spatial-init runs/s --temporal-init runs/t ... --out runs/j
     Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...
+
+    Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
+    video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
+    are not its shard's, a list naming unknown videos; 2 usage error. Lists hold 'path [label]' per line; the
+    path may contain spaces, the label is the last token when it is an integer.
     """
 
 

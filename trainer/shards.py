@@ -6,23 +6,54 @@ UCF-101 style list against that index. ``trainer.data`` builds the datasets on t
 Incomplete runs are an error: if a manifest says ``complete: false`` or parts of an array run are
 missing, ``index_shards`` raises ``DataError`` unless ``allow_incomplete=True`` (then it warns and indexes
 the finished shards), because training on a silently partial dataset gives numbers nobody can compare.
+
+Damage is an error too, in one line naming the shard (and the video where one is concerned): a shard HDF5
+cannot open, and a video whose flow ``scale_factor``/``add_offset`` are not those of its shard's bound
+(root ``params``, through ``flowprep.quantize.scale_and_offset``): it would be dequantized with the wrong
+numbers. Both are found from attributes alone, before any training.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import h5py
+import numpy as np
+
+from flowprep.quantize import scale_and_offset
 
 _PART = re.compile(r"manifest-(\d{5})-of-(\d{5})\.json")
+# torch.utils.data re-raises a worker's exception as ``type(e)(text)``, the text being "Caught DataError in
+# DataLoader worker process N.\nOriginal Traceback ...", ending with the original "...DataError: <message>".
+_WORKER = re.compile(r"Caught \w+ in (DataLoader worker process \d+)\.\nOriginal Traceback .*\n[\w.]*DataError: (.*)\n?",
+                     re.DOTALL)
+
+
+# What to do about damaged data: the folder's own check names what to re-extract.
+DAMAGED = "`flowprep verify` on the folder says what to re-extract"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as "Type: text" on one line, for a DataError that names what could not be read."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 class DataError(ValueError):
-    """Bad or inconsistent input data; the message is one line naming what was expected and what came."""
+    """Bad or inconsistent input data; the message is one line naming what was expected and what came.
+
+    Raised in a DataLoader worker, it reaches the main process as a new DataError built from the worker's
+    whole traceback (torch's ``ExceptionWrapper.reraise``); that one keeps only the original line and says
+    which worker read it, so the user sees the shard and the video, not 1.4 KB of someone else's stack.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        m = _WORKER.fullmatch(message) if message.startswith("Caught ") else None
+        super().__init__(f"{m[2]} (read by {m[1]})" if m else message)
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,8 @@ class VideoRecord:
     label: int  # 0-based
     num_frames: int
     class_name: str
+    scale_factor: float = math.nan  # the video's own flow attributes (NaN: absent), checked by read_video_list
+    add_offset: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -39,11 +72,12 @@ class ShardIndex:
     root: Path
     classes: list[str]
     videos: dict[str, VideoRecord]
-    scale_factor: float  # f = q * scale_factor + add_offset, the same for every shard (checked)
+    scale_factor: float  # f = q * scale_factor + add_offset, from the bound in the shards' params (one per dataset)
     add_offset: float
     height: int  # stored frame size when all videos share it, else 0
     width: int
     has_rgb: bool  # every video has JPEG frames
+    bound: float  # B of the shards' root params: scale_factor = 2B/255, add_offset = -B (flowprep.quantize)
 
 
 def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict]]:
@@ -79,26 +113,74 @@ def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict
     return manifests
 
 
+def _shard_bound(path: Path, f: h5py.File) -> float:
+    """The flow bound B of the shard's root ``params`` attribute (the run parameters, docs/shard-format.md)."""
+    try:
+        bound = float(json.loads(f.attrs["params"])["flow"]["bound"])
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise DataError(f"{path}: no flow bound in the root attribute params ({type(e).__name__}: {e}); expected a "
+                        "flowprep shard (docs/shard-format.md)") from None
+    if not bound > 0:
+        raise DataError(f"{path}: the root attribute params says flow bound {bound}; expected a bound > 0")
+    return bound
+
+
+def _scalar_attr(obj: h5py.HLObject, name: bytes, dtype: type = np.float64) -> float | int:
+    """A one-number attribute (KeyError when absent), read through h5py's low-level API: about a third of
+    ``obj.attrs[name]``'s time, which counts with several reads per video (UCF-101: 13k videos)."""
+    attr = h5py.h5a.open(obj.id, name)
+    out = np.empty(attr.shape, dtype)
+    attr.read(out)  # HDF5 converts the stored type (float32 scale_factor, int64 label) exactly
+    if out.size != 1:
+        raise KeyError(f"attribute {name.decode()} holds {out.size} values, expected one")
+    return out.reshape(-1)[0].item()
+
+
+def _quantization_attr(flow: h5py.Dataset, name: bytes) -> float:
+    """The flow dataset's ``scale_factor`` / ``add_offset``; NaN when absent or not one number (then
+    ``check_quantization`` refuses the video, naming it)."""
+    try:
+        return float(_scalar_attr(flow, name))
+    except (KeyError, OSError, TypeError, ValueError):
+        return math.nan
+
+
 def _index_shard(
     path: Path, names: list[str], classes: list[str], manifest: str,
-) -> tuple[list[VideoRecord], tuple[float, float] | None, set[tuple[int, int]], bool]:
-    """Records of one shard, its (scale_factor, add_offset), its frame sizes and whether all have RGB."""
+) -> tuple[list[VideoRecord], float, set[tuple[int, int]], bool]:
+    """Records of one shard, its flow bound (root params), its frame sizes and whether all have RGB.
+
+    Reads attributes and shapes only, no data: each video's flow ``scale_factor``/``add_offset`` go into its
+    record for ``read_video_list`` to check against the bound.
+    """
     records, sizes, has_rgb = [], set(), True
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:  # zeroed, truncated in place, not HDF5 at all
+        some = f"{len(names)} videos, e.g. {names[0]!r}" if names else "no videos"
+        raise DataError(f"{path}: cannot be opened as HDF5 ({one_line(e)}); the shard ({some}) is damaged: "
+                        f"{DAMAGED}") from None
+    with f:
+        bound = _shard_bound(path, f)
         for vid in names:
-            g = f.get(f"videos/{vid}")
-            if g is None or "flow" not in g:
-                raise DataError(f"{path}: video {vid!r} listed in {manifest} but not in the shard")
-            label, name = int(g.attrs["label"]), str(g.attrs["class_name"])
+            try:
+                g = f.get(f"videos/{vid}")
+                if g is None or "flow" not in g:
+                    raise DataError(f"{path}: video {vid!r} listed in {manifest} but not in the shard")
+                label, name = _scalar_attr(g, b"label", np.int64), str(g.attrs["class_name"])
+                flow = g["flow"]
+                rec = VideoRecord(vid, path, label, _scalar_attr(g, b"num_frames", np.int64), name,
+                                  _quantization_attr(flow, b"scale_factor"), _quantization_attr(flow, b"add_offset"))
+                size, rgb = flow.shape[2:], "rgb" in g
+            except (OSError, KeyError, RuntimeError) as e:  # h5py: damaged metadata or a missing attribute
+                raise DataError(f"{path}: video {vid!r} cannot be indexed ({one_line(e)}); the shard is damaged or "
+                                f"not a flowprep shard: {DAMAGED}") from None
             if not (0 <= label < len(classes)) or classes[label] != name:
                 raise DataError(f"{path}: {vid} has label {label} ({name!r}), expected one of the manifest's classes")
-            records.append(VideoRecord(vid, path, label, int(g.attrs["num_frames"]), name))
-            sizes.add(g["flow"].shape[2:])
-            has_rgb = has_rgb and "rgb" in g
-        # The quantization is a run parameter: read once per shard, from its first video.
-        attrs = f[f"videos/{names[0]}/flow"].attrs if names else {}
-        factors = (float(attrs["scale_factor"]), float(attrs["add_offset"])) if names else None
-    return records, factors, sizes, has_rgb
+            records.append(rec)
+            sizes.add(size)
+            has_rgb = has_rgb and rgb
+    return records, bound, sizes, has_rgb
 
 
 def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIndex:
@@ -113,7 +195,7 @@ def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIn
     manifests = _load_manifests(root, allow_incomplete)
     classes = manifests[0][1]["classes"]
     videos: dict[str, VideoRecord] = {}
-    factors: dict[tuple[float, float], str] = {}
+    bounds: dict[float, str] = {}  # flow bound -> first shard with it
     sizes: set[tuple[int, int]] = set()
     has_rgb = True
     for mpath, m in manifests:
@@ -125,13 +207,13 @@ def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIn
                 raise DataError(f"{path}: listed in {mpath.name} but missing on disk")
             if path.stat().st_size != entry["size"]:
                 raise DataError(f"{path}: {path.stat().st_size} bytes on disk, {mpath.name} says {entry['size']}")
-            records, sf_ao, shard_sizes, shard_rgb = _index_shard(path, entry["videos"], classes, mpath.name)
-            if sf_ao is not None:
-                factors.setdefault(sf_ao, path.name)
-            if len(factors) > 1:
-                (a, pa), (b, pb) = list(factors.items())[:2]
-                raise DataError(f"{root}: flow quantization differs between shards ({pa}: bound {-a[1]:g} px, "
-                                f"{pb}: bound {-b[1]:g} px); expected one bound per dataset")
+            records, bound, shard_sizes, shard_rgb = _index_shard(path, entry["videos"], classes, mpath.name)
+            bounds.setdefault(bound, path.name)
+            if len(bounds) > 1:
+                (a, pa), (b, pb) = list(bounds.items())[:2]
+                raise DataError(f"{root}: flow quantization differs between shards ({pa}: bound {a:g} px, "
+                                f"{pb}: bound {b:g} px, from their root attribute params); expected one bound per "
+                                "dataset")
             for rec in records:
                 if rec.video_id in videos:
                     raise DataError(f"{path}: video {rec.video_id!r} also in {videos[rec.video_id].shard.name}; "
@@ -141,16 +223,47 @@ def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIn
             has_rgb = has_rgb and shard_rgb
     if not videos:
         raise DataError(f"{root}: the manifests list no videos")
-    (sf, ao), = factors
+    (bound,) = bounds
+    # As the writer stores them (float32), so that dequantizing gives exactly the numbers of any HDF5 reader.
+    sf, ao = (float(np.float32(v)) for v in scale_and_offset(bound))
     height, width = sizes.pop() if len(sizes) == 1 else (0, 0)
-    return ShardIndex(root, list(classes), videos, sf, ao, height, width, has_rgb)
+    return ShardIndex(root, list(classes), videos, sf, ao, height, width, has_rgb, bound)
+
+
+def _parse_list_line(line: str) -> tuple[str, str | None]:
+    """(path, label or None) of one list line: the label is the last token when it is an integer; the path is
+    everything before it, inner spaces included (Kinetics-style ids like "air drumming/x")."""
+    parts = line.rsplit(None, 1)
+    if len(parts) == 2 and re.fullmatch("[0-9]+", parts[1]):
+        return parts[0], parts[1]
+    return line, None
+
+
+def _video_id(path: str) -> str:
+    """A list path -> video id: "/" separators, the extension dropped (".avi"; not a "suffix" holding spaces)."""
+    p = PurePosixPath(path.replace("\\", "/"))
+    return str(p.with_suffix("") if p.suffix and not any(c.isspace() for c in p.suffix) else p)
+
+
+def check_quantization(rec: VideoRecord, index: ShardIndex) -> None:
+    """DataError unless the video's flow ``scale_factor``/``add_offset`` are those of its shard's bound."""
+    want = (index.scale_factor, index.add_offset)
+    got = (rec.scale_factor, rec.add_offset)
+    if not all(math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-6) for g, w in zip(got, want)):  # NaN (absent) fails
+        raise DataError(
+            f"{rec.shard}: video {rec.video_id} has flow scale_factor {got[0]:.7g} / add_offset {got[1]:.7g}, but "
+            f"the shard's params say bound {index.bound:g} px, i.e. {want[0]:.7g} / {want[1]:.7g}; its flow would be "
+            f"dequantized wrongly (an edited or foreign video): {DAMAGED}"
+        )
 
 
 def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None) -> list[VideoRecord]:
     """Resolve a UCF-101 list (``Class/v_x.avi 1`` with 1-based labels, or ``Class/v_x.avi``).
 
-    ``labelled``: True requires a label on every line, False forbids labels, None accepts either (but
-    not a mix). Labels present must agree with the shards.
+    A line is a path, then optionally a 1-based integer label after whitespace; the path may hold spaces
+    (``air drumming/x.mp4 3``). ``labelled``: True requires a label on every line, False forbids labels, None
+    accepts either (but not a mix). Labels present must agree with the shards, and each video's flow
+    ``scale_factor``/``add_offset`` must be its shard's (``check_quantization``, attributes only).
     """
     path = Path(path)
     try:
@@ -159,27 +272,29 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
         raise DataError(f"{path}: cannot read the video list ({e.strerror})") from None
     records, seen_labels = [], set()
     for lineno, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
+        line = line.strip()
+        if not line:
             continue
-        if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
-            raise DataError(f"{path}:{lineno}: expected 'Class/video.avi [label]', got {line.strip()!r}")
-        has_label = len(fields) == 2
+        name, label = _parse_list_line(line)
+        has_label = label is not None
         seen_labels.add(has_label)
         if labelled is not None and has_label != labelled:
             want = "a 1-based label on every line" if labelled else "no labels"
-            raise DataError(f"{path}:{lineno}: expected {want}, got {line.strip()!r}")
+            raise DataError(f"{path}:{lineno}: expected {want}, got {line!r}")
         if len(seen_labels) > 1:
             raise DataError(f"{path}:{lineno}: some lines have labels and some do not; expected one or the other")
-        vid = str(PurePosixPath(fields[0].replace("\\", "/")).with_suffix(""))
+        vid = _video_id(name)
         rec = index.videos.get(vid)
         if rec is None:
-            raise DataError(f"{path}:{lineno}: video {vid!r} is not in the shards under {index.root}")
-        if has_label and int(fields[1]) - 1 != rec.label:
+            hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
+                    if any(c.isspace() for c in name) else "")
+            raise DataError(f"{path}:{lineno}: video {vid!r} is not in the shards under {index.root}{hint}")
+        if has_label and int(label) - 1 != rec.label:
             raise DataError(
-                f"{path}:{lineno}: {vid} has label {fields[1]} (1-based) but the shards say "
+                f"{path}:{lineno}: {vid} has label {label} (1-based) but the shards say "
                 f"{rec.label + 1} ({rec.class_name}); expected the class order of the shards"
             )
+        check_quantization(rec, index)
         records.append(rec)
     if not records:
         raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")

@@ -8,7 +8,7 @@ Fixtures:
   all 12 in ``all_list`` (labelled).
 - ``make_tiny_shards(**kwargs)`` (function scope): the same in a fresh tmp dir with ``make_shards``'s
   keyword arguments, e.g. ``tasks=2`` (array-run manifest parts), ``num_frames=[12, 5, ...]``,
-  ``bound=``, ``rgb=False``.
+  ``bound=``, ``rgb=False``, ``class_names=["air drumming", ...]`` (ids with spaces, as Kinetics has).
 
 Content (``TinyShards.flow_q`` / ``TinyShards.rgb`` hold exactly what was written):
 - flow of class c, video k, field t on the pixel grid (X = x - (W-1)/2, Y = y - (H-1)/2):
@@ -89,11 +89,12 @@ def _sha256(path: Path) -> str:
 def make_shards(
     root: Path, *, num_classes: int = 3, videos_per_class: int = 4, num_frames: int | list[int] = 12,
     height: int = 32, width: int = 40, bound: float = 12.0, tasks: int = 1, videos_per_shard: int = 5,
-    rgb: bool = True,
+    rgb: bool = True, class_names: list[str] | None = None,
 ) -> TinyShards:
     """Write a flowprep output folder per docs/shard-format.md (manifest(s) + shards) and UCF-style lists."""
     root.mkdir(parents=True, exist_ok=True)
-    classes = [CLASSES[c] if c < len(CLASSES) else f"Class{c}" for c in range(num_classes)]
+    names = class_names or CLASSES
+    classes = [names[c] if c < len(names) else f"Class{c}" for c in range(num_classes)]
     videos = [(c, k) for c in range(num_classes) for k in range(videos_per_class)]
     frames = num_frames if isinstance(num_frames, list) else [num_frames] * len(videos)
     params = {"flow": {"method": "synthetic", "bound": bound}, "decode": {"size": [width, height]},

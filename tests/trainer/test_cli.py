@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -44,6 +45,8 @@ def test_cli_arch_choices_are_the_models() -> None:
 def test_help_explains_every_command() -> None:
     top = _invoke("--help")
     assert top.exit_code == 0 and all(c in top.output for c in ("fit", "evaluate", "fuse", "torchrun"))
+    text = " ".join(top.output.split())  # as wrapped for any terminal width
+    assert "Exit status: 0 done; 1 unusable data" in text and "a damaged shard" in text and "2 usage error" in text
     fit = _invoke("fit", "--help")
     for opt in ("--stream", "--shards", "--train-list", "--val-list", "--out", "--arch", "--pretrained", "--epochs",
                 "--batch-size", "--lr", "--flow-length", "--crop-size", "--workers", "--device", "--seed", "--resume"):
@@ -84,6 +87,76 @@ def test_bad_lists_exit_1_with_one_line(tiny_shards, tmp_path) -> None:
     _one_line_error(_invoke(*args), 1, "empty.txt", "empty")
     _one_line_error(_invoke("evaluate", "--shards", tiny_shards.root, "--test-list", unknown, "--temporal", tmp_path,
                             "--out", tmp_path / "r.json"), 1, "Drift/v_Drift_g99_c01")
+
+
+def _damage_flow_chunks(shard: Path) -> list[str]:
+    """Overwrite 8 bytes inside every compressed flow chunk of ``shard`` (its size, as the manifest says, kept);
+    returns its video ids."""
+    spots, videos = [], []
+    with h5py.File(shard, "r") as f:
+        for cls in f["videos"].values():
+            for g in cls.values():
+                videos.append(g.name.removeprefix("/videos/"))
+                chunks = g["flow"].id
+                spots += [chunks.get_chunk_info(i) for i in range(chunks.get_num_chunks())]
+    with open(shard, "r+b") as f:
+        for c in spots:
+            f.seek(c.byte_offset + c.size // 2)
+            f.write(b"\xff" * 8)
+    return videos
+
+
+def _names_a_damaged_video(line: str, shard: Path, videos: list[str]) -> None:
+    assert line.startswith(f"Error: {shard}: field ") and any(f" of {v} " in line for v in videos), line
+    assert line.endswith("(read by DataLoader worker process 0)") or line.endswith("process 1)"), line
+    assert len(line) < 400 and "Traceback" not in line, line
+
+
+def test_a_corrupt_flow_chunk_read_by_loader_workers_is_one_line_naming_shard_and_video(make_tiny_shards, tmp_path,
+                                                                                       capfd) -> None:
+    """Real worker processes (--workers 2) in the ring loader, torch's collate, fit's validation and evaluate:
+    exit status 1 and one line naming the shard and the video, not the worker's traceback; the workers write
+    nothing to the terminal themselves (capfd sees their file descriptors)."""
+    ts = make_tiny_shards()
+    clean = tmp_path / "clean"
+    assert _invoke(*_fit_args(ts, clean)).exit_code == 0  # a checkpoint to evaluate, made before the damage
+    shard = ts.root / "shard-00000.h5"
+    videos = _damage_flow_chunks(shard)  # Drift g01-g04, Expand g01: in every list
+    intact = tmp_path / "intact.txt"  # training videos of the other shards, to fail in validation (Drift g03)
+    intact.write_text("".join(f"{v}.avi {ts.labels[v] + 1}\n" for v in ts.video_ids
+                              if v not in videos and v[-6:-4] in ("01", "02")))
+    evaluate = ["evaluate", "--shards", ts.root, "--test-list", ts.test_list, "--temporal", clean, "--samples", "2",
+                "--device", "cpu", "--no-progress", "--out", tmp_path / "r.json"]
+    capfd.readouterr()
+    for name, args in (("ring", _fit_args(ts, tmp_path / "ring")),
+                       ("collate", [*_fit_args(ts, tmp_path / "collate"), "--no-shared-batches"]),
+                       ("validation", [*_fit_args(ts, tmp_path / "validation"), "--train-list", intact]),
+                       ("evaluate", evaluate)):
+        result = _invoke(*args, "--workers", "2")
+        _one_line_error(result, 1)
+        _names_a_damaged_video(result.stderr.strip(), shard, videos)
+        only = {"validation": "Drift/v_Drift_g03_c01", "evaluate": "Drift/v_Drift_g04_c01"}  # the damaged one listed
+        assert name not in only or f" of {only[name]} " in result.stderr, result.stderr
+        assert capfd.readouterr() == ("", ""), name
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_damaged_shards_and_edited_quantization_stop_fit_and_evaluate_in_one_line(make_tiny_shards, tmp_path,
+                                                                                  command) -> None:
+    ts = make_tiny_shards()
+    args = (_fit_args(ts, tmp_path / "run") if command == "fit" else
+            ["evaluate", "--shards", ts.root, "--test-list", ts.test_list, "--temporal", tmp_path, "--out",
+             tmp_path / "r.json"])
+    vid = "Rotate/v_Rotate_g04_c01"  # in the test list and, with all_list, in training
+    if command == "fit":
+        args[args.index("--train-list") + 1] = ts.all_list
+    with h5py.File(ts.root / "shard-00002.h5", "r+") as f:
+        f[f"videos/{vid}/flow"].attrs["scale_factor"] = 0.5
+    _one_line_error(_invoke(*args), 1, f"{ts.root / 'shard-00002.h5'}: video {vid} has flow scale_factor 0.5 / "
+                                       "add_offset -12, but the shard's params say bound 12 px")
+    with open(ts.root / "shard-00001.h5", "r+b") as f:
+        f.write(bytes(4096))
+    _one_line_error(_invoke(*args), 1, f"{ts.root / 'shard-00001.h5'}: cannot be opened as HDF5", "is damaged")
 
 
 def test_usage_errors_exit_2(tiny_shards, tmp_path) -> None:

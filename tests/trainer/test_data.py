@@ -280,7 +280,32 @@ def test_a_corrupt_flow_chunk_is_one_clear_error(make_tiny_shards) -> None:
     np.testing.assert_array_equal(data.read_flow(rec, 0, 3), ts.flow_q[rec.video_id][:3])  # other fields still read
     with pytest.raises(DataError) as e:
         data.read_flow(rec, 2, 5)
-    assert one_line(e) == f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk)"
+    assert one_line(e) == (f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk); "
+                           "`flowprep verify` on the folder says what to re-extract")
+
+
+def test_a_corrupt_chunk_read_through_hdf5s_own_filters_is_one_line_naming_shard_video_and_fields(
+        make_tiny_shards) -> None:
+    """Layouts other than one plain gzip field per chunk are read as an h5py hyperslab: HDF5's OSError too becomes
+    a DataError naming the shard, the video and the fields."""
+    ts = make_tiny_shards(num_classes=1, videos_per_class=1)
+    rec = index_shards(ts.root).videos[ts.video_ids[0]]
+    with h5py.File(rec.shard, "r+") as f:
+        g = f[f"videos/{rec.video_id}"]
+        q = g["flow"][()]
+        del g["flow"]
+        ds = g.create_dataset("flow", data=q, chunks=(1, *q.shape[1:]), compression="gzip", shuffle=True)
+        chunks = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    with open(rec.shard, "r+b") as f:
+        for c in chunks:
+            f.seek(c.byte_offset + c.size // 2)
+            f.write(b"\xff" * 8)
+    data._files_pid = -1  # forget handles opened before the edit
+    assert data._flow_dataset(rec)[1] == "hyperslab"
+    with pytest.raises(DataError) as e:
+        data.read_flow(rec, 2, 5)
+    assert one_line(e).startswith(f"{rec.shard}: fields 2-4 of {rec.video_id} cannot be read (OSError: ")
+    assert one_line(e).endswith("; `flowprep verify` on the folder says what to re-extract")
 
 
 def test_device_items_are_windows_with_the_cpu_paths_box_and_flip(tiny_shards) -> None:

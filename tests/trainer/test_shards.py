@@ -2,6 +2,7 @@ import json
 import shutil
 
 import h5py
+import numpy as np
 import pytest
 
 from flowprep.quantize import scale_and_offset
@@ -131,6 +132,49 @@ def test_class_list_disagreeing_between_parts_is_an_error(make_tiny_shards) -> N
         index_shards(ts.root)
 
 
+# ---------------------------------------------------------------- damaged shards
+
+
+@pytest.mark.parametrize("damage", ["first 4 KB zeroed", "not HDF5"])
+def test_a_shard_hdf5_cannot_open_is_one_line_naming_it_and_its_videos(make_tiny_shards, damage) -> None:
+    ts = make_tiny_shards()
+    shard = ts.root / "shard-00001.h5"  # Expand g02-g04, Rotate g01-g02
+    size = shard.stat().st_size  # kept: the manifest's size check passes, as after a bad disk block
+    if damage == "first 4 KB zeroed":
+        with open(shard, "r+b") as f:
+            f.write(bytes(4096))
+    else:
+        shard.write_bytes(b"x" * size)
+    assert shard.stat().st_size == size
+    with pytest.raises(DataError) as e:
+        index_shards(ts.root)
+    msg = one_line(e)
+    assert msg.startswith(f"{shard}: cannot be opened as HDF5 (OSError: "), msg
+    assert "(5 videos, e.g. 'Expand/v_Expand_g02_c01') is damaged" in msg and "flowprep verify" in msg
+
+
+@pytest.mark.parametrize("attr, value, shown", [("scale_factor", 0.2, "scale_factor 0.2 / add_offset -12,"),
+                                                ("add_offset", -20.0, "scale_factor 0.09411765 / add_offset -20,")])
+def test_a_video_with_edited_flow_quantization_is_refused_naming_shard_video_and_values(
+        make_tiny_shards, tmp_path, attr, value, shown) -> None:
+    """Attributes only, before any training; the shards' own bounds (root params) agree, so no "bound 12 px ...
+    bound 12 px" between shards: the message is about the video."""
+    ts = make_tiny_shards()
+    shard, vid = ts.root / "shard-00001.h5", "Expand/v_Expand_g02_c01"  # the first video of its shard
+    with h5py.File(shard, "r+") as f:
+        f[f"videos/{vid}/flow"].attrs[attr] = np.float32(value)
+    idx = index_shards(ts.root)
+    assert (idx.bound, idx.scale_factor, idx.add_offset) == (12.0, *(pytest.approx(v) for v in scale_and_offset(12.0)))
+    with pytest.raises(DataError) as e:
+        read_video_list(ts.all_list, idx)
+    assert one_line(e) == (f"{shard}: video {vid} has flow {shown} but the shard's params say bound 12 px, i.e. "
+                           "0.09411765 / -12; its flow would be dequantized wrongly (an edited or foreign video): "
+                           "`flowprep verify` on the folder says what to re-extract")
+    others = tmp_path / "others.txt"  # a list without that video trains: only the videos used are checked
+    others.write_text("".join(ln + "\n" for ln in ts.all_list.read_text().splitlines() if vid not in ln))
+    assert len(read_video_list(others, idx)) == 11
+
+
 # ---------------------------------------------------------------- read_video_list
 
 
@@ -165,7 +209,31 @@ def test_list_errors_name_the_file_line_and_video(tiny_shards, tmp_path) -> None
     with pytest.raises(DataError, match=r"list\.txt:2: some lines have labels and some do not"):
         read_video_list(bad, idx)
     bad.write_text("Expand/v_Expand_g01_c01.avi two\n")
-    with pytest.raises(DataError, match=r"list\.txt:1: expected 'Class/video.avi \[label\]'"):
+    with pytest.raises(DataError, match=r"list\.txt:1: video 'Expand/v_Expand_g01_c01\.avi two' is not in the shards "
+                                        r".*expected 'Class/video\.avi \[label\]', the label a 1-based integer"):
         read_video_list(bad, idx)
     with pytest.raises(DataError, match="cannot read the video list"):
         read_video_list(tmp_path / "missing.txt", idx)
+
+
+def test_list_paths_may_hold_spaces_with_and_without_labels(make_tiny_shards, tmp_path) -> None:
+    """Kinetics-style ids ("air drumming/...") extract; the lists must name them: the label is the last token
+    only when it is an integer, the rest of the line is the path."""
+    ts = make_tiny_shards(class_names=["air drumming", "Expand", "Rotate"], videos_per_class=2)
+    idx = index_shards(ts.root)
+    a1, a2 = "air drumming/v_air drumming_g01_c01", "air drumming/v_air drumming_g02_c01"
+    assert a1 in idx.videos
+    train = tmp_path / "trainlist.txt"
+    train.write_text(f"{a1}.avi 1\n  {a2}.avi\t1  \nExpand/v_Expand_g01_c01.avi 2\n")
+    assert [(r.video_id, r.label) for r in read_video_list(train, idx, labelled=True)] == [
+        (a1, 0), (a2, 0), ("Expand/v_Expand_g01_c01", 1)]
+    test = tmp_path / "testlist.txt"
+    test.write_text(f"{a2}.avi\n{a1}.avi\n")
+    assert [r.video_id for r in read_video_list(test, idx, labelled=False)] == [a2, a1]
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text(f"{a1}.avi 2\n")  # the label is still checked
+    with pytest.raises(DataError, match=r"wrong\.txt:1: air drumming/v_air drumming_g01_c01 has label 2 \(1-based\)"):
+        read_video_list(wrong, idx)
+    wrong.write_text(f"{a1}.avi one\n")  # not a label: part of the path, which names no video
+    with pytest.raises(DataError, match=r"wrong\.txt:1: video 'air drumming/v_air drumming_g01_c01\.avi one' is not"):
+        read_video_list(wrong, idx)
