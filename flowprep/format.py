@@ -113,6 +113,8 @@ class ListEntry:
     video_id: str
     label: int | None  # 0-based; None when the line has no label (UCF-101 test lists)
     lineno: int
+    text: str  # the line as written (for messages)
+    path: str  # the path as written, with its extension
 
 
 class ListError(ValueError):
@@ -127,18 +129,18 @@ def read_list(path: str | Path) -> list[ListEntry]:
     """
     path = Path(path)
     entries = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
         text = line.strip()
         if not text:
             continue
-        head, _, last = text.rpartition(" ")
-        if head and last.lstrip("-").isdigit():
-            name, label = head.rstrip(), int(last)
+        parts = text.rsplit(None, 1)  # the label is the last field, after any whitespace (a tab too)
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            name, label = parts[0].rstrip(), int(parts[1])
             if label < 1:
                 raise ListError(f"{path}:{lineno}: labels are 1-based, got {label} in {text!r}")
-            entries.append(ListEntry(video_id(name), label - 1, lineno))
+            entries.append(ListEntry(video_id(name), label - 1, lineno, text, name))
         else:
-            entries.append(ListEntry(video_id(text), None, lineno))
+            entries.append(ListEntry(video_id(text), None, lineno, text, text))
     return entries
 
 

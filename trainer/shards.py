@@ -20,14 +20,14 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import h5py
 import numpy as np
 
-from flowprep.quantize import scale_and_offset
+from flowprep import format as fmt
+from flowprep.format import scale_and_offset
 
-_PART = re.compile(r"manifest-(\d{5})-of-(\d{5})\.json")
 # torch.utils.data re-raises a worker's exception as ``type(e)(text)``, the text being "Caught DataError in
 # DataLoader worker process N.\nOriginal Traceback ...", ending with the original "...DataError: <message>".
 _WORKER = re.compile(r"Caught \w+ in (DataLoader worker process \d+)\.\nOriginal Traceback .*\n[\w.]*DataError: (.*)\n?",
@@ -81,23 +81,17 @@ class ShardIndex:
 
 
 def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict]]:
-    single = root / "manifest.json"
-    parts = sorted(p for p in root.glob("manifest-*-of-*.json") if _PART.fullmatch(p.name))
-    if single.exists() and parts:
+    paths = fmt.manifest_paths(root)
+    if (root / fmt.SINGLE_MANIFEST) in paths and len(paths) > 1:
         raise DataError(f"{root}: both manifest.json and array-run manifest parts; expected one run per folder")
-    paths = [single] if single.exists() else parts
     if not paths:
         raise DataError(f"{root}: no manifest.json or manifest-IIIII-of-NNNNN.json; expected a flowprep output folder")
     manifests = []
     for p in paths:
         try:
-            m = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{p}: unreadable manifest ({e})") from None
-        if m.get("format") != "flowprep-manifest" or m.get("format_version") != 1:
-            raise DataError(f"{p}: expected format flowprep-manifest version 1, "
-                            f"got {m.get('format')!r} {m.get('format_version')!r}")
-        manifests.append((p, m))
+            manifests.append((p, fmt.read_manifest(p)))
+        except fmt.ManifestError as e:
+            raise DataError(f"{root}/{e}") from None
     counts = {m["task"]["count"] for _, m in manifests}
     if len(counts) != 1:
         raise DataError(f"{root}: manifest parts disagree on the task count: {sorted(counts)}")
@@ -230,21 +224,6 @@ def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIn
     return ShardIndex(root, list(classes), videos, sf, ao, height, width, has_rgb, bound)
 
 
-def _parse_list_line(line: str) -> tuple[str, str | None]:
-    """(path, label or None) of one list line: the label is the last token when it is an integer; the path is
-    everything before it, inner spaces included (Kinetics-style ids like "air drumming/x")."""
-    parts = line.rsplit(None, 1)
-    if len(parts) == 2 and re.fullmatch("[0-9]+", parts[1]):
-        return parts[0], parts[1]
-    return line, None
-
-
-def _video_id(path: str) -> str:
-    """A list path -> video id: "/" separators, the extension dropped (".avi"; not a "suffix" holding spaces)."""
-    p = PurePosixPath(path.replace("\\", "/"))
-    return str(p.with_suffix("") if p.suffix and not any(c.isspace() for c in p.suffix) else p)
-
-
 def check_quantization(rec: VideoRecord, index: ShardIndex) -> None:
     """DataError unless the video's flow ``scale_factor``/``add_offset`` are those of its shard's bound."""
     want = (index.scale_factor, index.add_offset)
@@ -267,31 +246,28 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        entries = fmt.read_list(path)
     except OSError as e:
         raise DataError(f"{path}: cannot read the video list ({e.strerror})") from None
+    except fmt.ListError as e:
+        raise DataError(str(e)) from None
     records, seen_labels = [], set()
-    for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        name, label = _parse_list_line(line)
-        has_label = label is not None
+    for entry in entries:
+        lineno, has_label, vid = entry.lineno, entry.label is not None, entry.video_id
         seen_labels.add(has_label)
         if labelled is not None and has_label != labelled:
             want = "a 1-based label on every line" if labelled else "no labels"
-            raise DataError(f"{path}:{lineno}: expected {want}, got {line!r}")
+            raise DataError(f"{path}:{lineno}: expected {want}, got {entry.text!r}")
         if len(seen_labels) > 1:
             raise DataError(f"{path}:{lineno}: some lines have labels and some do not; expected one or the other")
-        vid = _video_id(name)
         rec = index.videos.get(vid)
         if rec is None:
             hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
-                    if any(c.isspace() for c in name) else "")
+                    if any(c.isspace() for c in entry.path) else "")
             raise DataError(f"{path}:{lineno}: video {vid!r} is not in the shards under {index.root}{hint}")
-        if has_label and int(label) - 1 != rec.label:
+        if has_label and entry.label != rec.label:
             raise DataError(
-                f"{path}:{lineno}: {vid} has label {label} (1-based) but the shards say "
+                f"{path}:{lineno}: {vid} has label {entry.label + 1} (1-based) but the shards say "
                 f"{rec.label + 1} ({rec.class_name}); expected the class order of the shards"
             )
         check_quantization(rec, index)
