@@ -20,8 +20,8 @@ SIZE = (320, 240)
 class MissingMedia(click.ClickException):
     exit_code = 2
 
-def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[Path]:
-    """``videos`` clips of ``frames`` frames at 320x240 in a UCF-101 layout, cut round-robin from the
+def build_videos(media: Path, root: Path, *, videos: int, frames: int, size: tuple[int, int] = SIZE) -> list[Path]:
+    """``videos`` clips of ``frames`` frames at ``size`` (320x240) in a UCF-101 layout, cut round-robin from the
     sources; sorted by relative path, the order in which the pipeline hands them out.
 
     Even clips are H.264 .mp4 (x264 defaults), odd ones MPEG-4 part 2 .avi at 600 kbit/s (UCF-101's xvid).
@@ -35,7 +35,7 @@ def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[P
             name, first = SOURCES[cls]
             needed = frames * -(-videos // len(SOURCES))  # the clips of this class, back to back
             with av.open(str(media / name)) as c:
-                src = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), SIZE, interpolation=cv2.INTER_AREA)
+                src = np.stack([cv2.resize(f.to_ndarray(format="rgb24"), size, interpolation=cv2.INTER_AREA)
                                 for f, _ in zip(c.decode(video=0), range(first + needed))][first:])
             decoded[cls] = src[ping_pong(len(src), needed)]
         src = decoded[cls]
@@ -45,7 +45,7 @@ def build_videos(media: Path, root: Path, *, videos: int, frames: int) -> list[P
         path.parent.mkdir(parents=True, exist_ok=True)
         with av.open(str(path), "w") as c:
             s = c.add_stream(codec, rate=Fraction(25))
-            s.width, s.height, s.pix_fmt = *SIZE, "yuv420p"
+            s.width, s.height, s.pix_fmt = *size, "yuv420p"
             if codec == "mpeg4":
                 s.bit_rate = 600_000
             for frame in src[start:start + frames]:
