@@ -117,3 +117,76 @@ def _ssv2(path: Path, table: LabelTable) -> None:
             continue
         name = str(item["template"]).replace("[", "").replace("]", "")
         _add(table, str(item["id"]), LabelRow(name, None, where))
+
+
+# --- split files for the trainer (--train-list / --val-list / --test-list) ----------------------------
+
+LIST_KINDS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv")
+ROLES = {"train": {"train", "training"}, "val": {"val", "valid", "validate", "validation"},
+         "test": {"test", "testing"}}
+_HMDB_FILE = "_test_split"  # <action>_test_split<k>.txt
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One video of a split file: matched by ``video_id`` (UCF-101 lists, CSV) or by file ``stem`` (the rest)."""
+
+    video_id: str | None
+    stem: str | None
+    class_name: str | None  # the class the file says, if any (checked against the shards)
+    label: int | None  # 0-based label the file says (UCF-101 lists)
+    where: str
+    text: str
+
+
+def detect_list(path: Path) -> str:
+    """The kind of a split file, from its name and content."""
+    if _HMDB_FILE in path.name:
+        return "hmdb51"
+    kind = detect(path)
+    if kind != "csv":
+        return kind
+    first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+    return "csv" if "," in first else "ucf101"
+
+
+def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list[SplitEntry]:
+    """The videos of ``role`` (train / val / test; None: every video the file lists) in one split file.
+
+    HMDB-51 files tag each video 1 (train), 2 (test) or 0 (unused); a generic CSV with a split column
+    keeps the rows of ``role``; Kinetics and SSv2 files are one split each. UCF-101 lists go through
+    ``flowprep.format.read_list``.
+    """
+    from flowprep.format import read_list
+
+    kind = kind or detect_list(path)
+    if kind == "ucf101":
+        return [SplitEntry(e.video_id, None, None, e.label, f"{path.name}:{e.lineno}", e.text) for e in read_list(path)]
+    if kind == "hmdb51":
+        if role == "val":
+            raise ValueError(f"{path}: HMDB-51's split files have train (1) and test (2) videos only; hold out "
+                             "a validation list of your own (pipelines/hmdb51.md)")
+        action = path.name.split(_HMDB_FILE, 1)[0]
+        want = {"train": "1", "test": "2", None: None}[role]
+        entries = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise ValueError(f"{path}:{lineno}: expected '<video>.avi 0|1|2', got {line.strip()!r}")
+            if (want is None and fields[1] != "0") or fields[1] == want:
+                entries.append(SplitEntry(None, Path(fields[0]).stem, action, None, f"{path.name}:{lineno}", line))
+        return entries
+    table = read_labels([path]) if kind in ("kinetics", "ssv2", "csv") else None
+    if table is None or table.kind != kind:
+        raise ValueError(f"{path}: not a {kind} split file")
+    if table.problems:
+        raise ValueError(table.problems[0])
+    entries = []
+    for key, row in table.rows.items():
+        if kind == "csv" and role is not None and row.split is not None and row.split.lower() not in ROLES[role]:
+            continue
+        vid, stem = (key, None) if kind == "csv" else (None, key)
+        entries.append(SplitEntry(vid, stem, row.class_name, None, row.where, key))
+    return entries

@@ -15,6 +15,7 @@ numbers. Both are found from attributes alone, before any training.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import re
@@ -26,6 +27,7 @@ import h5py
 import numpy as np
 
 from flowprep import format as fmt
+from flowprep.labels import SplitEntry, read_split
 from flowprep.format import scale_and_offset
 
 # torch.utils.data re-raises a worker's exception as ``type(e)(text)``, the text being "Caught DataError in
@@ -236,42 +238,73 @@ def check_quantization(rec: VideoRecord, index: ShardIndex) -> None:
         )
 
 
-def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None) -> list[VideoRecord]:
-    """Resolve a UCF-101 list (``Class/v_x.avi 1`` with 1-based labels, or ``Class/v_x.avi``).
+def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None, role: str | None = None,
+                    kind: str | None = None) -> list[VideoRecord]:
+    """Resolve a split file against the shards: a UCF-101 list (``Class/v_x.avi 1``, 1-based label optional),
+    HMDB-51 split files (``<action>_test_split1.txt``: 1 = train, 2 = test), a Kinetics CSV, a
+    Something-Something v2 JSON, or a CSV ``path,label[,split]`` (``flowprep.labels``; detected from the
+    content unless ``kind``). A path with ``*`` is a glob (HMDB-51's 51 files of a split).
 
-    A line is a path, then optionally a 1-based integer label after whitespace; the path may hold spaces
-    (``air drumming/x.mp4 3``). ``labelled``: True requires a label on every line, False forbids labels, None
-    accepts either (but not a mix). Labels present must agree with the shards, and each video's flow
-    ``scale_factor``/``add_offset`` must be its shard's (``check_quantization``, attributes only).
+    ``role`` (train / val / test) picks the videos of HMDB-51 files and of a CSV's split column. UCF-101
+    lists: ``labelled`` True requires a label on every line, False forbids labels, None accepts either (not a
+    mix); the path may hold spaces (``air drumming/x.mp4 3``). Kinetics, SSv2 and HMDB-51 videos are matched
+    by file name (their stem), the others by video id. Labels and class names given must agree with the
+    shards, and each video's flow ``scale_factor``/``add_offset`` must be its shard's (``check_quantization``).
     """
-    path = Path(path)
-    try:
-        entries = fmt.read_list(path)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the video list ({e.strerror})") from None
-    except fmt.ListError as e:
-        raise DataError(str(e)) from None
-    records, seen_labels = [], set()
-    for entry in entries:
-        lineno, has_label, vid = entry.lineno, entry.label is not None, entry.video_id
-        seen_labels.add(has_label)
-        if labelled is not None and has_label != labelled:
-            want = "a 1-based label on every line" if labelled else "no labels"
-            raise DataError(f"{path}:{lineno}: expected {want}, got {entry.text!r}")
-        if len(seen_labels) > 1:
-            raise DataError(f"{path}:{lineno}: some lines have labels and some do not; expected one or the other")
-        rec = index.videos.get(vid)
-        if rec is None:
-            hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
-                    if any(c.isspace() for c in entry.path) else "")
-            raise DataError(f"{path}:{lineno}: video {vid!r} is not in the shards under {index.root}{hint}")
-        if has_label and entry.label != rec.label:
-            raise DataError(
-                f"{path}:{lineno}: {vid} has label {entry.label + 1} (1-based) but the shards say "
-                f"{rec.label + 1} ({rec.class_name}); expected the class order of the shards"
-            )
-        check_quantization(rec, index)
-        records.append(rec)
+    paths = sorted(Path(p) for p in glob.glob(str(path))) if "*" in str(path) else [Path(path)]
+    if not paths:
+        raise DataError(f"{path}: no file matches")
+    records: list[VideoRecord] = []
+    for p in paths:
+        try:
+            entries = read_split(p, role=role, kind=kind)
+        except OSError as e:
+            raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
+        except (fmt.ListError, ValueError) as e:
+            raise DataError(str(e)) from None
+        records += _resolve(p, entries, index, labelled=labelled)
     if not records:
         raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")
+    return records
+
+
+def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None) -> list[VideoRecord]:
+    by_stem: dict[str, list[VideoRecord]] | None = None
+    records, seen_labels = [], set()
+    for entry in entries:
+        has_label = entry.label is not None
+        if entry.video_id is not None:  # UCF-101 lists and CSVs: by video id
+            seen_labels.add(has_label)
+            if labelled is not None and has_label != labelled:
+                want = "a 1-based label on every line" if labelled else "no labels"
+                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: expected {want}, got {entry.text!r}")
+            if len(seen_labels) > 1:
+                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: some lines have labels and some do not; "
+                                "expected one or the other")
+            rec = index.videos.get(entry.video_id)
+            if rec is None:
+                hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
+                        if any(c.isspace() for c in entry.text) and entry.class_name is None else "")
+                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: video {entry.video_id!r} is not in the "
+                                f"shards under {index.root}{hint}")
+        else:  # Kinetics, SSv2, HMDB-51: by file name
+            if by_stem is None:
+                by_stem = {}
+                for r in index.videos.values():
+                    by_stem.setdefault(r.video_id.rsplit("/", 1)[-1], []).append(r)
+            found = by_stem.get(entry.stem, [])
+            if len(found) != 1:
+                what = "is not in the shards" if not found else f"names {len(found)} videos ({found[0].video_id}, ...)"
+                raise DataError(f"{entry.where}: video {entry.stem!r} {what} under {index.root}")
+            rec = found[0]
+        if has_label and entry.label != rec.label:
+            raise DataError(
+                f"{path}:{entry.where.rsplit(':', 1)[-1]}: {rec.video_id} has label {entry.label + 1} (1-based) but "
+                f"the shards say {rec.label + 1} ({rec.class_name}); expected the class order of the shards"
+            )
+        if entry.class_name is not None and entry.class_name != rec.class_name:
+            raise DataError(f"{entry.where}: {rec.video_id} is {entry.class_name!r} there but {rec.class_name!r} in "
+                            "the shards")
+        check_quantization(rec, index)
+        records.append(rec)
     return records

@@ -89,7 +89,7 @@ def _sha256(path: Path) -> str:
 def make_shards(
     root: Path, *, num_classes: int = 3, videos_per_class: int = 4, num_frames: int | list[int] = 12,
     height: int = 32, width: int = 40, bound: float = 12.0, tasks: int = 1, videos_per_shard: int = 5,
-    rgb: bool = True, class_names: list[str] | None = None,
+    rgb: bool = True, class_names: list[str] | None = None, id_format: str = "{cls}/v_{cls}_g{g:02d}_c01",
 ) -> TinyShards:
     """Write a flowprep output folder per docs/shard-format.md (manifest(s) + shards) and UCF-style lists."""
     root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def make_shards(
               "storage": {"rgb": rgb, "jpeg_quality": 95}, "versions": {"h5py": h5py.__version__}}
     ids, labels, nframes, flow_q, rgb_frames = [], {}, {}, {}, {}
     for i, (c, k) in enumerate(videos):
-        vid = f"{classes[c]}/v_{classes[c]}_g{k + 1:02d}_c01"
+        vid = id_format.format(cls=classes[c], g=k + 1)
         ids.append(vid)
         labels[vid], nframes[vid] = c, frames[i]
         fields = [synthetic_flow(c, k, t, height, width) for t in range(frames[i] - 1)]

@@ -1,0 +1,56 @@
+"""Split files beyond UCF-101's lists: HMDB-51 split files, Kinetics CSVs, SSv2 JSON, a generic CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.shards import DataError, index_shards, read_video_list
+
+
+def test_hmdb51_split_files_give_train_and_test_videos_by_their_tags(make_tiny_shards, tmp_path: Path) -> None:
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=3, class_names=["brush_hair", "cartwheel"],
+                            id_format="{cls}/{cls}_clip_{g}")
+    index = index_shards(tiny.root)
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    for cls in ("brush_hair", "cartwheel"):
+        (splits / f"{cls}_test_split1.txt").write_text(
+            f"{cls}_clip_1.avi 1 \r\n{cls}_clip_2.avi 2 \r\n{cls}_clip_3.avi 0 \r\n")  # the files' CRLF and spaces
+    train = read_video_list(splits / "*_test_split1.txt", index, role="train")
+    test = read_video_list(str(splits / "*_test_split1.txt"), index, role="test")
+    assert [r.video_id for r in train] == ["brush_hair/brush_hair_clip_1", "cartwheel/cartwheel_clip_1"]
+    assert [r.video_id for r in test] == ["brush_hair/brush_hair_clip_2", "cartwheel/cartwheel_clip_2"]
+    with pytest.raises(DataError, match="train .1. and test .2. videos only"):
+        read_video_list(splits / "brush_hair_test_split1.txt", index, role="val")
+
+
+def test_a_kinetics_csv_selects_videos_by_file_name_and_checks_their_class(make_tiny_shards, tmp_path: Path) -> None:
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=2, class_names=["abseiling", "air drumming"],
+                            id_format="train/{cls}/yt{g}x{cls[1]}_000010_000020")
+    index = index_shards(tiny.root)
+    csv = tmp_path / "validate.csv"
+    csv.write_text('label,youtube_id,time_start,time_end,split\n"air drumming",yt1xi,10,20,val\n'
+                   "abseiling,yt2xb,10,20,val\n")
+    records = read_video_list(csv, index, role="val")
+    assert [r.video_id for r in records] == ["train/air drumming/yt1xi_000010_000020", "train/abseiling/yt2xb_000010_000020"]
+    csv.write_text("label,youtube_id,time_start,time_end,split\nabseiling,yt1xi,10,20,val\n")
+    with pytest.raises(DataError, match="is 'abseiling' there but 'air drumming' in the shards"):
+        read_video_list(csv, index)
+
+
+def test_an_ssv2_json_and_a_generic_csv_with_a_split_column(make_tiny_shards, tmp_path: Path) -> None:
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=2, class_names=["Holding something", "Pushing something"],
+                            id_format="{g}{cls[0]}")
+    index = index_shards(tiny.root)
+    ssv2 = tmp_path / "something-something-v2-validation.json"
+    ssv2.write_text(json.dumps([{"id": "1H", "template": "Holding [something]", "label": "holding a pen"},
+                                {"id": "2P", "template": "Pushing [something]", "label": "pushing a cup"}]))
+    assert [r.video_id for r in read_video_list(ssv2, index, role="val")] == ["1H", "2P"]
+    generic = tmp_path / "splits.csv"
+    generic.write_text("path,label,split\n1H.webm,Holding something,train\n2H.webm,Holding something,val\n"
+                       "1P.webm,Pushing something,train\n")
+    assert [r.video_id for r in read_video_list(generic, index, role="train")] == ["1H", "1P"]
+    assert [r.video_id for r in read_video_list(generic, index, role="val")] == ["2H"]
