@@ -110,6 +110,8 @@ def plan_videos(
     ten and a count, in one ``DatasetError``.
     """
     warn = warn or (lambda message: None)
+    if labels and unlabelled:
+        raise DatasetError("give --labels or --unlabelled, not both")
     if layout is not None and layout not in LAYOUTS:
         raise DatasetError(f"expected a layout in {', '.join(LAYOUTS)}, got {layout!r}")
     sources = find_videos(root, warn=warn)
