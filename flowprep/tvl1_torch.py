@@ -1,0 +1,367 @@
+"""TV-L1 optical flow in PyTorch, a port of OpenCV's ``DualTVL1OpticalFlow`` (CPU path) for batches.
+
+``tvl1_flow(prev, next, params)`` takes gray frame pairs as tensors (N, H, W) (0..255, any dtype, any
+device) and returns float32 flow (N, 2, H, W), channel 0 = u (+ right), 1 = v (+ down), the layout used
+everywhere in flowprep. Every pair in a batch is solved independently, exactly as OpenCV would solve it
+alone: each image has its own stopping test, and an image that has stopped is frozen while the others
+go on (masks, so a batch can mix pairs from many videos of one frame size).
+
+The algorithm follows opencv_contrib's ``modules/optflow/src/tvl1flow.cpp`` (procOneScale / calc) as
+built into opencv-contrib-python 5.0.0, checked against that source and against the library itself
+(``tests/flowprep/test_tvl1_torch.py``):
+
+* frames as float32 in 0..255, no pre-smoothing;
+* pyramid: level s is level s-1 resized by ``scale_step`` with bilinear interpolation (size
+  ``round(side * scale_step)``, half-pixel centres, the sampling step is ``1/scale_step``, not the
+  actual size ratio); levels stop before the first one with a side under 16 px;
+* flow starts at zero on the coarsest level; dual variables are zeroed once per level (not per warp);
+* the centred gradient of the second frame is computed once per level (half the one-sided difference on
+  the borders) and warped with the frame; warping is bicubic (A = -0.75) at the exact coordinate
+  ``(x + u, y + v)`` with taps outside the image counting as 0 (OpenCV 5 does not round the coordinate
+  to 1/32 px as 4.x did);
+* for every warp: data term from the warped frame; then up to ``outer_iterations`` outer iterations, each
+  starting with a ``median_filtering`` x ``median_filtering`` median of u and v (replicated border), each
+  running up to ``inner_iterations`` primal-dual steps; the loops stop (per image) as soon as the sum of
+  squared flow updates of one step is at most ``epsilon**2 * H * W`` at that level;
+* between levels the flow is resized bilinearly to the finer size (sampling step = size ratio) and
+  multiplied by ``1/scale_step`` (the u3 channel of the gamma term is resized, not scaled).
+
+Floating point: each step does the same float32 operations in the same order as OpenCV, so that one
+level with one warp agrees with OpenCV to the last bit or a few ulps. Two of OpenCV 5.0.0's building
+blocks are not plain C++ in that build: ``resize`` (INTER_LINEAR, float32) goes to Intel IPP, which
+interpolates as ``a + t * (b - a)`` with a fused multiply-add and clamps the source coordinate on
+downscaling; this module reproduces that bit for bit (fma emulated in float64). ``remap`` INTER_CUBIC
+uses vectorised code whose exact weight arithmetic is not reproduced here: the weights are computed in
+float64 (the centre weight as OpenCV does, with fma), so the warp agrees to a few ulps, not bit for bit.
+The sum of squared updates is accumulated in float64 per image (OpenCV sums in float32, in row order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowprep.config import TVL1Params
+
+FLT_EPSILON = float(np.finfo(np.float32).eps)
+CUBIC_A = -0.75
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks (each tested against its OpenCV counterpart)
+# --------------------------------------------------------------------------------------------------
+
+
+def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add a*b + c, emulated in float64 (a*b is exact there; one final rounding)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def pyramid_sizes(height: int, width: int, scale_step: float, nscales: int) -> list[tuple[int, int]]:
+    """(H, W) of every level OpenCV uses, finest first: each side is round(previous * scale_step)
+    (``saturate_cast<int>``, half to even), and the first level with a side under 16 px ends the list."""
+    sizes = [(height, width)]
+    for _ in range(1, nscales):
+        h, w = sizes[-1]
+        nh, nw = round(h * scale_step), round(w * scale_step)
+        if nh < 16 or nw < 16:
+            break
+        sizes.append((nh, nw))
+    return sizes
+
+
+def _linear_axis(n_out: int, n_in: int, step: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (i0, i1) and float32 weights t of a bilinear resize along one axis.
+
+    Half-pixel centres: x_src = (x_dst + 0.5) * step - 0.5. Downscaling (step > 1) clamps x_src to
+    [0, n_in - 1] and interpolates between i0 <= n_in - 2 and i0 + 1 (so the last sample is
+    a + 1 * (b - a)); upscaling uses OpenCV's own rule (outside the image: the edge pixel, t = 0).
+    These are what IPP's resize (used by OpenCV 5.0.0 for float32 INTER_LINEAR) does, to the bit.
+    """
+    x = (torch.arange(n_out, dtype=torch.float64) + 0.5) * step - 0.5
+    if step > 1 and n_in >= 2:
+        x = x.clamp(0, n_in - 1)
+        i0 = torch.floor(x).clamp(max=n_in - 2)
+        t = x - i0
+    else:
+        i0 = torch.floor(x)
+        t = x - i0
+        low = i0 < 0
+        high = i0 >= n_in - 1
+        i0 = torch.where(low, torch.zeros_like(i0), torch.where(high, torch.full_like(i0, n_in - 1), i0))
+        t = torch.where(low | high, torch.zeros_like(t), t)
+    i0 = i0.long()
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0.to(device), i1.to(device), t.float().to(device)
+
+
+def resize_linear(x: torch.Tensor, size: tuple[int, int], step: tuple[float, float] | None = None) -> torch.Tensor:
+    """Bilinear resize of the last two dims of ``x`` to ``size`` (H, W), as OpenCV 5.0.0 ``cv2.resize``.
+
+    ``step`` (sy, sx) is the sampling step in source pixels per destination pixel; by default the size
+    ratio (``cv2.resize(x, (W, H))``). ``cv2.resize(x, None, fx=f, fy=f)`` is ``step=(1/f, 1/f)``.
+    Horizontal pass first, then vertical, each ``a + t * (b - a)`` with one rounding (fma).
+    """
+    h_in, w_in = x.shape[-2:]
+    h_out, w_out = size
+    sy, sx = step if step is not None else (h_in / h_out, w_in / w_out)
+    x = x.float()
+    i0, i1, t = _linear_axis(w_out, w_in, sx, x.device)
+    a = x[..., i0]
+    x = _fma(x[..., i1] - a, t, a)
+    i0, i1, t = _linear_axis(h_out, h_in, sy, x.device)
+    a = x[..., i0, :]
+    return _fma(x[..., i1, :] - a, t[:, None], a)
+
+
+def centered_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dy) of (..., H, W): 0.5 * (next - previous) inside, 0.5 * one-sided difference on the borders."""
+    dx = torch.empty_like(img)
+    dy = torch.empty_like(img)
+    dx[..., 1:-1] = 0.5 * (img[..., 2:] - img[..., :-2])
+    dx[..., 0] = 0.5 * (img[..., 1] - img[..., 0])
+    dx[..., -1] = 0.5 * (img[..., -1] - img[..., -2])
+    dy[..., 1:-1, :] = 0.5 * (img[..., 2:, :] - img[..., :-2, :])
+    dy[..., 0, :] = 0.5 * (img[..., 1, :] - img[..., 0, :])
+    dy[..., -1, :] = 0.5 * (img[..., -1, :] - img[..., -2, :])
+    return dx, dy
+
+
+def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
+    """The 4 bicubic weights (A = -0.75) for taps at offsets -1, 0, 1, 2 of a fractional position t (float32).
+
+    The centre weight is computed as OpenCV 5.0.0's remap does (float32, fma); the others in float64
+    (OpenCV's own arithmetic for them is not reproduced; they agree to about 1 ulp)."""
+    a, b = CUBIC_A + 2, CUBIC_A + 3
+    td = t.double()
+    inner = (a * td - b).float()  # fma(a, t, -b) in float32
+    c1 = _fma(inner, t * t, torch.ones_like(t)).double()
+    x = td + 1
+    c0 = ((CUBIC_A * x - 5 * CUBIC_A) * x + 8 * CUBIC_A) * x - 4 * CUBIC_A
+    x = 1 - td
+    c2 = (a * x - b) * x * x + 1
+    c3 = 1 - c0 - c1 - c2
+    return [c0, c1, c2, c3]
+
+
+def warp_bicubic(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
+    """``cv2.remap(src, map_x, map_y, INTER_CUBIC, BORDER_CONSTANT, 0)`` for src (N, C, H, W) and maps
+    (N, H, W) in source pixel coordinates: exact coordinates, taps outside the image count as 0."""
+    n, c, h, w = src.shape
+    # Far outside, every tap is outside: clamping there changes nothing and keeps the indices small.
+    mx = torch.nan_to_num(map_x, nan=-8.0).clamp(-8, w + 8)
+    my = torch.nan_to_num(map_y, nan=-8.0).clamp(-8, h + 8)
+    x0 = torch.floor(mx)
+    y0 = torch.floor(my)
+    wx = _cubic_weights(mx - x0)
+    wy = _cubic_weights(my - y0)
+    x0 = x0.long()
+    y0 = y0.long()
+    flat = src.reshape(n, c, h * w)
+    out = torch.zeros((n, c, h * w), dtype=torch.float64, device=src.device)
+    cols = []
+    for i in range(4):
+        xi = x0 + (i - 1)
+        cols.append(((xi >= 0) & (xi < w), xi.clamp(0, w - 1)))
+    for j in range(4):
+        yi = y0 + (j - 1)
+        row_ok = (yi >= 0) & (yi < h)
+        row = yi.clamp(0, h - 1) * w
+        for i in range(4):
+            col_ok, xi = cols[i]
+            weight = torch.where(row_ok & col_ok, wy[j] * wx[i], torch.zeros_like(wy[j]))
+            idx = (row + xi).reshape(n, 1, h * w).expand(n, c, h * w)
+            out += torch.gather(flat, 2, idx).double() * weight.reshape(n, 1, h * w)
+    return out.float().reshape(n, c, h, w)
+
+
+def median_filter(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
+    """``cv2.medianBlur(x, ksize)`` (replicated border) of every (H, W) plane of x (..., H, W)."""
+    r = ksize // 2
+    shape = x.shape
+    planes = x.reshape(-1, 1, *shape[-2:])
+    padded = F.pad(planes, (r, r, r, r), mode="replicate")
+    windows = padded.unfold(2, ksize, 1).unfold(3, ksize, 1)  # (P, 1, H, W, k, k), a view
+    return windows.reshape(*planes.shape, ksize * ksize).median(dim=-1).values.reshape(shape)
+
+
+def forward_gradient(u: torch.Tensor) -> torch.Tensor:
+    """(..., 2, H, W) forward differences (x, y) of u (..., H, W); 0 on the last column / row."""
+    g = torch.zeros((*u.shape[:-2], 2, *u.shape[-2:]), dtype=u.dtype, device=u.device)
+    g[..., 0, :, :-1] = u[..., :, 1:] - u[..., :, :-1]
+    g[..., 1, :-1, :] = u[..., 1:, :] - u[..., :-1, :]
+    return g
+
+
+def divergence(p: torch.Tensor) -> torch.Tensor:
+    """Divergence (backward differences) of the dual field p (..., 2, H, W), OpenCV's float order."""
+    p1, p2 = p[..., 0, :, :], p[..., 1, :, :]
+    div = torch.empty_like(p1)
+    # body: (p1[x] - p1[x-1]) + (p2[y] - p2[y-1]); first row: (p1[x] - p1[x-1]) + p2
+    div[..., 1:, 1:] = (p1[..., 1:, 1:] - p1[..., 1:, :-1]) + (p2[..., 1:, 1:] - p2[..., :-1, 1:])
+    div[..., 0, 1:] = (p1[..., 0, 1:] - p1[..., 0, :-1]) + p2[..., 0, 1:]
+    # first column: (p1 + p2[y]) - p2[y-1]; corner: p1 + p2
+    div[..., 1:, 0] = (p1[..., 1:, 0] + p2[..., 1:, 0]) - p2[..., :-1, 0]
+    div[..., 0, 0] = p1[..., 0, 0] + p2[..., 0, 0]
+    return div
+
+
+# --------------------------------------------------------------------------------------------------
+# The solver
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SolveStats:
+    """What the solver did, for tests and benchmarks: inner iterations run per image (all levels)."""
+
+    iterations: torch.Tensor  # (N,) int64
+
+
+def _as_frames(x: torch.Tensor | np.ndarray, device: torch.device | str | None) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if device is not None:
+        t = t.to(device)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ValueError(f"expected frames (N, H, W) or (H, W), got shape {tuple(t.shape)}")
+    return t.float()
+
+
+def solve_level(
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    u: torch.Tensor,
+    params: TVL1Params,
+    *,
+    check_every: int = 1,
+    stats: SolveStats | None = None,
+) -> torch.Tensor:
+    """OpenCV's ``procOneScale`` on a batch: frames (N, H, W), flow u (N, K, H, W) with K = 2 (u, v) or
+    K = 3 (u, v and the gamma term's u3). Returns the updated flow (a new tensor).
+
+    ``check_every``: how many inner iterations run between checks whether every image has stopped (a
+    host-device sync on a GPU). The result does not depend on it: stopped images are frozen by masks.
+    """
+    n, h, w = i0.shape
+    k = u.shape[1]
+    use_gamma = k == 3
+    dev = i0.device
+    f32 = torch.float32
+    l_t = torch.tensor(np.float32(params.lambda_ * params.theta), device=dev)
+    neg_l_t = -l_t
+    taut = torch.tensor(np.float32(params.tau / params.theta), device=dev)
+    theta = torch.tensor(np.float32(params.theta), device=dev)
+    gamma = torch.tensor(np.float32(params.gamma), device=dev)
+    scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
+
+    i1x, i1y = centered_gradient(i1)
+    to_warp = torch.stack([i1, i1x, i1y], dim=1)
+    p = torch.zeros((n, k, 2, h, w), dtype=f32, device=dev)  # dual variables, reset once per level
+    xs = torch.arange(w, dtype=f32, device=dev)
+    ys = torch.arange(h, dtype=f32, device=dev)[:, None]
+
+    for _ in range(params.warps):
+        warped = warp_bicubic(to_warp, xs + u[:, 0], ys + u[:, 1])
+        i1w, i1wx, i1wy = warped.unbind(1)
+        grad = i1wx * i1wx + i1wy * i1wy
+        rho_c = ((i1w - i1wx * u[:, 0]) - i1wy * u[:, 1]) - i0
+        lg = l_t * grad
+        neg_lg = neg_l_t * grad
+        safe_grad = torch.where(grad > FLT_EPSILON, grad, torch.ones_like(grad))
+        has_grad = grad > FLT_EPSILON
+        # the data term's direction per component: I1wx, I1wy (and gamma for u3)
+        comps = [i1wx, i1wy] + ([gamma.expand(n, h, w)] if use_gamma else [])
+        ivec = torch.stack(comps, dim=1)
+        d_low = l_t * ivec  # rho < -l_t * grad
+        d_high = neg_l_t * ivec  # rho > l_t * grad
+
+        active = torch.ones(n, dtype=torch.bool, device=dev)
+        for _ in range(params.outer_iterations):
+            if params.median_filtering > 1:
+                uv = median_filter(u[:, :2], params.median_filtering)
+                u = torch.cat([torch.where(active[:, None, None, None], uv, u[:, :2]), u[:, 2:]], dim=1)
+            for it in range(params.inner_iterations):
+                # estimateV
+                rho = rho_c + (i1wx * u[:, 0] + i1wy * u[:, 1])
+                if use_gamma:
+                    rho = rho + gamma * u[:, 2]
+                fi = -rho / safe_grad
+                d_mid = torch.where(has_grad[:, None], fi[:, None] * ivec, torch.zeros_like(ivec))
+                d = torch.where((rho < neg_lg)[:, None], d_low, torch.where((rho > lg)[:, None], d_high, d_mid))
+                v = u + d
+                # estimateU
+                u_new = v + theta * divergence(p)
+                du = u_new - u
+                sq = du[:, 0] * du[:, 0] + du[:, 1] * du[:, 1]
+                if use_gamma:
+                    sq = sq + du[:, 2] * du[:, 2]
+                error = sq.double().sum(dim=(1, 2))
+                # estimateDualVariables
+                gu = forward_gradient(u_new)  # (N, K, 2, H, W)
+                norm = torch.hypot(gu[:, :, 0], gu[:, :, 1])
+                ng = 1.0 + taut * norm
+                p_new = (p + taut * gu) / ng[:, :, None]
+                m = active[:, None, None, None]
+                u = torch.where(m, u_new, u)
+                p = torch.where(m[..., None], p_new, p)
+                if stats is not None:
+                    stats.iterations += active.long()
+                active = active & (error > scaled_eps)
+                if (it + 1) % check_every == 0 and not bool(active.any()):
+                    break
+            if not bool(active.any()):
+                break
+    return u
+
+
+def tvl1_flow(
+    prev: torch.Tensor | np.ndarray,
+    nxt: torch.Tensor | np.ndarray,
+    params: TVL1Params | None = None,
+    *,
+    device: torch.device | str | None = None,
+    check_every: int = 1,
+    stats: SolveStats | None = None,
+    levels: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """TV-L1 flow from ``prev`` to ``nxt``: gray frames (N, H, W) or (H, W), values 0..255 (uint8 or
+    float). Returns float32 (N, 2, H, W) on the frames' device (or ``device``): u (+ right), v (+ down).
+
+    ``levels``: solve only these pyramid levels (0 = finest), for stage tests; default all.
+    """
+    p = params or TVL1Params()
+    i0 = _as_frames(prev, device)
+    i1 = _as_frames(nxt, device)
+    if i0.shape != i1.shape:
+        raise ValueError(f"prev and next differ in shape: {tuple(i0.shape)} vs {tuple(i1.shape)}")
+    n, h, w = i0.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"frames must be at least 3x3, got {h}x{w}")
+    if p.median_filtering > 1 and p.median_filtering % 2 == 0:
+        raise ValueError(f"median_filtering must be odd, got {p.median_filtering}")
+    if stats is not None:
+        stats.iterations = torch.zeros(n, dtype=torch.long, device=i0.device)
+    sizes = pyramid_sizes(h, w, p.scale_step, p.nscales)
+    pyr0, pyr1 = [i0], [i1]
+    step = (1.0 / p.scale_step, 1.0 / p.scale_step)
+    for size in sizes[1:]:
+        pyr0.append(resize_linear(pyr0[-1], size, step))
+        pyr1.append(resize_linear(pyr1[-1], size, step))
+    k = 3 if p.gamma != 0 else 2
+    coarsest = len(sizes) - 1
+    u = torch.zeros((n, k, *sizes[coarsest]), dtype=torch.float32, device=i0.device)
+    up = torch.tensor(np.float32(1.0 / p.scale_step), device=i0.device)
+    for s in range(coarsest, -1, -1):
+        if levels is None or s in levels:
+            u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats)
+        if s == 0:
+            break
+        u = resize_linear(u, sizes[s - 1])
+        u = torch.cat([u[:, :2] * up, u[:, 2:]], dim=1)
+    return u[:, :2].contiguous()
