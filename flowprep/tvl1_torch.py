@@ -38,6 +38,7 @@ The sum of squared updates is accumulated in float64 per image (OpenCV sums in f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -179,14 +180,80 @@ def warp_bicubic(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) ->
     return out.float().reshape(n, c, h, w)
 
 
+@functools.lru_cache(maxsize=None)
+def _selection_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """Comparators (a, b, want_min, want_max) that leave the median of n inputs (n odd) on wire 0.
+
+    Batcher's odd-even merge sort on the next power of two, the extra wires padded with -inf / +inf so
+    that the median of the n real inputs lands on a middle wire; comparators whose outcome is fixed by
+    the padding, and those that do not lead to the median, are dropped. Wire indices refer to a list
+    of n input planes; each comparator writes min to a and max to b (only the wanted ones are computed).
+    """
+    size = 1 << (n - 1).bit_length()
+    low = (size - n) // 2  # -inf pads below, +inf pads above, so the median sits at index size // 2 - 1 + ...
+    high = size - n - low
+    target = low + n // 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    # symbolic pass: wire -> ("x", id) for real inputs, ("lo",) / ("hi",) for pads
+    wires = [("lo",)] * low + [("x", i) for i in range(n)] + [("hi",)] * high
+    ops = []  # (src_a, src_b, dst_min, dst_max) on value ids
+    next_id = n
+    for a, b in pairs:
+        wa, wb = wires[a], wires[b]
+        if wa[0] == "lo" or wb[0] == "hi":
+            continue  # already in order
+        if wa[0] == "hi" or wb[0] == "lo":
+            wires[a], wires[b] = wb, wa  # a swap of known order
+            continue
+        lo_id, hi_id = next_id, next_id + 1
+        next_id += 2
+        ops.append((wa[1], wb[1], lo_id, hi_id))
+        wires[a], wires[b] = ("x", lo_id), ("x", hi_id)
+    out = wires[target][1]
+    # prune: keep only what the median depends on
+    live = {out}
+    kept = []
+    for sa, sb, dmin, dmax in reversed(ops):
+        want_min, want_max = dmin in live, dmax in live
+        if want_min or want_max:
+            kept.append((sa, sb, dmin if want_min else -1, dmax if want_max else -1))
+            live.update((sa, sb))
+    kept.reverse()
+    return tuple(kept) + ((out, -2, -2, -2),)
+
+
 def median_filter(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
-    """``cv2.medianBlur(x, ksize)`` (replicated border) of every (H, W) plane of x (..., H, W)."""
+    """``cv2.medianBlur(x, ksize)`` (replicated border) of every (H, W) plane of x (..., H, W).
+
+    A selection network of elementwise min / max over the ksize**2 shifted planes: exact (the median
+    is one of the inputs) and far faster than sorting windows."""
     r = ksize // 2
     shape = x.shape
-    planes = x.reshape(-1, 1, *shape[-2:])
-    padded = F.pad(planes, (r, r, r, r), mode="replicate")
-    windows = padded.unfold(2, ksize, 1).unfold(3, ksize, 1)  # (P, 1, H, W, k, k), a view
-    return windows.reshape(*planes.shape, ksize * ksize).median(dim=-1).values.reshape(shape)
+    h, w = shape[-2:]
+    planes = x.reshape(-1, 1, h, w)
+    padded = F.pad(planes, (r, r, r, r), mode="replicate")[:, 0]
+    values: dict[int, torch.Tensor] = {}
+    for dy in range(ksize):
+        for dx in range(ksize):
+            values[dy * ksize + dx] = padded[:, dy : dy + h, dx : dx + w].contiguous()
+    network = _selection_network(ksize * ksize)
+    for sa, sb, dmin, dmax in network[:-1]:
+        a, b = values[sa], values[sb]
+        if dmin >= 0:
+            values[dmin] = torch.minimum(a, b)
+        if dmax >= 0:
+            values[dmax] = torch.maximum(a, b)
+    return values[network[-1][0]].reshape(shape)
 
 
 def forward_gradient(u: torch.Tensor) -> torch.Tensor:
@@ -245,8 +312,9 @@ def solve_level(
     """OpenCV's ``procOneScale`` on a batch: frames (N, H, W), flow u (N, K, H, W) with K = 2 (u, v) or
     K = 3 (u, v and the gamma term's u3). Returns the updated flow (a new tensor).
 
-    ``check_every``: how many inner iterations run between checks whether every image has stopped (a
-    host-device sync on a GPU). The result does not depend on it: stopped images are frozen by masks.
+    Every ``check_every`` inner iterations the host looks at which images are still running (a sync on
+    a GPU) and goes on with those only. In between, images that stop are frozen by masks, so the
+    result does not depend on ``check_every``; 1 (the default, right for CPUs) needs no masks at all.
     """
     n, h, w = i0.shape
     k = u.shape[1]
@@ -259,9 +327,11 @@ def solve_level(
     theta = torch.tensor(np.float32(params.theta), device=dev)
     gamma = torch.tensor(np.float32(params.gamma), device=dev)
     scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
+    masked = check_every > 1
 
     i1x, i1y = centered_gradient(i1)
     to_warp = torch.stack([i1, i1x, i1y], dim=1)
+    u = u.clone()
     p = torch.zeros((n, k, 2, h, w), dtype=f32, device=dev)  # dual variables, reset once per level
     xs = torch.arange(w, dtype=f32, device=dev)
     ys = torch.arange(h, dtype=f32, device=dev)[:, None]
@@ -271,52 +341,78 @@ def solve_level(
         i1w, i1wx, i1wy = warped.unbind(1)
         grad = i1wx * i1wx + i1wy * i1wy
         rho_c = ((i1w - i1wx * u[:, 0]) - i1wy * u[:, 1]) - i0
-        lg = l_t * grad
-        neg_lg = neg_l_t * grad
-        safe_grad = torch.where(grad > FLT_EPSILON, grad, torch.ones_like(grad))
-        has_grad = grad > FLT_EPSILON
         # the data term's direction per component: I1wx, I1wy (and gamma for u3)
-        comps = [i1wx, i1wy] + ([gamma.expand(n, h, w)] if use_gamma else [])
-        ivec = torch.stack(comps, dim=1)
-        d_low = l_t * ivec  # rho < -l_t * grad
-        d_high = neg_l_t * ivec  # rho > l_t * grad
+        ivec = torch.stack([i1wx, i1wy] + ([gamma.expand(n, h, w)] if use_gamma else []), dim=1)
+        consts_full = {
+            "ivec": ivec,
+            "rho_c": rho_c,
+            "lg": l_t * grad,
+            "neg_lg": neg_l_t * grad,
+            "grad": torch.where(grad > FLT_EPSILON, grad, torch.ones_like(grad)),
+            "has_grad": grad > FLT_EPSILON,
+            "d_low": l_t * ivec,  # rho < -l_t * grad
+            "d_high": neg_l_t * ivec,  # rho > l_t * grad
+        }
+        sel = torch.arange(n, device=dev)  # the images being computed (a superset of the running ones)
+        c = consts_full
+        us, ps = u, p
+        active = torch.ones(n, dtype=torch.bool, device=dev)  # per image in sel: still running
 
-        active = torch.ones(n, dtype=torch.bool, device=dev)
+        def shrink(keep: torch.Tensor) -> None:
+            nonlocal sel, c, us, ps, active
+            u.index_copy_(0, sel, us)
+            p.index_copy_(0, sel, ps)
+            sel = sel[keep]
+            c = {key: val.index_select(0, sel) for key, val in consts_full.items()}
+            us, ps, active = us[keep], ps[keep], active[keep]
+
         for _ in range(params.outer_iterations):
+            if len(sel) == 0:
+                break
             if params.median_filtering > 1:
-                uv = median_filter(u[:, :2], params.median_filtering)
-                u = torch.cat([torch.where(active[:, None, None, None], uv, u[:, :2]), u[:, 2:]], dim=1)
+                uv = median_filter(us[:, :2], params.median_filtering)
+                if masked:
+                    uv = torch.where(active[:, None, None, None], uv, us[:, :2])
+                us = torch.cat([uv, us[:, 2:]], dim=1) if use_gamma else uv
             for it in range(params.inner_iterations):
-                # estimateV
-                rho = rho_c + (i1wx * u[:, 0] + i1wy * u[:, 1])
+                # estimateV: v = u + d, d from the thresholding of rho
+                rho = c["rho_c"] + (c["ivec"][:, 0] * us[:, 0] + c["ivec"][:, 1] * us[:, 1])
                 if use_gamma:
-                    rho = rho + gamma * u[:, 2]
-                fi = -rho / safe_grad
-                d_mid = torch.where(has_grad[:, None], fi[:, None] * ivec, torch.zeros_like(ivec))
-                d = torch.where((rho < neg_lg)[:, None], d_low, torch.where((rho > lg)[:, None], d_high, d_mid))
-                v = u + d
-                # estimateU
-                u_new = v + theta * divergence(p)
-                du = u_new - u
+                    rho = rho + gamma * us[:, 2]
+                fi = torch.where(c["has_grad"], -rho / c["grad"], torch.zeros_like(rho))
+                d = torch.where(
+                    (rho < c["neg_lg"])[:, None],
+                    c["d_low"],
+                    torch.where((rho > c["lg"])[:, None], c["d_high"], fi[:, None] * c["ivec"]),
+                )
+                # estimateU: u = v + theta * div(p), and the sum of squared updates
+                u_new = (us + d) + theta * divergence(ps)
+                du = u_new - us
                 sq = du[:, 0] * du[:, 0] + du[:, 1] * du[:, 1]
                 if use_gamma:
                     sq = sq + du[:, 2] * du[:, 2]
                 error = sq.double().sum(dim=(1, 2))
                 # estimateDualVariables
-                gu = forward_gradient(u_new)  # (N, K, 2, H, W)
-                norm = torch.hypot(gu[:, :, 0], gu[:, :, 1])
-                ng = 1.0 + taut * norm
-                p_new = (p + taut * gu) / ng[:, :, None]
-                m = active[:, None, None, None]
-                u = torch.where(m, u_new, u)
-                p = torch.where(m[..., None], p_new, p)
+                gu = forward_gradient(u_new)  # (n, K, 2, H, W)
+                ng = 1.0 + taut * torch.hypot(gu[:, :, 0], gu[:, :, 1])
+                p_new = (ps + taut * gu) / ng[:, :, None]
+                if masked:
+                    m = active[:, None, None, None]
+                    us = torch.where(m, u_new, us)
+                    ps = torch.where(m[..., None], p_new, ps)
+                else:
+                    us, ps = u_new, p_new
                 if stats is not None:
-                    stats.iterations += active.long()
+                    stats.iterations.index_add_(0, sel, active.long())
                 active = active & (error > scaled_eps)
-                if (it + 1) % check_every == 0 and not bool(active.any()):
-                    break
-            if not bool(active.any()):
-                break
+                if (it + 1) % check_every == 0 or it + 1 == params.inner_iterations:
+                    running = active.nonzero().flatten()
+                    if len(running) < len(sel):
+                        shrink(running)
+                    if len(sel) == 0:
+                        break
+        u.index_copy_(0, sel, us)
+        p.index_copy_(0, sel, ps)
     return u
 
 
