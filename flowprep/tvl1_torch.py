@@ -328,6 +328,7 @@ def solve_level(
     gamma = torch.tensor(np.float32(params.gamma), device=dev)
     scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
     masked = check_every > 1
+    sequential_sum = dev.type == "cpu"
 
     i1x, i1y = centered_gradient(i1)
     to_warp = torch.stack([i1, i1x, i1y], dim=1)
@@ -391,7 +392,10 @@ def solve_level(
                 sq = du[:, 0] * du[:, 0] + du[:, 1] * du[:, 1]
                 if use_gamma:
                     sq = sq + du[:, 2] * du[:, 2]
-                error = sq.double().sum(dim=(1, 2))
+                if sequential_sum:  # OpenCV's float32 running sum, in row order (numpy's cumsum is sequential)
+                    error = torch.from_numpy(np.cumsum(sq.reshape(len(sq), -1).numpy(), axis=1)[:, -1].astype(np.float64))
+                else:
+                    error = sq.double().sum(dim=(1, 2))
                 # estimateDualVariables
                 gu = forward_gradient(u_new)  # (n, K, 2, H, W)
                 ng = 1.0 + taut * torch.hypot(gu[:, :, 0], gu[:, :, 1])

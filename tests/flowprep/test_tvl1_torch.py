@@ -34,6 +34,16 @@ BOUND = 20.0  # flowprep's default FlowConfig.bound: one code = 40/255 px
 REAL_DATA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the solver runs thousands of small ops, and on a shared 2-core machine
+    OpenMP's thread barriers cost far more than they gain (measured: 22x slower with 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def opencv_flow(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
     """(2, H, W) from a fresh OpenCV solver (calc() lowers the object's nscales for small frames)."""
     solver = cv2.optflow.DualTVL1OpticalFlow_create(
