@@ -64,15 +64,16 @@ def sync(dev: torch.device) -> None:
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None, help="Unused (uniform CLI).")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available, cpu with --smoke).")
 @click.option("--batches", default="1,16,64,128,256,512", show_default=True, help="Batch sizes, ascending.")
-@click.option("--min-pairs", default=256, show_default=True, help="Pairs timed per batch size (at least one batch).")
+@click.option("--min-pairs", default=256, show_default=True, help="Pairs timed per batch size, unless --max-seconds ...")
+@click.option("--max-seconds", default=20.0, show_default=True, help="... runs out first (one batch at least).")
 @click.option("--opencv-pairs", default=6, show_default=True, help="Pairs timed for OpenCV on one core.")
 @click.option("--check-every", default=None, type=int, help="Host checks of the stopping test (default 1 on CPU, 10 on CUDA).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads (OpenCV always runs on one).")
 @click.option("--media", type=click.Path(file_okay=False, path_type=Path), default=MEDIA, show_default=True)
 @click.option("--profile", is_flag=True, help="Profile one run of the largest batch that fitted.")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
-def main(out: Path, work: Path | None, device: str | None, batches: str, min_pairs: int, opencv_pairs: int,
-         check_every: int | None, threads: int, media: Path, profile: bool, smoke: bool) -> None:
+def main(out: Path, work: Path | None, device: str | None, batches: str, min_pairs: int, max_seconds: float,
+         opencv_pairs: int, check_every: int | None, threads: int, media: Path, profile: bool, smoke: bool) -> None:
     """Pairs/s of OpenCV's TV-L1 per core and of the PyTorch solver per batch size, GPU memory per batch."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     torch.set_num_threads(threads)
@@ -87,12 +88,16 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
     res: dict[str, Any] = {"facts": facts(dev), "params": p.__dict__, "frames": source, "size": list(size),
                            "check_every": check, "smoke": smoke}
 
-    t0 = time.perf_counter()
-    for i in range(opencv_pairs):
-        opencv_flow(prev[i], nxt[i], p)
-    cv_rate = opencv_pairs / (time.perf_counter() - t0)
+    cv_rate = None
+    if hasattr(cv2, "optflow"):
+        t0 = time.perf_counter()
+        for i in range(opencv_pairs):
+            opencv_flow(prev[i], nxt[i], p)
+        cv_rate = opencv_pairs / (time.perf_counter() - t0)
+        click.echo(f"OpenCV {cv2.__version__}, one core: {cv_rate:.2f} pairs/s")
+    else:
+        click.echo(f"OpenCV {cv2.__version__} has no optflow (contrib) module: no OpenCV row")
     res["opencv_pairs_per_s_per_core"] = cv_rate
-    click.echo(f"OpenCV {cv2.__version__}, one core: {cv_rate:.2f} pairs/s")
 
     prev_t = torch.from_numpy(prev).to(dev)
     nxt_t = torch.from_numpy(nxt).to(dev)
@@ -100,20 +105,23 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
     fitted = None
     for b in sizes:
         row: dict[str, Any] = {"batch": b}
+        if b > len(prev_t):
+            raise click.ClickException(f"batch {b} > {len(prev_t)} pairs")
         try:
             tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check)  # warm-up (CUDA context, allocator, kernels)
             sync(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            calls = max(1, -(-min_pairs // b))
             stats = SolveStats(None)
-            t0 = time.perf_counter()
-            for c in range(calls):
-                idx = torch.arange(c * b, (c + 1) * b, device=dev) % len(prev_t)
+            calls, t0 = 0, time.perf_counter()
+            while calls == 0 or (calls * b < min_pairs and time.perf_counter() - t0 < max_seconds):
+                idx = torch.arange(calls * b, (calls + 1) * b, device=dev) % len(prev_t)
                 tvl1_flow(prev_t[idx], nxt_t[idx], p, check_every=check, stats=stats)
-            sync(dev)
+                sync(dev)
+                calls += 1
             dt = time.perf_counter() - t0
-            row.update(pairs=calls * b, seconds=dt, pairs_per_s=calls * b / dt, ratio_vs_one_core=calls * b / dt / cv_rate,
+            row.update(pairs=calls * b, seconds=dt, pairs_per_s=calls * b / dt,
+                       ratio_vs_one_core=calls * b / dt / cv_rate if cv_rate else None,
                        mean_inner_iterations_last_call=float(stats.iterations.float().mean()))
             if dev.type == "cuda":
                 row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -125,7 +133,8 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
             torch.cuda.empty_cache()
             break
         rows.append(row)
-        click.echo(f"batch {b:4d}: {row['pairs_per_s']:.2f} pairs/s ({row['ratio_vs_one_core']:.2f}x one OpenCV core)"
+        ratio = f" ({row['ratio_vs_one_core']:.2f}x one OpenCV core)" if cv_rate else ""
+        click.echo(f"batch {b:4d}: {row['pairs_per_s']:.2f} pairs/s{ratio}"
                    + (f", peak {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else ""))
     res["torch"] = rows
     if profile and fitted:
