@@ -18,6 +18,7 @@ The whole ``flowprep extract`` with the torch engine is not measured: the extrac
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,33 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps: int) -> dict[str, Any]:
+    """Per-core speed on the CPU, interleaved (the load of a shared machine drifts): each repetition times
+    OpenCV on ``pairs`` pairs (one thread, one pair per call) and the torch solver on the same pairs as one
+    batch (one thread), in alternating order; medians of the per-repetition seconds and ratios."""
+    cv2.setNumThreads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.from_numpy(prev[:pairs]), torch.from_numpy(nxt[:pairs])
+    runs = []
+    for r in range(reps):
+        times = {}
+        for engine in (("opencv", "torch") if r % 2 == 0 else ("torch", "opencv")):
+            t0 = time.perf_counter()
+            if engine == "opencv":
+                for i in range(pairs):
+                    opencv_flow(prev[i], nxt[i], p)
+            else:
+                tvl1_flow(a, b, p)
+            times[engine] = time.perf_counter() - t0
+        runs.append({**times, "torch_over_opencv": times["torch"] / times["opencv"]})
+    torch.set_num_threads(threads)
+    return {"pairs": pairs, "reps": reps, "runs": runs,
+            "median_opencv_s_per_pair": statistics.median(r["opencv"] for r in runs) / pairs,
+            "median_torch_s_per_pair": statistics.median(r["torch"] for r in runs) / pairs,
+            "median_torch_over_opencv": statistics.median(r["torch_over_opencv"] for r in runs)}
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None, help="Unused (uniform CLI).")
@@ -70,10 +98,12 @@ def sync(dev: torch.device) -> None:
 @click.option("--check-every", default=None, type=int, help="Host checks of the stopping test (default 1 on CPU, 10 on CUDA).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads (OpenCV always runs on one).")
 @click.option("--media", type=click.Path(file_okay=False, path_type=Path), default=MEDIA, show_default=True)
+@click.option("--cpu-ratio-reps", default=0, show_default=True,
+              help="Also measure torch vs OpenCV per core on the CPU, interleaved, this many times (--opencv-pairs pairs).")
 @click.option("--profile", is_flag=True, help="Profile one run of the largest batch that fitted.")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
 def main(out: Path, work: Path | None, device: str | None, batches: str, min_pairs: int, max_seconds: float,
-         opencv_pairs: int, check_every: int | None, threads: int, media: Path, profile: bool, smoke: bool) -> None:
+         opencv_pairs: int, check_every: int | None, threads: int, media: Path, cpu_ratio_reps: int, profile: bool, smoke: bool) -> None:
     """Pairs/s of OpenCV's TV-L1 per core and of the PyTorch solver per batch size, GPU memory per batch."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     torch.set_num_threads(threads)
@@ -98,6 +128,10 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
     else:
         click.echo(f"OpenCV {cv2.__version__} has no optflow (contrib) module: no OpenCV row")
     res["opencv_pairs_per_s_per_core"] = cv_rate
+    if cpu_ratio_reps and cv_rate:
+        res["cpu_ratio"] = cpu_ratio(prev, nxt, p, opencv_pairs, 1 if smoke else cpu_ratio_reps)
+        click.echo(f"CPU, one core each: torch / OpenCV time per pair {res['cpu_ratio']['median_torch_over_opencv']:.2f} "
+                   f"(median of {res['cpu_ratio']['reps']})")
 
     prev_t = torch.from_numpy(prev).to(dev)
     nxt_t = torch.from_numpy(nxt).to(dev)

@@ -53,8 +53,8 @@ def test_flow_quality_smoke_measures_agreement_and_epe_for_both_engines(tmp_path
 
 @pytest.mark.slow
 def test_tvl1_gpu_smoke_measures_opencv_per_core_and_the_solver_per_batch(tmp_path) -> None:
-    res = _run("benchmarks.tvl1_gpu", tmp_path, "--profile")
+    res = _run("benchmarks.tvl1_gpu", tmp_path, "--profile", "--cpu-ratio-reps", "1")
     assert res["opencv_pairs_per_s_per_core"] > 0
     assert [r["batch"] for r in res["torch"]] == [1, 2]
     assert all(r["pairs_per_s"] > 0 and r["ratio_vs_one_core"] > 0 for r in res["torch"])
-    assert res["profile"]["table"]
+    assert res["profile"]["table"] and res["cpu_ratio"]["median_torch_over_opencv"] > 0
