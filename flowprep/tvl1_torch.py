@@ -247,13 +247,26 @@ def median_filter(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
         for dx in range(ksize):
             values[dy * ksize + dx] = padded[:, dy : dy + h, dx : dx + w].contiguous()
     network = _selection_network(ksize * ksize)
-    for sa, sb, dmin, dmax in network[:-1]:
+    last_use = _last_uses(network)
+    for step, (sa, sb, dmin, dmax) in enumerate(network[:-1]):
         a, b = values[sa], values[sb]
         if dmin >= 0:
             values[dmin] = torch.minimum(a, b)
         if dmax >= 0:
             values[dmax] = torch.maximum(a, b)
+        for src in (sa, sb):  # free planes no later comparator reads (a batch on a GPU has many)
+            if last_use[src] == step:
+                values.pop(src, None)
     return values[network[-1][0]].reshape(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _last_uses(network: tuple[tuple[int, int, int, int], ...]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for step, (sa, sb, _, _) in enumerate(network[:-1]):
+        last[sa] = last[sb] = step
+    last[network[-1][0]] = len(network)  # the result
+    return last
 
 
 def forward_gradient(u: torch.Tensor) -> torch.Tensor:
