@@ -313,6 +313,49 @@ def _as_frames(x: torch.Tensor | np.ndarray, device: torch.device | str | None) 
     return t.float()
 
 
+def primal_dual_step(
+    u: torch.Tensor,
+    p: torch.Tensor,
+    ivec: torch.Tensor,
+    rho_c: torch.Tensor,
+    lg: torch.Tensor,
+    neg_lg: torch.Tensor,
+    grad: torch.Tensor,
+    has_grad: torch.Tensor,
+    d_low: torch.Tensor,
+    d_high: torch.Tensor,
+    theta: torch.Tensor,
+    taut: torch.Tensor,
+    gamma: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables) for
+    flow u (n, K, H, W) and duals p (n, K, 2, H, W); the per-warp constants come from ``solve_level``
+    (``grad`` there is |grad I1w|^2 with 1 where it is <= FLT_EPSILON, ``has_grad`` says where it is not).
+    Returns (new u, new p, squared update per pixel (n, H, W), float32)."""
+    # estimateV: v = u + d, d from the thresholding of rho
+    rho = rho_c + (ivec[:, 0] * u[:, 0] + ivec[:, 1] * u[:, 1])
+    if u.shape[1] == 3:
+        rho = rho + gamma * u[:, 2]
+    fi = torch.where(has_grad, -rho / grad, torch.zeros_like(rho))
+    d = torch.where((rho < neg_lg)[:, None], d_low, torch.where((rho > lg)[:, None], d_high, fi[:, None] * ivec))
+    # estimateU: u = v + theta * div(p), and the squared update
+    u_new = (u + d) + theta * divergence(p)
+    du = u_new - u
+    sq = du[:, 0] * du[:, 0] + du[:, 1] * du[:, 1]
+    if u.shape[1] == 3:
+        sq = sq + du[:, 2] * du[:, 2]
+    # estimateDualVariables
+    gu = forward_gradient(u_new)  # (n, K, 2, H, W)
+    ng = 1.0 + taut * torch.hypot(gu[:, :, 0], gu[:, :, 1])
+    p_new = (p + taut * gu) / ng[:, :, None]
+    return u_new, p_new, sq
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_step():
+    return torch.compile(primal_dual_step, dynamic=True)
+
+
 def solve_level(
     i0: torch.Tensor,
     i1: torch.Tensor,
@@ -321,6 +364,7 @@ def solve_level(
     *,
     check_every: int = 1,
     stats: SolveStats | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """OpenCV's ``procOneScale`` on a batch: frames (N, H, W), flow u (N, K, H, W) with K = 2 (u, v) or
     K = 3 (u, v and the gamma term's u3). Returns the updated flow (a new tensor).
@@ -341,6 +385,7 @@ def solve_level(
     gamma = torch.tensor(np.float32(params.gamma), device=dev)
     scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
     masked = check_every > 1
+    step = _compiled_step() if compile else primal_dual_step
     sequential_sum = dev.type == "cpu"
 
     i1x, i1y = centered_gradient(i1)
@@ -389,30 +434,12 @@ def solve_level(
                     uv = torch.where(active[:, None, None, None], uv, us[:, :2])
                 us = torch.cat([uv, us[:, 2:]], dim=1) if use_gamma else uv
             for it in range(params.inner_iterations):
-                # estimateV: v = u + d, d from the thresholding of rho
-                rho = c["rho_c"] + (c["ivec"][:, 0] * us[:, 0] + c["ivec"][:, 1] * us[:, 1])
-                if use_gamma:
-                    rho = rho + gamma * us[:, 2]
-                fi = torch.where(c["has_grad"], -rho / c["grad"], torch.zeros_like(rho))
-                d = torch.where(
-                    (rho < c["neg_lg"])[:, None],
-                    c["d_low"],
-                    torch.where((rho > c["lg"])[:, None], c["d_high"], fi[:, None] * c["ivec"]),
-                )
-                # estimateU: u = v + theta * div(p), and the sum of squared updates
-                u_new = (us + d) + theta * divergence(ps)
-                du = u_new - us
-                sq = du[:, 0] * du[:, 0] + du[:, 1] * du[:, 1]
-                if use_gamma:
-                    sq = sq + du[:, 2] * du[:, 2]
+                u_new, p_new, sq = step(us, ps, c["ivec"], c["rho_c"], c["lg"], c["neg_lg"], c["grad"],
+                                        c["has_grad"], c["d_low"], c["d_high"], theta, taut, gamma)
                 if sequential_sum:  # OpenCV's float32 running sum, in row order (numpy's cumsum is sequential)
                     error = torch.from_numpy(np.cumsum(sq.reshape(len(sq), -1).numpy(), axis=1)[:, -1].astype(np.float64))
                 else:
                     error = sq.double().sum(dim=(1, 2))
-                # estimateDualVariables
-                gu = forward_gradient(u_new)  # (n, K, 2, H, W)
-                ng = 1.0 + taut * torch.hypot(gu[:, :, 0], gu[:, :, 1])
-                p_new = (ps + taut * gu) / ng[:, :, None]
                 if masked:
                     m = active[:, None, None, None]
                     us = torch.where(m, u_new, us)
@@ -442,11 +469,15 @@ def tvl1_flow(
     check_every: int = 1,
     stats: SolveStats | None = None,
     levels: Sequence[int] | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """TV-L1 flow from ``prev`` to ``nxt``: gray frames (N, H, W) or (H, W), values 0..255 (uint8 or
     float). Returns float32 (N, 2, H, W) on the frames' device (or ``device``): u (+ right), v (+ down).
 
     ``levels``: solve only these pyramid levels (0 = finest), for stage tests; default all.
+    ``check_every``: see ``solve_level`` (1 on CPUs; ~10 on GPUs saves host syncs, same result).
+    ``compile``: run the inner iteration through ``torch.compile`` (experimental, for GPUs: fused kernels
+    may contract a*b + c into fma, so results are no longer OpenCV's to the bit; eager is the reference).
     """
     p = params or TVL1Params()
     i0 = _as_frames(prev, device)
@@ -472,7 +503,7 @@ def tvl1_flow(
     up = torch.tensor(np.float32(1.0 / p.scale_step), device=i0.device)
     for s in range(coarsest, -1, -1):
         if levels is None or s in levels:
-            u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats)
+            u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile)
         if s == 0:
             break
         u = resize_linear(u, sizes[s - 1])

@@ -36,8 +36,8 @@ REAL_DATA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One torch thread: the solver runs thousands of small ops, and on a shared 2-core machine
-    OpenMP's thread barriers cost far more than they gain (measured: 22x slower with 2 busy cores)."""
+    """One torch thread: the solver runs thousands of small ops, and on a shared 2-core machine OpenMP's
+    thread barriers cost far more than they gain (measured: 21x slower than OpenCV, 2 threads, busy cores)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
