@@ -7,7 +7,9 @@ it, flowprep's synthetic clips). Rows:
   input already on the device, result synchronised), with the peak GPU memory per batch size on CUDA; a
   CUDA out-of-memory ends the sweep (recorded), it does not end the run;
 - ``ratio_vs_one_core``: torch pairs/s / OpenCV pairs/s per core.
-With ``--profile`` the largest batch that fitted is run once more under torch.profiler (top ops by time).
+With ``--compile`` every batch size is timed again with ``torch.compile`` of the solver's inner iteration
+(first-call time, i.e. compilation, and the difference from the eager flow recorded). With ``--profile`` the
+largest eager batch that fitted is run once more under torch.profiler (top ops by time).
 The whole ``flowprep extract`` with the torch engine is not measured: the extractor is not wired yet.
 
     PYTHONPATH=. python3 -m benchmarks.tvl1_gpu --out $OUT/tvl1_gpu.json --profile     # GPU machine
@@ -60,7 +62,8 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps: int) -> dict[str, Any]:
+def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps: int,
+              compiled: bool = False) -> dict[str, Any]:
     """Per-core speed on the CPU, interleaved (the load of a shared machine drifts): each repetition times
     OpenCV on ``pairs`` pairs (one thread, one pair per call) and the torch solver on the same pairs as one
     batch (one thread), in alternating order; medians of the per-repetition seconds and ratios."""
@@ -68,23 +71,31 @@ def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     a, b = torch.from_numpy(prev[:pairs]), torch.from_numpy(nxt[:pairs])
+    engines = ["opencv", "torch"] + (["torch_compiled"] if compiled else [])
+    res: dict[str, Any] = {"pairs": pairs, "reps": reps}
+    if compiled:
+        t0 = time.perf_counter()
+        tvl1_flow(a, b, p, compile=True)  # compiles (not timed below)
+        res["compile_and_first_call_s"] = time.perf_counter() - t0
     runs = []
     for r in range(reps):
         times = {}
-        for engine in (("opencv", "torch") if r % 2 == 0 else ("torch", "opencv")):
+        for engine in (engines if r % 2 == 0 else engines[::-1]):
             t0 = time.perf_counter()
             if engine == "opencv":
                 for i in range(pairs):
                     opencv_flow(prev[i], nxt[i], p)
             else:
-                tvl1_flow(a, b, p)
+                tvl1_flow(a, b, p, compile=engine == "torch_compiled")
             times[engine] = time.perf_counter() - t0
-        runs.append({**times, "torch_over_opencv": times["torch"] / times["opencv"]})
+        runs.append({**times, **{f"{e}_over_opencv": times[e] / times["opencv"] for e in engines[1:]}})
     torch.set_num_threads(threads)
-    return {"pairs": pairs, "reps": reps, "runs": runs,
-            "median_opencv_s_per_pair": statistics.median(r["opencv"] for r in runs) / pairs,
-            "median_torch_s_per_pair": statistics.median(r["torch"] for r in runs) / pairs,
-            "median_torch_over_opencv": statistics.median(r["torch_over_opencv"] for r in runs)}
+    res["runs"] = runs
+    for e in engines:
+        res[f"median_{e}_s_per_pair"] = statistics.median(r[e] for r in runs) / pairs
+    for e in engines[1:]:
+        res[f"median_{e}_over_opencv"] = statistics.median(r[f"{e}_over_opencv"] for r in runs)
+    return res
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,10 +111,12 @@ def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps
 @click.option("--media", type=click.Path(file_okay=False, path_type=Path), default=MEDIA, show_default=True)
 @click.option("--cpu-ratio-reps", default=0, show_default=True,
               help="Also measure torch vs OpenCV per core on the CPU, interleaved, this many times (--opencv-pairs pairs).")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Also time the solver with torch.compile of its inner iteration (compile time recorded).")
 @click.option("--profile", is_flag=True, help="Profile one run of the largest batch that fitted.")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
 def main(out: Path, work: Path | None, device: str | None, batches: str, min_pairs: int, max_seconds: float,
-         opencv_pairs: int, check_every: int | None, threads: int, media: Path, cpu_ratio_reps: int, profile: bool, smoke: bool) -> None:
+         opencv_pairs: int, check_every: int | None, threads: int, media: Path, cpu_ratio_reps: int, compiled: bool, profile: bool, smoke: bool) -> None:
     """Pairs/s of OpenCV's TV-L1 per core and of the PyTorch solver per batch size, GPU memory per batch."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     torch.set_num_threads(threads)
@@ -119,7 +132,7 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
                            "check_every": check, "smoke": smoke}
 
     cv_rate = None
-    if hasattr(cv2, "optflow"):
+    if hasattr(cv2, "optflow") and opencv_pairs > 0:
         t0 = time.perf_counter()
         for i in range(opencv_pairs):
             opencv_flow(prev[i], nxt[i], p)
@@ -129,47 +142,56 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
         click.echo(f"OpenCV {cv2.__version__} has no optflow (contrib) module: no OpenCV row")
     res["opencv_pairs_per_s_per_core"] = cv_rate
     if cpu_ratio_reps and cv_rate:
-        res["cpu_ratio"] = cpu_ratio(prev, nxt, p, opencv_pairs, 1 if smoke else cpu_ratio_reps)
+        res["cpu_ratio"] = cpu_ratio(prev, nxt, p, opencv_pairs, 1 if smoke else cpu_ratio_reps, compiled)
         click.echo(f"CPU, one core each: torch / OpenCV time per pair {res['cpu_ratio']['median_torch_over_opencv']:.2f} "
                    f"(median of {res['cpu_ratio']['reps']})")
 
     prev_t = torch.from_numpy(prev).to(dev)
     nxt_t = torch.from_numpy(nxt).to(dev)
-    rows = []
+    rows: list[dict[str, Any]] = []
     fitted = None
-    for b in sizes:
-        row: dict[str, Any] = {"batch": b}
-        if b > len(prev_t):
-            raise click.ClickException(f"batch {b} > {len(prev_t)} pairs")
-        try:
-            tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check)  # warm-up (CUDA context, allocator, kernels)
-            sync(dev)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            stats = SolveStats(None)
-            calls, t0 = 0, time.perf_counter()
-            while calls == 0 or (calls * b < min_pairs and time.perf_counter() - t0 < max_seconds):
-                idx = torch.arange(calls * b, (calls + 1) * b, device=dev) % len(prev_t)
-                tvl1_flow(prev_t[idx], nxt_t[idx], p, check_every=check, stats=stats)
+    for mode in ["eager"] + (["compiled"] if compiled else []):
+        for b in sizes:
+            row: dict[str, Any] = {"mode": mode, "batch": b}
+            if b > len(prev_t):
+                raise click.ClickException(f"batch {b} > {len(prev_t)} pairs")
+            try:
+                t0 = time.perf_counter()
+                first = tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check, compile=mode == "compiled")  # warm-up
                 sync(dev)
-                calls += 1
-            dt = time.perf_counter() - t0
-            row.update(pairs=calls * b, seconds=dt, pairs_per_s=calls * b / dt,
-                       ratio_vs_one_core=calls * b / dt / cv_rate if cv_rate else None,
-                       mean_inner_iterations_last_call=float(stats.iterations.float().mean()))
-            if dev.type == "cuda":
-                row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
-            fitted = b
-        except torch.cuda.OutOfMemoryError as e:  # a smaller batch goes on; the sweep ends here
-            row["oom"] = str(e).splitlines()[0]
+                row["first_call_s"] = time.perf_counter() - t0  # CUDA context, allocator, kernels, compile
+                if mode == "compiled":
+                    eager = tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check)
+                    row["max_abs_vs_eager_px"] = float((first - eager).abs().max())
+                    row["mean_abs_vs_eager_px"] = float((first - eager).abs().mean())
+                    del eager
+                del first
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
+                stats = SolveStats(None)
+                calls, t0 = 0, time.perf_counter()
+                while calls == 0 or (calls * b < min_pairs and time.perf_counter() - t0 < max_seconds):
+                    idx = torch.arange(calls * b, (calls + 1) * b, device=dev) % len(prev_t)
+                    tvl1_flow(prev_t[idx], nxt_t[idx], p, check_every=check, stats=stats, compile=mode == "compiled")
+                    sync(dev)
+                    calls += 1
+                dt = time.perf_counter() - t0
+                row.update(pairs=calls * b, seconds=dt, pairs_per_s=calls * b / dt,
+                           ratio_vs_one_core=calls * b / dt / cv_rate if cv_rate else None,
+                           mean_inner_iterations_last_call=float(stats.iterations.float().mean()))
+                if dev.type == "cuda":
+                    row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+                fitted = b if mode == "eager" else fitted
+            except torch.cuda.OutOfMemoryError as e:  # a smaller batch goes on; the sweep ends here
+                row["oom"] = str(e).splitlines()[0]
+                rows.append(row)
+                click.echo(f"{mode} batch {b}: CUDA out of memory")
+                torch.cuda.empty_cache()
+                break
             rows.append(row)
-            click.echo(f"batch {b}: CUDA out of memory")
-            torch.cuda.empty_cache()
-            break
-        rows.append(row)
-        ratio = f" ({row['ratio_vs_one_core']:.2f}x one OpenCV core)" if cv_rate else ""
-        click.echo(f"batch {b:4d}: {row['pairs_per_s']:.2f} pairs/s{ratio}"
-                   + (f", peak {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else ""))
+            ratio = f" ({row['ratio_vs_one_core']:.2f}x one OpenCV core)" if cv_rate else ""
+            click.echo(f"{mode} batch {b:4d}: {row['pairs_per_s']:.2f} pairs/s{ratio}"
+                       + (f", peak {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else ""))
     res["torch"] = rows
     if profile and fitted:
         from torch.profiler import ProfilerActivity, profile as prof
