@@ -168,7 +168,7 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
                 del first
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
-                stats = SolveStats(None)
+                stats = SolveStats()
                 calls, t0 = 0, time.perf_counter()
                 while calls == 0 or (calls * b < min_pairs and time.perf_counter() - t0 < max_seconds):
                     idx = torch.arange(calls * b, (calls + 1) * b, device=dev) % len(prev_t)

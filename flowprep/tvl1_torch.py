@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -299,7 +297,7 @@ def divergence(p: torch.Tensor) -> torch.Tensor:
 class SolveStats:
     """What the solver did, for tests and benchmarks: inner iterations run per image (all levels)."""
 
-    iterations: torch.Tensor  # (N,) int64
+    iterations: torch.Tensor | None = None  # (N,) int64, filled by tvl1_flow
 
 
 def _as_frames(x: torch.Tensor | np.ndarray, device: torch.device | str | None) -> torch.Tensor:
@@ -468,13 +466,11 @@ def tvl1_flow(
     device: torch.device | str | None = None,
     check_every: int = 1,
     stats: SolveStats | None = None,
-    levels: Sequence[int] | None = None,
     compile: bool = False,
 ) -> torch.Tensor:
     """TV-L1 flow from ``prev`` to ``nxt``: gray frames (N, H, W) or (H, W), values 0..255 (uint8 or
     float). Returns float32 (N, 2, H, W) on the frames' device (or ``device``): u (+ right), v (+ down).
 
-    ``levels``: solve only these pyramid levels (0 = finest), for stage tests; default all.
     ``check_every``: see ``solve_level`` (1 on CPUs; ~10 on GPUs saves host syncs, same result).
     ``compile``: run the inner iteration through ``torch.compile`` (experimental, for GPUs: fused kernels
     may contract a*b + c into fma, so results are no longer OpenCV's to the bit; eager is the reference).
@@ -502,8 +498,7 @@ def tvl1_flow(
     u = torch.zeros((n, k, *sizes[coarsest]), dtype=torch.float32, device=i0.device)
     up = torch.tensor(np.float32(1.0 / p.scale_step), device=i0.device)
     for s in range(coarsest, -1, -1):
-        if levels is None or s in levels:
-            u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile)
+        u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile)
         if s == 0:
             break
         u = resize_linear(u, sizes[s - 1])

@@ -221,10 +221,10 @@ def test_a_batch_of_mixed_pairs_gives_each_pair_its_own_flow() -> None:
     still = to_gray(smooth_texture(32, 40, seed=5)[None])[0]
     pairs = [gray_pair(32, 40, 2.2, -1.4, seed=6), np.stack([still, still]), gray_pair(32, 40, -0.4, 0.3, seed=7)]
     params = TVL1Params(nscales=3, warps=2)
-    stats = SolveStats(None)
+    stats = SolveStats()
     batch = tvl1_flow(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), params, stats=stats)
     for i, (prev, nxt) in enumerate(pairs):
-        alone = SolveStats(None)
+        alone = SolveStats()
         np.testing.assert_array_equal(batch[i].numpy(), tvl1_flow(prev, nxt, params, stats=alone)[0].numpy())
         assert stats.iterations[i] == alone.iterations[0]
     # identical frames: each warp of each level stops after its first step, with zero flow
