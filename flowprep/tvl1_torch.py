@@ -472,14 +472,15 @@ def tvl1_flow(
     params: TVL1Params | None = None,
     *,
     device: torch.device | str | None = None,
-    check_every: int = 1,
+    check_every: int | None = None,
     stats: SolveStats | None = None,
     compile: bool = False,
 ) -> torch.Tensor:
     """TV-L1 flow from ``prev`` to ``nxt``: gray frames (N, H, W) or (H, W), values 0..255 (uint8 or
     float). Returns float32 (N, 2, H, W) on the frames' device (or ``device``): u (+ right), v (+ down).
 
-    ``check_every``: see ``solve_level`` (1 on CPUs; ~10 on GPUs saves host syncs, same result).
+    ``check_every``: see ``solve_level``; by default 1 on CPUs and 10 elsewhere (fewer host syncs on a
+    GPU; the result is the same).
     ``compile``: run the inner iteration through ``torch.compile`` (experimental, for GPUs: fused kernels
     may contract a*b + c into fma, so results are no longer OpenCV's to the bit; eager is the reference).
     """
@@ -495,6 +496,8 @@ def tvl1_flow(
         raise ValueError(f"median_filtering must be odd, got {p.median_filtering}")
     if stats is not None:
         stats.iterations = torch.zeros(n, dtype=torch.long, device=i0.device)
+    if check_every is None:
+        check_every = 1 if i0.device.type == "cpu" else 10
     sizes = pyramid_sizes(h, w, p.scale_step, p.nscales)
     pyr0, pyr1 = [i0], [i1]
     step = (1.0 / p.scale_step, 1.0 / p.scale_step)
