@@ -176,6 +176,26 @@ def test_one_level_with_five_warps_agrees_with_opencv_to_1e4_px() -> None:
     assert diff.max() < 1e-4 and diff.mean() < 1e-5
 
 
+def cv2_remap_warp(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
+    """OpenCV's own warp in place of warp_bicubic (CPU tensors)."""
+    return torch.from_numpy(np.stack([
+        np.stack([cv2.remap(plane.numpy(), map_x[i].numpy(), map_y[i].numpy(), cv2.INTER_CUBIC) for plane in src[i]])
+        for i in range(len(src))
+    ]))
+
+
+def test_with_opencvs_warp_the_whole_default_solver_is_bit_identical_to_opencv(monkeypatch) -> None:
+    """Every stage but the warp is exact: the warp's last-bit differences are all that separates the port
+    from OpenCV (also on real frames: BENCHMARKS.md, flow_quality --opencv-warp)."""
+    import flowprep.tvl1_torch as tvl1_torch
+
+    monkeypatch.setattr(tvl1_torch, "warp_bicubic", cv2_remap_warp)
+    pairs = [gray_pair(48, 64, 1.7, -0.6, seed=11), gray_pair(48, 64, -2.4, 1.1, seed=12)]
+    ours = tvl1_flow(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), TVL1Params())
+    for (prev, nxt), flow in zip(pairs, ours):
+        np.testing.assert_array_equal(flow.numpy(), opencv_flow(prev, nxt, TVL1Params()))
+
+
 MOTIONS = [(0.3, 0.2), (1.7, -0.6), (-2.4, 1.1), (0.8, 2.9)]
 
 
