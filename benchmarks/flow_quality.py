@@ -36,6 +36,7 @@ import torch
 from flowprep.config import TVL1Params
 from flowprep.quantize import dequantize, quantize, scale_and_offset
 from flowprep.synth import ClipSpec, render_clip
+import flowprep.tvl1_torch
 from flowprep.tvl1_torch import tvl1_flow
 
 MEDIA = Path(os.environ.get("FLOWPREP_MEDIA", "/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data"))
@@ -164,6 +165,14 @@ def shifted_photo_pairs(photo: np.ndarray, size: tuple[int, int]) -> list[tuple[
     return out
 
 
+def cv2_remap_warp(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
+    """OpenCV's own warp (cv2.remap INTER_CUBIC) in place of the port's, for --opencv-warp (CPU)."""
+    return torch.from_numpy(np.stack([
+        np.stack([cv2.remap(plane.numpy(), map_x[i].numpy(), map_y[i].numpy(), cv2.INTER_CUBIC) for plane in src[i]])
+        for i in range(len(src))
+    ]))
+
+
 def epe(flow: np.ndarray, truth: np.ndarray, margin: int) -> float:
     d = (flow - truth)[:, margin:-margin, margin:-margin]
     return float(np.sqrt((d ** 2).sum(axis=0)).mean())
@@ -176,14 +185,22 @@ def epe(flow: np.ndarray, truth: np.ndarray, margin: int) -> float:
 @click.option("--batch", default=16, show_default=True, help="Pairs per solver call.")
 @click.option("--media", type=click.Path(file_okay=False, path_type=Path), default=MEDIA, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch and OpenCV CPU threads.")
+@click.option("--opencv-warp", is_flag=True,
+              help="Diagnosis (CPU): the port with cv2.remap as its warp, to see what the warp alone accounts for.")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
-def main(out: Path, work: Path | None, device: str | None, batch: int, media: Path, threads: int, smoke: bool) -> None:
+def main(out: Path, work: Path | None, device: str | None, batch: int, media: Path, threads: int, opencv_warp: bool,
+         smoke: bool) -> None:
     """OpenCV vs the PyTorch TV-L1: agreement on real frames, and EPE against known flow."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     p = TVL1Params()
-    res: dict[str, Any] = {"facts": facts(dev), "params": p.__dict__, "bound_px": BOUND, "smoke": smoke}
+    res: dict[str, Any] = {"facts": facts(dev), "params": p.__dict__, "bound_px": BOUND, "smoke": smoke,
+                           "opencv_warp": opencv_warp}
+    if opencv_warp:
+        if dev.type != "cpu":
+            raise click.ClickException("--opencv-warp runs on the CPU only")
+        flowprep.tvl1_torch.warp_bicubic = cv2_remap_warp  # solve_level looks it up at call time
 
     # (a) agreement
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
