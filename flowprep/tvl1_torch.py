@@ -141,51 +141,55 @@ def centered_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
-    """The 4 bicubic weights (A = -0.75) for taps at offsets -1, 0, 1, 2 of a fractional position t (float32).
-
-    The centre weight is computed as OpenCV 5.0.0's remap does (float32, fma); the others in float64
-    (OpenCV's own arithmetic for them is not reproduced; they agree to about 1 ulp)."""
-    a, b = CUBIC_A + 2, CUBIC_A + 3
-    td = t.double()
-    inner = (a * td - b).float()  # fma(a, t, -b) in float32
-    c1 = _fma(inner, t * t, torch.ones_like(t)).double()
-    x = td + 1
-    c0 = ((CUBIC_A * x - 5 * CUBIC_A) * x + 8 * CUBIC_A) * x - 4 * CUBIC_A
-    x = 1 - td
-    c2 = (a * x - b) * x * x + 1
-    c3 = 1 - c0 - c1 - c2
-    return [c0, c1, c2, c3]
+    """The 4 bicubic weights (A = -0.75) of taps at offsets -1, 0, 1, 2 for fractional positions t (float32),
+    computed as OpenCV 5.0.0's remap does, to the bit (float32, fma where it uses one):
+    w0 = A t (1-t)^2, w1 = ((A+2) t - (A+3)) t^2 + 1, w3 = A (1-t) t^2, w2 = 1 - w0 - w1 - w3."""
+    a = torch.tensor(np.float32(CUBIC_A), device=t.device)
+    y = 1 - t
+    w0 = a * (t * (y * y))
+    t2 = t * t
+    w1 = _fma(_fma(torch.full_like(t, CUBIC_A + 2), t, torch.full_like(t, -(CUBIC_A + 3))), t2, torch.ones_like(t))
+    w3 = a * (y * t2)
+    w2 = ((1 - w0) - w1) - w3
+    return [w0, w1, w2, w3]
 
 
 def warp_bicubic(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
     """``cv2.remap(src, map_x, map_y, INTER_CUBIC, BORDER_CONSTANT, 0)`` for src (N, C, H, W) and maps
-    (N, H, W) in source pixel coordinates: exact coordinates, taps outside the image count as 0."""
+    (N, H, W) in source pixel coordinates: exact coordinates, taps outside the image count as 0.
+
+    Bit-identical to OpenCV 5.0.0: each of the 4 rows is interpolated horizontally with a chain of fused
+    multiply-adds in tap order (w0*v0, then fma(w1, v1, .), ...), then the 4 row values vertically the same
+    way (fma emulated in float64)."""
     n, c, h, w = src.shape
     # Far outside, every tap is outside: clamping there changes nothing and keeps the indices small.
     mx = torch.nan_to_num(map_x, nan=-8.0).clamp(-8, w + 8)
     my = torch.nan_to_num(map_y, nan=-8.0).clamp(-8, h + 8)
     x0 = torch.floor(mx)
     y0 = torch.floor(my)
-    wx = _cubic_weights(mx - x0)
-    wy = _cubic_weights(my - y0)
+    wx = [wt.reshape(n, 1, h * w) for wt in _cubic_weights(mx - x0)]
+    wy = [wt.reshape(n, 1, h * w) for wt in _cubic_weights(my - y0)]
     x0 = x0.long()
     y0 = y0.long()
     flat = src.reshape(n, c, h * w)
-    out = torch.zeros((n, c, h * w), dtype=torch.float64, device=src.device)
     cols = []
     for i in range(4):
         xi = x0 + (i - 1)
         cols.append(((xi >= 0) & (xi < w), xi.clamp(0, w - 1)))
+    out = None
     for j in range(4):
         yi = y0 + (j - 1)
         row_ok = (yi >= 0) & (yi < h)
         row = yi.clamp(0, h - 1) * w
+        acc = None
         for i in range(4):
             col_ok, xi = cols[i]
-            weight = torch.where(row_ok & col_ok, wy[j] * wx[i], torch.zeros_like(wy[j]))
             idx = (row + xi).reshape(n, 1, h * w).expand(n, c, h * w)
-            out += torch.gather(flat, 2, idx).double() * weight.reshape(n, 1, h * w)
-    return out.float().reshape(n, c, h, w)
+            ok = (row_ok & col_ok).reshape(n, 1, h * w)
+            vals = torch.where(ok, torch.gather(flat, 2, idx), torch.zeros((), dtype=src.dtype, device=src.device))
+            acc = vals * wx[i] if acc is None else _fma(vals, wx[i], acc)
+        out = acc * wy[j] if out is None else _fma(acc, wy[j], out)
+    return out.reshape(n, c, h, w)
 
 
 @functools.lru_cache(maxsize=None)
@@ -354,7 +358,11 @@ def primal_dual_step(
         sq = sq + du[:, 2] * du[:, 2]
     # estimateDualVariables
     gu = forward_gradient(u_new)  # (n, K, 2, H, W)
-    ng = 1.0 + taut * torch.hypot(gu[:, :, 0], gu[:, :, 1])
+    if gu.device.type == "cpu":  # correctly rounded there (checked against float64)
+        norm = torch.hypot(gu[:, :, 0], gu[:, :, 1])
+    else:  # CUDA's hypotf may be 1 ulp off; OpenCV's (float)hypot is correctly rounded
+        norm = torch.hypot(gu[:, :, 0].double(), gu[:, :, 1].double()).float()
+    ng = 1.0 + taut * norm
     p_new = (p + taut * gu) / ng[:, :, None]
     return u_new, p_new, sq
 
