@@ -26,18 +26,16 @@ built into opencv-contrib-python 5.0.0, checked against that source and against 
 * between levels the flow is resized bilinearly to the finer size (sampling step = size ratio) and
   multiplied by ``1/scale_step`` (the u3 channel of the gamma term is resized, not scaled).
 
-Floating point: each step does the same float32 operations in the same order as OpenCV; one level with one
-warp is bit-identical to OpenCV 5.0.0 (tested), the default parameters give ~92% identical quantized codes
-on real frames and 99.9% within one code (BENCHMARKS.md). Two of OpenCV 5.0.0's building
-blocks are not plain C++ in that build: ``resize`` (INTER_LINEAR, float32) goes to Intel IPP, which
-interpolates as ``a + t * (b - a)`` with a fused multiply-add and clamps the source coordinate on
-downscaling; this module reproduces that bit for bit (fma emulated in float64). ``remap`` INTER_CUBIC
-uses vectorised code whose exact weight arithmetic is not reproduced here: the weights are computed in
-float64 (the centre weight as OpenCV does, with fma), so the warp agrees to a few ulps, not bit for bit.
-That is the only difference: with ``cv2.remap`` in place of ``warp_bicubic`` the whole solver is
-bit-identical to OpenCV at the default parameters (tested; also on real frames, BENCHMARKS.md).
-The sum of squared updates of the stopping test is OpenCV's float32 running sum in row order on CPUs
-(numpy's sequential cumsum), a float64 sum on other devices.
+Floating point: each step does the same float32 operations in the same order as OpenCV 5.0.0, and on
+the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` at the default parameters (tested
+on generated frames; on real frames in BENCHMARKS.md). Two of OpenCV's building blocks are not plain C++
+in that build, and are reproduced from their outputs: ``resize`` (INTER_LINEAR, float32) goes to Intel
+IPP, which interpolates as ``a + t * (b - a)`` with a fused multiply-add and clamps the source coordinate
+on downscaling; ``remap`` (INTER_CUBIC, float maps) is vectorised code with fused multiply-adds (weights
+and order in ``warp_bicubic``). fma is emulated in float64 (exact product, then two roundings: a true fma
+differs only in rare ties). The sum of squared updates of the stopping test is OpenCV's float32 running
+sum in row order on CPUs (numpy's sequential cumsum), a float64 sum on other devices, where stopping may
+therefore differ by an iteration in rare cases; ``hypot`` is computed in float64 there.
 
 Not reproduced on purpose: OpenCV's ``calc`` lowers the solver object's ``nscales`` for good when a frame
 is too small for all levels, so later, larger frames through the same object get fewer levels; here every
