@@ -35,7 +35,9 @@ on downscaling; ``remap`` (INTER_CUBIC, float maps) is vectorised code with fuse
 and order in ``warp_bicubic``). fma is emulated in float64 (exact product, then two roundings: a true fma
 differs only in rare ties). The sum of squared updates of the stopping test is OpenCV's float32 running
 sum in row order on CPUs (numpy's sequential cumsum), a float64 sum on other devices, where stopping may
-therefore differ by an iteration in rare cases; ``hypot`` is computed in float64 there.
+therefore differ by an iteration in rare cases; ``hypot`` is computed in float64 there. The reference is
+OpenCV as the x86-64 wheels run it (IPP on, remap's AVX2/FMA3 code); an OpenCV build without IPP or on a
+CPU without FMA differs from this (and from the wheel) in the last bits.
 
 Not reproduced on purpose: OpenCV's ``calc`` lowers the solver object's ``nscales`` for good when a frame
 is too small for all levels, so later, larger frames through the same object get fewer levels; here every
