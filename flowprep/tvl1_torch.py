@@ -34,8 +34,9 @@ IPP, which interpolates as ``a + t * (b - a)`` with a fused multiply-add and cla
 on downscaling; ``remap`` (INTER_CUBIC, float maps) is vectorised code with fused multiply-adds (weights
 and order in ``warp_bicubic``). fma is emulated in float64 (exact product, then two roundings: a true fma
 differs only in rare ties). The sum of squared updates of the stopping test is OpenCV's float32 running
-sum in row order on CPUs (numpy's sequential cumsum), a float64 sum on other devices, where stopping may
-therefore differ by an iteration in rare cases; ``hypot`` is computed in float64 there. The reference is
+sum in row order (numpy's sequential cumsum on the host; on other devices only for images whose float64
+sum is within rounding distance of the threshold, ``stop_sum``); ``hypot`` is computed in float64 off the
+CPU, where CUDA's hypotf may be 1 ulp off. The reference is
 OpenCV as the x86-64 wheels run it (IPP on, remap's AVX2/FMA3 code); an OpenCV build without IPP or on a
 CPU without FMA differs from this (and from the wheel) in the last bits.
 
@@ -367,6 +368,32 @@ def primal_dual_step(
     return u_new, p_new, sq
 
 
+STOP_SUMS = ("sequential", "guarded", "float64")
+
+
+def _sequential_sum(sq: torch.Tensor) -> torch.Tensor:
+    """OpenCV's float32 running sum of each (H, W) plane in row order (numpy's cumsum is sequential), float64."""
+    flat = sq.reshape(len(sq), -1).cpu().numpy()
+    return torch.from_numpy(np.cumsum(flat, axis=1)[:, -1].astype(np.float64)).to(sq.device)
+
+
+def _stop_error(sq: torch.Tensor, stop_sum: str, scaled_eps: float, band: float) -> torch.Tensor:
+    """The stopping test's sum of squared updates per image (float64 tensor (n,)).
+
+    "sequential": OpenCV's float32 running sum, exactly (on the host). "float64": an accurate sum, which
+    may decide differently from OpenCV when the sum is within ~n * 2**-24 of the threshold (rare).
+    "guarded": the float64 sum, and OpenCV's running sum (on the host) only for the images whose sum is
+    that close to the threshold, so the decisions are OpenCV's at the cost of one host sync per step."""
+    if stop_sum == "sequential":
+        return _sequential_sum(sq)
+    error = sq.double().sum(dim=(1, 2))
+    if stop_sum == "guarded":
+        near = ((error - scaled_eps).abs() <= band * error).nonzero().flatten()
+        if len(near):
+            error[near] = _sequential_sum(sq[near])
+    return error
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_step():
     return torch.compile(primal_dual_step, dynamic=True)
@@ -381,6 +408,7 @@ def solve_level(
     check_every: int = 1,
     stats: SolveStats | None = None,
     compile: bool = False,
+    stop_sum: str = "sequential",
 ) -> torch.Tensor:
     """OpenCV's ``procOneScale`` on a batch: frames (N, H, W), flow u (N, K, H, W) with K = 2 (u, v) or
     K = 3 (u, v and the gamma term's u3). Returns the updated flow (a new tensor).
@@ -402,7 +430,10 @@ def solve_level(
     scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
     masked = check_every > 1
     step = _compiled_step() if compile else primal_dual_step
-    sequential_sum = dev.type == "cpu"
+    if stop_sum not in STOP_SUMS:
+        raise ValueError(f"stop_sum must be one of {STOP_SUMS}, got {stop_sum!r}")
+    # the float32 running sum of n non-negative terms is within (n - 1) * 2**-24 * sum of the exact sum
+    band = 2.0 * (h * w) * 2.0**-24
 
     i1x, i1y = centered_gradient(i1)
     to_warp = torch.stack([i1, i1x, i1y], dim=1)
@@ -452,10 +483,7 @@ def solve_level(
             for it in range(params.inner_iterations):
                 u_new, p_new, sq = step(us, ps, c["ivec"], c["rho_c"], c["lg"], c["neg_lg"], c["grad"],
                                         c["has_grad"], c["d_low"], c["d_high"], theta, taut, gamma)
-                if sequential_sum:  # OpenCV's float32 running sum, in row order (numpy's cumsum is sequential)
-                    error = torch.from_numpy(np.cumsum(sq.reshape(len(sq), -1).numpy(), axis=1)[:, -1].astype(np.float64))
-                else:
-                    error = sq.double().sum(dim=(1, 2))
+                error = _stop_error(sq, stop_sum, scaled_eps, band)
                 if masked:
                     m = active[:, None, None, None]
                     us = torch.where(m, u_new, us)
@@ -485,12 +513,16 @@ def tvl1_flow(
     check_every: int | None = None,
     stats: SolveStats | None = None,
     compile: bool = False,
+    stop_sum: str | None = None,
 ) -> torch.Tensor:
     """TV-L1 flow from ``prev`` to ``nxt``: gray frames (N, H, W) or (H, W), values 0..255 (uint8 or
     float). Returns float32 (N, 2, H, W) on the frames' device (or ``device``): u (+ right), v (+ down).
 
     ``check_every``: see ``solve_level``; by default 1 on CPUs and 10 elsewhere (fewer host syncs on a
     GPU; the result is the same).
+    ``stop_sum``: how the stopping test sums squared updates (see ``_stop_error``): by default "sequential"
+    (OpenCV's own float32 running sum) on CPUs and "guarded" (the same decisions; a host sync per step) on
+    other devices; "float64" avoids the syncs and may, rarely, stop an iteration earlier or later.
     ``compile``: run the inner iteration through ``torch.compile`` (experimental, for GPUs: fused kernels
     may contract a*b + c into fma, so results are no longer OpenCV's to the bit; eager is the reference).
     """
@@ -508,6 +540,8 @@ def tvl1_flow(
         stats.iterations = torch.zeros(n, dtype=torch.long, device=i0.device)
     if check_every is None:
         check_every = 1 if i0.device.type == "cpu" else 10
+    if stop_sum is None:
+        stop_sum = "sequential" if i0.device.type == "cpu" else "guarded"
     sizes = pyramid_sizes(h, w, p.scale_step, p.nscales)
     pyr0, pyr1 = [i0], [i1]
     step = (1.0 / p.scale_step, 1.0 / p.scale_step)
@@ -519,7 +553,8 @@ def tvl1_flow(
     u = torch.zeros((n, k, *sizes[coarsest]), dtype=torch.float32, device=i0.device)
     up = torch.tensor(np.float32(1.0 / p.scale_step), device=i0.device)
     for s in range(coarsest, -1, -1):
-        u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile)
+        u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile,
+                        stop_sum=stop_sum)
         if s == 0:
             break
         u = resize_linear(u, sizes[s - 1])

@@ -20,6 +20,7 @@ from flowprep.flow import to_gray
 from flowprep.quantize import dequantize, quantize, scale_and_offset
 from flowprep.tvl1_torch import (
     SolveStats,
+    _stop_error,
     centered_gradient,
     divergence,
     forward_gradient,
@@ -156,6 +157,27 @@ def test_divergence_is_minus_the_adjoint_of_the_forward_gradient() -> None:
     assert torch.isclose(lhs, rhs, rtol=1e-12)
 
 
+def test_the_stopping_sum_is_opencvs_float32_running_sum_also_when_guarded() -> None:
+    sq = torch.full((2, 240, 320), 0.1, dtype=torch.float32)
+    running = np.cumsum(sq[0].numpy().ravel())[-1]  # float32, in row order: far from 7680.0000114
+    exact = sq[0].double().sum().item()
+    threshold = (float(running) + exact) / 2  # between the two: the decision depends on the sum's rounding
+    band = 2.0 * 240 * 320 * 2.0**-24
+    assert abs(float(running) - exact) <= band * exact
+    for mode in ("sequential", "guarded"):
+        assert _stop_error(sq, mode, threshold, band).tolist() == [float(running)] * 2
+    assert _stop_error(sq, "float64", threshold, band).tolist() == pytest.approx([exact] * 2, rel=1e-12)
+    far = torch.full((1, 240, 320), 1.0)  # far from the threshold: the float64 sum is kept
+    assert _stop_error(far, "guarded", threshold, band).item() == 76800.0
+
+
+@pytest.mark.parametrize("stop_sum", ["guarded", "float64"])
+def test_the_device_stopping_sums_give_opencvs_flow_here_too(stop_sum: str) -> None:
+    prev, nxt = gray_pair(48, 64, 1.7, -0.6, seed=11)
+    np.testing.assert_array_equal(tvl1_flow(prev, nxt, stop_sum=stop_sum)[0].numpy(),
+                                  opencv_flow(prev, nxt, TVL1Params()))
+
+
 # ------------------------------------------------------------------------------ one level, then the whole
 
 
@@ -275,6 +297,17 @@ def test_cuda_meets_the_gate_and_matches_the_cpu_port_closely(default_runs) -> N
     assert pooled["within1"] >= 0.995 and pooled["exact"] >= 0.85 and pooled["mean_abs_stored"] <= 0.04, pooled
     for (_, cpu), cuda in zip(default_runs, flows):
         assert np.abs(cuda - cpu).mean() <= 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_flow_is_bit_identical_to_opencv_too(default_runs) -> None:
+    """Every operation is IEEE float32/float64 on CUDA as well, and the guarded stopping sum decides as
+    OpenCV does; only hypot is done in float64 there (CUDA's hypotf is not correctly rounded)."""
+    (h, w), motions = (48, 64), MOTIONS
+    pairs = [gray_pair(h, w, dx, dy, seed=10 + i) for i, (dx, dy) in enumerate(motions)]
+    flows = tvl1_flow(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), device="cuda").cpu().numpy()
+    for (ref, _), flow in zip(default_runs, flows):
+        np.testing.assert_array_equal(flow, ref)
 
 
 @pytest.mark.slow
