@@ -4,6 +4,8 @@
 #   2. agreement with OpenCV and EPE on CUDA (benchmarks/flow_quality.py --device cuda) <= 120 s
 #   3. pairs/s per batch size, GPU memory, profile (benchmarks/tvl1_gpu.py)            <= 150 s
 #   4. the same with torch.compile of the inner iteration, batches 64 and 256           <= 120 s
+#      (default stopping sum "guarded": OpenCV's decisions, one host sync per step; a later run can
+#      compare --stop-sum float64, no syncs)
 # Everything lands in $OUT (env.txt, *.log, *.json). A step that fails or times out is recorded and the
 # next one still runs.
 #

@@ -107,6 +107,8 @@ def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps
 @click.option("--max-seconds", default=20.0, show_default=True, help="... runs out first (one batch at least).")
 @click.option("--opencv-pairs", default=6, show_default=True, help="Pairs timed for OpenCV on one core.")
 @click.option("--check-every", default=None, type=int, help="Host checks of the stopping test (default 1 on CPU, 10 on CUDA).")
+@click.option("--stop-sum", type=click.Choice(["sequential", "guarded", "float64"]), default=None,
+              help="The stopping test's sum (default: sequential on the CPU, guarded on CUDA; see tvl1_flow).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads (OpenCV always runs on one).")
 @click.option("--media", type=click.Path(file_okay=False, path_type=Path), default=MEDIA, show_default=True)
 @click.option("--cpu-ratio-reps", default=0, show_default=True,
@@ -116,7 +118,8 @@ def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps
 @click.option("--profile", is_flag=True, help="Profile one run of the largest batch that fitted.")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
 def main(out: Path, work: Path | None, device: str | None, batches: str, min_pairs: int, max_seconds: float,
-         opencv_pairs: int, check_every: int | None, threads: int, media: Path, cpu_ratio_reps: int, compiled: bool, profile: bool, smoke: bool) -> None:
+         opencv_pairs: int, check_every: int | None, stop_sum: str | None, threads: int, media: Path,
+         cpu_ratio_reps: int, compiled: bool, profile: bool, smoke: bool) -> None:
     """Pairs/s of OpenCV's TV-L1 per core and of the PyTorch solver per batch size, GPU memory per batch."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     torch.set_num_threads(threads)
@@ -129,7 +132,7 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
     p = TVL1Params(nscales=2, warps=2, outer_iterations=2, inner_iterations=5) if smoke else TVL1Params()
     prev, nxt, source = frame_pairs(media, max(max(sizes), opencv_pairs), size)
     res: dict[str, Any] = {"facts": facts(dev), "params": p.__dict__, "frames": source, "size": list(size),
-                           "check_every": check, "smoke": smoke}
+                           "check_every": check, "stop_sum": stop_sum, "smoke": smoke}
 
     cv_rate = None
     if hasattr(cv2, "optflow") and opencv_pairs > 0:
@@ -157,11 +160,12 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
                 raise click.ClickException(f"batch {b} > {len(prev_t)} pairs")
             try:
                 t0 = time.perf_counter()
-                first = tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check, compile=mode == "compiled")  # warm-up
+                first = tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check, compile=mode == "compiled",
+                                  stop_sum=stop_sum)  # warm-up
                 sync(dev)
                 row["first_call_s"] = time.perf_counter() - t0  # CUDA context, allocator, kernels, compile
                 if mode == "compiled":
-                    eager = tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check)
+                    eager = tvl1_flow(prev_t[:b], nxt_t[:b], p, check_every=check, stop_sum=stop_sum)
                     row["max_abs_vs_eager_px"] = float((first - eager).abs().max())
                     row["mean_abs_vs_eager_px"] = float((first - eager).abs().mean())
                     del eager
@@ -172,7 +176,8 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
                 calls, t0 = 0, time.perf_counter()
                 while calls == 0 or (calls * b < min_pairs and time.perf_counter() - t0 < max_seconds):
                     idx = torch.arange(calls * b, (calls + 1) * b, device=dev) % len(prev_t)
-                    tvl1_flow(prev_t[idx], nxt_t[idx], p, check_every=check, stats=stats, compile=mode == "compiled")
+                    tvl1_flow(prev_t[idx], nxt_t[idx], p, check_every=check, stats=stats,
+                              compile=mode == "compiled", stop_sum=stop_sum)
                     sync(dev)
                     calls += 1
                 dt = time.perf_counter() - t0
@@ -198,7 +203,7 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with prof(activities=acts) as pr:
-            tvl1_flow(prev_t[:fitted], nxt_t[:fitted], p, check_every=check)
+            tvl1_flow(prev_t[:fitted], nxt_t[:fitted], p, check_every=check, stop_sum=stop_sum)
             sync(dev)
         key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         table = pr.key_averages().table(sort_by=key, row_limit=20)
