@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 
 REPO = Path(__file__).parents[2]
@@ -37,3 +38,23 @@ def test_loader_device_smoke_measures_both_loaders(tmp_path) -> None:
     assert set(res["loader_items_per_s"]) == {"ring_1", "collate_1", "ring_2", "collate_2"}
     assert all(rate > 0 for rate in res["loader_items_per_s"].values())
     assert res["read_ms"] > 0 and res["item_ms"] > 0
+
+
+@pytest.mark.slow
+def test_flow_quality_smoke_measures_agreement_and_epe_for_both_engines(tmp_path) -> None:
+    res = _run("benchmarks.flow_quality", tmp_path)
+    pooled = res["agreement"]["pooled"]
+    assert len(res["agreement"]["pairs"]) >= 2 and 0.99 <= pooled["within1"] <= 1
+    assert set(res["agreement"]["gate"]) >= {"within1>=0.995", "exact>=0.85", "mean_abs_stored<=0.04"}
+    assert [r["flow"].split()[0] for r in res["epe"]["rows"]] == ["translation", "rotation", "zoom", "smooth"]
+    assert all(r["epe_opencv_px"] > 0 and r["epe_torch_px"] > 0 for r in res["epe"]["rows"])
+    assert res["facts"]["opencv"] == cv2.__version__
+
+
+@pytest.mark.slow
+def test_tvl1_gpu_smoke_measures_opencv_per_core_and_the_solver_per_batch(tmp_path) -> None:
+    res = _run("benchmarks.tvl1_gpu", tmp_path, "--profile", "--cpu-ratio-reps", "1")
+    assert res["opencv_pairs_per_s_per_core"] > 0
+    assert [r["batch"] for r in res["torch"]] == [1, 2]
+    assert all(r["pairs_per_s"] > 0 and r["ratio_vs_one_core"] > 0 for r in res["torch"])
+    assert res["profile"]["table"] and res["cpu_ratio"]["median_torch_over_opencv"] > 0
