@@ -43,6 +43,7 @@ class FlowEstimator:
         self._tvl1 = None
         if method == "tvl1":
             p = tvl1 or TVL1Params()
+            self._nscales = p.nscales
             self._tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
                 tau=p.tau,
                 lambda_=p.lambda_,
@@ -60,6 +61,10 @@ class FlowEstimator:
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         if self._tvl1 is not None:
             flow = self._tvl1.calc(prev, nxt, None)
+            # OpenCV lowers the solver's own scale count for good when a frame is too small for all of
+            # them: without this, one tiny video would change the flow of every later video it computes.
+            if self._tvl1.getScalesNumber() != self._nscales:
+                self._tvl1.setScalesNumber(self._nscales)
         else:
             p = self.farneback
             flow = cv2.calcOpticalFlowFarneback(

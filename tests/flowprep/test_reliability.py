@@ -464,3 +464,13 @@ def test_verify_names_array_tasks_that_planned_from_different_listings(ucf_tree:
     report = verify_output(out)
     assert not report.ok
     assert any("planned from different input listings (task(s) 0; task(s) 1)" in p for p in report.problems)
+
+
+def test_a_tiny_video_does_not_change_the_flow_of_the_next_videos_of_a_worker() -> None:
+    # OpenCV's calc() lowers the solver's scale count for good on a frame too small for all scales.
+    small = to_gray(translating_texture(2, 24, 32, 1.0, 0.5))
+    big = to_gray(translating_texture(2, 120, 160, 1.0, 0.5, seed=3))
+    fresh = FlowEstimator(method="tvl1")(big[0], big[1]).copy()
+    reused = FlowEstimator(method="tvl1")
+    reused(small[0], small[1])
+    assert np.array_equal(reused(big[0], big[1]), fresh)
