@@ -149,6 +149,23 @@ def _method_options(prefix: str, cls: type) -> Callable:
     return decorate
 
 
+def _check_device(engine: str, device: str) -> None:
+    """A usage error unless --device names a device this machine has (checked before any work starts)."""
+    kind, _, which = device.partition(":")
+    if kind == "cpu" and not which:
+        return
+    if kind != "cuda" or (which and not all(i.isdigit() for i in which.split(","))):
+        raise click.UsageError(f"--device must be cpu, cuda or cuda:0,1,..., got {device!r}")
+    if engine != "torch":
+        return  # FlowConfig refuses it with the reason
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = [int(i) for i in which.split(",")] if which else [0]
+    if count == 0 or max(wanted) >= count:
+        raise click.UsageError(f"--device {device}: this machine has {count} CUDA device(s) visible to PyTorch")
+
+
 def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
     return cls(**{fld.name: kwargs.pop(f"{prefix}_{fld.name}") for fld in dataclasses.fields(cls)})
 
@@ -163,6 +180,12 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--method", type=click.Choice(["tvl1", "farneback"]), default="tvl1",
               help="TV-L1 is the two-stream standard (accurate, ~1.5 s per 320x240 pair on one core); "
                    "Farneback is ~70x faster and coarser.")
+@click.option("--engine", type=click.Choice(["opencv", "torch"]), default=None, show_default=False,
+              help="TV-L1 implementation: OpenCV's, or the PyTorch port (the same flow to the bit on the CPU; "
+                   "batches of pairs on a GPU).  [default: opencv on --device cpu, torch on cuda]")
+@click.option("--device", default="cpu", metavar="cpu|cuda|cuda:0,1",
+              help="Where --engine torch computes: the CPU, every visible GPU, or the listed ones (each worker "
+                   "process takes one).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, show_default=False,
               help="Worker processes, one video each (OpenCV single-threaded in each).  "
                    f"[default: all cores available to this process, here {runner.default_workers()}]")
@@ -222,7 +245,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
                    "count the task as failed.")
 @click.option("--debug", is_flag=True, help="Show the full traceback of a crash instead of one line.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
-def extract(videos: Path, out: Path, method: str, workers: int | None, bound: float, videos_per_shard: int,
+def extract(videos: Path, out: Path, method: str, engine: str | None, device: str, workers: int | None, bound: float, videos_per_shard: int,
             class_index: Path | None, layout: str | None, labels: tuple[Path, ...], unlabelled: bool,
             size_text: str | None, short_side: int | None, frame_step: int,
             no_rgb: bool, jpeg_quality: int, task_index: int | None, task_count: int | None, backend: str,
@@ -236,8 +259,14 @@ def extract(videos: Path, out: Path, method: str, workers: int | None, bound: fl
     size = _parse_size(size_text)
     if size is not None and short_side is not None:
         raise click.UsageError("give at most one of --size and --short-side")
-    flow = FlowConfig(method=method, bound=bound, tvl1=_method_params(TVL1Params, "tvl1", method_kwargs),
-                      farneback=_method_params(FarnebackParams, "farneback", method_kwargs))
+    engine = engine or ("opencv" if device == "cpu" else "torch")
+    _check_device(engine, device)
+    try:
+        flow = FlowConfig(method=method, bound=bound, tvl1=_method_params(TVL1Params, "tvl1", method_kwargs),
+                          farneback=_method_params(FarnebackParams, "farneback", method_kwargs), engine=engine,
+                          device=device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     decode = DecodeConfig(size=size, short_side=short_side, frame_step=frame_step)
     storage = StorageConfig(rgb=not no_rgb, jpeg_quality=jpeg_quality, videos_per_shard=videos_per_shard)
     try:

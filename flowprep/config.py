@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 FlowMethod = Literal["tvl1", "farneback"]
+ENGINES = ("opencv", "torch")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,22 @@ class FlowConfig:
     tvl1: TVL1Params = field(default_factory=TVL1Params)
     farneback: FarnebackParams = field(default_factory=FarnebackParams)
     bound: float = 20.0  # pixels; every value is clipped to [-bound, bound] before quantization
+    # TV-L1's implementation: OpenCV's (CPU), or the PyTorch port (flowprep/tvl1_torch.py) on ``device``
+    # ("cpu", "cuda", "cuda:0,1"). Farneback is always OpenCV's.
+    engine: str = "opencv"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "torch" and self.method != "tvl1":
+            raise ValueError("--engine torch computes TV-L1 only; Farneback runs on OpenCV")
+        if self.engine == "opencv" and self.device != "cpu":
+            raise ValueError(f"OpenCV's {self.method} runs on the CPU: use --engine torch for --device {self.device}")
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":", 1)[0]
 
     def method_params(self) -> dict[str, Any]:
         return dataclasses.asdict(self.tvl1 if self.method == "tvl1" else self.farneback)

@@ -6,6 +6,7 @@ v (+ down), and field i is the motion from frame i to frame i + 1 (``prev`` -> `
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Iterable, Iterator
 
@@ -73,6 +74,35 @@ class FlowEstimator:
         return flow.transpose(2, 0, 1)  # (H, W, 2) -> (2, H, W), a view: the caller stacks (copies)
 
 
+class TorchTVL1:
+    """TV-L1 by the PyTorch port (flowprep/tvl1_torch.py): all the pairs of a chunk in one batch.
+
+    On the CPU the port gives OpenCV's flow to the bit (tests/flowprep/test_tvl1_torch.py), at about
+    twice the time: it is how machines without a GPU check the engine. ``device`` "cuda" uses every
+    visible GPU, "cuda:0,1" those; each worker process takes one of them by its pid.
+    """
+
+    def __init__(self, params: TVL1Params, device: str) -> None:
+        import torch
+
+        self.params = params
+        kind, _, which = device.partition(":")
+        if kind == "cpu":
+            torch.set_num_threads(1)  # one worker process per core, as with OpenCV
+            self.device = torch.device("cpu")
+        else:
+            ids = [int(i) for i in which.split(",")] if which else list(range(torch.cuda.device_count()))
+            self.device = torch.device(kind, ids[os.getpid() % len(ids)])
+
+    def pairs(self, gray: np.ndarray) -> np.ndarray:
+        """(n, H, W) uint8 frames -> (n - 1, 2, H, W) float32 flow between consecutive frames."""
+        from flowprep.tvl1_torch import tvl1_flow
+
+        if len(gray) < 2:
+            return np.empty((0, 2, *gray.shape[1:]), np.float32)
+        return tvl1_flow(gray[:-1], gray[1:], self.params, device=self.device).cpu().numpy()
+
+
 _LOCAL = threading.local()  # per thread: OpenCV releases the GIL inside calc(), so threads must not share a solver
 
 
@@ -85,12 +115,15 @@ def estimator_for(config: FlowConfig) -> FlowEstimator:
     """
     cache = _LOCAL.__dict__.setdefault("estimators", {})
     if config not in cache:
-        cache[config] = FlowEstimator(method=config.method, tvl1=config.tvl1, farneback=config.farneback)
+        if config.engine == "torch":
+            cache[config] = TorchTVL1(config.tvl1, config.device)
+        else:
+            cache[config] = FlowEstimator(method=config.method, tvl1=config.tvl1, farneback=config.farneback)
     return cache[config]
 
 
 def iter_flow(
-    chunks: Iterable[np.ndarray], estimator: FlowEstimator
+    chunks: Iterable[np.ndarray], estimator: FlowEstimator | TorchTVL1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """For each RGB chunk (n, H, W, 3), yield it with the float32 flow (m, 2, H, W) it completes.
 
@@ -104,9 +137,12 @@ def iter_flow(
         frames = gray if prev is None else np.concatenate([prev[None], gray])
         # Fill a C-contiguous array: np.stack of the (2, H, W) views would keep their (H, W, 2) memory
         # order, and quantize() would then copy the whole float32 chunk once more.
-        flow = np.empty((max(len(frames) - 1, 0), 2, *gray.shape[1:]), np.float32)
-        for i in range(len(frames) - 1):
-            flow[i] = estimator(frames[i], frames[i + 1])
+        if isinstance(estimator, TorchTVL1):
+            flow = estimator.pairs(frames)
+        else:
+            flow = np.empty((max(len(frames) - 1, 0), 2, *gray.shape[1:]), np.float32)
+            for i in range(len(frames) - 1):
+                flow[i] = estimator(frames[i], frames[i + 1])
         prev = gray[-1]
         yield rgb, flow
 

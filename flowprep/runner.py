@@ -64,8 +64,11 @@ def default_workers() -> int:
 
 def run_params(*, flow: FlowConfig, decode: DecodeConfig, storage: StorageConfig) -> dict[str, Any]:
     """What the manifest and every shard record about how the data was made (JSON-normalised)."""
+    flow_params = {"method": flow.method, "params": flow.method_params(), "bound": flow.bound}
+    if flow.engine != "opencv":  # absent: OpenCV on the CPU (so runs made before engines existed still resume)
+        flow_params.update(engine=flow.engine, device=flow.device_type)
     params = {
-        "flow": {"method": flow.method, "params": flow.method_params(), "bound": flow.bound},
+        "flow": flow_params,
         "decode": asdict(decode),
         "storage": asdict(storage),
         "versions": {
@@ -76,6 +79,10 @@ def run_params(*, flow: FlowConfig, decode: DecodeConfig, storage: StorageConfig
             "numpy": np.__version__,
         },
     }
+    if flow.engine == "torch":
+        import torch
+
+        params["versions"]["torch"] = torch.__version__
     return json.loads(json.dumps(params))
 
 
