@@ -21,7 +21,22 @@ from trainer.config import (
 DEVICES = ("auto", "cpu", "cuda")
 # trainer.models.ARCHS, repeated so that --help and usage errors answer without importing torch (tested equal).
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-_FILE = click.Path(exists=True, dir_okay=False)
+
+
+class _FileOrGlob(click.Path):
+    """An existing file, or a pattern with ``*`` that matches at least one (HMDB-51's 51 split files)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "*" in value:
+            import glob
+
+            if not glob.glob(value):
+                self.fail(f"no file matches {value!r}", param, ctx)
+            return value
+        return super().convert(value, param, ctx)
+
+
+_FILE = _FileOrGlob(exists=True, dir_okay=False)
 _DIR = click.Path(exists=True, file_okay=False)
 
 

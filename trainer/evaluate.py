@@ -163,9 +163,9 @@ def run_evaluate(
     index = index_shards(shards)
     if (spatial is not None or joint is not None) and not index.has_rgb:
         raise DataError(f"the spatial stream needs RGB frames, but the shards in {shards} were made with --no-rgb")
-    test = read_video_list(test_list, index)
+    test = read_video_list(test_list, index, role="test")
     need_val = spatial is not None and temporal is not None and (fusion == "learned" or spatial_weight == "auto")
-    val = read_video_list(val_list, index) if need_val and val_list else []
+    val = read_video_list(val_list, index, role="val") if need_val and val_list else []
     shared = {r.video_id for r in test} & {r.video_id for r in val}
     if shared:
         raise DataError(

@@ -54,3 +54,22 @@ def test_an_ssv2_json_and_a_generic_csv_with_a_split_column(make_tiny_shards, tm
                        "1P.webm,Pushing something,train\n")
     assert [r.video_id for r in read_video_list(generic, index, role="train")] == ["1H", "1P"]
     assert [r.video_id for r in read_video_list(generic, index, role="val")] == ["2H"]
+
+
+def test_fit_takes_hmdb51_split_files_through_a_glob(make_tiny_shards, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=3, class_names=["brush_hair", "cartwheel"],
+                            id_format="{cls}/{cls}_clip_{g}", num_frames=12)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for cls in ("brush_hair", "cartwheel"):
+        (splits / f"{cls}_test_split1.txt").write_text(f"{cls}_clip_1.avi 1\n{cls}_clip_2.avi 1\n{cls}_clip_3.avi 2\n")
+    run = subprocess.run([sys.executable, "-m", "trainer", "fit", "--stream", "temporal", "--shards", str(tiny.root),
+                          "--train-list", str(splits / "*_test_split1.txt"), "--out", str(tmp_path / "run"),
+                          "--epochs", "1", "--batch-size", "2", "--workers", "0", "--crop-size", "32", "--device", "cpu",
+                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1
