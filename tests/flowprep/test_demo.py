@@ -41,10 +41,16 @@ def test_quick_demo_shows_that_motion_matters(quick_demo):
     summary = json.loads((out / "summary.json").read_text())
     top1, chance = summary["top1"], summary["chance"]
     assert chance == pytest.approx(1 / 8) and summary["test_videos"] == 32 and summary["reused"] == []
-    # Measured over seeds 0-3: temporal 0.75-0.91, spatial 0.03-0.22, fused 0.72-0.91 (32 test videos).
+    # Loose bounds: the reduced demo (fewer videos, Farneback, 15 epochs) is weaker than the full one, whose recorded
+    # result tests/flowprep/test_demo_record.py checks against issue 13's bar.
     assert top1["temporal"] >= chance + 0.35, top1
     assert top1["spatial"] <= chance + 0.2, top1
-    assert top1["fused"] >= chance + 0.3, top1
+    # Fusion never loses more than one test video to the better stream: the spatial weight maximizes the
+    # validation log-likelihood, which gives a chance-level stream a weight near 0.
+    n = summary["test_videos"]
+    assert top1["fused"] >= max(top1["spatial"], top1["temporal"]) - 1 / n - 1e-9, (top1, summary["alpha"])
+    assert summary["alpha_criterion"]["value"] >= max(summary["alpha_criterion"]["temporal_only"],
+                                                      summary["alpha_criterion"]["spatial_only"])
     table = (out / "summary.md").read_text()
     assert f"| {100 * top1['temporal']:5.1f}% |" in table and "chance (1 of 8 classes)" in table
     assert table.splitlines()[2] in proc.stdout  # the same table is printed
