@@ -78,10 +78,11 @@ def search_alpha(spatial: np.ndarray, temporal: np.ndarray, labels: np.ndarray, 
     (towards 0.5, say) then gives a chance-level stream half the vote. The log-likelihood is smooth and
     concave in alpha (the log of a function linear in alpha), so its maximum on [0, 1] is found exactly by
     bisection on the derivative ``mean((s - t) / (alpha s + (1 - alpha) t))`` (s, t: each stream's score
-    of the true class), which decreases with alpha. A stream that puts no more probability on the true class
-    than the other gets a weight at or near 0; both endpoints are candidates, so the fused criterion is never
-    below either stream's own. Where the two streams give every video the same true-class score, the
-    derivative is 0 everywhere and the weight is 0.5.
+    of the true class), which decreases with alpha. A stream that never gives the true class more probability
+    than the other gets weight 0; a chance-level one gets a small weight only where the other stream is
+    confidently wrong on some validation videos (the mixture then hedges, which the likelihood rewards). Both
+    endpoints are candidates, so the fused criterion is never below either stream's own. Where the two streams
+    give every video the same true-class score, the derivative is 0 everywhere and the weight is 0.5.
     """
     if len(labels) == 0:
         raise ValueError("search_alpha needs at least one validation video")
