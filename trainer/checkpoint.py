@@ -4,7 +4,8 @@ A checkpoint is one ``torch.save`` dict::
 
     {"format": "trainer-checkpoint", "format_version": 1,
      "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ...,
-     "epoch": last finished epoch (0-based), "best_acc": float, "rng": rng_state(),
+     "epoch": last finished epoch (0-based), "best_acc": float, "best_loss": float (its validation loss),
+     "rng": rng_state(),
      "config": {"model": {...}, "data": {...}, "optim": {...}, "run": {...}},
      "classes": [class names], "scale_factor": float, "add_offset": float}
 

@@ -188,7 +188,8 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True,
               help="With both streams: mean of softmax scores, alpha-weighted mean, or an MLP fitted on --val-list.")
 @click.option("--spatial-weight", callback=options.spatial_weight, default=None,
-              help="alpha in [0, 1] for weighted fusion, or 'auto' to pick it on --val-list (grid step 0.05).")
+              help="alpha in [0, 1] for weighted fusion, or 'auto': the alpha that maximizes the mean log-probability of "
+                   "the true class of the fused --val-list scores (a chance-level stream gets a weight near 0).")
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
               help="Uniformly spaced frames / flow stacks per video.")
@@ -232,7 +233,7 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @main.command()
 @click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
-@click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (validation scores).")
+@click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="results.json to write.")
 @click.pass_context
 @_runtime_errors
@@ -259,4 +260,8 @@ def _echo_results(results: dict[str, Any], out: str) -> None:
                        f"mean class {100 * r['mean_class']:.2f}%")
     if results.get("alpha") is not None:
         click.echo(f"   alpha: {results['alpha']:.2f} (spatial weight)")
+    crit = results.get("alpha_criterion")
+    if crit is not None:
+        click.echo(f"   chosen by {crit['name']} on {results['fusion_fitted_on']} videos: {crit['value']:.3f} "
+                   f"(temporal alone {crit['temporal_only']:.3f}, spatial alone {crit['spatial_only']:.3f})")
     click.echo(f"{results['num_videos']} videos -> {out}")

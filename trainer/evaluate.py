@@ -33,7 +33,6 @@ from trainer.models import LearnedFusion
 from trainer.networks import build_model
 
 FUSIONS = ("average", "weighted", "learned")
-ALPHA_GRID = np.linspace(0.0, 1.0, 21)
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -62,11 +61,49 @@ def score_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def search_alpha(spatial: np.ndarray, temporal: np.ndarray, labels: np.ndarray, grid: np.ndarray = ALPHA_GRID) -> float:
-    """The spatial weight in ``grid`` with the best top-1 on these (validation) scores; ties -> closest to 0.5."""
-    accs = [topk_accuracy(a * spatial + (1 - a) * temporal, labels, 1) for a in grid]
-    best = max(accs)
-    return float(min((a for a, acc in zip(grid, accs) if acc == best), key=lambda a: abs(a - 0.5)))
+ALPHA_CRITERION = "validation log-likelihood"  # mean log p(true class) of the fused validation scores
+
+
+def fused_log_likelihood(alpha: float, spatial: np.ndarray, temporal: np.ndarray, labels: np.ndarray) -> float:
+    """Mean log-probability of the true class under ``alpha * spatial + (1 - alpha) * temporal`` (natural log)."""
+    rows = np.arange(len(labels))
+    s, t = spatial[rows, labels].astype(np.float64), temporal[rows, labels].astype(np.float64)
+    return float(np.log(np.clip(alpha * s + (1 - alpha) * t, 1e-12, None)).mean())
+
+
+def search_alpha(spatial: np.ndarray, temporal: np.ndarray, labels: np.ndarray, *, tol: float = 1e-9) -> float:
+    """The spatial weight in [0, 1] that maximizes :func:`fused_log_likelihood` on these (validation) scores.
+
+    Top-1 is a step function of alpha: on a few validation videos nearly every weight ties, and a tie-break
+    (towards 0.5, say) then gives a chance-level stream half the vote. The log-likelihood is smooth and
+    concave in alpha (the log of a function linear in alpha), so its maximum on [0, 1] is found exactly by
+    bisection on the derivative ``mean((s - t) / (alpha s + (1 - alpha) t))`` (s, t: each stream's score
+    of the true class), which decreases with alpha. A stream that never gives the true class more probability
+    than the other gets weight 0; a chance-level one gets a small weight only where the other stream is
+    confidently wrong on some validation videos (the mixture then hedges, which the likelihood rewards). Both
+    endpoints are candidates, so the fused criterion is never below either stream's own. Where the two streams
+    give every video the same true-class score, the derivative is 0 everywhere and the weight is 0.5.
+    """
+    if len(labels) == 0:
+        raise ValueError("search_alpha needs at least one validation video")
+    rows = np.arange(len(labels))
+    s = np.clip(spatial[rows, labels].astype(np.float64), 1e-12, None)
+    t = np.clip(temporal[rows, labels].astype(np.float64), 1e-12, None)
+
+    def slope(a: float) -> float:
+        return float(((s - t) / (a * s + (1 - a) * t)).mean())
+
+    if np.allclose(s, t, rtol=0, atol=1e-12):
+        return 0.5
+    if slope(0.0) <= 0:
+        return 0.0
+    if slope(1.0) >= 0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
 
 
 def _log_probs(p: np.ndarray) -> torch.Tensor:
@@ -230,8 +267,14 @@ def report(
         else:
             alpha = 0.5 if fusion == "average" else spatial_weight
             if alpha == "auto":
-                alpha = search_alpha(bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"])
+                val = bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"]
+                alpha = search_alpha(*val)
                 results["fusion_fitted_on"] = int(len(bundle["val_labels"]))
+                # The criterion alpha maximizes, and its value there and at each stream alone (alpha 0 = temporal).
+                results["alpha_criterion"] = {
+                    "name": ALPHA_CRITERION, "value": fused_log_likelihood(alpha, *val),
+                    "temporal_only": fused_log_likelihood(0.0, *val), "spatial_only": fused_log_likelihood(1.0, *val),
+                }
             results["alpha"] = float(alpha)
             scores["fused"] = results["alpha"] * s + (1 - results["alpha"]) * t
     confusion = {}

@@ -2,7 +2,8 @@
 epoch, keep the best on validation.
 
 RUN_DIR/checkpoint.pt   latest epoch (model, optimizer, scheduler, scaler, epoch, RNG states, configs)
-RUN_DIR/best.pt         best validation video accuracy so far (only with a validation list)
+RUN_DIR/best.pt         best validation video accuracy so far, ties to the lower validation loss (only with a
+                        validation list)
 RUN_DIR/metrics.jsonl   one JSON line per epoch
 
 ``--resume`` continues bit for bit as if never interrupted, with any number of workers: each training
@@ -155,13 +156,14 @@ def _fit(
     if model_cfg.stream == "joint":
         criterion = JointLoss(fused_output=net.fusion.output, stream_weight=optim.stream_loss_weight)
 
-    start_epoch, best_acc, history = 0, -1.0, []
+    start_epoch, best_acc, best_loss, history = 0, -1.0, math.inf, []
     if resumed is not None:
         net.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         start_epoch, best_acc, history = resumed["epoch"], resumed["best_acc"], list(resumed["history"])
+        best_loss = resumed.get("best_loss", math.inf)  # absent from checkpoints written before it was kept
         rngs = resumed["rng"]
         if len(rngs) == dist.world_size:
             ckpt_io.set_rng_state(rngs[dist.rank])
@@ -199,14 +201,18 @@ def _fit(
             stats.update(val_loss=val["loss"], val_clip_acc=val["clip_acc"], val_acc=val["video_acc"])
             if model_cfg.stream == "joint":  # val_acc above is the fused output's
                 stats.update(val_acc_spatial=val["video_acc_spatial"], val_acc_temporal=val["video_acc_temporal"])
-            is_best = val["video_acc"] > best_acc
-            best_acc = max(best_acc, val["video_acc"])
+            # Ties on accuracy are common on a small validation list (16 videos: steps of 1/16, often 1.0 for many
+            # epochs); among them the lower validation loss wins, so a later, settled epoch beats the first lucky one.
+            is_best = val["video_acc"] > best_acc or (val["video_acc"] == best_acc and val["loss"] < best_loss)
+            if is_best:
+                best_acc, best_loss = val["video_acc"], val["loss"]
         history.append(stats)
         rngs = distributed.all_gather_object(ckpt_io.rng_state())
         if dist.is_main:
             state = {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_acc": best_acc, "rng": rngs,
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_acc": best_acc, "best_loss": best_loss,
+                "rng": rngs,
                 "config": configs, "classes": list(index.classes), "history": history,
                 "scale_factor": index.scale_factor, "add_offset": index.add_offset,
             }

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -40,10 +41,16 @@ def test_quick_demo_shows_that_motion_matters(quick_demo):
     summary = json.loads((out / "summary.json").read_text())
     top1, chance = summary["top1"], summary["chance"]
     assert chance == pytest.approx(1 / 8) and summary["test_videos"] == 32 and summary["reused"] == []
-    # Measured over seeds 0-3: temporal 0.75-0.91, spatial 0.03-0.22, fused 0.72-0.91 (32 test videos).
+    # Loose bounds: the reduced demo (fewer videos, Farneback, 15 epochs) is weaker than the full one, whose recorded
+    # result tests/flowprep/test_demo_record.py checks against issue 13's bar.
     assert top1["temporal"] >= chance + 0.35, top1
     assert top1["spatial"] <= chance + 0.2, top1
-    assert top1["fused"] >= chance + 0.3, top1
+    # Fusion never loses more than one test video to the better stream: the spatial weight maximizes the
+    # validation log-likelihood, which gives a chance-level stream a weight near 0.
+    n = summary["test_videos"]
+    assert top1["fused"] >= max(top1["spatial"], top1["temporal"]) - 1 / n - 1e-9, (top1, summary["alpha"])
+    assert summary["alpha_criterion"]["value"] >= max(summary["alpha_criterion"]["temporal_only"],
+                                                      summary["alpha_criterion"]["spatial_only"])
     table = (out / "summary.md").read_text()
     assert f"| {100 * top1['temporal']:5.1f}% |" in table and "chance (1 of 8 classes)" in table
     assert table.splitlines()[2] in proc.stdout  # the same table is printed
@@ -122,3 +129,39 @@ def test_table_compares_every_stream_with_chance():
     assert "spatial weight 0.15" in lines[4] and "81.2%" in lines[4] and "6.5x" in lines[4]
     assert lines[5].startswith("| chance (1 of 8 classes)")
     assert "32 test videos" in lines[-1]
+
+
+def test_seeds_option_parses_ranges_and_lists():
+    assert demo.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert demo.parse_seeds("3, 1,0-1") == [0, 1, 3]
+    for bad in ("", "a-b", "1-", "4-0"):
+        with pytest.raises(click.BadParameter):
+            demo.parse_seeds(bad)
+    result = CliRunner().invoke(demo.main, ["--out", "unused", "--seed", "1", "--seeds", "0-1"])
+    assert result.exit_code == 2 and "--seed or --seeds" in result.output
+
+
+def test_seeds_table_has_each_seed_then_mean_and_range():
+    summaries = [{"top1": {"spatial": 0.125, "temporal": t, "fused": f}, "test_videos": 32, "alpha": a, "wall_s": 200.0}
+                 for t, f, a in ((0.875, 0.875, 0.0), (0.9375, 0.90625, 0.02))]
+    rows = [demo.seed_row(i, s) for i, s in enumerate(summaries)]
+    assert [r["fused_minus_better_videos"] for r in rows] == [0, -1]
+    lines = demo.format_seeds_table(rows, chance=0.125, test_videos=32).splitlines()
+    assert "fused - better stream (videos)" in lines[0]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["0", "12.5%", "87.5%", "87.5%", "+0", "0.00"]
+    assert len({len(line) for line in lines[:6]}) == 1  # columns aligned
+    assert [c.strip() for c in lines[4].split("|")[1:-1]] == ["mean", "12.5%", "90.6%", "89.1%", "-0.5", "0.01"]
+    assert [c.strip() for c in lines[5].split("|")[1:-1]] == ["range", "12.5-12.5%", "87.5-93.8%", "87.5-90.6%", "-1 to +0",
+                                                             "0.00-0.02"]
+    assert "seeds 0, 1" in lines[-1] and "32 test videos" in lines[-1]
+
+
+def test_commands_run_together_report_each_time_and_a_failure_after_all_ended(tmp_path):
+    runner = demo.Runner(quiet=True)
+    runner.run_together([("flowprep", ["--help"]), ("flowprep", ["--version"])], env=demo.THREADS_ENV)
+    assert [t["command"] for t in runner.timings] == ["flowprep --help", "flowprep --version"]
+    assert all(t["wall_s"] > 0 and t["cpu_s"] > 0 for t in runner.timings)
+    with pytest.raises(demo.DemoError) as info:
+        runner.run_together([("flowprep", ["verify", tmp_path]), ("flowprep", ["--help"])])
+    assert info.value.exit_code == 1 and f"flowprep verify {tmp_path}" in info.value.format_message()
+    assert len(runner.timings) == 4  # the second command ran to its end

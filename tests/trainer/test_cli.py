@@ -223,6 +223,8 @@ def test_fit_evaluate_fuse_end_to_end(tiny_shards, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     again = json.loads(fused.read_text())
     assert again["fusion"] == "weighted" and 0.0 <= again["alpha"] <= 1.0 and again["fusion_fitted_on"] == 3
+    assert again["alpha_criterion"]["name"] == "validation log-likelihood"
+    assert "chosen by validation log-likelihood on 3 videos" in result.output
     assert again["spatial"] == res["spatial"] and again["temporal"] == res["temporal"]
 
     only = tmp_path / "eval" / "only.json"

@@ -13,8 +13,8 @@ from trainer import checkpoint as ck
 from trainer.config import DataConfig, ModelConfig, to_dict
 from trainer.data import DataError
 from trainer.evaluate import (
-    confusion_matrix, fit_learned_fusion, load_scores, plot_confusion, report, run_evaluate, score_metrics,
-    search_alpha, topk_accuracy,
+    ALPHA_CRITERION, confusion_matrix, fit_learned_fusion, fused_log_likelihood, load_scores, plot_confusion, report,
+    run_evaluate, score_metrics, search_alpha, topk_accuracy,
 )
 from trainer.fit import build_model
 
@@ -48,15 +48,62 @@ def _two_stream_val(n: int = 60, k: int = 3, seed: int = 0) -> tuple[np.ndarray,
     return s / s.sum(1, keepdims=True), t / t.sum(1, keepdims=True), labels
 
 
-def test_search_alpha_finds_the_only_working_weights() -> None:
-    s, t, y = _two_stream_val()
+def _stream(labels: np.ndarray, k: int, *, boost: float, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Softmax scores of logits ~ N(0, noise), the true class's raised by ``boost``: a larger noise makes a stream
+    confidently wrong on some videos, where another stream can help."""
+    logits = rng.normal(0.0, noise, (len(labels), k))
+    logits[np.arange(len(labels)), labels] += boost
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True)
+
+
+def _check_optimum(alpha: float, s: np.ndarray, t: np.ndarray, y: np.ndarray) -> None:
+    """alpha is the best weight on a fine grid, and never worse than either stream alone."""
+    ll = fused_log_likelihood(alpha, s, t, y)
+    assert ll >= max(fused_log_likelihood(a, s, t, y) for a in np.linspace(0, 1, 1001)) - 1e-9
+    assert ll >= fused_log_likelihood(0.0, s, t, y) and ll >= fused_log_likelihood(1.0, s, t, y)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_search_alpha_gives_an_uninformative_stream_no_weight(seed: int) -> None:
+    # 16 validation videos, 8 classes, as in the demo: the spatial stream is at chance (its confident guesses
+    # ignore the label), the temporal one mostly right. Top-1 ties for many weights here; the likelihood does not.
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 8, 16)
+    chance = np.eye(8)[rng.integers(0, 8, 16)] * 0.9 + 0.1 / 8  # confidently wrong 7 times in 8
+    t = _stream(y, 8, boost=4.0, noise=1.0, rng=rng)  # right on ~95% of videos, calibrated
+    alpha = search_alpha(chance, t, y)
+    assert alpha < 0.05, alpha
+    _check_optimum(alpha, chance, t, y)
+    assert search_alpha(t, chance, y) > 0.95  # the same with the streams swapped
+    uniform = np.full((16, 8), 1 / 8)  # a stream that knows nothing and says so
+    assert search_alpha(uniform, t, y) < 0.05
+
+
+def test_search_alpha_weighs_two_informative_streams_in_between() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 8, 200)
+    # Each stream right on 40% / 60% of the videos and confidently wrong on others, independently.
+    s, t = _stream(y, 8, boost=3.0, noise=3.0, rng=rng), _stream(y, 8, boost=5.0, noise=3.0, rng=rng)
     alpha = search_alpha(s, t, y)
-    accs = {a: topk_accuracy(a * s + (1 - a) * t, y, 1) for a in np.linspace(0, 1, 101)}
-    assert topk_accuracy(alpha * s + (1 - alpha) * t, y, 1) == pytest.approx(max(accs.values()), abs=0.02)
-    assert search_alpha(s, s, y) == 0.5  # every alpha ties: the most balanced one
+    assert 0.1 < alpha < 0.5, alpha  # both count; the better (temporal) one more
+    assert topk_accuracy(alpha * s + (1 - alpha) * t, y, 1) > topk_accuracy(t, y, 1)
+    _check_optimum(alpha, s, t, y)
+    assert fused_log_likelihood(alpha, s, t, y) > max(fused_log_likelihood(a, s, t, y) for a in (0.0, 1.0))
+    # The specialised streams of _two_stream_val: each is right where the other is wrong, so both count.
+    s2, t2, y2 = _two_stream_val()
+    alpha2 = search_alpha(s2, t2, y2)
+    assert 0.0 < alpha2 < 1.0
+    _check_optimum(alpha2, s2, t2, y2)
+
+
+def test_search_alpha_edge_cases() -> None:
+    y = np.array([0, 1, 2])
     right, wrong = np.eye(3)[y], np.eye(3)[(y + 1) % 3]
-    assert search_alpha(right, wrong, y) == 0.55  # any alpha > 0.5 is perfect: the most balanced of them
-    assert search_alpha(wrong, right, y) == 0.45
+    assert search_alpha(right, wrong, y) == 1.0 and search_alpha(wrong, right, y) == 0.0  # one stream is never wrong
+    assert search_alpha(right, right, y) == 0.5  # the streams agree on every video: no reason to prefer one
+    with pytest.raises(ValueError, match="at least one"):
+        search_alpha(right[:0], right[:0], y[:0])
 
 
 def test_learned_fusion_beats_averaging_where_streams_specialise() -> None:
@@ -104,7 +151,12 @@ def test_evaluate_both_streams_with_fusion_fitted_on_validation(tiny_shards, run
     assert bundle["labels"].tolist() == [0, 1, 2]
     assert bundle["val_labels"].tolist() == [0, 1, 2]
     # alpha was picked on the validation scores, and the fused test scores use it
-    assert res["alpha"] == search_alpha(bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"])
+    val = bundle["val_spatial"], bundle["val_temporal"], bundle["val_labels"]
+    assert res["alpha"] == search_alpha(*val)
+    crit = res["alpha_criterion"]
+    assert crit["name"] == ALPHA_CRITERION and crit["value"] == fused_log_likelihood(res["alpha"], *val)
+    assert crit["temporal_only"] == fused_log_likelihood(0.0, *val) and crit["spatial_only"] == fused_log_likelihood(1.0, *val)
+    assert crit["value"] >= max(crit["temporal_only"], crit["spatial_only"])
     fused = res["alpha"] * bundle["spatial"] + (1 - res["alpha"]) * bundle["temporal"]
     for name, sc in (("spatial", bundle["spatial"]), ("temporal", bundle["temporal"]), ("fused", fused)):
         assert res[name] == score_metrics(sc, bundle["labels"])
@@ -114,7 +166,7 @@ def test_evaluate_both_streams_with_fusion_fitted_on_validation(tiny_shards, run
 
     # The fusion can be redone from the saved scores without the networks.
     again = report(bundle, fusion="average", spatial_weight=None, out=tmp_path / "avg.json")
-    assert again["alpha"] == 0.5 and again["spatial"] == res["spatial"]
+    assert again["alpha"] == 0.5 and again["spatial"] == res["spatial"] and "alpha_criterion" not in again
     assert again["fused"] == score_metrics(0.5 * bundle["spatial"] + 0.5 * bundle["temporal"], bundle["labels"])
     learned = report(bundle, fusion="learned", spatial_weight=None, out=tmp_path / "learned.json")
     assert learned["fusion_fitted_on"] == 3 and learned["alpha"] is None and set(learned["fused"]) == {"top1", "top5", "mean_class"}

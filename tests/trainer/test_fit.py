@@ -69,8 +69,10 @@ def test_checkpoint_metrics_and_best_on_validation(straight_and_resumed, tiny_sh
         assert m["samples_per_rank"] == [6] and m["overlap_samples"] == 0
     best = ck.load_checkpoint(run / ck.BEST)
     accs = [m["val_acc"] for m in metrics]
-    assert best["epoch"] == 1 + accs.index(max(accs))  # the first epoch reaching the best validation accuracy
-    assert best["best_acc"] == max(accs)
+    # the best validation accuracy; among epochs that tie on it, the lowest validation loss (then the first)
+    keys = [(m["val_acc"], -m["val_loss"]) for m in metrics]
+    assert best["epoch"] == 1 + keys.index(max(keys)) and best["best_acc"] == max(accs)
+    assert best["best_loss"] == metrics[best["epoch"] - 1]["val_loss"]
     last = ck.load_checkpoint(run / ck.LAST)
     assert last["classes"] == tiny_shards.classes
     assert last["config"]["model"] == {"stream": "temporal", "num_classes": 3, "arch": "resnet18", "flow_length": 2,
