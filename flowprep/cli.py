@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from flowprep import __version__, dask_backend, distributor, exits, manifest, reader, runner
+from flowprep import format as fmt
 from flowprep import frames as frames_mod
 from flowprep import verify as verify_mod
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
@@ -372,6 +373,8 @@ def import_frames(frames: Path, out: Path, layout: str, bound: float, class_inde
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
+    except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (nothing is listed until complete)
+        raise _environment_failure(exc, out, action="rerun the same command into a new --out") from exc
     report = verify_mod.verify_output(out)
     click.echo(f"{manifest['num_videos']} videos imported into {len(manifest['shards'])} shard(s) in {out}; verify: "
                + ("OK" if report.ok else "NOT OK"))
@@ -394,8 +397,10 @@ def export_frames(shards: Path, out: Path, layout: str, quality: int) -> None:
     """
     try:
         n = frames_mod.export_frames(shards, out, layout=layout, quality=quality)
-    except frames_mod.FramesError as exc:
+    except (frames_mod.FramesError, fmt.ManifestError) as exc:
         raise RunError(str(exc)) from exc
+    except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
+        raise _environment_failure(exc, shards, action="rerun the same command", log=False) from exc
     click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
 
 

@@ -128,3 +128,14 @@ def test_export_then_import_gives_back_the_flow_up_to_jpeg_loss(ucf_tree: Path, 
             assert qa.shape == qb.shape and np.abs(qa - qb).mean() < 1.0  # JPEG quality 95
             assert [x.tobytes() for x in a[f"videos/{vid}/rgb"]] == [x.tobytes() for x in b[f"videos/{vid}/rgb"]]
             assert a[f"videos/{vid}"].attrs["label"] == b[f"videos/{vid}"].attrs["label"]
+
+
+def test_export_of_a_damaged_shard_is_one_line_and_exit_75(ucf_tree: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    assert invoke("extract", "--videos", ucf_tree, "--out", shards, "--method", "farneback", "--workers", "2",
+                  "--no-progress").exit_code == 0
+    with open(shards / "shard-00000.h5", "r+b") as f:
+        f.write(b"\0" * 512)
+    result = invoke("export-frames", shards, "--out", tmp_path / "frames")
+    assert result.exit_code == 75 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.strip().endswith("rerun the same command")
