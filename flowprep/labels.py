@@ -25,7 +25,7 @@ KINDS = ("csv", "kinetics", "ssv2")
 
 @dataclass(frozen=True)
 class LabelRow:
-    class_name: str
+    class_name: str | None  # None only in split files read with labels=False (a test split without labels)
     split: str | None
     where: str  # "file:line", for messages
 
@@ -50,15 +50,19 @@ def detect(path: Path) -> str:
     return "kinetics" if "youtube_id" in first and "time_start" in first else "csv"
 
 
-def read_labels(paths: list[Path]) -> LabelTable:
-    """Read one or more label files of one kind (e.g. Kinetics' train.csv and validate.csv)."""
-    kinds = {detect(p) for p in paths}
+def read_labels(paths: list[Path], *, labels: bool = True, kind: str | None = None) -> LabelTable:
+    """Read one or more label files of one kind (e.g. Kinetics' train.csv and validate.csv).
+
+    ``labels`` False accepts rows without a label (Kinetics' test CSV, SSv2's test JSON: the videos of a
+    split, whose labels come from the shards); ``kind`` overrides the detection from the content.
+    """
+    kinds = {kind} if kind else {detect(p) for p in paths}
     if len(kinds) != 1:
         raise ValueError(f"the --labels files are of different kinds ({', '.join(sorted(kinds))}): give one kind")
     (kind,) = kinds
     table = LabelTable(kind, {}, [])
     for path in paths:
-        {"csv": _generic, "kinetics": _kinetics, "ssv2": _ssv2}[kind](path, table)
+        {"csv": _generic, "kinetics": _kinetics, "ssv2": _ssv2}[kind](path, table, labels)
     return table
 
 
@@ -69,7 +73,7 @@ def _add(table: LabelTable, key: str, row: LabelRow) -> None:
         table.rows[key] = row
 
 
-def _generic(path: Path, table: LabelTable) -> None:
+def _generic(path: Path, table: LabelTable, labels: bool) -> None:
     with open(path, newline="", encoding="utf-8") as f:
         for lineno, fields in enumerate(csv.reader(f), 1):
             if not fields or not "".join(fields).strip():
@@ -84,7 +88,7 @@ def _generic(path: Path, table: LabelTable) -> None:
             _add(table, video_id(fields[0].strip()), LabelRow(fields[1].strip(), split, where))
 
 
-def _kinetics(path: Path, table: LabelTable) -> None:
+def _kinetics(path: Path, table: LabelTable, labels: bool) -> None:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         need = {"youtube_id", "time_start", "time_end"}
@@ -98,19 +102,25 @@ def _kinetics(path: Path, table: LabelTable) -> None:
                 table.problems.append(f"{where}: expected integer time_start and time_end, got {row}")
                 continue
             label = (row.get("label") or "").strip()
+            if not label and not labels:
+                _add(table, key, LabelRow(None, (row.get("split") or "").strip() or None, where))
+                continue
             if not label:
                 table.problems.append(f"{where}: {key} has no label (a test split without labels: use --unlabelled)")
                 continue
             _add(table, key, LabelRow(label, (row.get("split") or "").strip() or None, where))
 
 
-def _ssv2(path: Path, table: LabelTable) -> None:
+def _ssv2(path: Path, table: LabelTable, labels: bool) -> None:
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
     for i, item in enumerate(items):
         where = f"{path.name}[{i}]"
+        if not labels and isinstance(item, dict) and "id" in item and "template" not in item:
+            _add(table, str(item["id"]), LabelRow(None, None, where))  # the test list: {"id": "1420"}
+            continue
         if not isinstance(item, dict) or "id" not in item or "template" not in item:
             table.problems.append(f"{where}: expected an object with 'id' and 'template' (the test list has no "
                                   "labels: use --unlabelled)")
@@ -178,9 +188,9 @@ def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list
             if (want is None and fields[1] != "0") or fields[1] == want:
                 entries.append(SplitEntry(None, Path(fields[0]).stem, action, None, f"{path.name}:{lineno}", line))
         return entries
-    table = read_labels([path]) if kind in ("kinetics", "ssv2", "csv") else None
-    if table is None or table.kind != kind:
-        raise ValueError(f"{path}: not a {kind} split file")
+    if kind not in LIST_KINDS:
+        raise ValueError(f"{path}: unknown list format {kind!r}; expected one of {', '.join(LIST_KINDS)}")
+    table = read_labels([path], labels=False, kind=kind)
     if table.problems:
         raise ValueError(table.problems[0])
     entries = []

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from flowprep.labels import LIST_KINDS
 from trainer import options
 from trainer.config import (
     AMP_MODES, DEFAULT_DROPOUT, JOINT_FUSIONS, SCHEDULES, DataConfig, ModelConfig, OptimConfig, RunConfig,
@@ -38,6 +39,13 @@ class _FileOrGlob(click.Path):
 
 _FILE = _FileOrGlob(exists=True, dir_okay=False)
 _DIR = click.Path(exists=True, file_okay=False)
+_LISTS = ("Split files: UCF-101 lists ('Class/v_x.avi [1-based label]'), HMDB-51 split files (a glob such as "
+          "'splits/*_test_split1.txt'; 1 = train, 2 = test), Kinetics CSVs, the SSv2 JSON, or a CSV "
+          "'path,label[,split]'; the format is detected from the content unless --list-format.")
+_list_format = click.option(
+    "--list-format", type=click.Choice(["auto", *LIST_KINDS]), default="auto", show_default=True,
+    callback=lambda ctx, param, value: None if value == "auto" else value,
+    help="The format of the list files, when detection from the name and content is not what you want.")
 
 
 def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,9 +96,10 @@ def main() -> None:
               help="spatial: single RGB frames; temporal: L stacked flow fields; joint: both streams and --fusion, "
                    "trained together on a flow stack and its centre frame (same crop and flip).")
 @click.option("--shards", type=_DIR, required=True, help="flowprep output folder (manifest + shards).")
-@click.option("--train-list", type=_FILE, required=True, help="UCF-101 style list: 'Class/v_x.avi [1-based label]'.")
+@click.option("--train-list", type=_FILE, required=True, help="Training videos. " + _LISTS)
 @click.option("--val-list", type=_FILE, default=None,
               help="Validation list: video accuracy per epoch, picks RUN_DIR/best.pt. Never the test list.")
+@_list_format
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
               help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
@@ -164,7 +173,8 @@ def fit(ctx: click.Context, **o: Any) -> None:
     dropout = DEFAULT_DROPOUT[first] if o["dropout"] is None else o["dropout"]
     model = ModelConfig(stream=o["stream"], num_classes=1, arch=o["arch"], flow_length=o["flow_length"],
                         dropout=dropout, pretrained=o["pretrained"], **joint)
-    data = DataConfig(shards=o["shards"], train_list=o["train_list"], val_list=o["val_list"], crop_size=o["crop_size"],
+    data = DataConfig(shards=o["shards"], train_list=o["train_list"], val_list=o["val_list"],
+                      list_format=o["list_format"], crop_size=o["crop_size"],
                       batch_size=o["batch_size"], workers=o["workers"], val_samples=o["val_samples"],
                       flip=o["flip"], shared_batches=o["shared_batches"])
     optim = OptimConfig(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
@@ -179,7 +189,8 @@ def fit(ctx: click.Context, **o: Any) -> None:
 
 @main.command()
 @click.option("--shards", type=_DIR, required=True, help="flowprep output folder (manifest + shards).")
-@click.option("--test-list", type=_FILE, required=True, help="Videos to score: 'Class/v_x.avi' (labels optional).")
+@click.option("--test-list", type=_FILE, required=True,
+              help="Videos to score (labels optional; the shards' labels are checked against them). " + _LISTS)
 @click.option("--spatial", type=click.Path(exists=True), default=None, help="Spatial RUN_DIR (its best.pt) or a checkpoint.")
 @click.option("--temporal", type=click.Path(exists=True), default=None, help="Temporal RUN_DIR (its best.pt) or a checkpoint.")
 @click.option("--joint", type=click.Path(exists=True), default=None,
@@ -191,6 +202,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
               help="alpha in [0, 1] for weighted fusion, or 'auto': the alpha that maximizes the mean log-probability of "
                    "the true class of the fused --val-list scores (a chance-level stream gets a weight near 0).")
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
+@_list_format
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
               help="Uniformly spaced frames / flow stacks per video.")
 @click.option("--crops", type=click.Choice(["1", "10"]), default="1", show_default=True,
@@ -225,7 +237,7 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
         fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"],
         crops=int(o["crops"]),
         device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
-        show_progress=o["progress"],
+        show_progress=o["progress"], list_format=o["list_format"],
     )
     _echo_results(results, o["out"])
 

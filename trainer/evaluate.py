@@ -188,21 +188,22 @@ def run_evaluate(
     *, shards: str, test_list: str, spatial: str | None, temporal: str | None, fusion: str | None = "average",
     spatial_weight: float | str | None = None, val_list: str | None = None, samples: int = 25, crops: int = 1,
     device: torch.device, out: str | Path, batch_size: int = 1, workers: int = 2, show_progress: bool = True,
-    joint: str | None = None,
+    joint: str | None = None, list_format: str | None = None,
 ) -> dict[str, Any]:
     """Score the test list (and the validation list when fusion needs it), then :func:`report`.
 
     ``joint``: a joint RUN_DIR or checkpoint instead of ``spatial``/``temporal``; its own fusion is reported
-    (``fusion``, ``spatial_weight`` and ``val_list`` are not used).
+    (``fusion``, ``spatial_weight`` and ``val_list`` are not used). ``list_format``: the kind of both lists
+    (``flowprep.labels.LIST_KINDS``); None detects it from each file.
     """
     if joint is not None and (spatial is not None or temporal is not None):
         raise ValueError("joint is a whole two-stream model: give it without spatial or temporal")
     index = index_shards(shards)
     if (spatial is not None or joint is not None) and not index.has_rgb:
         raise DataError(f"the spatial stream needs RGB frames, but the shards in {shards} were made with --no-rgb")
-    test = read_video_list(test_list, index, role="test")
+    test = read_video_list(test_list, index, role="test", kind=list_format)
     need_val = spatial is not None and temporal is not None and (fusion == "learned" or spatial_weight == "auto")
-    val = read_video_list(val_list, index, role="val") if need_val and val_list else []
+    val = read_video_list(val_list, index, role="val", kind=list_format) if need_val and val_list else []
     shared = {r.video_id for r in test} & {r.video_id for r in val}
     if shared:
         raise DataError(

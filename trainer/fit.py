@@ -117,8 +117,8 @@ def _fit(
     out = _check_run_dir(run)
     seed_everything(run.seed + dist.rank)
     index = index_shards(data.shards)
-    train_records = read_video_list(data.train_list, index, role="train")
-    val_records = read_video_list(data.val_list, index, role="val") if data.val_list else []
+    train_records = read_video_list(data.train_list, index, role="train", kind=data.list_format)
+    val_records = read_video_list(data.val_list, index, role="val", kind=data.list_format) if data.val_list else []
     if model_cfg.stream in ("spatial", "joint") and not index.has_rgb:
         raise DataError(f"the {model_cfg.stream} stream needs RGB frames, but the shards in {data.shards} were made "
                         "with --no-rgb")

@@ -255,6 +255,7 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
     if not paths:
         raise DataError(f"{path}: no file matches")
     records: list[VideoRecord] = []
+    missing: list[tuple[str, str, str, str]] = []  # (where, video, what, hint) of every file, reported together
     for p in paths:
         try:
             entries = read_split(p, role=role, kind=kind)
@@ -262,13 +263,17 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
             raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
         except (fmt.ListError, ValueError) as e:
             raise DataError(str(e)) from None
-        records += _resolve(p, entries, index, labelled=labelled)
+        records += _resolve(p, entries, index, labelled=labelled, missing=missing)
+    if missing:
+        raise DataError(_missing_line(missing, index.root))
     if not records:
         raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")
     return records
 
 
-def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None) -> list[VideoRecord]:
+def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None,
+             missing: list[tuple[str, str, str, str]]) -> list[VideoRecord]:
+    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
     by_stem: dict[str, list[VideoRecord]] | None = None
     records, seen_labels = [], set()
     for entry in entries:
@@ -285,8 +290,8 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
             if rec is None:
                 hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
                         if any(c.isspace() for c in entry.text) and entry.class_name is None else "")
-                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: video {entry.video_id!r} is not in the "
-                                f"shards under {index.root}{hint}")
+                missing.append((f"{path}:{entry.where.rsplit(':', 1)[-1]}", entry.video_id, "is not in the shards", hint))
+                continue
         else:  # Kinetics, SSv2, HMDB-51: by file name
             if by_stem is None:
                 by_stem = {}
@@ -295,7 +300,8 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
             found = by_stem.get(entry.stem, [])
             if len(found) != 1:
                 what = "is not in the shards" if not found else f"names {len(found)} videos ({found[0].video_id}, ...)"
-                raise DataError(f"{entry.where}: video {entry.stem!r} {what} under {index.root}")
+                missing.append((entry.where, entry.stem, what, ""))
+                continue
             rec = found[0]
         if has_label and entry.label != rec.label:
             raise DataError(
@@ -308,3 +314,17 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
         check_quantization(rec, index)
         records.append(rec)
     return records
+
+
+def _missing_line(missing: list[tuple[str, str, str, str]], root: Path) -> str:
+    """Every video of a list that the shards lack, in one line: the first few by place, then a count."""
+    where, name, what, hint = missing[0]
+    line = f"{where}: video {name!r} {what} under {root}{hint}"
+    if len(missing) > 1:
+        more = ", ".join(f"{w} {n!r}" for w, n, _, _ in missing[1:_SHOWN])
+        rest = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        line += f"; also {more}{rest} ({len(missing)} videos of the list are not in the shards)"
+    return line
+
+
+_SHOWN = 5  # missing videos named in the error; the rest are counted

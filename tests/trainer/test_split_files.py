@@ -73,3 +73,54 @@ def test_fit_takes_hmdb51_split_files_through_a_glob(make_tiny_shards, tmp_path:
     assert run.returncode == 0, run.stderr
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1
+
+
+def test_test_splits_without_labels_name_their_videos_and_the_shards_give_the_labels(make_tiny_shards,
+                                                                                    tmp_path: Path) -> None:
+    """SSv2's test JSON is a list of {"id": ...}; Kinetics' test CSV has no label column."""
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=2, class_names=["Holding something", "Pushing something"],
+                            id_format="{g}{cls[0]}")
+    index = index_shards(tiny.root)
+    ssv2 = tmp_path / "something-something-v2-test.json"
+    ssv2.write_text(json.dumps([{"id": "2P"}, {"id": "1H"}]))
+    records = read_video_list(ssv2, index, role="test")
+    assert [(r.video_id, r.class_name) for r in records] == [("2P", "Pushing something"), ("1H", "Holding something")]
+    kinetics = make_tiny_shards(num_classes=2, videos_per_class=1, class_names=["abseiling", "air drumming"],
+                                id_format="test/yt{g}x{cls[1]}_000010_000020")
+    csv = tmp_path / "test.csv"
+    csv.write_text("youtube_id,time_start,time_end,split\nyt1xi,10,20,test\nyt1xb,10,20,test\n")
+    records = read_video_list(csv, index_shards(kinetics.root), role="test")
+    assert [r.class_name for r in records] == ["air drumming", "abseiling"]
+
+
+def test_every_video_a_list_names_that_the_shards_lack_is_in_one_error(tiny_shards, tmp_path: Path) -> None:
+    idx = index_shards(tiny_shards.root)
+    lines = tiny_shards.train_list.read_text().splitlines()[:2] + [f"Drift/v_Drift_g9{i}_c01.avi 1" for i in range(7)]
+    bad = tmp_path / "list.txt"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        read_video_list(bad, idx)
+    (line,) = str(e.value).splitlines()
+    assert line.startswith(f"{bad}:3: video 'Drift/v_Drift_g90_c01' is not in the shards under {tiny_shards.root}")
+    assert all(f"list.txt:{n} 'Drift/v_Drift_g9{n - 3}_c01'" in line for n in (4, 5, 6, 7))
+    assert "g95" not in line and "and 2 more (7 videos of the list are not in the shards)" in line
+
+
+def test_list_format_overrides_the_detection(make_tiny_shards, tmp_path: Path) -> None:
+    """A UCF-101 list whose first path holds a comma reads as a CSV unless told; --list-format reaches the lists."""
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=1, class_names=["A", "B"], id_format="{cls}/v,{g}")
+    index = index_shards(tiny.root)
+    ucf = tmp_path / "list.txt"
+    ucf.write_text("A/v,1.avi 1\nB/v,1.avi 2\n")
+    with pytest.raises(DataError):
+        read_video_list(ucf, index)  # detected as a CSV: 'A/v' labelled '1.avi 1'
+    assert [r.video_id for r in read_video_list(ucf, index, kind="ucf101")] == ["A/v,1", "B/v,1"]
+    result = CliRunner().invoke(main, ["evaluate", "--shards", str(tiny.root), "--test-list", str(ucf),
+                                       "--list-format", "kinetics", "--temporal", str(tmp_path),
+                                       "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 1 and "expected Kinetics columns" in result.output, result.output
+    assert "Traceback" not in result.output
