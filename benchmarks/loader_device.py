@@ -32,10 +32,10 @@ from trainer.loaders import make_train_loader
 
 
 def loader_rate(records: list[VideoRecord], frame_size: tuple[int, int], *, workers: int, shared: bool, batches: int,
-                batch: int, device: torch.device) -> float:
+                batch: int, device: torch.device, crop: int = 224) -> float:
     """Items/s of trainer fit's training loader (after its first batch), each batch moved to ``device``."""
     model = ModelConfig(stream="temporal", num_classes=8, flow_length=10)
-    data = DataConfig(shards="-", train_list="-", crop_size=224, batch_size=batch, workers=workers, shared_batches=shared)
+    data = DataConfig(shards="-", train_list="-", crop_size=crop, batch_size=batch, workers=workers, shared_batches=shared)
     loader, sampler = make_train_loader(model, data, records, frame_size=frame_size, dist=DistInfo(), seed=0, device=device)
     if len(loader) < batches + 1:
         raise click.ClickException(f"{len(loader)} batches per epoch, expected at least {batches + 1}")
@@ -68,19 +68,21 @@ def main(out: Path, work: Path, workers: int, batches: int, reps: int, smoke: bo
     batch, L = (8, 10) if smoke else (64, 10)
     batches = 3 if smoke else batches
     few = max(2, batches // 6)  # the 1-worker runs are ~N times slower
-    repeat = max(1, (batches + 2) * batch // 40 + 1)
-    train = make_shards(work / "shards", classes=8, videos=6, frames=40, h=240, w=320, repeat=repeat,
-                        procs=min(16, os.cpu_count() or 1))
+    size = dict(classes=2, videos=4, frames=16, h=64, w=80) if smoke else dict(classes=8, videos=6, frames=40, h=240, w=320)
+    crop = 32 if smoke else 224
+    window = (0, 64) if smoke else (40, 240)  # the columns read_flow reads (a 240x200 crop window at 320x240)
+    repeat = max(1, (batches + 2) * batch // (size["classes"] * (size["videos"] - 1)) + 1)  # training videos: V-1 a class
+    train = make_shards(work / "shards", **size, repeat=repeat, procs=min(16, os.cpu_count() or 1))
     index = index_shards(work / "shards")
     recs = read_video_list(train, index)
     frame_size = (index.height, index.width)
-    ds = FlowStackDataset(recs, flow_length=L, crop_size=224, train=True, frame_size=frame_size)
+    ds = FlowStackDataset(recs, flow_length=L, crop_size=crop, train=True, frame_size=frame_size)
     res: dict = {"cpus": os.cpu_count(), "torch": torch.__version__, "device": str(device), "batch": batch,
-                 "batches": batches, "reps": reps}
+                 "batches": batches, "reps": reps, "frame": [index.height, index.width], "crop": crop}
     n = 20 if smoke else 300
     t0 = time.perf_counter()
     for i in range(n):
-        read_flow(recs[i % len(recs)], 3, 3 + L, rows=(0, 240), cols=(40, 240))
+        read_flow(recs[i % len(recs)], 3, 3 + L, rows=(0, index.height), cols=window)
     res["read_ms"] = (time.perf_counter() - t0) / n * 1e3
     t0 = time.perf_counter()
     for i in range(n):
@@ -91,7 +93,7 @@ def main(out: Path, work: Path, workers: int, batches: int, reps: int, smoke: bo
     for _ in range(reps):
         for w in (1, workers):
             for name, shared in (("ring", True), ("collate", False)):
-                r = loader_rate(recs, frame_size, workers=w, shared=shared, batches=few if w == 1 else batches,
+                r = loader_rate(recs, frame_size, workers=w, shared=shared, batches=few if w == 1 else batches, crop=crop,
                                 batch=batch, device=device)
                 rates.setdefault(f"{name}_{w}", []).append(r)
     res["loader_items_per_s"] = {k: statistics.median(v) for k, v in rates.items()}
