@@ -19,8 +19,8 @@ def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
     if f.size == 0:
         return np.zeros(f.shape, np.uint8)
     # One fused pass: saturate_cast<uchar>(f / scale - offset / scale) clips to [0, 255] (= [-B, B]) and
-    # rounds half to even like np.rint. 5x faster than clip/scale/rint/astype in numpy, which matters
-    # with Farneback, where flow costs only ~20 ms per field at 320x240.
+    # rounds half to even like np.rint. Faster than clip/scale/rint/astype in numpy, which matters
+    # with Farneback, whose flow is cheap enough for quantization to show in a profile.
     flat = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.reshape(1, -1)
     q = cv2.addWeighted(flat, 1.0 / scale, flat, 0.0, -offset / scale, dtype=cv2.CV_8U)
     return q.reshape(f.shape)

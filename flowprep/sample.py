@@ -155,8 +155,8 @@ def sample_command(
     Appearance (background, colours, window position and size) is random and independent of the
     class: only the motion inside the window tells the classes apart, never a single frame.
     Split by group: test g01.. (~30%), then validation (~15%), training the rest.
-    The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields: about 8 s with
-    Farneback and 9 min with TV-L1 on one core.
+    The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields; what a field costs
+    with each method is in BENCHMARKS.md.
     """
     names = list(MIRROR_SAFE_CLASSES) if classes == "mirror-safe" else [c.strip() for c in classes.split(",")]
     if (out / "videos").is_dir() and any((out / "videos").iterdir()):

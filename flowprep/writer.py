@@ -70,8 +70,8 @@ class VideoWriter:
         self._isal_level: int | None = None
         if compression == "gzip":
             # The chunks are standard zlib streams under HDF5's gzip filter (every HDF5 reader inflates
-            # them), but deflated with ISA-L (write_direct_chunk): 0.26 vs 0.99 ms per 320x240 field
-            # for zlib level 1, and ~8% smaller (BENCHMARKS.md). ISA-L levels are 0-3.
+            # them), but deflated with ISA-L (write_direct_chunk): faster than zlib level 1 and smaller
+            # (BENCHMARKS.md, "Extraction", the compression table). ISA-L levels are 0-3.
             if compression_level is None or not 0 <= compression_level <= 3:
                 raise ValueError(f"gzip compression_level must be 0-3 (ISA-L levels), got {compression_level}")
             opts["compression_opts"] = compression_level
