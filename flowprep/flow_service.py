@@ -1,0 +1,354 @@
+"""The flow process: one per device, solving TV-L1 (flowprep/tvl1_torch.py) for every worker process.
+
+With ``--engine torch`` (and the local worker processes), the workers decode and write their per-video
+files as with OpenCV, but send each chunk's gray frames here instead of computing its flow:
+
+    worker                                          flow process (one per GPU; one for --device cpu)
+    frames -> shared memory block  --("flow", name, n, H, W)-->  attach, queue (flow_batch.Batcher):
+                                                                 pairs of several workers' chunks of one
+                                                                 frame size form a batch; solve; quantize;
+    codes <- the same block        <--("ok") or ("error", text)--  codes written into the block
+
+Only the small messages are pickled (over a Unix socket, ``multiprocessing.connection``); frames and
+codes stay in the block the worker created (and unlinks). A worker whose flow process is gone raises
+``FlowProcessLost`` (retriable: the run ends with exit 75 and a rerun resumes), never a video failure;
+an error of the solver on a batch (``("error", ...)``) is a failure of the videos in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Client, Connection, Listener, wait
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from flowprep.config import FlowConfig
+from flowprep.exits import RetriableError
+from flowprep.flow_batch import Batcher, Request
+
+# Test-only fault injection: the flow process kills itself (SIGKILL, as kill -9) on this request number.
+KILL_ENV = "FLOWPREP_TEST_KILL_FLOW_AT"
+WAIT_S = 0.005  # how long a batch waits for the chunks of workers that are still decoding
+START_TIMEOUT_S = 300.0
+
+
+class FlowProcessLost(RetriableError):
+    """The flow process died or cannot be reached: the run stops (exit 75); a rerun resumes."""
+
+
+@dataclass(frozen=True)
+class Address:
+    path: str  # the flow process's Unix socket
+    authkey: bytes
+    device: str
+
+
+def devices(device: str) -> list[str]:
+    """``--device`` -> one device per flow process: "cpu", every visible GPU for "cuda", or the listed ones."""
+    kind, _, which = device.partition(":")
+    if kind == "cpu":
+        return ["cpu"]
+    if which:
+        return [f"{kind}:{i}" for i in which.split(",")]
+    import torch
+
+    return [f"{kind}:{i}" for i in range(torch.cuda.device_count())]
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+
+class FlowClient:
+    """``codes(gray)``: (n, H, W) gray uint8 frames -> (n - 1, 2, H, W) uint8 flow codes, by a flow process.
+
+    A worker process talks to one flow process (by its pid, when there are several), over one connection.
+    """
+
+    def __init__(self, addresses: tuple[Address, ...]) -> None:
+        self.address = addresses[os.getpid() % len(addresses)]
+        self._conn: Connection | None = None
+
+    def _lost(self, exc: BaseException) -> FlowProcessLost:
+        self._conn = None
+        return FlowProcessLost(f"the flow process ({self.address.device}) cannot be reached: {type(exc).__name__}")
+
+    def codes(self, gray: np.ndarray) -> np.ndarray:
+        n, h, w = gray.shape
+        if n < 2:
+            return np.empty((0, 2, h, w), np.uint8)
+        frame_bytes, code_bytes = n * h * w, (n - 1) * 2 * h * w
+        block = SharedMemory(create=True, size=frame_bytes + code_bytes)
+        try:
+            np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
+            try:
+                if self._conn is None:
+                    self._conn = Client(self.address.path, "AF_UNIX", authkey=self.address.authkey)
+                self._conn.send(("flow", block.name, n, h, w))
+                reply = self._conn.recv()
+            except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
+                raise self._lost(exc) from exc
+            if reply[0] != "ok":
+                raise RuntimeError(reply[1])  # the solver rejected these frames: the video fails
+            return np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=frame_bytes).copy()
+        finally:
+            block.close()
+            block.unlink()
+
+
+_LOCAL = threading.local()
+
+
+def client_for(addresses: tuple[Address, ...]) -> FlowClient:
+    """One client (one connection) per thread of a worker process, reused across its videos."""
+    cache = _LOCAL.__dict__.setdefault("clients", {})
+    if addresses not in cache:
+        cache[addresses] = FlowClient(addresses)
+    return cache[addresses]
+
+
+# ------------------------------------------------------------------------------------- flow process side
+
+
+def _attach(name: str) -> SharedMemory:
+    block = SharedMemory(name=name)
+    # Python < 3.13 registers attached blocks too, and its resource tracker would unlink the worker's
+    # block when this process exits (and warn): the worker owns it.
+    resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001 - no public way before 3.13
+    return block
+
+
+def _torch_solver(flow: FlowConfig, device: str):
+    import torch
+
+    from flowprep.tvl1_torch import tvl1_flow
+
+    dev = torch.device(device)
+
+    def solve(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        a, b = torch.from_numpy(prev).to(dev), torch.from_numpy(nxt).to(dev)
+        return tvl1_flow(a, b, flow.tvl1).cpu().numpy()
+
+    return solve
+
+
+def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WAIT_S, *,
+          control_in: int = 0, control_out: BinaryIO | None = None) -> None:
+    """The flow process's main loop, until the main process writes "stop" (answered with the batch
+    statistics as one JSON line) or goes away (end of file on ``control_in``)."""
+    import torch
+
+    out = control_out or sys.stdout.buffer
+    # One thread: on the CPU, intra-op threads of a process beside busy workers contend (a batch of 7
+    # tiny pairs took 15 s with 2 threads on a loaded 2-core machine, 1 s with one); on a GPU the host
+    # side is only copies.
+    torch.set_num_threads(1)
+    if address.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(address.device))
+
+    def log(text: str) -> None:
+        print(f"flow process ({address.device}): {text}", file=sys.stderr, flush=True)
+
+    batcher = Batcher(_torch_solver(flow, address.device), bound=flow.bound, max_batch=max_batch, log=log)
+    listener = Listener(address.path, "AF_UNIX", authkey=address.authkey)
+    accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+    wake_r, wake_w = os.pipe()
+
+    def accept() -> None:
+        while True:
+            try:
+                conn = listener.accept()
+            except Exception as exc:  # noqa: BLE001 - a stranger failing the handshake: refuse it, go on
+                log(f"refused a connection ({type(exc).__name__})")
+                continue
+            accepted.put(conn)
+            os.write(wake_w, b"x")
+
+    threading.Thread(target=accept, daemon=True).start()
+    kill_at = int(os.environ.get(KILL_ENV, "0"))
+    clients: list[Connection] = []
+    busy: dict[Connection, tuple[Request, SharedMemory]] = {}
+    out.write(b"ready\n")
+    out.flush()
+
+    def due() -> float | None:
+        """Seconds until the next batch should run (0: now), None while nothing waits. A batch runs when
+        one is full, when every connected worker waits for an answer (nobody can add to it), or when
+        its oldest request has waited ``wait_s`` for the chunks of workers still decoding."""
+        oldest = batcher.oldest()
+        if oldest is None:
+            return None
+        if batcher.full() or len(busy) == len(clients):
+            return 0.0
+        return max(0.0, oldest + wait_s - time.monotonic())
+
+    def drop(conn: Connection) -> None:
+        """Forget a worker that is gone (killed) and its request."""
+        clients.remove(conn)
+        batcher.cancel(conn)
+        if conn in busy:
+            _release(*busy.pop(conn))
+
+    while True:
+        for ready in wait([control_in, wake_r, *clients], due()):
+            if ready == control_in:  # "stop", or end of file: the main process is gone
+                if os.read(control_in, 64):
+                    out.write(json.dumps(asdict(batcher.stats)).encode() + b"\n")
+                    out.flush()
+                return
+            if ready == wake_r:
+                os.read(wake_r, 4096)
+                while not accepted.empty():
+                    clients.append(accepted.get())
+                continue
+            try:
+                _, name, n, h, w = ready.recv()
+            except (EOFError, OSError):  # the worker is gone (killed)
+                drop(ready)
+                continue
+            if kill_at and batcher.stats.requests + 1 == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            block = _attach(name)
+            frames = np.ndarray((n, h, w), np.uint8, block.buf)
+            codes = np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=n * h * w)
+            request = Request(frames, codes, client=ready)
+            busy[ready] = (request, block)
+            batcher.add(request)
+        if due() == 0.0:
+            for request in batcher.run_batch():
+                conn = request.client
+                _release(*busy.pop(conn))
+                try:
+                    conn.send(("ok",) if request.error is None else ("error", request.error))
+                except OSError:  # the worker died meanwhile
+                    drop(conn)
+
+
+def _release(request: Request, block: SharedMemory) -> None:
+    request.frames = request.codes = None  # the views must go before the block can close
+    block.close()
+
+
+# ------------------------------------------------------------------------------------- main process side
+
+
+class FlowProcesses:
+    """``with FlowProcesses(flow, ...) as addresses:`` one flow process per device for the block.
+
+    Each is ``python -m flowprep.flow_service`` (a plain subprocess: nothing of the caller's ``__main__``
+    is imported again, and no CUDA or OpenMP state is inherited), configured through its stdin, which
+    then stays open: "stop" ends it, and so does end of file (the main process is gone). An error in the
+    block while a flow process is dead becomes ``FlowProcessLost`` naming it; ``stats`` holds each
+    process's batch statistics after the block.
+    """
+
+    def __init__(self, flow: FlowConfig, *, max_batch: int, wait_s: float = WAIT_S) -> None:
+        self.flow, self.max_batch, self.wait_s = flow, max_batch, wait_s
+        self.folder = tempfile.mkdtemp(prefix="flowprep-flow-")  # 0700: the sockets are this user's
+        self.addresses = tuple(Address(os.path.join(self.folder, f"{i}.sock"), os.urandom(16), dev)
+                               for i, dev in enumerate(devices(flow.device)))
+        self.procs: list[tuple[subprocess.Popen, Address]] = []
+        self.stats: list[dict[str, Any]] = []
+
+    def __enter__(self) -> tuple[Address, ...]:
+        env = dict(os.environ)  # the children import this flowprep, wherever it was imported from
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        try:
+            for address in self.addresses:
+                proc = subprocess.Popen([sys.executable, "-m", "flowprep.flow_service"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+                self.procs.append((proc, address))
+                blob = pickle.dumps((address, self.flow, self.max_batch, self.wait_s))
+                proc.stdin.write(len(blob).to_bytes(8, "little") + blob)
+                proc.stdin.flush()
+            for proc, address in self.procs:
+                if _read_line(proc, START_TIMEOUT_S) != b"ready\n":
+                    raise FlowProcessLost(f"the flow process ({address.device}) did not start ({_exit(proc)})")
+        except BaseException:
+            self._stop()
+            raise
+        return self.addresses
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        dead = [(proc, address) for proc, address in self.procs if proc.poll() is not None]
+        self._stop()
+        if exc is not None and dead and not isinstance(exc, KeyboardInterrupt):
+            proc, address = dead[0]
+            raise FlowProcessLost(f"the flow process ({address.device}) died ({_exit(proc)})") from exc
+
+    def _stop(self) -> None:
+        for proc, address in self.procs:
+            stats: dict[str, Any] = {"error": f"it had ended ({_exit(proc)})"}
+            if proc.poll() is None:
+                try:
+                    proc.stdin.write(b"stop\n")
+                    proc.stdin.flush()
+                    line = _read_line(proc, 10.0)
+                    stats = json.loads(line) if line else {"error": "no answer to stop"}
+                except OSError as exc:  # it died just now (broken pipe)
+                    stats = {"error": f"died before stopping ({type(exc).__name__})"}
+            self.stats.append({"device": address.device, **stats})
+            proc.stdin.close()  # end of file: it stops if it has not
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        self.procs = []
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    """One line of the process's stdout; b"" when it ends or stays silent for ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return b""
+        byte = os.read(proc.stdout.fileno(), 1)  # unbuffered: nothing after the line is taken
+        if not byte:
+            return b""
+        line += byte
+    return line
+
+
+def _exit(proc: subprocess.Popen) -> str:
+    code = proc.poll()
+    if code is None:
+        return "no answer"
+    if code < 0:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exit status {code}"
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError("the main process went away before configuring the flow process")
+        data += chunk
+    return data
+
+
+if __name__ == "__main__":  # started by FlowProcesses: configuration on stdin (length, pickle)
+    _config = pickle.loads(_read_exact(0, int.from_bytes(_read_exact(0, 8), "little")))
+    serve(*_config)
