@@ -60,6 +60,7 @@ class BatchStats:
     pairs: int = 0
     batches: int = 0
     requests: int = 0
+    clients: int = 0  # distinct clients (worker processes) that sent requests
     mixed_batches: int = 0  # batches holding pairs of more than one client
     largest_batch: int = 0
     limits: dict[str, int] = field(default_factory=dict)  # "HxW" -> batch limit in force at the end
@@ -75,6 +76,7 @@ class Batcher:
         self.queues: dict[tuple[int, int], deque[Request]] = {}
         self.limits: dict[tuple[int, int], int] = {}
         self.stats = BatchStats()
+        self._clients: set[int] = set()
         self._oom = _out_of_memory_types()
 
     def add(self, request: Request) -> None:
@@ -83,6 +85,8 @@ class Batcher:
         self.queues.setdefault(request.size, deque()).append(request)
         self.limits.setdefault(request.size, self.max_batch)
         self.stats.requests += 1
+        self._clients.add(id(request.client))
+        self.stats.clients = len(self._clients)
 
     def cancel(self, client: object) -> None:
         """Drop the waiting requests of a client that is gone."""
