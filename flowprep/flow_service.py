@@ -150,22 +150,17 @@ def _torch_solver(flow: FlowConfig, device: str):
 def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WAIT_S, *,
           control_in: int = 0, control_out: BinaryIO | None = None) -> None:
     """The flow process's main loop, until the main process writes "stop" (answered with the batch
-    statistics as one JSON line) or goes away (end of file on ``control_in``)."""
-    import torch
+    statistics as one JSON line) or goes away (end of file on ``control_in``).
 
+    It listens (and says "ready") before importing torch: the workers start meanwhile, and their first
+    requests wait in the socket until the solver is there.
+    """
     out = control_out or sys.stdout.buffer
-    # One thread: on the CPU, intra-op threads of a process beside busy workers contend (a batch of 7
-    # tiny pairs took 15 s with 2 threads on a loaded 2-core machine, 1 s with one); on a GPU the host
-    # side is only copies.
-    torch.set_num_threads(1)
-    if address.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(address.device))
 
     def log(text: str) -> None:
         print(f"flow process ({address.device}): {text}", file=sys.stderr, flush=True)
 
-    batcher = Batcher(_torch_solver(flow, address.device), bound=flow.bound, max_batch=max_batch, log=log)
-    listener = Listener(address.path, "AF_UNIX", authkey=address.authkey)
+    listener = Listener(address.path, "AF_UNIX", backlog=64, authkey=address.authkey)
     accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
     wake_r, wake_w = os.pipe()
 
@@ -180,11 +175,21 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
             os.write(wake_w, b"x")
 
     threading.Thread(target=accept, daemon=True).start()
+    out.write(b"ready\n")
+    out.flush()
+
+    import torch
+
+    # One thread: on the CPU, intra-op threads of a process beside busy workers contend (a batch of 7
+    # tiny pairs took 15 s with 2 threads on a loaded 2-core machine, 1 s with one); on a GPU the host
+    # side is only copies.
+    torch.set_num_threads(1)
+    if address.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(address.device))
+    batcher = Batcher(_torch_solver(flow, address.device), bound=flow.bound, max_batch=max_batch, log=log)
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     clients: list[Connection] = []
     busy: dict[Connection, tuple[Request, SharedMemory]] = {}
-    out.write(b"ready\n")
-    out.flush()
 
     def due() -> float | None:
         """Seconds until the next batch should run (0: now), None while nothing waits. A batch runs when

@@ -147,7 +147,13 @@ def test_two_workers_feed_one_flow_process_with_two_frame_sizes(two_sizes, tmp_p
     assert set(stats["limits"]) == {"48x64", "40x56"}
     service = read_shards(out)
     assert len(service) == 4
-    per_worker = extract(videos, tmp_path / "per_worker", engine="torch", flow_process=False)
+    # The per-worker solver, as the Dask backend runs it: worker threads here (their processes would
+    # import torch again, seconds on a loaded machine); --engine torch with flow_process=False runs it too.
+    threads = torch.get_num_threads()
+    try:
+        per_worker = extract(videos, tmp_path / "per_worker", engine="torch", backend="threading")
+    finally:
+        torch.set_num_threads(threads)  # TorchTVL1 sets 1 in its process: this one, here
     assert per_worker.flow_processes == [] and read_shards(tmp_path / "per_worker") == service
     extract(videos, tmp_path / "opencv")
     assert read_shards(tmp_path / "opencv") == service  # the port is OpenCV's flow to the bit on the CPU
