@@ -45,6 +45,7 @@ from flowprep.flow_batch import Batcher, Request
 # Test-only fault injection: the flow process kills itself (SIGKILL, as kill -9) on this request number.
 KILL_ENV = "FLOWPREP_TEST_KILL_FLOW_AT"
 WAIT_S = 0.005  # how long a batch waits for the chunks of workers that are still decoding
+FLOW_BATCH = 128  # most pairs per solver call (--flow-batch); out of memory lowers it
 START_TIMEOUT_S = 300.0
 
 

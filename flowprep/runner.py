@@ -31,7 +31,7 @@ from flowprep import manifest as mf
 from flowprep.lock import SUFFIX as LOCK_SUFFIX, OutputLock, describe as describe_holder
 from flowprep.manifest import RunConflict  # noqa: F401  (raised by run_extract; callers catch runner.RunConflict)
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
-from flowprep.flow_service import WAIT_S, FlowProcesses
+from flowprep.flow_service import FLOW_BATCH, WAIT_S, FlowProcesses
 from flowprep.worker import VideoJob, VideoResult, failed_path, is_complete, read_failure, run_jobs
 from flowprep.writer import VideoMeta, write_file_attrs
 
@@ -330,7 +330,7 @@ def run_extract(
     inputs_sha256: str | None = None,
     retry_failed: bool = False,
     check: bool = False,
-    flow_batch: int = 128,
+    flow_batch: int = FLOW_BATCH,
     flow_process: bool = True,
     flow_wait_s: float = WAIT_S,
 ) -> RunSummary:
