@@ -64,6 +64,8 @@ class BatchStats:
     mixed_batches: int = 0  # batches holding pairs of more than one client
     largest_batch: int = 0
     limits: dict[str, int] = field(default_factory=dict)  # "HxW" -> batch limit in force at the end
+    solve_seconds: float = 0.0  # in the solver and quantization (device time, as the host waits for it)
+    serving_seconds: float = 0.0  # from the first request's arrival to the last answer (set by the service)
 
 
 class Batcher:
@@ -122,6 +124,7 @@ class Batcher:
             queue.popleft()
         prev = np.concatenate([r.frames[a : a + k] for r, a, k in parts])
         nxt = np.concatenate([r.frames[a + 1 : a + k + 1] for r, a, k in parts])
+        start = time.perf_counter()
         try:
             codes = quantize(self._solve(size, prev, nxt), self.bound)
         except Exception as exc:  # noqa: BLE001 - the batch's videos fail (the solver rejected these frames)
@@ -136,6 +139,7 @@ class Batcher:
             request.codes[first : first + k] = codes[at : at + k]
             request.solved += k
             at += k
+        self.stats.solve_seconds += time.perf_counter() - start
         self.stats.pairs += count
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, count)

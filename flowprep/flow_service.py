@@ -191,6 +191,7 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     clients: list[Connection] = []
     busy: dict[Connection, tuple[Request, SharedMemory]] = {}
+    first_arrival = None
 
     def due() -> float | None:
         """Seconds until the next batch should run (0: now), None while nothing waits. A batch runs when
@@ -233,6 +234,7 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
             frames = np.ndarray((n, h, w), np.uint8, block.buf)
             codes = np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=n * h * w)
             request = Request(frames, codes, client=ready)
+            first_arrival = first_arrival or request.arrived
             busy[ready] = (request, block)
             batcher.add(request)
         if due() == 0.0:
@@ -243,6 +245,7 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
                     conn.send(("ok",) if request.error is None else ("error", request.error))
                 except OSError:  # the worker died meanwhile
                     drop(conn)
+            batcher.stats.serving_seconds = time.monotonic() - first_arrival
 
 
 def _release(request: Request, block: SharedMemory) -> None:
