@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from flowprep.config import FarnebackParams, FlowConfig, TVL1Params
-from flowprep.flow_service import FlowClient
+from flowprep.flow_client import FlowClient
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:

@@ -10,9 +10,10 @@ files as with OpenCV, but send each chunk's gray frames here instead of computin
     codes <- the same block        <--("ok") or ("error", text)--  codes written into the block
 
 Only the small messages are pickled (over a Unix socket, ``multiprocessing.connection``); frames and
-codes stay in the block the worker created (and unlinks). A worker whose flow process is gone raises
-``FlowProcessLost`` (retriable: the run ends with exit 75 and a rerun resumes), never a video failure;
-an error of the solver on a batch (``("error", ...)``) is a failure of the videos in it.
+codes stay in the block the worker created (and unlinks); the worker side is flowprep/flow_client.py.
+A worker whose flow process is gone raises ``FlowProcessLost`` (retriable: the run ends with exit 75
+and a rerun resumes), never a video failure; an error of the solver on a batch (``("error", ...)``) is
+a failure of the videos in it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from multiprocessing import resource_tracker
-from multiprocessing.connection import Client, Connection, Listener, wait
+from multiprocessing import AuthenticationError, resource_tracker
+from multiprocessing.connection import Connection, Listener, wait
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -72,57 +73,6 @@ def devices(device: str) -> list[str]:
     return [f"{kind}:{i}" for i in range(torch.cuda.device_count())]
 
 
-# ---------------------------------------------------------------------------------------------- worker side
-
-
-class FlowClient:
-    """``codes(gray)``: (n, H, W) gray uint8 frames -> (n - 1, 2, H, W) uint8 flow codes, by a flow process.
-
-    A worker process talks to one flow process (by its pid, when there are several), over one connection.
-    """
-
-    def __init__(self, addresses: tuple[Address, ...]) -> None:
-        self.address = addresses[os.getpid() % len(addresses)]
-        self._conn: Connection | None = None
-
-    def _lost(self, exc: BaseException) -> FlowProcessLost:
-        self._conn = None
-        return FlowProcessLost(f"the flow process ({self.address.device}) cannot be reached: {type(exc).__name__}")
-
-    def codes(self, gray: np.ndarray) -> np.ndarray:
-        n, h, w = gray.shape
-        if n < 2:
-            return np.empty((0, 2, h, w), np.uint8)
-        frame_bytes, code_bytes = n * h * w, (n - 1) * 2 * h * w
-        block = SharedMemory(create=True, size=frame_bytes + code_bytes)
-        try:
-            np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
-            try:
-                if self._conn is None:
-                    self._conn = Client(self.address.path, "AF_UNIX", authkey=self.address.authkey)
-                self._conn.send(("flow", block.name, n, h, w))
-                reply = self._conn.recv()
-            except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
-                raise self._lost(exc) from exc
-            if reply[0] != "ok":
-                raise RuntimeError(reply[1])  # the solver rejected these frames: the video fails
-            return np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=frame_bytes).copy()
-        finally:
-            block.close()
-            block.unlink()
-
-
-_LOCAL = threading.local()
-
-
-def client_for(addresses: tuple[Address, ...]) -> FlowClient:
-    """One client (one connection) per thread of a worker process, reused across its videos."""
-    cache = _LOCAL.__dict__.setdefault("clients", {})
-    if addresses not in cache:
-        cache[addresses] = FlowClient(addresses)
-    return cache[addresses]
-
-
 # ------------------------------------------------------------------------------------- flow process side
 
 
@@ -157,6 +107,7 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
     requests wait in the socket until the solver is there.
     """
     out = control_out or sys.stdout.buffer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process stops us
 
     def log(text: str) -> None:
         print(f"flow process ({address.device}): {text}", file=sys.stderr, flush=True)
@@ -169,9 +120,12 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
         while True:
             try:
                 conn = listener.accept()
-            except Exception as exc:  # noqa: BLE001 - a stranger failing the handshake: refuse it, go on
-                log(f"refused a connection ({type(exc).__name__})")
+            except (AuthenticationError, EOFError, ConnectionError) as exc:  # a stranger, or a worker that died
+                log(f"refused a connection ({type(exc).__name__})")  # during the handshake: go on
                 continue
+            except OSError as exc:  # the socket itself failed: workers that cannot connect end the run (75)
+                log(f"cannot accept connections any more: {exc}")
+                return
             accepted.put(conn)
             os.write(wake_w, b"x")
 
@@ -230,7 +184,11 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
                 continue
             if kill_at and batcher.stats.requests + 1 == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            block = _attach(name)
+            try:
+                block = _attach(name)
+            except FileNotFoundError:  # unlinked: the worker died after asking (it unlinks only after an answer)
+                drop(ready)
+                continue
             frames = np.ndarray((n, h, w), np.uint8, block.buf)
             codes = np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=n * h * w)
             request = Request(frames, codes, client=ready)
@@ -295,6 +253,12 @@ class FlowProcesses:
         return self.addresses
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, FlowProcessLost):  # a worker saw its socket close: the process is ending
+            for proc, _ in self.procs:
+                try:
+                    proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    continue  # alive after all: the worker lost it otherwise (its message says how)
         dead = [(proc, address) for proc, address in self.procs if proc.poll() is not None]
         self._stop()
         if exc is not None and dead and not isinstance(exc, KeyboardInterrupt):

@@ -26,7 +26,8 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.decode import DecodeError, VideoStream
 from flowprep.flow import estimator_for, iter_flow
-from flowprep.flow_service import Address, FlowProcessLost, client_for
+from flowprep.flow_client import client_for
+from flowprep.flow_service import Address, FlowProcessLost
 from flowprep.writer import VideoMeta, VideoWriter
 
 # Test-only fault injection: a worker given this source path dies by SIGSEGV, as a decoder crash

@@ -81,6 +81,13 @@ def test_a_pair_that_does_not_fit_alone_fails_its_video_not_the_run() -> None:
     assert r.error == "RuntimeError: out of device memory on a single 32x24 frame pair"
 
 
+def test_frames_the_solver_rejects_fail_their_batch_only() -> None:
+    tiny, fine = request(gray_video(3, 24, 32, 0)[:, :2, :2].copy()), request(gray_video(3, 24, 32, 1))
+    assert run_all(Batcher(solve, bound=BOUND, max_batch=4), [tiny, fine]) == [tiny, fine]
+    assert tiny.error == "ValueError: frames must be at least 3x3, got 2x2" and fine.error is None
+    assert np.array_equal(fine.codes, quantize(solve(fine.frames[:-1], fine.frames[1:]), BOUND))
+
+
 def test_batches_take_pairs_of_several_clients_one_frame_size_at_a_time() -> None:
     shapes: list[tuple[int, ...]] = []
 

@@ -1,0 +1,70 @@
+"""The worker side of the flow process (flowprep/flow_service.py): frames out, codes back, one block each chunk.
+
+The block a worker creates (and unlinks) holds the chunk's gray frames, (n, H, W) uint8, followed by room
+for its codes, (n - 1, 2, H, W) uint8, which the flow process writes; the only pickled message is
+``("flow", block name, n, H, W)``, answered by ``("ok",)`` or ``("error", text)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from multiprocessing.connection import Client, Connection
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from flowprep.flow_service import Address, FlowProcessLost
+
+
+
+class FlowError(RuntimeError):
+    """The flow process answered a chunk with an error (recorded as the video's failure)."""
+
+
+class FlowClient:
+    """``codes(gray)``: (n, H, W) gray uint8 frames -> (n - 1, 2, H, W) uint8 flow codes, by a flow process.
+
+    A worker process talks to one flow process (by its pid, when there are several), over one connection.
+    """
+
+    def __init__(self, addresses: tuple[Address, ...]) -> None:
+        self.address = addresses[os.getpid() % len(addresses)]
+        self._conn: Connection | None = None
+
+    def _lost(self, exc: BaseException) -> FlowProcessLost:
+        self._conn = None
+        return FlowProcessLost(f"the flow process ({self.address.device}) cannot be reached: {type(exc).__name__}")
+
+    def codes(self, gray: np.ndarray) -> np.ndarray:
+        n, h, w = gray.shape
+        if n < 2:
+            return np.empty((0, 2, h, w), np.uint8)
+        frame_bytes, code_bytes = n * h * w, (n - 1) * 2 * h * w
+        block = SharedMemory(create=True, size=frame_bytes + code_bytes)
+        try:
+            np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
+            try:
+                if self._conn is None:
+                    self._conn = Client(self.address.path, "AF_UNIX", authkey=self.address.authkey)
+                self._conn.send(("flow", block.name, n, h, w))
+                reply = self._conn.recv()
+            except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
+                raise self._lost(exc) from exc
+            if reply[0] != "ok":  # the solver failed on these frames: the video fails, the run goes on
+                raise FlowError(f"the flow process failed on this video's frames: {reply[1]}")
+            return np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=frame_bytes).copy()
+        finally:
+            block.close()
+            block.unlink()
+
+
+_LOCAL = threading.local()
+
+
+def client_for(addresses: tuple[Address, ...]) -> FlowClient:
+    """One client (one connection) per thread of a worker process, reused across its videos."""
+    cache = _LOCAL.__dict__.setdefault("clients", {})
+    if addresses not in cache:
+        cache[addresses] = FlowClient(addresses)
+    return cache[addresses]
