@@ -3,8 +3,12 @@
 A request is the frames of one chunk of one video, (n, H, W) gray uint8, and the array its n - 1 flow
 codes go to, (n - 1, 2, H, W) uint8. Requests wait in one queue per frame size; a batch takes up to
 the size's batch limit of pairs from the oldest requests of one size (a request may be split across
-batches), solves them in one call, quantizes them with ``flowprep.quantize.quantize`` (the formula's
-one home: the codes are those the OpenCV path stores) and writes each request's codes in place.
+batches) and solves them in one call. When all the pairs of a request are solved, its float flow is
+quantized by ``flowprep.quantize.quantize`` as one array, exactly as a worker quantizes its chunk:
+``cv2.addWeighted`` rounds with a fused multiply-add in its SIMD body and without one in its scalar tail,
+so at exact ties a code can depend on where the value sits in the array; quantizing the same array as
+the worker does gives the same codes to the bit. (That is also why quantization stays on the CPU: a
+device twin of the formula cannot reproduce that position dependence.)
 
 A device out-of-memory error halves that size's batch limit and the same pairs are solved again in
 smaller batches; the limit it settles on is logged once. It never ends the run: only a single pair
@@ -39,7 +43,8 @@ class Request:
     client: object = None  # who is answered when it is done (the service's connection)
     arrived: float = field(default_factory=time.monotonic)
     taken: int = 0  # pairs handed to batches so far
-    solved: int = 0  # pairs whose codes are written
+    solved: int = 0  # pairs solved (their flow is in ``flow``)
+    flow: np.ndarray | None = None  # (n - 1, 2, H, W) float32 until all pairs are solved and quantized
     error: str | None = None
 
     @property
@@ -126,19 +131,24 @@ class Batcher:
         nxt = np.concatenate([r.frames[a + 1 : a + k + 1] for r, a, k in parts])
         start = time.perf_counter()
         try:
-            codes = quantize(self._solve(size, prev, nxt), self.bound)
+            flow = self._solve(size, prev, nxt)
         except Exception as exc:  # noqa: BLE001 - the batch's videos fail (the solver rejected these frames)
             from flowprep.worker import one_line
 
             for request, _, _ in parts:
-                request.error = one_line(exc)
+                request.error, request.flow = one_line(exc), None
             self.cancel_failed()
             return [r for r, _, _ in parts]
         at = 0
         for request, first, k in parts:
-            request.codes[first : first + k] = codes[at : at + k]
+            if request.flow is None:
+                request.flow = np.empty((request.pairs, 2, *size), np.float32)
+            request.flow[first : first + k] = flow[at : at + k]
             request.solved += k
             at += k
+            if request.solved == request.pairs:
+                request.codes[:] = quantize(request.flow, self.bound)
+                request.flow = None
         self.stats.solve_seconds += time.perf_counter() - start
         self.stats.pairs += count
         self.stats.batches += 1
