@@ -76,11 +76,12 @@ class FlowEstimator:
 
 
 class TorchTVL1:
-    """TV-L1 by the PyTorch port (flowprep/tvl1_torch.py): all the pairs of a chunk in one batch.
+    """TV-L1 by the PyTorch port (flowprep/tvl1_torch.py) inside a worker: all the pairs of a chunk in one batch.
 
-    On the CPU the port gives OpenCV's flow to the bit (tests/flowprep/test_tvl1_torch.py), at about
-    twice the time: it is how machines without a GPU check the engine. ``device`` "cuda" uses every
-    visible GPU, "cuda:0,1" those; each worker process takes one of them by its pid.
+    The per-worker path: the Dask backend's workers (and ``run_extract(flow_process=False)``) use it; local
+    worker processes send their frames to a flow process instead (flowprep/flow_service.py). On the CPU the
+    port gives OpenCV's flow to the bit (tests/flowprep/test_tvl1_torch.py), at about twice the time.
+    ``device`` "cuda" uses every visible GPU, "cuda:0,1" those; each worker process takes one by its pid.
     """
 
     def __init__(self, params: TVL1Params, device: str) -> None:

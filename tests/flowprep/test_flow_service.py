@@ -144,6 +144,7 @@ def two_sizes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, runner.Ru
     return videos, extract(videos, out, engine="torch", flow_wait_s=0.2), out
 
 
+@pytest.mark.slow
 def test_two_workers_feed_one_flow_process_with_two_frame_sizes(two_sizes, tmp_path: Path, read_shards) -> None:
     videos, summary, out = two_sizes
     assert summary.processed == 4 and not summary.failures and verify_output(out).ok
@@ -166,6 +167,7 @@ def test_two_workers_feed_one_flow_process_with_two_frame_sizes(two_sizes, tmp_p
     assert read_shards(tmp_path / "opencv") == service  # the port is OpenCV's flow to the bit on the CPU
 
 
+@pytest.mark.slow
 def test_a_killed_flow_process_ends_the_run_with_75_and_the_rerun_resumes(
     two_sizes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_shards
 ) -> None:
