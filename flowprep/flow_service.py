@@ -18,6 +18,7 @@ a failure of the videos in it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -115,6 +116,7 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
     listener = Listener(address.path, "AF_UNIX", backlog=64, authkey=address.authkey)
     accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
     wake_r, wake_w = os.pipe()
+    closing = threading.Event()
 
     def accept() -> None:
         while True:
@@ -124,7 +126,8 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
                 log(f"refused a connection ({type(exc).__name__})")  # during the handshake: go on
                 continue
             except OSError as exc:  # the socket itself failed: workers that cannot connect end the run (75)
-                log(f"cannot accept connections any more: {exc}")
+                if not closing.is_set():
+                    log(f"cannot accept connections any more: {exc}")
                 return
             accepted.put(conn)
             os.write(wake_w, b"x")
@@ -167,10 +170,14 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
 
     while True:
         for ready in wait([control_in, wake_r, *clients], due()):
-            if ready == control_in:  # "stop", or end of file: the main process is gone
+            if ready == control_in:  # "stop", or end of file: the main process is gone (killed, perhaps)
                 if os.read(control_in, 64):
                     out.write(json.dumps(asdict(batcher.stats)).encode() + b"\n")
                     out.flush()
+                closing.set()
+                listener.close()  # removes the socket file
+                with contextlib.suppress(OSError):  # not empty (another device's socket) or removed already
+                    os.rmdir(os.path.dirname(address.path))
                 return
             if ready == wake_r:
                 os.read(wake_r, 4096)
