@@ -29,12 +29,14 @@ class FlowClient:
     """
 
     def __init__(self, addresses: tuple[Address, ...]) -> None:
+        self.addresses = addresses
         self.address = addresses[os.getpid() % len(addresses)]
         self._conn: Connection | None = None
 
-    def _lost(self, exc: BaseException) -> FlowProcessLost:
-        self._conn = None
-        return FlowProcessLost(f"the flow process ({self.address.device}) cannot be reached: {type(exc).__name__}")
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def codes(self, gray: np.ndarray) -> np.ndarray:
         n, h, w = gray.shape
@@ -50,7 +52,12 @@ class FlowClient:
                 self._conn.send(("flow", block.name, n, h, w))
                 reply = self._conn.recv()
             except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
-                raise self._lost(exc) from exc
+                self.close()
+                raise FlowProcessLost(f"the flow process ({self.address.device}) cannot be reached: "
+                                      f"{type(exc).__name__}") from exc
+            except BaseException:  # interrupted between question and answer: the next answer would be stale
+                self.close()
+                raise
             if reply[0] != "ok":  # the solver failed on these frames: the video fails, the run goes on
                 raise FlowError(f"the flow process failed on this video's frames: {reply[1]}")
             return np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=frame_bytes).copy()
@@ -63,8 +70,11 @@ _LOCAL = threading.local()
 
 
 def client_for(addresses: tuple[Address, ...]) -> FlowClient:
-    """One client (one connection) per thread of a worker process, reused across its videos."""
-    cache = _LOCAL.__dict__.setdefault("clients", {})
-    if addresses not in cache:
-        cache[addresses] = FlowClient(addresses)
-    return cache[addresses]
+    """One client (one connection) per thread of a worker process, reused across its videos; a worker
+    process reused by a later run (loky keeps them) drops the connection of the earlier one."""
+    client = getattr(_LOCAL, "client", None)
+    if client is None or client.addresses != addresses:
+        if client is not None:
+            client.close()
+        client = _LOCAL.client = FlowClient(addresses)
+    return client
