@@ -15,7 +15,8 @@ the flow process's batches across videos, quantization, JPEG, HDF5, shard assemb
 H.264 clips of ``--pipeline-frames`` frames cut from the same source, with ``--workers`` worker processes and
 one flow process per device. Rows: pairs/s over the whole run's wall time (start-up included: the flow
 process imports torch and initialises CUDA) and over the flow process's serving time (first request to
-last answer), the fraction of that time the flow process spent in the solver, its batch statistics, and
+last answer), the fractions of that time the flow process spent in the solver and (beside it, on its
+finisher thread) putting flow into the workers' blocks and quantizing, its batch statistics, and
 the ratio to the solver alone (best eager batch, and at the pipeline's own ``--flow-batch`` when swept).
 
     PYTHONPATH=. python3 -m benchmarks.tvl1_gpu --out $OUT/tvl1_gpu.json --profile     # GPU machine
@@ -100,6 +101,7 @@ def pipeline(work: Path, media: Path, *, device: str, params: TVL1Params, size: 
             "workers": workers, "flow_batch": flow_batch, "device": device, "pairs": pairs, "wall_s": wall,
             "pairs_per_s_wall": pairs / wall, "pairs_per_s_serving": pairs / serving,
             "solver_busy_fraction": [s["solve_seconds"] / s["serving_seconds"] for s in stats],
+            "finisher_busy_fraction": [s["finish_seconds"] / s["serving_seconds"] for s in stats],
             "flow_processes": stats}
 
 

@@ -69,17 +69,29 @@ class BatchStats:
     mixed_batches: int = 0  # batches holding pairs of more than one client
     largest_batch: int = 0
     limits: dict[str, int] = field(default_factory=dict)  # "HxW" -> batch limit in force at the end
-    solve_seconds: float = 0.0  # in the solver and quantization (device time, as the host waits for it)
+    solve_seconds: float = 0.0  # in the solver (device time, as the host waits for it), copies included
+    finish_seconds: float = 0.0  # putting flow into requests and quantizing (beside the next solve)
     serving_seconds: float = 0.0  # from the first request's arrival to the last answer (set by the service)
 
 
+@dataclass(eq=False)
+class Batch:
+    size: tuple[int, int]
+    parts: list[tuple[Request, int, int]]  # (request, its first pair here, pairs)
+    prev: np.ndarray | None  # (B, H, W) uint8, until solved
+    nxt: np.ndarray | None
+    flow: np.ndarray | None = None  # (B, 2, H, W) float32, once solved
+    error: str | None = None  # or why the solver failed on it
+
+
 class Batcher:
-    """Queues requests per frame size; ``run_batch`` solves one batch and returns the requests it finished."""
+    """Queues requests per frame size; ``take``, ``solve`` and ``finish`` one batch after another (``run_batch``
+    does the three), ``finish`` returning the requests the batch finished."""
 
     def __init__(self, solve: Solve, *, bound: float, max_batch: int, log: Callable[[str], None] = print) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.solve, self.bound, self.max_batch, self.log = solve, bound, max_batch, log
+        self._solver, self.bound, self.max_batch, self.log = solve, bound, max_batch, log
         self.queues: dict[tuple[int, int], deque[Request]] = {}
         self.limits: dict[tuple[int, int], int] = {}
         self.stats = BatchStats()
@@ -113,10 +125,17 @@ class Batcher:
         return any(self.pending(size) >= self.limits[size] for size, q in self.queues.items() if q)
 
     def run_batch(self) -> list[Request]:
-        """Solve one batch of the frame size whose oldest request waited longest; the requests it finished."""
+        """Take, solve and finish one batch; the requests it finished (the flow process runs the three
+        steps itself, finishing a batch on another thread while it solves the next)."""
+        batch = self.take()
+        self.solve(batch)
+        return self.finish(batch)
+
+    def take(self) -> Batch:
+        """The next batch: up to the limit of pairs of the frame size whose oldest request waited longest."""
         size = min((q[0].arrived, s) for s, q in self.queues.items() if q)[1]
         queue, limit = self.queues[size], self.limits[size]
-        parts: list[tuple[Request, int, int]] = []  # (request, first pair, pairs)
+        parts: list[tuple[Request, int, int]] = []
         count = 0
         for request in queue:
             if count == limit:
@@ -129,37 +148,56 @@ class Batcher:
             queue.popleft()
         prev = np.concatenate([r.frames[a : a + k] for r, a, k in parts])
         nxt = np.concatenate([r.frames[a + 1 : a + k + 1] for r, a, k in parts])
+        return Batch(size, parts, prev, nxt)
+
+    def solve(self, batch: Batch) -> None:
+        """Solve the batch's pairs into ``batch.flow``, or its error into ``batch.error``: then the rest of its
+        requests leave the queues (their videos fail)."""
         start = time.perf_counter()
         try:
-            flow = self._solve(size, prev, nxt)
+            batch.flow = self._solve(batch.size, batch.prev, batch.nxt)
         except Exception as exc:  # noqa: BLE001 - the batch's videos fail (the solver rejected these frames)
             from flowprep.worker import one_line
 
-            for request, _, _ in parts:
-                request.error, request.flow = one_line(exc), None
-            self.cancel_failed()
-            return [r for r, _, _ in parts]
+            batch.error = one_line(exc)
+            failed = {id(r) for r, _, _ in batch.parts}
+            for size, queue in self.queues.items():
+                self.queues[size] = deque(r for r in queue if id(r) not in failed)
+            return
+        finally:
+            batch.prev = batch.nxt = None
+        self.stats.solve_seconds += time.perf_counter() - start
+        self.stats.pairs += len(batch.flow)
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch.flow))
+        self.stats.mixed_batches += len({id(r.client) for r, _, _ in batch.parts}) > 1
+        self.stats.limits = {f"{h}x{w}": n for (h, w), n in self.limits.items()}
+
+    def finish(self, batch: Batch) -> list[Request]:
+        """Put a solved batch's flow into its requests; quantize each request whose pairs are all solved, as
+        one array. Returns the requests this batch finished (done, or failed). Touches only the batch's
+        requests, so it may run on another thread than ``take``/``solve``, one batch at a time, in order."""
+        start = time.perf_counter()
+        finished = []
         at = 0
-        for request, first, k in parts:
+        for request, first, k in batch.parts:
+            if request.error is not None:  # failed in an earlier batch, already answered
+                continue
+            if batch.error is not None:
+                request.error, request.flow = batch.error, None
+                finished.append(request)
+                continue
             if request.flow is None:
-                request.flow = np.empty((request.pairs, 2, *size), np.float32)
-            request.flow[first : first + k] = flow[at : at + k]
+                request.flow = np.empty((request.pairs, 2, *batch.size), np.float32)
+            request.flow[first : first + k] = batch.flow[at : at + k]
             request.solved += k
             at += k
             if request.solved == request.pairs:
                 request.codes[:] = quantize(request.flow, self.bound)
                 request.flow = None
-        self.stats.solve_seconds += time.perf_counter() - start
-        self.stats.pairs += count
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, count)
-        self.stats.mixed_batches += len({id(r.client) for r, _, _ in parts}) > 1
-        self.stats.limits = {f"{h}x{w}": n for (h, w), n in self.limits.items()}
-        return [r for r, _, _ in parts if r.finished]
-
-    def cancel_failed(self) -> None:
-        for size, queue in self.queues.items():
-            self.queues[size] = deque(r for r in queue if r.error is None)
+                finished.append(request)
+        self.stats.finish_seconds += time.perf_counter() - start
+        return finished
 
     def _solve(self, size: tuple[int, int], prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """All the pairs, in batches of at most the size's limit; out of memory halves the limit."""
@@ -167,7 +205,7 @@ class Batcher:
         while at < len(prev):
             limit = self.limits[size]
             try:
-                out.append(self.solve(prev[at : at + limit], nxt[at : at + limit]))
+                out.append(self._solver(prev[at : at + limit], nxt[at : at + limit]))
             except self._oom as exc:
                 if limit == 1:
                     raise RuntimeError(f"out of device memory on a single {size[1]}x{size[0]} frame pair") from exc

@@ -9,8 +9,12 @@ files as with OpenCV, but send each chunk's gray frames here instead of computin
                                                                  frame size form a batch; solve; quantize;
     codes <- the same block        <--("ok") or ("error", text)--  codes written into the block
 
+The main thread receives requests and solves batches; a finisher thread puts each solved batch's flow
+into its requests, quantizes the complete ones and answers, while the next batch is being solved.
+
 Only the small messages are pickled (over a Unix socket, ``multiprocessing.connection``); frames and
-codes stay in the block the worker created (and unlinks); the worker side is flowprep/flow_client.py.
+codes stay in the block the worker created (and unlinks). The worker side is flowprep/flow_client.py,
+the main process's (start, stop, report a death) flowprep/flow_processes.py.
 A worker whose flow process is gone raises ``FlowProcessLost`` (retriable: the run ends with exit 75
 and a rerun resumes), never a video failure; an error of the solver on a batch (``("error", ...)``) is
 a failure of the videos in it.
@@ -23,26 +27,23 @@ import json
 import os
 import pickle
 import queue
-import select
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import AuthenticationError, resource_tracker
 from multiprocessing.connection import Connection, Listener, wait
 from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from flowprep.config import FlowConfig
 from flowprep.exits import RetriableError
-from flowprep.flow_batch import Batcher, Request
+from flowprep.flow_batch import Batch, Batcher, Request
 
 # Test-only fault injection: the flow process kills itself (SIGKILL, as kill -9) on this request number.
 KILL_ENV = "FLOWPREP_TEST_KILL_FLOW_AT"
@@ -147,30 +148,69 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
     batcher = Batcher(_torch_solver(flow, address.device), bound=flow.bound, max_batch=max_batch, log=log)
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     clients: list[Connection] = []
-    busy: dict[Connection, tuple[Request, SharedMemory]] = {}
+    busy: dict[Connection, tuple[Request, SharedMemory]] = {}  # the finisher answers: guarded by ``lock``
+    lock = threading.Lock()
+    # Solving runs here; putting flow into the blocks, quantizing and answering run on one finisher thread,
+    # batch after batch in order, beside the next solve (both release the GIL in their heavy parts).
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="flowprep-finish")
+    pending: deque[Future] = deque()
     first_arrival = None
 
-    def due() -> float | None:
-        """Seconds until the next batch should run (0: now), None while nothing waits. A batch runs when
-        one is full, when every connected worker waits for an answer (nobody can add to it), or when
-        its oldest request has waited ``wait_s`` for the chunks of workers still decoding."""
-        oldest = batcher.oldest()
-        if oldest is None:
-            return None
-        if batcher.full() or len(busy) == len(clients):
-            return 0.0
-        return max(0.0, oldest + wait_s - time.monotonic())
+    def finish(batch: Batch) -> None:
+        try:
+            for request in batcher.finish(batch):
+                conn = request.client
+                with lock:
+                    entry = busy.pop(conn, None)
+                if entry is None:
+                    continue  # its worker was dropped and the block released
+                _release(*entry)
+                try:
+                    conn.send(("ok",) if request.error is None else ("error", request.error))
+                except OSError:  # the worker died meanwhile; the main loop drops it when it reads its end of file
+                    continue
+            batcher.stats.serving_seconds = time.monotonic() - first_arrival
+        finally:
+            os.write(wake_w, b"f")  # wake the main loop: its batch conditions changed (or this failed)
+
+    def release(conn: Connection) -> None:
+        """After the batches already solved are finished (it runs on the finisher): the block of a dropped worker."""
+        with lock:
+            entry = busy.pop(conn, None)
+        if entry is not None:
+            _release(*entry)
 
     def drop(conn: Connection) -> None:
         """Forget a worker that is gone (killed) and its request."""
         clients.remove(conn)
         batcher.cancel(conn)
-        if conn in busy:
-            _release(*busy.pop(conn))
+        pending.append(finisher.submit(release, conn))
+
+    def in_flight() -> int:
+        """Finisher jobs not done yet (a bug in one ends the process here, with its traceback)."""
+        while pending and pending[0].done():
+            pending.popleft().result()
+        return len(pending)
+
+    def due() -> float | None:
+        """Seconds until the next batch should run (0: now), None while nothing waits. A batch runs when
+        one is full, when every connected worker waits for an answer (nobody can add to it), or when
+        its oldest request has waited ``wait_s`` for the chunks of workers still decoding; and only while
+        fewer than two solved batches wait for the finisher (their flow is held in memory)."""
+        oldest = batcher.oldest()
+        if oldest is None or in_flight() >= 2:
+            return None
+        with lock:
+            everyone = len(busy) == len(clients)
+        if batcher.full() or everyone:
+            return 0.0
+        return max(0.0, oldest + wait_s - time.monotonic())
 
     while True:
         for ready in wait([control_in, wake_r, *clients], due()):
             if ready == control_in:  # "stop", or end of file: the main process is gone (killed, perhaps)
+                finisher.shutdown(wait=True)
+                in_flight()
                 if os.read(control_in, 64):
                     out.write(json.dumps(asdict(batcher.stats)).encode() + b"\n")
                     out.flush()
@@ -200,123 +240,18 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
             codes = np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=n * h * w)
             request = Request(frames, codes, client=ready)
             first_arrival = first_arrival or request.arrived
-            busy[ready] = (request, block)
+            with lock:
+                busy[ready] = (request, block)
             batcher.add(request)
         if due() == 0.0:
-            for request in batcher.run_batch():
-                conn = request.client
-                _release(*busy.pop(conn))
-                try:
-                    conn.send(("ok",) if request.error is None else ("error", request.error))
-                except OSError:  # the worker died meanwhile
-                    drop(conn)
-            batcher.stats.serving_seconds = time.monotonic() - first_arrival
+            batch = batcher.take()
+            batcher.solve(batch)
+            pending.append(finisher.submit(finish, batch))
 
 
 def _release(request: Request, block: SharedMemory) -> None:
     request.frames = request.codes = None  # the views must go before the block can close
     block.close()
-
-
-# ------------------------------------------------------------------------------------- main process side
-
-
-class FlowProcesses:
-    """``with FlowProcesses(flow, ...) as addresses:`` one flow process per device for the block.
-
-    Each is ``python -m flowprep.flow_service`` (a plain subprocess: nothing of the caller's ``__main__``
-    is imported again, and no CUDA or OpenMP state is inherited), configured through its stdin, which
-    then stays open: "stop" ends it, and so does end of file (the main process is gone). An error in the
-    block while a flow process is dead becomes ``FlowProcessLost`` naming it; ``stats`` holds each
-    process's batch statistics after the block.
-    """
-
-    def __init__(self, flow: FlowConfig, *, max_batch: int, wait_s: float = WAIT_S) -> None:
-        self.flow, self.max_batch, self.wait_s = flow, max_batch, wait_s
-        self.folder = tempfile.mkdtemp(prefix="flowprep-flow-")  # 0700: the sockets are this user's
-        self.addresses = tuple(Address(os.path.join(self.folder, f"{i}.sock"), os.urandom(16), dev)
-                               for i, dev in enumerate(devices(flow.device)))
-        self.procs: list[tuple[subprocess.Popen, Address]] = []
-        self.stats: list[dict[str, Any]] = []
-
-    def __enter__(self) -> tuple[Address, ...]:
-        env = dict(os.environ)  # the children import this flowprep, wherever it was imported from
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        try:
-            for address in self.addresses:
-                proc = subprocess.Popen([sys.executable, "-m", "flowprep.flow_service"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
-                self.procs.append((proc, address))
-                blob = pickle.dumps((address, self.flow, self.max_batch, self.wait_s))
-                proc.stdin.write(len(blob).to_bytes(8, "little") + blob)
-                proc.stdin.flush()
-            for proc, address in self.procs:
-                if _read_line(proc, START_TIMEOUT_S) != b"ready\n":
-                    raise FlowProcessLost(f"the flow process ({address.device}) did not start ({_exit(proc)})")
-        except BaseException:
-            self._stop()
-            raise
-        return self.addresses
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, FlowProcessLost):  # a worker saw its socket close: the process is ending
-            for proc, _ in self.procs:
-                try:
-                    proc.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    continue  # alive after all: the worker lost it otherwise (its message says how)
-        dead = [(proc, address) for proc, address in self.procs if proc.poll() is not None]
-        self._stop()
-        if exc is not None and dead and not isinstance(exc, KeyboardInterrupt):
-            proc, address = dead[0]
-            raise FlowProcessLost(f"the flow process ({address.device}) died ({_exit(proc)})") from exc
-
-    def _stop(self) -> None:
-        for proc, address in self.procs:
-            stats: dict[str, Any] = {"error": f"it had ended ({_exit(proc)})"}
-            if proc.poll() is None:
-                try:
-                    proc.stdin.write(b"stop\n")
-                    proc.stdin.flush()
-                    line = _read_line(proc, 10.0)
-                    stats = json.loads(line) if line else {"error": "no answer to stop"}
-                except OSError as exc:  # it died just now (broken pipe)
-                    stats = {"error": f"died before stopping ({type(exc).__name__})"}
-            self.stats.append({"device": address.device, **stats})
-            proc.stdin.close()  # end of file: it stops if it has not
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-        self.procs = []
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
-    """One line of the process's stdout; b"" when it ends or stays silent for ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return b""
-        byte = os.read(proc.stdout.fileno(), 1)  # unbuffered: nothing after the line is taken
-        if not byte:
-            return b""
-        line += byte
-    return line
-
-
-def _exit(proc: subprocess.Popen) -> str:
-    code = proc.poll()
-    if code is None:
-        return "no answer"
-    if code < 0:
-        return f"killed by signal {-code} ({signal.Signals(-code).name})"
-    return f"exit status {code}"
 
 
 def _read_exact(fd: int, n: int) -> bytes:

@@ -31,7 +31,8 @@ from flowprep import manifest as mf
 from flowprep.lock import SUFFIX as LOCK_SUFFIX, OutputLock, describe as describe_holder
 from flowprep.manifest import RunConflict  # noqa: F401  (raised by run_extract; callers catch runner.RunConflict)
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
-from flowprep.flow_service import FLOW_BATCH, WAIT_S, FlowProcesses
+from flowprep.flow_processes import FlowProcesses
+from flowprep.flow_service import FLOW_BATCH, WAIT_S
 from flowprep.worker import VideoJob, VideoResult, failed_path, is_complete, read_failure, run_jobs
 from flowprep.writer import VideoMeta, write_file_attrs
 
