@@ -45,8 +45,10 @@ class FlowProcesses:
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         try:
             for address in self.addresses:
+                # Its own session: Ctrl-C at a terminal reaches the main process, which stops it (even while
+                # it imports); if the main process dies anyhow, the end of its stdin stops it.
                 proc = subprocess.Popen([sys.executable, "-m", "flowprep.flow_service"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
+                                        stdout=subprocess.PIPE, env=env, start_new_session=True)
                 self.procs.append((proc, address))
                 blob = pickle.dumps((address, self.flow, self.max_batch, self.wait_s))
                 proc.stdin.write(len(blob).to_bytes(8, "little") + blob)

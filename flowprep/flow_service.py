@@ -109,7 +109,7 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
     requests wait in the socket until the solver is there.
     """
     out = control_out or sys.stdout.buffer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C sent to us too: the main process stops us
 
     def log(text: str) -> None:
         print(f"flow process ({address.device}): {text}", file=sys.stderr, flush=True)
