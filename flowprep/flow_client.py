@@ -25,35 +25,39 @@ class FlowError(RuntimeError):
 class FlowClient:
     """``codes(gray)``: (n, H, W) gray uint8 frames -> (n - 1, 2, H, W) uint8 flow codes, by a flow process.
 
-    A worker process talks to one flow process (by its pid, when there are several), over one connection.
+    With several flow processes (GPUs), a worker sends its chunks to each in turn, starting at one chosen
+    by its pid: every GPU gets an even share of every worker's chunks, whatever the workers' pids. A chunk's
+    codes do not depend on the process that solved it (each pair is solved on its own).
     """
 
     def __init__(self, addresses: tuple[Address, ...]) -> None:
         self.addresses = addresses
-        self.address = addresses[os.getpid() % len(addresses)]
-        self._conn: Connection | None = None
+        self._next = os.getpid() % len(addresses)
+        self._conns: dict[int, Connection] = {}
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     def codes(self, gray: np.ndarray) -> np.ndarray:
         n, h, w = gray.shape
         if n < 2:
             return np.empty((0, 2, h, w), np.uint8)
+        i, self._next = self._next, (self._next + 1) % len(self.addresses)
+        address = self.addresses[i]
         frame_bytes, code_bytes = n * h * w, (n - 1) * 2 * h * w
         block = SharedMemory(create=True, size=frame_bytes + code_bytes)
         try:
             np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
             try:
-                if self._conn is None:
-                    self._conn = Client(self.address.path, "AF_UNIX", authkey=self.address.authkey)
-                self._conn.send(("flow", block.name, n, h, w))
-                reply = self._conn.recv()
+                if i not in self._conns:
+                    self._conns[i] = Client(address.path, "AF_UNIX", authkey=address.authkey)
+                self._conns[i].send(("flow", block.name, n, h, w))
+                reply = self._conns[i].recv()
             except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
                 self.close()
-                raise FlowProcessLost(f"the flow process ({self.address.device}) cannot be reached: "
+                raise FlowProcessLost(f"the flow process ({address.device}) cannot be reached: "
                                       f"{type(exc).__name__}") from exc
             except BaseException:  # interrupted between question and answer: the next answer would be stale
                 self.close()

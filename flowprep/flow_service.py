@@ -194,9 +194,10 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
 
     def due() -> float | None:
         """Seconds until the next batch should run (0: now), None while nothing waits. A batch runs when
-        one is full, when every connected worker waits for an answer (nobody can add to it), or when
-        its oldest request has waited ``wait_s`` for the chunks of workers still decoding; and only while
-        fewer than two solved batches wait for the finisher (their flow is held in memory)."""
+        one is full, when every connected worker waits for an answer from here (nobody can add to it; with
+        several GPUs, workers alternate between them, so this is rare), or when its oldest request has
+        waited ``wait_s`` for the chunks of workers still decoding; and only while fewer than two solved
+        batches wait for the finisher (their flow is held in memory)."""
         oldest = batcher.oldest()
         if oldest is None or in_flight() >= 2:
             return None

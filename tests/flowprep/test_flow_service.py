@@ -17,6 +17,8 @@ from flowprep import reader, runner
 from flowprep.cli import main
 from flowprep.config import FlowConfig, TVL1Params
 from flowprep.flow_batch import Batcher, Request
+from flowprep.flow_client import FlowClient
+from flowprep.flow_processes import FlowProcesses
 from flowprep.flow_service import KILL_ENV
 from flowprep.quantize import quantize
 from flowprep.tvl1_torch import tvl1_flow
@@ -112,6 +114,20 @@ def test_batches_take_pairs_of_several_clients_one_frame_size_at_a_time() -> Non
 
 
 # ---------------------------------------------------------------------------------- real processes
+
+
+@pytest.mark.slow
+def test_a_worker_sends_its_chunks_to_the_flow_processes_in_turn() -> None:
+    """As with --device cuda:0,1: two flow processes (here both on the CPU), one client."""
+    flow = FlowConfig(tvl1=TINY, bound=BOUND, engine="torch")
+    one, two = FlowProcesses(flow, max_batch=8), FlowProcesses(flow, max_batch=8)
+    video = gray_video(4, 24, 32, 5)
+    with one as first, two as second:
+        client = FlowClient(first + second)
+        codes = [client.codes(video) for _ in range(4)]
+        client.close()
+    assert [s["requests"] for s in one.stats + two.stats] == [2, 2]
+    assert all(np.array_equal(c, quantize(solve(video[:-1], video[1:]), BOUND)) for c in codes)
 
 # Few iterations: on tiny frames the port's time is per-operation overhead (a loaded 2-core machine took
 # 45 s for 30 pairs at OpenCV's inner/outer defaults in the per-worker path); two scales still check the
