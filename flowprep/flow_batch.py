@@ -3,8 +3,10 @@
 A request is the frames of one chunk of one video, (n, H, W) gray uint8, and the array its n - 1 flow
 codes go to, (n - 1, 2, H, W) uint8. Requests wait in one queue per frame size; a batch takes up to
 the size's batch limit of pairs from the oldest requests of one size (a request may be split across
-batches) and solves them in one call. When all the pairs of a request are solved, its float flow is
-quantized by ``flowprep.quantize.quantize`` as one array, exactly as a worker quantizes its chunk:
+batches) and solves them in one call (``take`` and ``solve``, on the flow process's main thread); then
+``finish`` (on its finisher thread) puts the flow into the requests. When all the pairs of a request are
+solved, its float flow is quantized by ``flowprep.quantize.quantize`` as one array, exactly as a worker
+quantizes its chunk:
 ``cv2.addWeighted`` rounds with a fused multiply-add in its SIMD body and without one in its scalar tail,
 so at exact ties a code can depend on where the value sits in the array; quantizing the same array as
 the worker does gives the same codes to the bit. (That is also why quantization stays on the CPU: a
@@ -54,10 +56,6 @@ class Request:
     @property
     def size(self) -> tuple[int, int]:
         return self.frames.shape[1], self.frames.shape[2]
-
-    @property
-    def finished(self) -> bool:
-        return self.error is not None or self.solved == self.pairs
 
 
 @dataclass
