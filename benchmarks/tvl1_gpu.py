@@ -10,7 +10,14 @@ it, flowprep's synthetic clips). Rows:
 With ``--compile`` every batch size is timed again with ``torch.compile`` of the solver's inner iteration
 (first-call time, i.e. compilation, and the difference from the eager flow recorded). With ``--profile`` the
 largest eager batch that fitted is run once more under torch.profiler (top ops by time).
-The whole ``flowprep extract`` with the torch engine is not measured: the extractor is not wired yet.
+``pipeline``: the whole ``flowprep extract --engine torch`` (``run_extract`` in this process: decode, gray,
+the flow process's batches across videos, quantization, JPEG, HDF5, shard assembly) on ``--pipeline-videos``
+H.264 clips of ``--pipeline-frames`` frames cut from the same source, with ``--workers`` worker processes and
+one flow process per device. Rows: pairs/s over the whole run's wall time (start-up included: the flow
+process imports torch and initialises CUDA) and over the flow process's serving time (first request to
+last answer), the fractions of that time the flow process spent in the solver and (beside it, on its
+finisher thread) putting flow into the workers' blocks and quantizing, its batch statistics, and
+the ratio to the solver alone (best eager batch, and at the pipeline's own ``--flow-batch`` when swept).
 
     PYTHONPATH=. python3 -m benchmarks.tvl1_gpu --out $OUT/tvl1_gpu.json --profile     # GPU machine
     PYTHONPATH=. python3 -m benchmarks.tvl1_gpu --out bench-out/tvl1_cpu.json --device cpu --batches 1,4
@@ -20,7 +27,10 @@ The whole ``flowprep extract`` with the torch engine is not measured: the extrac
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +41,11 @@ import numpy as np
 import torch
 
 from benchmarks.flow_quality import MEDIA, facts, opencv_flow, video_pairs
-from flowprep.config import TVL1Params
+from flowprep.config import FlowConfig, TVL1Params
+from flowprep.flow_service import FLOW_BATCH
+from flowprep.reader import plan_videos
+from flowprep.runner import run_extract
+from flowprep.sample import encode_video
 from flowprep.synth import DEFAULT_CLASSES, ClipSpec, render_clip
 from flowprep.tvl1_torch import SolveStats, tvl1_flow
 
@@ -55,6 +69,40 @@ def frame_pairs(media: Path, count: int, size: tuple[int, int]) -> tuple[np.ndar
         pairs = pairs[:count]
         source = f"synthetic clips {size[0]}x{size[1]}"
     return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]), source
+
+
+def pipeline(work: Path, media: Path, *, device: str, params: TVL1Params, size: tuple[int, int], videos: int,
+             frames: int, workers: int, flow_batch: int) -> dict[str, Any]:
+    """The whole ``flowprep extract --engine torch --device DEVICE`` on ``videos`` clips of ``frames`` frames."""
+    root, out = work / "pipeline-videos", work / "pipeline-out"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    prev, nxt, source = frame_pairs(media, min(videos * (frames - 1), 780), size)
+    seq = np.concatenate([prev, nxt[-1:]])  # vtest.avi: its first frames in order (else synthetic clips)
+    if len(seq) < frames:
+        raise click.ClickException(f"--pipeline-frames {frames}: the source has {len(seq)} frames")
+    (root / "Clip").mkdir(parents=True)
+    for v in range(videos):  # clip v: frames s .. s + frames - 1, successive clips overlapping by a frame
+        start = v * (frames - 1) % (len(seq) - frames + 1)
+        gray = seq[start:start + frames]
+        encode_video(np.repeat(gray[..., None], 3, axis=3), root / "Clip" / f"v_Clip_g{v + 1:02d}.mp4", fps=25)
+    classes, metas = plan_videos(root, class_index=None, layout=None, labels=(), unlabelled=False,
+                                 warn=lambda _: None)
+    t0 = time.perf_counter()
+    summary = run_extract(videos_root=root, out=out, videos=metas, classes=classes, workers=workers, progress=False,
+                          flow=FlowConfig(tvl1=params, engine="torch", device=device), flow_batch=flow_batch)
+    wall = time.perf_counter() - t0
+    if summary.failures or summary.processed != videos:
+        raise click.ClickException(f"the pipeline run failed: {summary.failures}")
+    pairs = summary.frames - videos
+    stats = summary.flow_processes
+    serving = max(s["serving_seconds"] for s in stats)
+    return {"source": f"{source} (clips re-encoded as H.264 gray)", "videos": videos, "frames_per_video": frames,
+            "workers": workers, "flow_batch": flow_batch, "device": device, "pairs": pairs, "wall_s": wall,
+            "pairs_per_s_wall": pairs / wall, "pairs_per_s_serving": pairs / serving,
+            "solver_busy_fraction": [s["solve_seconds"] / s["serving_seconds"] for s in stats],
+            "finisher_busy_fraction": [s["finish_seconds"] / s["serving_seconds"] for s in stats],
+            "flow_processes": stats}
 
 
 def sync(dev: torch.device) -> None:
@@ -100,7 +148,8 @@ def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None, help="Unused (uniform CLI).")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the pipeline row's clips and output (default: a temporary folder).")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available, cpu with --smoke).")
 @click.option("--batches", default="1,16,64,128,256,512", show_default=True, help="Batch sizes, ascending.")
 @click.option("--min-pairs", default=256, show_default=True, help="Pairs timed per batch size, unless --max-seconds ...")
@@ -116,11 +165,18 @@ def cpu_ratio(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, pairs: int, reps
 @click.option("--compile", "compiled", is_flag=True,
               help="Also time the solver with torch.compile of its inner iteration (compile time recorded).")
 @click.option("--profile", is_flag=True, help="Profile one run of the largest batch that fitted.")
+@click.option("--pipeline-videos", default=48, show_default=True, help="Clips for the whole-pipeline row (0: none).")
+@click.option("--pipeline-frames", default=65, show_default=True, help="Frames per clip (pairs = frames - 1).")
+@click.option("--workers", default=len(os.sched_getaffinity(0)), show_default="all cores",
+              help="Worker processes of the pipeline row.")
+@click.option("--flow-batch", default=FLOW_BATCH, show_default=True, help="The pipeline row's --flow-batch.")
 @click.option("--smoke", is_flag=True, help="Tiny sizes on the CPU: checks that the script runs.")
 def main(out: Path, work: Path | None, device: str | None, batches: str, min_pairs: int, max_seconds: float,
          opencv_pairs: int, check_every: int | None, stop_sum: str | None, threads: int, media: Path,
-         cpu_ratio_reps: int, compiled: bool, profile: bool, smoke: bool) -> None:
-    """Pairs/s of OpenCV's TV-L1 per core and of the PyTorch solver per batch size, GPU memory per batch."""
+         cpu_ratio_reps: int, compiled: bool, profile: bool, pipeline_videos: int, pipeline_frames: int, workers: int,
+         flow_batch: int, smoke: bool) -> None:
+    """Pairs/s of OpenCV's TV-L1 per core and of the PyTorch solver per batch size, GPU memory per batch, and of
+    the whole flowprep extract with the torch engine."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
@@ -209,6 +265,21 @@ def main(out: Path, work: Path | None, device: str | None, batches: str, min_pai
         table = pr.key_averages().table(sort_by=key, row_limit=20)
         res["profile"] = {"batch": fitted, "sort_by": key, "table": table.splitlines()}
         click.echo(table)
+    if pipeline_videos:
+        if smoke:
+            pipeline_videos, pipeline_frames, workers, flow_batch = 2, 5, 2, 4
+        with tempfile.TemporaryDirectory(prefix="tvl1-gpu-") as tmp:
+            row = pipeline(work or Path(tmp), media, device=str(dev), params=p, size=size, videos=pipeline_videos,
+                           frames=pipeline_frames, workers=workers, flow_batch=flow_batch)
+        eager = [r for r in rows if r["mode"] == "eager" and "pairs_per_s" in r]
+        if eager:
+            row["vs_solver_best"] = row["pairs_per_s_serving"] / max(r["pairs_per_s"] for r in eager)
+            same = [r for r in eager if r["batch"] == flow_batch]
+            row["vs_solver_at_flow_batch"] = row["pairs_per_s_serving"] / same[0]["pairs_per_s"] if same else None
+        res["pipeline"] = row
+        click.echo(f"pipeline ({row['workers']} workers, --flow-batch {flow_batch}): {row['pairs_per_s_wall']:.2f} "
+                   f"pairs/s over the whole run, {row['pairs_per_s_serving']:.2f} while serving, solver busy "
+                   f"{', '.join(f'{f:.0%}' for f in row['solver_busy_fraction'])}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     click.echo(f"wrote {out}")

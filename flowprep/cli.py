@@ -18,6 +18,7 @@ from flowprep import format as fmt
 from flowprep import frames as frames_mod
 from flowprep import verify as verify_mod
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
+from flowprep.flow_service import FLOW_BATCH
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -185,10 +186,16 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="TV-L1 implementation: OpenCV's, or the PyTorch port (the same flow to the bit on the CPU; "
                    "batches of pairs on a GPU).  [default: opencv on --device cpu, torch on cuda]")
 @click.option("--device", default="cpu", metavar="cpu|cuda|cuda:0,1",
-              help="Where --engine torch computes: the CPU, every visible GPU, or the listed ones (each worker "
-                   "process takes one).")
+              help="Where --engine torch computes: the CPU, every visible GPU, or the listed ones. One flow "
+                   "process per device (one for cpu, on one core) solves the frame pairs of every worker "
+                   "process, in batches across videos; no manual split. With --backend dask each worker "
+                   "computes its own videos' flow instead.")
+@click.option("--flow-batch", type=click.IntRange(min=1), default=FLOW_BATCH,
+              help="--engine torch: at most this many frame pairs (of one frame size, from any videos) per "
+                   "solver call. Out of device memory halves it and goes on (logged once).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, show_default=False,
-              help="Worker processes, one video each (OpenCV single-threaded in each).  "
+              help="Worker processes, one video each (OpenCV single-threaded in each; with --engine torch they "
+                   "decode, encode and write while the flow process computes).  "
                    f"[default: all cores available to this process, here {runner.default_workers()}]")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
               help="Clip flow to +-BOUND pixels, then quantize to uint8 (step 2*BOUND/255 px). 20 is the "
@@ -246,7 +253,8 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
                    "count the task as failed.")
 @click.option("--debug", is_flag=True, help="Show the full traceback of a crash instead of one line.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
-def extract(videos: Path, out: Path, method: str, engine: str | None, device: str, workers: int | None, bound: float, videos_per_shard: int,
+def extract(videos: Path, out: Path, method: str, engine: str | None, device: str, flow_batch: int, workers: int | None,
+            bound: float, videos_per_shard: int,
             class_index: Path | None, layout: str | None, labels: tuple[Path, ...], unlabelled: bool,
             size_text: str | None, short_side: int | None, frame_step: int,
             no_rgb: bool, jpeg_quality: int, task_index: int | None, task_count: int | None, backend: str,
@@ -290,7 +298,7 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
                                          decode=decode, storage=storage, workers=workers, task_index=task.index,
                                          task_count=task.count, backend=jobs_backend, progress=progress,
                                          inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
-                                         check=check)
+                                         check=check, flow_batch=flow_batch)
     except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_backend.BackendUsageError) as exc:
         raise RunError(str(exc)) from exc
     except dask_backend.BackendError as exc:

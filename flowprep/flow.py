@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from flowprep.config import FarnebackParams, FlowConfig, TVL1Params
+from flowprep.flow_client import FlowClient
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -75,11 +76,12 @@ class FlowEstimator:
 
 
 class TorchTVL1:
-    """TV-L1 by the PyTorch port (flowprep/tvl1_torch.py): all the pairs of a chunk in one batch.
+    """TV-L1 by the PyTorch port (flowprep/tvl1_torch.py) inside a worker: all the pairs of a chunk in one batch.
 
-    On the CPU the port gives OpenCV's flow to the bit (tests/flowprep/test_tvl1_torch.py), at about
-    twice the time: it is how machines without a GPU check the engine. ``device`` "cuda" uses every
-    visible GPU, "cuda:0,1" those; each worker process takes one of them by its pid.
+    The per-worker path: the Dask backend's workers (and ``run_extract(flow_process=False)``) use it; local
+    worker processes send their frames to a flow process instead (flowprep/flow_service.py). On the CPU the
+    port gives OpenCV's flow to the bit (tests/flowprep/test_tvl1_torch.py), at about twice the time.
+    ``device`` "cuda" uses every visible GPU, "cuda:0,1" those; each worker process takes one by its pid.
     """
 
     def __init__(self, params: TVL1Params, device: str) -> None:
@@ -123,9 +125,10 @@ def estimator_for(config: FlowConfig) -> FlowEstimator:
 
 
 def iter_flow(
-    chunks: Iterable[np.ndarray], estimator: FlowEstimator | TorchTVL1
+    chunks: Iterable[np.ndarray], estimator: FlowEstimator | TorchTVL1 | FlowClient
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """For each RGB chunk (n, H, W, 3), yield it with the float32 flow (m, 2, H, W) it completes.
+    """For each RGB chunk (n, H, W, 3), yield it with the float32 flow (m, 2, H, W) it completes, or
+    with its uint8 codes when a flow process computes them (``FlowClient``: it quantizes too).
 
     The last gray frame of a chunk is kept for the next one, so over the whole video the flows
     concatenate to T - 1 fields (the first chunk gives n - 1, later chunks n) and only one chunk
@@ -137,7 +140,9 @@ def iter_flow(
         frames = gray if prev is None else np.concatenate([prev[None], gray])
         # Fill a C-contiguous array: np.stack of the (2, H, W) views would keep their (H, W, 2) memory
         # order, and quantize() would then copy the whole float32 chunk once more.
-        if isinstance(estimator, TorchTVL1):
+        if isinstance(estimator, FlowClient):
+            flow = estimator.codes(frames)
+        elif isinstance(estimator, TorchTVL1):
             flow = estimator.pairs(frames)
         else:
             flow = np.empty((max(len(frames) - 1, 0), 2, *gray.shape[1:]), np.float32)

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
@@ -30,6 +31,8 @@ from flowprep import manifest as mf
 from flowprep.lock import SUFFIX as LOCK_SUFFIX, OutputLock, describe as describe_holder
 from flowprep.manifest import RunConflict  # noqa: F401  (raised by run_extract; callers catch runner.RunConflict)
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
+from flowprep.flow_processes import FlowProcesses
+from flowprep.flow_service import FLOW_BATCH, WAIT_S
 from flowprep.worker import VideoJob, VideoResult, failed_path, is_complete, read_failure, run_jobs
 from flowprep.writer import VideoMeta, write_file_attrs
 
@@ -56,6 +59,7 @@ class RunSummary:
     repaired: list[str] = field(default_factory=list)  # what this call found damaged and redid, one line each
     retried: list[str] = field(default_factory=list)  # failed videos given another try (changed file, --retry-failed)
     notes: list[str] = field(default_factory=list)  # e.g. the stale lock that was taken over
+    flow_processes: list[dict[str, Any]] = field(default_factory=list)  # each flow process's batch statistics
 
 
 def default_workers() -> int:
@@ -327,6 +331,9 @@ def run_extract(
     inputs_sha256: str | None = None,
     retry_failed: bool = False,
     check: bool = False,
+    flow_batch: int = FLOW_BATCH,
+    flow_process: bool = True,
+    flow_wait_s: float = WAIT_S,
 ) -> RunSummary:
     """Extract ``videos`` (this task's share, paths relative to ``videos_root``) into ``out``; resumable.
 
@@ -335,6 +342,11 @@ def run_extract(
     ``check``) are extracted again, and failed videos whose file changed (all with ``retry_failed``)
     are tried again. ``inputs_sha256`` records the listing the task planned from (``verify`` compares
     the tasks' records).
+
+    With ``flow.engine == "torch"`` on local worker processes (``backend`` "loky"), one flow process per
+    device solves the flow of every worker (flowprep/flow_service.py: batches of up to ``flow_batch``
+    pairs across videos of one frame size, waiting up to ``flow_wait_s`` for more); ``flow_process=False``
+    (and the Dask backend) computes it in each worker instead, one chunk per call.
     """
     videos_root, out = Path(videos_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -371,14 +383,17 @@ def run_extract(
         for shard in shards:
             run.maybe_finish(shard)  # shards whose videos were all resolved before a crash
         run.write_manifest()
+        todo = [(shard, n, meta) for shard in shards for n, meta in enumerate(shard.videos)
+                if not (run.is_done(shard) or meta.video_id in run.resolved[shard.name])]
+        services = None
+        if todo and flow_process and flow.engine == "torch" and backend == "loky":
+            services = FlowProcesses(flow, max_batch=flow_batch, wait_s=flow_wait_s)
+        addresses = services.addresses if services else ()
         jobs, shard_of = [], {}
-        for shard in shards:
-            for n, meta in enumerate(shard.videos):
-                if run.is_done(shard) or meta.video_id in run.resolved[shard.name]:
-                    continue
-                shard_of[meta.video_id] = (shard, n, meta)
-                job = VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode, storage, chunk_frames)
-                jobs.append(job)
+        for shard, n, meta in todo:
+            shard_of[meta.video_id] = (shard, n, meta)
+            jobs.append(VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode,
+                                 storage, chunk_frames, addresses))
         summary.reused = len(videos) - len(jobs)
         bar.update(summary.reused)
 
@@ -397,7 +412,8 @@ def run_extract(
         try:
             with warnings.catch_warnings():  # joblib warns that it cancelled the other jobs when one raises
                 warnings.filterwarnings("ignore", message=".*tasks which were still being processed", category=UserWarning)
-                run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+                with services or nullcontext():
+                    run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
         except BaseException:
             run.close_unfinished(after_error=True)
             raise
@@ -409,6 +425,7 @@ def run_extract(
         _remove_if_empty(out / WORK_DIR)
         summary.failures, summary.shards = list(manifest["failures"]), [s["name"] for s in manifest["shards"]]
         summary.seconds = time.perf_counter() - start
+        summary.flow_processes = services.stats if services else []
         return summary
 
 

@@ -26,6 +26,8 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.decode import DecodeError, VideoStream
 from flowprep.flow import estimator_for, iter_flow
+from flowprep.flow_client import client_for
+from flowprep.flow_service import Address, FlowProcessLost
 from flowprep.writer import VideoMeta, VideoWriter
 
 # Test-only fault injection: a worker given this source path dies by SIGSEGV, as a decoder crash
@@ -43,6 +45,7 @@ class VideoJob:
     decode: DecodeConfig
     storage: StorageConfig
     chunk_frames: int = 32
+    flow_service: tuple[Address, ...] = ()  # flow processes to send frames to (--engine torch), else flow here
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,10 @@ def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
         # A chunk holds RGB (3 B/px) and float32 flow (8 B/px): cap it near CHUNK_BYTES so that
         # full-HD videos on many workers do not exhaust memory; it does not change the output.
         chunk = max(2, min(job.chunk_frames, CHUNK_BYTES // (11 * info.height * info.width)))
-        for rgb, flow in iter_flow(stream.chunks(chunk), estimator_for(job.flow)):  # the video's own errors
-            q = writer.quantize(flow) if len(flow) else None
+        estimator = client_for(job.flow_service) if job.flow_service else estimator_for(job.flow)
+        for rgb, flow in iter_flow(stream.chunks(chunk), estimator):  # the video's own errors
+            # A flow process sends codes, quantized there by the same function (flowprep.quantize).
+            q = (flow if flow.dtype == np.uint8 else writer.quantize(flow)) if len(flow) else None
             jpegs = encode_jpegs(rgb, storage.jpeg_quality) if storage.rgb else None
             with _output(tmp):
                 if q is not None:
@@ -168,7 +173,7 @@ def extract_video(job: VideoJob) -> VideoResult:
             num_threads=1,
         )
         frames = _write(job, stream, tmp)
-    except OutputError:
+    except (OutputError, FlowProcessLost):  # the run's problem, not the video's: the run stops, retriable
         tmp.unlink(missing_ok=True)
         running.unlink(missing_ok=True)
         raise

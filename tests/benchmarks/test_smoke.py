@@ -52,9 +52,12 @@ def test_flow_quality_smoke_measures_agreement_and_epe_for_both_engines(tmp_path
 
 
 @pytest.mark.slow
-def test_tvl1_gpu_smoke_measures_opencv_per_core_and_the_solver_per_batch(tmp_path) -> None:
+def test_tvl1_gpu_smoke_measures_opencv_per_core_the_solver_per_batch_and_the_pipeline(tmp_path) -> None:
     res = _run("benchmarks.tvl1_gpu", tmp_path, "--profile", "--cpu-ratio-reps", "1")
     assert res["opencv_pairs_per_s_per_core"] > 0
     assert [r["batch"] for r in res["torch"]] == [1, 2]
     assert all(r["pairs_per_s"] > 0 and r["ratio_vs_one_core"] > 0 for r in res["torch"])
     assert res["profile"]["table"] and res["cpu_ratio"]["median_torch_over_opencv"] > 0
+    row = res["pipeline"]  # the whole flowprep extract through one flow process
+    assert (row["pairs"], row["workers"], [s["device"] for s in row["flow_processes"]]) == (8, 2, ["cpu"])
+    assert row["pairs_per_s_wall"] > 0 and row["vs_solver_best"] > 0 and 0 < row["solver_busy_fraction"][0] <= 1

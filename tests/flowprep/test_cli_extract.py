@@ -126,11 +126,15 @@ def test_real_subprocess_with_two_workers_survives_a_worker_crash(ucf_tree: Path
 
 def test_every_extract_default_comes_from_the_run_dataclasses() -> None:
     from flowprep.cli import extract
+    import inspect
+
     from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
+    from flowprep.runner import run_extract
 
     defaults = {p.name: p.default for p in extract.params}
     assert defaults["bound"] == FlowConfig().bound
     assert defaults["jpeg_quality"] == StorageConfig().jpeg_quality
     assert defaults["videos_per_shard"] == StorageConfig().videos_per_shard
     assert defaults["frame_step"] == DecodeConfig().frame_step
+    assert defaults["flow_batch"] == inspect.signature(run_extract).parameters["flow_batch"].default
     assert defaults["tvl1_lambda_"] == TVL1Params().lambda_ and defaults["farneback_winsize"] == FarnebackParams().winsize
