@@ -50,9 +50,12 @@ from isal import isal_zlib
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 from benchmarks.jpeg_layout import JpegFlowStackDataset, write_jpeg_tree
-from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
-from trainer.crops import EVAL_RESIZE_RATIO
-from trainer.transforms import TRAIN_PARAMS, prepare_train_batch
+from trainer.data.datasets import FlowStackDataset
+from trainer.data.lists import read_video_list
+from trainer.data.read import read_flow
+from trainer.data.shards import VideoRecord, index_shards
+from trainer.data.crops import EVAL_RESIZE_RATIO
+from trainer.data.transforms import TRAIN_PARAMS, prepare_train_batch
 
 BOUND = 20.0
 
@@ -110,8 +113,8 @@ _ISAL_FILES: dict[Path, h5py.File] = {}
 
 
 def read_flow_isal(rec: VideoRecord, start: int, stop: int) -> np.ndarray:
-    """``trainer.data.read_flow``'s direct path with ISA-L instead of libdeflate (what it used before); files
-    stay open, as trainer.data keeps them."""
+    """``trainer.data.read.read_flow``'s direct path with ISA-L instead of libdeflate (what it used before); files
+    stay open, as trainer.data.read keeps them."""
     f = _ISAL_FILES.get(rec.shard) or _ISAL_FILES.setdefault(rec.shard, h5py.File(rec.shard, "r", rdcc_nbytes=0))
     ds = f[f"videos/{rec.video_id}/flow"]
     n = ds.shape[1] * ds.shape[2] * ds.shape[3]

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer import distributed
-from trainer.batches import SharedBatchLoader
-from trainer.data import VideoEvalDataset
-from trainer.losses import class_log_probs
-from trainer.transforms import TRAIN_PARAMS, prepare_batch, prepare_train_batch
+from trainer.data.batches import SharedBatchLoader
+from trainer.data.datasets import VideoEvalDataset
+from trainer.data.transforms import TRAIN_PARAMS, prepare_batch, prepare_train_batch
+from trainer.models.losses import class_log_probs
 
 Inputs = Union[Tensor, tuple[Tensor, Tensor]]  # one stream's batch, or the joint stream's (rgb, flow)
 Output = Union[Tensor, dict[str, Tensor]]  # logits, or TwoStream's {"spatial", "temporal", "fused"}

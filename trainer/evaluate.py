@@ -25,12 +25,15 @@ from torch.utils.data import DataLoader
 
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
-from trainer.data import DataError, VideoEvalDataset, index_shards, read_video_list
+from trainer.data.datasets import VideoEvalDataset
+from trainer.data.errors import DataError
+from trainer.data.joint_datasets import JointEvalDataset
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
+from trainer.distributed import amp_dtype_for
 from trainer.engine import evaluate
-from trainer.fit import amp_dtype_for
-from trainer.joint import JointEvalDataset
-from trainer.models import LearnedFusion
-from trainer.networks import build_model
+from trainer.models.build import build_model
+from trainer.models.fusion import LearnedFusion
 
 FUSIONS = ("average", "weighted", "learned")
 

@@ -10,7 +10,7 @@ RUN_DIR/metrics.jsonl   one JSON line per epoch
 sample's augmentation is drawn from its own seed (run seed, epoch, dataset index), and the
 checkpoint holds every process's RNG state (dropout, shuffling).
 
-The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.joint`` items (a flow stack
+The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.data.joint_datasets`` items (a flow stack
 and its centre RGB frame, one crop and flip for both) with ``losses.JointLoss``; its validation accuracy,
 which picks best.pt, is the fused output's, and metrics.jsonl adds each stream's (``val_acc_spatial``,
 ``val_acc_temporal``).
@@ -34,13 +34,14 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer import checkpoint as ckpt_io
 from trainer import distributed
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
-from trainer.data import DataError, index_shards, read_video_list
+from trainer.data.errors import DataError
+from trainer.data.lists import read_video_list
+from trainer.data.loaders import make_train_loader, make_val_loader
+from trainer.data.shards import index_shards
+from trainer.distributed import amp_dtype_for
 from trainer.engine import evaluate, train_one_epoch
-from trainer.loaders import make_train_loader, make_val_loader
-from trainer.losses import JointLoss
-from trainer.networks import build_model, init_streams
-
-__all__ = ["METRICS", "amp_dtype_for", "build_model", "fit", "lr_lambda", "seed_everything"]  # build_model: networks
+from trainer.models.build import build_model, init_streams
+from trainer.models.losses import JointLoss
 
 METRICS = "metrics.jsonl"
 
@@ -59,15 +60,6 @@ def lr_lambda(optim: OptimConfig, iters_per_epoch: int):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
-
-
-def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only; ``auto`` prefers bf16 (no loss scaling needed) where supported."""
-    if device.type != "cuda" or mode == "none":
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 def seed_everything(seed: int) -> None:

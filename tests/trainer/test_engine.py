@@ -11,10 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.config import OptimConfig
-from trainer.data import FlowStackDataset, VideoEvalDataset, index_shards, read_video_list
+from trainer.data.datasets import FlowStackDataset, VideoEvalDataset
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
 from trainer.engine import evaluate, train_one_epoch
 from trainer.fit import lr_lambda
-from trainer.transforms import prepare_batch
+from trainer.data.transforms import prepare_batch
 
 CPU = torch.device("cpu")
 L = 2  # flow fields per sample: 4 input channels

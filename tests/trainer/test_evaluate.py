@@ -11,12 +11,12 @@ import torch
 
 from trainer import checkpoint as ck
 from trainer.config import DataConfig, ModelConfig, to_dict
-from trainer.data import DataError
+from trainer.data.errors import DataError
 from trainer.evaluate import (
     ALPHA_CRITERION, confusion_matrix, fit_learned_fusion, fused_log_likelihood, load_scores, plot_confusion, report,
     run_evaluate, score_metrics, search_alpha, topk_accuracy,
 )
-from trainer.fit import build_model
+from trainer.models.build import build_model
 
 CPU = torch.device("cpu")
 

@@ -10,8 +10,9 @@ import torch
 
 from trainer import checkpoint as ck
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from trainer.data import DataError
-from trainer.fit import METRICS, amp_dtype_for, fit, lr_lambda
+from trainer.data.errors import DataError
+from trainer.distributed import amp_dtype_for
+from trainer.fit import METRICS, fit, lr_lambda
 
 TIMING = {"samples_per_s", "data_wait_frac"}  # wall-clock fields differ between runs
 

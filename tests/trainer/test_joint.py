@@ -26,15 +26,19 @@ from torch.utils.data import DataLoader
 from trainer import checkpoint as ck
 from trainer.cli import main
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
-from trainer.data import FlowStackDataset, index_shards, read_frame, read_video_list
+from trainer.data.datasets import FlowStackDataset
+from trainer.data.lists import read_video_list
+from trainer.data.read import read_frame
+from trainer.data.shards import index_shards
 from trainer.engine import evaluate, train_one_epoch
-from trainer.losses import JointLoss
+from trainer.models.losses import JointLoss
 from trainer.evaluate import load_scores, run_evaluate, score_metrics
 from trainer.fit import METRICS, fit, lr_lambda
-from trainer.joint import JointDataset, JointEvalDataset
-from trainer.models import SpatialStream, TemporalStream, TwoStream
-from trainer.networks import build_fusion, build_model, init_streams
-from trainer.transforms import FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
+from trainer.data.joint_datasets import JointDataset, JointEvalDataset
+from trainer.models.fusion import TwoStream
+from trainer.models.streams import SpatialStream, TemporalStream
+from trainer.models.build import build_fusion, build_model, init_streams
+from trainer.data.transforms import FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
 
 CPU = torch.device("cpu")
 L = 2  # flow fields per stack in every test here
@@ -145,7 +149,7 @@ def test_device_items_are_the_same_window_of_stack_and_centre_frame(tiny_shards)
 
 
 def test_eval_items_pair_each_stack_with_its_centre_frame(tiny_shards) -> None:
-    from trainer.data import VideoEvalDataset
+    from trainer.data.datasets import VideoEvalDataset
 
     recs = read_video_list(tiny_shards.test_list, index_shards(tiny_shards.root))
     ds = JointEvalDataset(recs, samples=4, crops=10, flow_length=3, crop_size=24)

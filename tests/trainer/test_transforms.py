@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from flowprep.quantize import quantize, scale_and_offset
-from trainer.data import index_shards
-from trainer.crops import crop_resize
-from trainer.transforms import (
+from trainer.data.shards import index_shards
+from trainer.data.crops import crop_resize
+from trainer.data.transforms import (
     FLOW_NORM_PX, IMAGENET_MEAN, IMAGENET_STD, RESAMPLERS, hflip_flow_uint8, hflip_rgb, prepare_batch,
     prepare_train_batch,
 )

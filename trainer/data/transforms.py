@@ -1,7 +1,7 @@
 """Sample transforms: flips of uint8 samples, and the device side (dequantize, normalise, batched crops).
 
 Division of labour. A dataset item stays uint8 all the way to the device (4x less to copy than float32):
-the dataset picks a crop box (``trainer.crops``), crops and resizes to ``crop_size`` with OpenCV and flips, all on uint8, and
+the dataset picks a crop box (``trainer.data.crops``), crops and resizes to ``crop_size`` with OpenCV and flips, all on uint8, and
 returns the resize factors ``(sx, sy) = (crop_size / crop_w, crop_size / crop_h)``. ``prepare_batch`` then
 runs on the device: flow is dequantized with the shard's own ``scale_factor``/``add_offset`` (never an
 assumed bound), u is multiplied by sx and v by sy because a displacement of d pixels in the stored frame is
