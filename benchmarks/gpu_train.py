@@ -100,8 +100,9 @@ def _sync(device: torch.device) -> None:
 def ceiling(stream: str, *, arch: str, batch: int, crop: int, window: tuple[int, int], steps: int,
             device: torch.device, device_crop: bool) -> float:
     """samples/s of train_one_epoch on one pinned batch repeated (median of 3 epochs after a warm-up)."""
-    from trainer.engine import train_one_epoch
+    from trainer.data.transforms import BatchPreparer
     from trainer.distributed import amp_dtype_for
+    from trainer.engine import train_one_epoch
     from trainer.models.streams import spatial_stream, temporal_stream
 
     net = temporal_stream(arch=arch, num_classes=8) if stream == "temporal" else spatial_stream(arch=arch, num_classes=8)
@@ -119,10 +120,11 @@ def ceiling(stream: str, *, arch: str, batch: int, crop: int, window: tuple[int,
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
+    prepare = BatchPreparer(device=device, stream=stream, scale_factor=2 * BOUND / 255, add_offset=-BOUND,
+                            amp_dtype=amp_dtype_for("bf16", device), channels_last=cuda)
     rates = []
     for ep in range(4):
-        s = train_one_epoch(net, [b] * steps, opt, sched, scaler, device=device, stream=stream, scale_factor=2 * BOUND / 255,
-                            add_offset=-BOUND, epoch=ep, amp_dtype=amp_dtype_for("bf16", device), channels_last=cuda,
+        s = train_one_epoch(net, torch.nn.CrossEntropyLoss(), opt, sched, scaler, [b] * steps, prepare, ep,
                             max_grad_norm=40.0, show_progress=False)
         rates.append(s["samples_per_s"])
     return statistics.median(rates[1:])

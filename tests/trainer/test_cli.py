@@ -244,10 +244,10 @@ def test_no_flip_turns_the_training_flip_off(tiny_shards, tmp_path, monkeypatch,
     for name in ("hflip_rgb", "hflip_flow_uint8"):
         real = getattr(datasets, name)
         monkeypatch.setattr(datasets, name, lambda x, real=real: flips.append(1) or real(x))
-    from trainer import engine
+    from trainer.data import transforms
 
-    real_step = engine.prepare_train_batch  # device-side crops: each sample's params carry its flip flag
-    monkeypatch.setattr(engine, "prepare_train_batch",
+    real_step = transforms.prepare_train_batch  # device-side crops: each sample's params carry its flip flag
+    monkeypatch.setattr(transforms, "prepare_train_batch",
                         lambda x, params, **kw: flips.extend([1] * int(params[:, 4].sum())) or real_step(x, params, **kw))
     counts = {}
     for flag in ("--flip", "--no-flip"):
