@@ -179,8 +179,7 @@ def _fit(
         progress.epoch = epoch + 1
         progress.history.append(stats)
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes),
-                 "scale_factor": index.scale_factor, "add_offset": index.add_offset}
+                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes)}
         _save_epoch(out, state, progress, stats, is_best=is_best, dist=dist)
     return stats
 
