@@ -2,7 +2,7 @@
 
 All rows draw the same kind of samples (random start, L consecutive fields, TSN multi-scale crop,
 random flip that negates u); they differ in storage and in WHERE the crop is resized:
-- ``shards``: ``trainer.data.FlowStackDataset`` as ``trainer fit`` uses it when all videos share one
+- ``shards``: ``trainer.data.datasets.FlowStackDataset`` as ``trainer fit`` uses it when all videos share one
   size (``frame_size``): L fields read from the HDF5 shard (gzip, 1 field/chunk) into the window that
   holds the box; NO crop, resize or flip in the worker: those run later, batched, on the device
   (``transforms.prepare_train_batch``). Its CPU cost is measured separately (``device step on CPU``)
