@@ -50,7 +50,7 @@ class ShardIndex:
     height: int  # stored frame size when all videos share it, else 0
     width: int
     has_rgb: bool  # every video has JPEG frames
-    bound: float  # B of the shards' root params: scale_factor = 2B/255, add_offset = -B (flowprep.quantize)
+    bound: float  # B of the shards' root params; the factors above are flowprep.format.scale_and_offset(B)
 
 
 def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict]]:
