@@ -3,7 +3,7 @@
 The rows rewrite the quantized flow of an extraction (one field per chunk, appended in batches of 32 as the
 writer does) in this process, single-threaded: through flowprep's own writer, HDF5's filters, and ISA-L
 deflate into raw gzip chunks. "read" goes through HDF5's filter pipeline (any reader); "direct read" reads
-the raw chunk and inflates it with libdeflate, as ``trainer.data`` does (and, for comparison, with ISA-L). Plugin rows (Blosc, LZ4, Zstd)
+the raw chunk and inflates it with libdeflate, as ``trainer.data.read`` does (and, for comparison, with ISA-L). Plugin rows (Blosc, LZ4, Zstd)
 appear when ``hdf5plugin`` imports. Used by ``benchmarks.extract``.
 """
 
@@ -96,7 +96,7 @@ def filters() -> dict[str, Writer]:
 
 def filter_run(q: np.ndarray, write: Writer, path: Path) -> tuple[float, float, tuple[float, float] | None, float]:
     """(ms per field to compress + write, ms per field to read one field through HDF5, the same reading the raw
-    chunk and inflating it with (libdeflate as trainer.data does, ISA-L) (gzip only), bytes per field) of ``q``."""
+    chunk and inflating it with (libdeflate as trainer.data.read does, ISA-L) (gzip only), bytes per field) of ``q``."""
     t0 = time.perf_counter()
     with h5py.File(path, "w") as f:
         ds = write(f, q)

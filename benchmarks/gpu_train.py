@@ -8,7 +8,7 @@
    224x224 batches, and the device step alone with roi_align vs grid_sample.
 3. The real ``python3 -m trainer fit`` for each stream (resnet50, batch 64, crop 224, bf16,
    channels_last, 14 workers, epochs of --steps iterations) with each loader, one after the other on the
-   same shards: ``ring`` (--shared-batches, trainer/batches.py) and ``collate`` (--no-shared-batches,
+   same shards: ``ring`` (--shared-batches, trainer/data/batches.py) and ``collate`` (--no-shared-batches,
    torch's default collate and pin_memory). Samples/s and data_wait_frac are the medians of the epochs
    after the first (steady state) from metrics.jsonl.
 Prints and writes a JSON summary (GPU name, CPU count, versions).
@@ -100,9 +100,10 @@ def _sync(device: torch.device) -> None:
 def ceiling(stream: str, *, arch: str, batch: int, crop: int, window: tuple[int, int], steps: int,
             device: torch.device, device_crop: bool) -> float:
     """samples/s of train_one_epoch on one pinned batch repeated (median of 3 epochs after a warm-up)."""
+    from trainer.data.transforms import BatchPreparer
+    from trainer.distributed import amp_dtype_for
     from trainer.engine import train_one_epoch
-    from trainer.fit import amp_dtype_for
-    from trainer.models import spatial_stream, temporal_stream
+    from trainer.models.streams import spatial_stream, temporal_stream
 
     net = temporal_stream(arch=arch, num_classes=8) if stream == "temporal" else spatial_stream(arch=arch, num_classes=8)
     cuda = device.type == "cuda"
@@ -119,10 +120,11 @@ def ceiling(stream: str, *, arch: str, batch: int, crop: int, window: tuple[int,
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
+    prepare = BatchPreparer(device=device, stream=stream, scale_factor=2 * BOUND / 255, add_offset=-BOUND,
+                            amp_dtype=amp_dtype_for("bf16", device), channels_last=cuda)
     rates = []
     for ep in range(4):
-        s = train_one_epoch(net, [b] * steps, opt, sched, scaler, device=device, stream=stream, scale_factor=2 * BOUND / 255,
-                            add_offset=-BOUND, epoch=ep, amp_dtype=amp_dtype_for("bf16", device), channels_last=cuda,
+        s = train_one_epoch(net, torch.nn.CrossEntropyLoss(), opt, sched, scaler, [b] * steps, prepare, ep,
                             max_grad_norm=40.0, show_progress=False)
         rates.append(s["samples_per_s"])
     return statistics.median(rates[1:])
@@ -130,7 +132,7 @@ def ceiling(stream: str, *, arch: str, batch: int, crop: int, window: tuple[int,
 
 def device_step_ms(method: str, *, batch: int, crop: int, window: tuple[int, int], device: torch.device) -> float:
     """Milliseconds per batch of prepare_train_batch (temporal, L=10) on ``device``."""
-    from trainer.transforms import prepare_train_batch
+    from trainer.data.transforms import prepare_train_batch
 
     x = torch.randint(0, 256, (batch, 20, *window), dtype=torch.uint8, device=device)
     rng = np.random.default_rng(0)
@@ -175,7 +177,7 @@ def _gpu_name() -> str:
         return "none (no nvidia-smi)"
 
 
-LOADERS = {"ring": ("--shared-batches",), "collate": ("--no-shared-batches",)}  # trainer/batches.py vs torch's collate
+LOADERS = {"ring": ("--shared-batches",), "collate": ("--no-shared-batches",)}  # trainer/data/batches.py vs torch's collate
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,7 +191,7 @@ LOADERS = {"ring": ("--shared-batches",), "collate": ("--no-shared-batches",)}  
 @click.option("--epochs", default=4, show_default=True, help="trainer fit epochs; the first is not counted.")
 @click.option("--streams", default="temporal,spatial", show_default=True, help="Streams to run trainer fit on.")
 @click.option("--loaders", default="ring,collate", show_default=True,
-              help="ring: --shared-batches (trainer/batches.py); collate: --no-shared-batches. Run one after the other.")
+              help="ring: --shared-batches (trainer/data/batches.py); collate: --no-shared-batches. Run one after the other.")
 @click.option("--extras", is_flag=True, help="Also the pre-cropped ceilings and the device step (roi_align vs grid_sample).")
 def main(out: Path, work: Path, smoke: bool, workers: int, steps: int, epochs: int, streams: str, loaders: str,
          extras: bool) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.crops import crop_resize, multiscale_crop_box
-from trainer.data import VideoRecord
-from trainer.transforms import hflip_flow_uint8
+from trainer.data.crops import crop_resize, multiscale_crop_box
+from trainer.data.shards import VideoRecord
+from trainer.data.transforms import hflip_flow_uint8
 
 
 def write_jpeg_tree(root: Path, records: list[VideoRecord], quantized: list[np.ndarray]) -> None:

@@ -2,7 +2,7 @@
 
 All rows draw the same kind of samples (random start, L consecutive fields, TSN multi-scale crop,
 random flip that negates u); they differ in storage and in WHERE the crop is resized:
-- ``shards``: ``trainer.data.FlowStackDataset`` as ``trainer fit`` uses it when all videos share one
+- ``shards``: ``trainer.data.datasets.FlowStackDataset`` as ``trainer fit`` uses it when all videos share one
   size (``frame_size``): L fields read from the HDF5 shard (gzip, 1 field/chunk) into the window that
   holds the box; NO crop, resize or flip in the worker: those run later, batched, on the device
   (``transforms.prepare_train_batch``). Its CPU cost is measured separately (``device step on CPU``)
@@ -50,9 +50,12 @@ from isal import isal_zlib
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 from benchmarks.jpeg_layout import JpegFlowStackDataset, write_jpeg_tree
-from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
-from trainer.crops import EVAL_RESIZE_RATIO
-from trainer.transforms import TRAIN_PARAMS, prepare_train_batch
+from trainer.data.datasets import FlowStackDataset
+from trainer.data.lists import read_video_list
+from trainer.data.read import read_flow
+from trainer.data.shards import VideoRecord, index_shards
+from trainer.data.crops import EVAL_RESIZE_RATIO
+from trainer.data.transforms import TRAIN_PARAMS, prepare_train_batch
 
 BOUND = 20.0
 
@@ -110,8 +113,8 @@ _ISAL_FILES: dict[Path, h5py.File] = {}
 
 
 def read_flow_isal(rec: VideoRecord, start: int, stop: int) -> np.ndarray:
-    """``trainer.data.read_flow``'s direct path with ISA-L instead of libdeflate (what it used before); files
-    stay open, as trainer.data keeps them."""
+    """``trainer.data.read.read_flow``'s direct path with ISA-L instead of libdeflate (what it used before); files
+    stay open, as trainer.data.read keeps them."""
     f = _ISAL_FILES.get(rec.shard) or _ISAL_FILES.setdefault(rec.shard, h5py.File(rec.shard, "r", rdcc_nbytes=0))
     ds = f[f"videos/{rec.video_id}/flow"]
     n = ds.shape[1] * ds.shape[2] * ds.shape[3]

@@ -4,7 +4,7 @@
    L=10 fields of a 240x240 window) and the whole item (read + box/flip draw + tensor).
 2. The training loader of ``trainer fit`` alone (``loaders.make_train_loader``, device-crop temporal
    items, batch 64), items/s with 1 and with N workers, for each loader side by side: ``ring``
-   (--shared-batches: batches written into reused shared buffers, pinned on CUDA, trainer/batches.py)
+   (--shared-batches: batches written into reused shared buffers, pinned on CUDA, trainer/data/batches.py)
    and ``collate`` (--no-shared-batches: torch's default collate, pin_memory on CUDA). On CUDA each batch
    is also copied to the device, as the training step would; i.e. the most a training run could be fed.
    Repetitions alternate the loaders (medians reported): the machine's load drifts.
@@ -26,9 +26,12 @@ import torch
 
 from benchmarks.gpu_train import make_shards
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import FlowStackDataset, VideoRecord, index_shards, read_flow, read_video_list
+from trainer.data.datasets import FlowStackDataset
+from trainer.data.lists import read_video_list
+from trainer.data.read import read_flow
+from trainer.data.shards import VideoRecord, index_shards
 from trainer.distributed import DistInfo
-from trainer.loaders import make_train_loader
+from trainer.data.loaders import make_train_loader
 
 
 def loader_rate(records: list[VideoRecord], frame_size: tuple[int, int], *, workers: int, shared: bool, batches: int,

@@ -7,7 +7,11 @@ A checkpoint is one ``torch.save`` dict::
      "epoch": last finished epoch (0-based), "best_acc": float, "best_loss": float (its validation loss),
      "rng": rng_state(),
      "config": {"model": {...}, "data": {...}, "optim": {...}, "run": {...}},
-     "classes": [class names], "scale_factor": float, "add_offset": float}
+     "classes": [class names]}
+
+No flow quantization factors: a network's flow input is in pixels / ``transforms.FLOW_NORM_PX`` whatever the
+bound of the shards, which are always dequantized with their own ``scale_factor``/``add_offset`` (checkpoints
+written before this kept the training shards' factors, which nothing read; they still load).
 
 ``RUN_DIR/checkpoint.pt`` is the latest epoch, ``RUN_DIR/best.pt`` the best on the validation list.
 """

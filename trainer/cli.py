@@ -20,7 +20,7 @@ from trainer.config import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
-# trainer.models.ARCHS, repeated so that --help and usage errors answer without importing torch (tested equal).
+# trainer.models.streams.ARCHS, repeated so that --help and usage errors answer without importing torch (tested equal).
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
@@ -54,9 +54,9 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from trainer.checkpoint import CheckpointError
-        from trainer.data import DataError
+        from trainer.data.errors import DataError
         from trainer.distributed import DeviceError
-        from trainer.models import PretrainedError
+        from trainer.models.pretrained import PretrainedError
 
         try:
             return fn(*args, **kwargs)

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 Stream = Literal["spatial", "temporal", "joint"]
 STREAMS: tuple[str, ...] = ("spatial", "temporal", "joint")  # joint: TwoStream(spatial, temporal, fusion)
-JOINT_FUSIONS: tuple[str, ...] = ("average", "weighted", "learned", "feature")  # trainer.networks.build_fusion
+JOINT_FUSIONS: tuple[str, ...] = ("average", "weighted", "learned", "feature")  # trainer.models.build.build_fusion
 SCHEDULES: tuple[str, ...] = ("cosine", "step")
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
 
@@ -85,7 +85,7 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes per process
     val_samples: int = 5  # frames / stacks per validation video (video-level accuracy, centre crop)
     flip: bool = True  # random horizontal flip in training; off for classes a mirror swaps (left/right)
-    # Workers write training batches into reused shared (on CUDA pinned) buffers: trainer/batches.py.
+    # Workers write training batches into reused shared (on CUDA pinned) buffers: trainer/data/batches.py.
     # False: torch's default collate into fresh shared memory per batch (kept for comparison).
     shared_batches: bool = True
 

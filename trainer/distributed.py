@@ -1,4 +1,5 @@
-"""Process-group setup for ``torchrun`` (one process per GPU, or several CPU processes with gloo).
+"""Devices and processes: the device a run uses and its mixed precision, and the process group of ``torchrun``
+(one process per GPU, or several CPU processes with gloo).
 
 Single-process runs never touch ``torch.distributed``; every helper here degrades to a no-op.
 """
@@ -45,6 +46,15 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA only; ``auto`` prefers bf16 (no loss scaling needed) where supported."""
+    if device.type != "cuda" or mode == "none":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 def init_distributed(device: torch.device) -> DistInfo:

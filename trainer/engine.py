@@ -1,7 +1,8 @@
 """One training epoch and one evaluation pass, read top to bottom (torchvision references style).
 
 Batches arrive as uint8, from a DataLoader or, in training, from ``batches.SharedBatchLoader`` (already on a
-CUDA device then); ``transforms.prepare_batch`` dequantizes and normalises them on the device.
+CUDA device then); the run's ``transforms.BatchPreparer`` (``prepare``) turns them into the network's input
+on the device (dequantize, crop, flip, normalise, memory format) and gives the forward pass's precision.
 
 The joint stream (``TwoStream``) runs through the same loops: its batches carry a tuple of inputs
 (rgb, flow) that share one crop's ``scale``/``params``, its output is a dict of the two streams' logits
@@ -22,12 +23,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer import distributed
-from trainer.batches import SharedBatchLoader
-from trainer.data import VideoEvalDataset
-from trainer.losses import class_log_probs
-from trainer.transforms import TRAIN_PARAMS, prepare_batch, prepare_train_batch
+from trainer.data.batches import SharedBatchLoader
+from trainer.data.datasets import VideoEvalDataset
+from trainer.data.transforms import BatchPreparer, Inputs
+from trainer.models.losses import class_log_probs
 
-Inputs = Union[Tensor, tuple[Tensor, Tensor]]  # one stream's batch, or the joint stream's (rgb, flow)
 Output = Union[Tensor, dict[str, Tensor]]  # logits, or TwoStream's {"spatial", "temporal", "fused"}
 
 
@@ -40,55 +40,20 @@ def _main_output(output: Output) -> Tensor:
     return output["fused"] if isinstance(output, dict) else output
 
 
-def _to_model_input(
-    x: Tensor | list[Tensor], scale: Tensor, *, device: torch.device, stream: str, scale_factor: float,
-    add_offset: float, channels_last: bool,
-) -> Inputs:
-    if stream == "joint":
-        # (rgb, flow) cut with the same box and flip: each half is prepared as its own stream, with the shared scale.
-        rgb, flow = x
-        kw = dict(device=device, scale_factor=scale_factor, add_offset=add_offset, channels_last=channels_last)
-        return (_to_model_input(rgb, scale, stream="spatial", **kw),
-                _to_model_input(flow, scale, stream="temporal", **kw))
-    x = x.to(device, non_blocking=True)
-    if scale.shape[-1] == TRAIN_PARAMS:
-        # Uncropped training windows + (y0, x0, h, w, flip, size): crop, resize and flip here, batched.
-        # The params stay on the CPU until prepare_train_batch has read the crop size (no device sync).
-        x = prepare_train_batch(x, scale, stream=stream, scale_factor=scale_factor, add_offset=add_offset)
-    else:
-        scale = scale.to(device, non_blocking=True)
-        x = prepare_batch(x, scale, stream=stream, scale_factor=scale_factor, add_offset=add_offset)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def train_one_epoch(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader | SharedBatchLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    *,
-    device: torch.device,
-    stream: str,
-    scale_factor: float,
-    add_offset: float,
-    epoch: int,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    max_grad_norm: float | None = None,
-    criterion: Callable[[Output, Tensor], Tensor] | None = None,
-    show_progress: bool = True,
+    model: nn.Module, criterion: Callable[[Output, Tensor], Tensor], optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+    loader: torch.utils.data.DataLoader | SharedBatchLoader, prepare: BatchPreparer, epoch: int, *,
+    max_grad_norm: float | None = None, show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train for one pass over ``loader``; the scheduler steps once per iteration.
 
-    ``criterion`` defaults to cross-entropy on the logits; the joint stream passes a ``JointLoss``.
-    Returns this process's ``samples`` and the all-process ``loss``, ``acc``, ``samples_per_s``,
-    ``data_wait_frac`` (fraction of the epoch spent blocked on the loader) and ``lr`` (at the end).
+    ``criterion``: cross-entropy on the logits (``nn.CrossEntropyLoss()``), or the joint stream's ``JointLoss``.
+    ``epoch`` (1-based) names the progress bar and a divergence. Returns this process's ``samples`` and the
+    all-process ``loss``, ``acc``, ``samples_per_s``, ``data_wait_frac`` (fraction of the epoch spent blocked on
+    the loader) and ``lr`` (at the end).
     """
     model.train()
-    criterion = criterion or nn.CrossEntropyLoss()
     loss_sum, correct, seen = 0.0, 0, 0
     wait = 0.0
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True, leave=False)
@@ -101,13 +66,9 @@ def train_one_epoch(
         if batch is None:
             break
         x, scale, target = batch
-        x = _to_model_input(
-            x, scale, device=device, stream=stream, scale_factor=scale_factor, add_offset=add_offset,
-            channels_last=channels_last,
-        )
-        target = target.to(device, non_blocking=True)
+        x, target = prepare(x, scale), prepare.target(target)
 
-        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with prepare.autocast():
             output = _forward(model, x)  # logits (B, K), or the joint stream's dict of them
             loss = criterion(output, target)
         optimizer.zero_grad(set_to_none=True)
@@ -132,7 +93,7 @@ def train_one_epoch(
     bar.close()
     elapsed = time.perf_counter() - start
 
-    totals = torch.tensor([loss_sum, correct, seen, wait, elapsed], dtype=torch.float64, device=device)
+    totals = torch.tensor([loss_sum, correct, seen, wait, elapsed], dtype=torch.float64, device=prepare.device)
     distributed.all_reduce_sum(totals)
     loss_sum_all, correct_all, seen_all, wait_all, elapsed_all = totals.tolist()
     world = distributed.world_size()
@@ -158,19 +119,10 @@ def _heads(output: Output, *, stream: str, fused_kind: str) -> dict[str, tuple[T
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    *,
-    device: torch.device,
-    stream: str,
-    scale_factor: float,
-    add_offset: float,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    num_classes: int | None = None,
+    model: nn.Module, loader: torch.utils.data.DataLoader, prepare: BatchPreparer, *, num_classes: int | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy of ``model`` over ``loader``.
+    """Accuracy of ``model`` over ``loader``, its batches prepared by ``prepare``.
 
     Clip batches ``(x, scale, label)`` give ``loss`` and ``clip_acc``. Video batches from
     ``VideoEvalDataset`` ``(x (B, N, C, S, S), scale (B, N, 2), label, index)`` also give
@@ -178,11 +130,12 @@ def evaluate(
     collected from every process (each process fills the rows of the videos it saw).
     ``num_classes`` defaults to the model's ``num_classes`` attribute (each stream has one; TwoStream does not).
 
-    ``stream="joint"`` (x a tuple (rgb, flow), a TwoStream model): loss, accuracies and ``scores`` are the
-    fused output's (a fusion that outputs probabilities is averaged as is, logits through softmax), and
-    video batches add ``scores_spatial``/``scores_temporal`` and ``video_acc_spatial``/``video_acc_temporal``.
+    The joint stream (``prepare.stream == "joint"``: x a tuple (rgb, flow), a TwoStream model): loss, accuracies
+    and ``scores`` are the fused output's (a fusion that outputs probabilities is averaged as is, logits through
+    softmax), and video batches add ``scores_spatial``/``scores_temporal`` and ``video_acc_spatial``/``video_acc_temporal``.
     """
     model.eval()
+    device, stream = prepare.device, prepare.stream
     net = getattr(model, "module", model)
     fused_kind = net.fusion.output if stream == "joint" else "logits"
     names = ("fused", "spatial", "temporal") if stream == "joint" else (stream,)
@@ -204,12 +157,8 @@ def evaluate(
             # (B, N, C, S, S) -> (B*N, C, S, S), each part of a joint batch alike
             x = [part.flatten(0, 1) for part in x] if stream == "joint" else x.flatten(0, 1)
             scale = scale.flatten(0, 1)
-        x = _to_model_input(
-            x, scale, device=device, stream=stream, scale_factor=scale_factor, add_offset=add_offset,
-            channels_last=channels_last,
-        )
-        target = target.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        x, target = prepare(x, scale), prepare.target(target)
+        with prepare.autocast():
             heads = _heads(_forward(model, x), stream=stream, fused_kind=fused_kind)  # (B, K) or (B*N, K) each
         main, kind = heads[names[0]]
         clip_target = target.repeat_interleave(n) if video else target

@@ -25,12 +25,16 @@ from torch.utils.data import DataLoader
 
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
-from trainer.data import DataError, VideoEvalDataset, index_shards, read_video_list
+from trainer.data.datasets import VideoEvalDataset
+from trainer.data.errors import DataError
+from trainer.data.joint_datasets import JointEvalDataset
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
+from trainer.data.transforms import BatchPreparer
+from trainer.distributed import amp_dtype_for
 from trainer.engine import evaluate
-from trainer.fit import amp_dtype_for
-from trainer.joint import JointEvalDataset
-from trainer.models import LearnedFusion
-from trainer.networks import build_model
+from trainer.models.build import build_model
+from trainer.models.fusion import LearnedFusion
 
 FUSIONS = ("average", "weighted", "learned")
 
@@ -150,22 +154,21 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str
     return path
 
 
-def load_stream(path: str | Path, *, stream: str, classes: list[str], device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
-    """The network of a RUN_DIR (its best.pt, else checkpoint.pt) or checkpoint file, checked against ``stream``
-    (spatial, temporal or joint) and ``classes``."""
+def load_stream(path: str | Path, *, classes: list[str], prepare: BatchPreparer) -> tuple[torch.nn.Module, dict, Path]:
+    """The network of a RUN_DIR (its best.pt, else checkpoint.pt) or checkpoint file, checked against
+    ``prepare.stream`` (spatial, temporal or joint) and ``classes``, on ``prepare``'s device and memory format."""
     file = ckpt_io.resolve_checkpoint(path)
     ckpt = ckpt_io.load_checkpoint(file)
-    ckpt_io.check_compatible(ckpt, path=file, stream=stream, classes=classes)
+    ckpt_io.check_compatible(ckpt, path=file, stream=prepare.stream, classes=classes)
     net = build_model(from_dict(ModelConfig, ckpt["config"]["model"]), pretrained=None)
     net.load_state_dict(ckpt["model"])
-    channels_last = device.type == "cuda"
-    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    net.to(prepare.device, memory_format=torch.channels_last if prepare.channels_last else torch.preserve_format)
     return net.eval(), ckpt["config"], file
 
 
 def video_scores(
-    net: torch.nn.Module, config: dict, records: list, *, index: Any, device: torch.device, samples: int, crops: int,
-    batch_size: int, workers: int, show_progress: bool,
+    net: torch.nn.Module, config: dict, records: list, prepare: BatchPreparer, *, num_classes: int, samples: int,
+    crops: int, batch_size: int, workers: int, show_progress: bool,
 ) -> dict[str, np.ndarray]:
     """(num_videos, K) scores averaged over each video's samples x crops: ``{stream: softmax scores}`` for one
     stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model."""
@@ -173,12 +176,8 @@ def video_scores(
     kw = dict(samples=samples, crops=crops, flow_length=config["model"]["flow_length"],
               crop_size=config["data"]["crop_size"])
     ds = JointEvalDataset(records, **kw) if stream == "joint" else VideoEvalDataset(records, stream=stream, **kw)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    res = evaluate(
-        net, loader, device=device, stream=stream, scale_factor=index.scale_factor, add_offset=index.add_offset,
-        amp_dtype=amp_dtype_for("auto", device), channels_last=device.type == "cuda", num_classes=len(index.classes),
-        show_progress=show_progress,
-    )
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=prepare.device.type == "cuda")
+    res = evaluate(net, loader, prepare, num_classes=num_classes, show_progress=show_progress)
     if stream != "joint":
         return {stream: res["scores"]}
     return {"spatial": res["scores_spatial"], "temporal": res["scores_temporal"], "fused": res["scores"]}
@@ -219,13 +218,15 @@ def run_evaluate(
     for stream, path in (("spatial", spatial), ("temporal", temporal), ("joint", joint)):
         if path is None:
             continue
-        net, config, file = load_stream(path, stream=stream, classes=list(index.classes), device=device)
+        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for("auto", device),
+                                           channels_last=device.type == "cuda")
+        net, config, file = load_stream(path, classes=list(index.classes), prepare=prepare)
         checkpoints[stream] = str(file)
-        kw = dict(index=index, device=device, samples=samples, crops=crops, batch_size=batch_size, workers=workers,
-                  show_progress=show_progress)
-        bundle.update(video_scores(net, config, test, **kw))  # joint: "spatial", "temporal" and "fused"
+        kw = dict(num_classes=len(index.classes), samples=samples, crops=crops, batch_size=batch_size,
+                  workers=workers, show_progress=show_progress)
+        bundle.update(video_scores(net, config, test, prepare, **kw))  # joint: "spatial", "temporal" and "fused"
         if val:
-            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, **kw).items()})
+            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, prepare, **kw).items()})
         if stream == "joint":
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
     out = Path(out)

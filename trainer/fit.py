@@ -10,7 +10,7 @@ RUN_DIR/metrics.jsonl   one JSON line per epoch
 sample's augmentation is drawn from its own seed (run seed, epoch, dataset index), and the
 checkpoint holds every process's RNG state (dropout, shuffling).
 
-The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.joint`` items (a flow stack
+The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.data.joint_datasets`` items (a flow stack
 and its centre RGB frame, one crop and flip for both) with ``losses.JointLoss``; its validation accuracy,
 which picks best.pt, is the fused output's, and metrics.jsonl adds each stream's (``val_acc_spatial``,
 ``val_acc_temporal``).
@@ -29,18 +29,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from trainer import checkpoint as ckpt_io
 from trainer import distributed
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
-from trainer.data import DataError, index_shards, read_video_list
+from trainer.data.errors import DataError
+from trainer.data.lists import read_video_list
+from trainer.data.loaders import make_train_loader, make_val_loader
+from trainer.data.shards import ShardIndex, VideoRecord, index_shards
+from trainer.data.transforms import BatchPreparer
+from trainer.distributed import amp_dtype_for
 from trainer.engine import evaluate, train_one_epoch
-from trainer.loaders import make_train_loader, make_val_loader
-from trainer.losses import JointLoss
-from trainer.networks import build_model, init_streams
-
-__all__ = ["METRICS", "amp_dtype_for", "build_model", "fit", "lr_lambda", "seed_everything"]  # build_model: networks
+from trainer.models.build import build_model, init_streams
+from trainer.models.losses import JointLoss
 
 METRICS = "metrics.jsonl"
 
@@ -59,15 +63,6 @@ def lr_lambda(optim: OptimConfig, iters_per_epoch: int):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
-
-
-def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only; ``auto`` prefers bf16 (no loss scaling needed) where supported."""
-    if device.type != "cuda" or mode == "none":
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 def seed_everything(seed: int) -> None:
@@ -110,120 +105,171 @@ def fit(
         distributed.cleanup()
 
 
+@dataclasses.dataclass
+class _Progress:
+    """What the checkpoint carries from one epoch to the next, besides the weights and the RNG states."""
+
+    epoch: int = 0  # epochs done
+    best_acc: float = -1.0
+    best_loss: float = math.inf  # the validation loss of best_acc's epoch
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def is_best(self, acc: float, loss: float) -> bool:
+        """Record a validation result; True if it is the best so far.
+
+        Ties on accuracy are common on a small validation list (16 videos: steps of 1/16, often 1.0 for many
+        epochs); among them the lower validation loss wins, so a later, settled epoch beats the first lucky one.
+        """
+        best = acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss)
+        if best:
+            self.best_acc, self.best_loss = acc, loss
+        return best
+
+
 def _fit(
     model_cfg: ModelConfig, data: DataConfig, optim: OptimConfig, run: RunConfig, device: torch.device,
     dist: distributed.DistInfo, stop_after: int | None, show_progress: bool,
 ) -> dict[str, Any]:
     out = _check_run_dir(run)
     seed_everything(run.seed + dist.rank)
-    index = index_shards(data.shards)
-    train_records = read_video_list(data.train_list, index, role="train", kind=data.list_format)
-    val_records = read_video_list(data.val_list, index, role="val", kind=data.list_format) if data.val_list else []
-    if model_cfg.stream in ("spatial", "joint") and not index.has_rgb:
-        raise DataError(f"the {model_cfg.stream} stream needs RGB frames, but the shards in {data.shards} were made "
-                        "with --no-rgb")
+    index, train_records, val_records = _read_data(model_cfg.stream, data)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(index.classes))
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (--amp none)
-    resumed = ckpt_io.load_checkpoint(out / ckpt_io.LAST) if run.resume else None
-    if resumed is not None:
-        saved = from_dict(ModelConfig, resumed["config"]["model"])
-        if not saved.same_network(model_cfg):
-            raise ckpt_io.CheckpointError(
-                f"--resume: {out / ckpt_io.LAST} holds a {_network(saved)}; the options ask for {_network(model_cfg)}"
-            )
-    net = build_model(model_cfg, pretrained=None if resumed else model_cfg.pretrained)
-    if resumed is None and model_cfg.stream == "joint":
-        init_streams(net, model_cfg, classes=list(index.classes))  # --spatial-init / --temporal-init, if given
-    channels_last = run.channels_last and device.type == "cuda"
-    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    resumed = _load_resumed(out / ckpt_io.LAST, model_cfg) if run.resume else None
+    prepare = BatchPreparer.for_shards(index, device=device, stream=model_cfg.stream,
+                                       amp_dtype=amp_dtype_for(run.amp, device),
+                                       channels_last=run.channels_last and device.type == "cuda")
+    net = _build_network(model_cfg, fresh=resumed is None, classes=list(index.classes), prepare=prepare)
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled else net
 
-    # One stored frame size for all videos: training crops are made on the device, batched (engine._to_model_input).
+    # One stored frame size for all videos: training crops are made on the device, batched (BatchPreparer).
     frame_size = (index.height, index.width) if index.height else None
-    pin = device.type == "cuda"
     train_loader, sampler = make_train_loader(model_cfg, data, train_records, frame_size=frame_size, dist=dist,
                                               seed=run.seed, device=device)
-    val_loader = make_val_loader(model_cfg, data, val_records, dist=dist, pin_memory=pin) if val_records else None
+    val_loader = (make_val_loader(model_cfg, data, val_records, dist=dist, pin_memory=device.type == "cuda")
+                  if val_records else None)
 
     optimizer = torch.optim.SGD(ddp.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, len(train_loader)))
-    amp_dtype = amp_dtype_for(run.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = None  # cross-entropy on the logits
-    if model_cfg.stream == "joint":
-        criterion = JointLoss(fused_output=net.fusion.output, stream_weight=optim.stream_loss_weight)
-
-    start_epoch, best_acc, best_loss, history = 0, -1.0, math.inf, []
+    scaler = torch.amp.GradScaler(device.type, enabled=prepare.amp_dtype == torch.float16)
+    criterion = (JointLoss(fused_output=net.fusion.output, stream_weight=optim.stream_loss_weight)
+                 if model_cfg.stream == "joint" else nn.CrossEntropyLoss())
+    progress = _Progress()
     if resumed is not None:
-        net.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        start_epoch, best_acc, history = resumed["epoch"], resumed["best_acc"], list(resumed["history"])
-        best_loss = resumed.get("best_loss", math.inf)  # absent from checkpoints written before it was kept
-        rngs = resumed["rng"]
-        if len(rngs) == dist.world_size:
-            ckpt_io.set_rng_state(rngs[dist.rank])
-        elif dist.is_main:
-            warnings.warn(f"--resume: the checkpoint holds RNG states of {len(rngs)} processes, this run has "
-                          f"{dist.world_size}: continuing from freshly seeded RNGs (not bit-exact)", stacklevel=2)
+        progress = _restore(resumed, net, optimizer, scheduler, scaler, dist)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_metrics(out / METRICS, history)  # fresh run: empty; resumed: exactly the checkpoint's epochs
+        _write_metrics(out / METRICS, progress.history)  # fresh run: empty; resumed: exactly the checkpoint's epochs
+
     configs = {"model": to_dict(model_cfg), "data": to_dict(data), "optim": to_dict(optim), "run": to_dict(run)}
-    end_epoch = optim.epochs if stop_after is None else min(optim.epochs, start_epoch + stop_after)
+    end_epoch = optim.epochs if stop_after is None else min(optim.epochs, progress.epoch + stop_after)
     stats: dict[str, Any] = {}
-    for epoch in range(start_epoch, end_epoch):
+    for epoch in range(progress.epoch, end_epoch):
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(
-            ddp, train_loader, optimizer, scheduler, scaler, device=device, stream=model_cfg.stream,
-            scale_factor=index.scale_factor, add_offset=index.add_offset, epoch=epoch + 1, amp_dtype=amp_dtype,
-            channels_last=channels_last, max_grad_norm=optim.max_grad_norm, criterion=criterion,
-            show_progress=show_progress,
-        )
-        stats = {"epoch": epoch + 1, **stats, "samples_per_rank": distributed.all_gather_object(stats.pop("samples"))}
-        # Each rank's sampler indices for this epoch: disjoint unless DistributedSampler had to pad.
-        per_rank = distributed.all_gather_object(list(iter(sampler)))
-        stats["overlap_samples"] = sum(len(r) for r in per_rank) - len(set().union(*map(set, per_rank)))
+        stats = train_one_epoch(ddp, criterion, optimizer, scheduler, scaler, train_loader, prepare, epoch + 1,
+                                max_grad_norm=optim.max_grad_norm, show_progress=show_progress)
+        stats = {"epoch": epoch + 1, **stats, **_sampling_stats(stats.pop("samples"), sampler)}
         is_best = False
         if val_loader is not None:
-            # The unwrapped network with rank 0's buffers: exactly the weights the checkpoint will hold, and no
-            # DDP collectives inside forward (processes may get different numbers of validation batches).
-            distributed.broadcast_buffers(net)
-            val = evaluate(
-                net, val_loader, device=device, stream=model_cfg.stream, scale_factor=index.scale_factor,
-                add_offset=index.add_offset, amp_dtype=amp_dtype, channels_last=channels_last,
-                num_classes=model_cfg.num_classes,
-            )
-            stats.update(val_loss=val["loss"], val_clip_acc=val["clip_acc"], val_acc=val["video_acc"])
-            if model_cfg.stream == "joint":  # val_acc above is the fused output's
-                stats.update(val_acc_spatial=val["video_acc_spatial"], val_acc_temporal=val["video_acc_temporal"])
-            # Ties on accuracy are common on a small validation list (16 videos: steps of 1/16, often 1.0 for many
-            # epochs); among them the lower validation loss wins, so a later, settled epoch beats the first lucky one.
-            is_best = val["video_acc"] > best_acc or (val["video_acc"] == best_acc and val["loss"] < best_loss)
-            if is_best:
-                best_acc, best_loss = val["video_acc"], val["loss"]
-        history.append(stats)
-        rngs = distributed.all_gather_object(ckpt_io.rng_state())
-        if dist.is_main:
-            state = {
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_acc": best_acc, "best_loss": best_loss,
-                "rng": rngs,
-                "config": configs, "classes": list(index.classes), "history": history,
-                "scale_factor": index.scale_factor, "add_offset": index.add_offset,
-            }
-            ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
-            if is_best:
-                ckpt_io.save_checkpoint(state, out / ckpt_io.BEST)
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(stats, sort_keys=True) + "\n")
-            print(_summary(stats), flush=True)
-        distributed.barrier()
+            val = _validate(net, val_loader, prepare, num_classes=model_cfg.num_classes)
+            stats.update(val)
+            is_best = progress.is_best(val["val_acc"], val["val_loss"])
+        progress.epoch = epoch + 1
+        progress.history.append(stats)
+        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes)}
+        _save_epoch(out, state, progress, stats, is_best=is_best, dist=dist)
     return stats
+
+
+def _read_data(stream: str, data: DataConfig) -> tuple[ShardIndex, list[VideoRecord], list[VideoRecord]]:
+    """The shards' index and the training and validation videos (none without a validation list)."""
+    index = index_shards(data.shards)
+    train_records = read_video_list(data.train_list, index, role="train", kind=data.list_format)
+    val_records = read_video_list(data.val_list, index, role="val", kind=data.list_format) if data.val_list else []
+    if stream in ("spatial", "joint") and not index.has_rgb:
+        raise DataError(f"the {stream} stream needs RGB frames, but the shards in {data.shards} were made "
+                        "with --no-rgb")
+    return index, train_records, val_records
+
+
+def _load_resumed(path: Path, model_cfg: ModelConfig) -> dict[str, Any]:
+    """The checkpoint to resume, if it holds the network ``model_cfg`` asks for."""
+    resumed = ckpt_io.load_checkpoint(path)
+    saved = from_dict(ModelConfig, resumed["config"]["model"])
+    if not saved.same_network(model_cfg):
+        raise ckpt_io.CheckpointError(
+            f"--resume: {path} holds a {_network(saved)}; the options ask for {_network(model_cfg)}"
+        )
+    return resumed
+
+
+def _build_network(model_cfg: ModelConfig, *, fresh: bool, classes: list[str], prepare: BatchPreparer) -> nn.Module:
+    """The network on the device, in the memory format the batches come in. A fresh run starts from
+    ``--pretrained`` and, for the joint stream, ``--spatial-init`` / ``--temporal-init``; a resumed run's
+    weights come from its checkpoint (``_restore``)."""
+    net = build_model(model_cfg, pretrained=model_cfg.pretrained if fresh else None)
+    if fresh and model_cfg.stream == "joint":
+        init_streams(net, model_cfg, classes=classes)  # --spatial-init / --temporal-init, if given
+    net.to(prepare.device, memory_format=torch.channels_last if prepare.channels_last else torch.preserve_format)
+    return net
+
+
+def _restore(resumed: dict[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+             dist: distributed.DistInfo) -> _Progress:
+    """Load a checkpoint's weights, optimizer, scheduler, scaler and this process's RNG states; its progress."""
+    net.load_state_dict(resumed["model"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    scheduler.load_state_dict(resumed["scheduler"])
+    scaler.load_state_dict(resumed["scaler"])
+    progress = _Progress(epoch=resumed["epoch"], best_acc=resumed["best_acc"], history=list(resumed["history"]),
+                         best_loss=resumed.get("best_loss", math.inf))  # absent from checkpoints before it was kept
+    rngs = resumed["rng"]
+    if len(rngs) == dist.world_size:
+        ckpt_io.set_rng_state(rngs[dist.rank])
+    elif dist.is_main:
+        warnings.warn(f"--resume: the checkpoint holds RNG states of {len(rngs)} processes, this run has "
+                      f"{dist.world_size}: continuing from freshly seeded RNGs (not bit-exact)", stacklevel=3)
+    return progress
+
+
+def _sampling_stats(samples: int, sampler: DistributedSampler) -> dict[str, Any]:
+    """Each rank's sample count, and how many samples two ranks shared (DistributedSampler's padding)."""
+    samples_per_rank = distributed.all_gather_object(samples)
+    per_rank = distributed.all_gather_object(list(iter(sampler)))  # disjoint unless DistributedSampler had to pad
+    return {"samples_per_rank": samples_per_rank,
+            "overlap_samples": sum(len(r) for r in per_rank) - len(set().union(*map(set, per_rank)))}
+
+
+def _validate(net: nn.Module, loader: DataLoader, prepare: BatchPreparer, *, num_classes: int) -> dict[str, Any]:
+    """The epoch's validation metrics (``val_acc``: video accuracy; the joint stream's is the fused output's)."""
+    # The unwrapped network with rank 0's buffers: exactly the weights the checkpoint will hold, and no
+    # DDP collectives inside forward (processes may get different numbers of validation batches).
+    distributed.broadcast_buffers(net)
+    val = evaluate(net, loader, prepare, num_classes=num_classes)
+    stats = {"val_loss": val["loss"], "val_clip_acc": val["clip_acc"], "val_acc": val["video_acc"]}
+    if prepare.stream == "joint":
+        stats.update(val_acc_spatial=val["video_acc_spatial"], val_acc_temporal=val["video_acc_temporal"])
+    return stats
+
+
+def _save_epoch(out: Path, state: dict[str, Any], progress: _Progress, stats: dict[str, Any], *, is_best: bool,
+                dist: distributed.DistInfo) -> None:
+    """checkpoint.pt (and best.pt), the epoch's line of metrics.jsonl and its summary; rank 0 writes."""
+    rngs = distributed.all_gather_object(ckpt_io.rng_state())
+    if dist.is_main:
+        state = {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
+                 "rng": rngs, "history": progress.history}
+        ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
+        if is_best:
+            ckpt_io.save_checkpoint(state, out / ckpt_io.BEST)
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(stats, sort_keys=True) + "\n")
+        print(_summary(stats), flush=True)
+    distributed.barrier()
 
 
 def _network(cfg: ModelConfig) -> str:

@@ -1,4 +1,4 @@
-"""trainer/batches.py: training batches through the ring of shared buffers, with real worker processes.
+"""trainer/data/batches.py: training batches through the ring of shared buffers, with real worker processes.
 
 The reference is the plain collating DataLoader (``shared_batches=False``) over the same items: the ring must
 give exactly its batches, epoch after epoch, whatever the consumer's pace.
@@ -14,11 +14,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.batches import HELD, BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
+from trainer.data.batches import HELD, BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import DataError, index_shards, read_video_list
+from trainer.data.errors import DataError
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
 from trainer.distributed import DeviceError, DistInfo
-from trainer.loaders import make_train_loader
+from trainer.data.loaders import make_train_loader
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from trainer import cli, models
+from trainer import cli
+from trainer.models import streams
 from trainer.cli import main
 
 REPO = Path(__file__).parents[2]
@@ -39,7 +40,7 @@ def _fit_args(shards, out: Path, stream: str = "temporal") -> list[str]:
 
 
 def test_cli_arch_choices_are_the_models() -> None:
-    assert cli.ARCHS == models.ARCHS
+    assert cli.ARCHS == streams.ARCHS
 
 
 def test_help_explains_every_command() -> None:
@@ -236,16 +237,17 @@ def test_fit_evaluate_fuse_end_to_end(tiny_shards, tmp_path) -> None:
 @pytest.mark.parametrize("stream", ["spatial", "temporal"])
 def test_no_flip_turns_the_training_flip_off(tiny_shards, tmp_path, monkeypatch, stream) -> None:
     """A mirrored MoveLeft clip is a MoveRight clip: --no-flip must stop every training flip, --flip keep them."""
-    from trainer import checkpoint, data
+    from trainer import checkpoint
+    from trainer.data import datasets
 
     flips = []
     for name in ("hflip_rgb", "hflip_flow_uint8"):
-        real = getattr(data, name)
-        monkeypatch.setattr(data, name, lambda x, real=real: flips.append(1) or real(x))
-    from trainer import engine
+        real = getattr(datasets, name)
+        monkeypatch.setattr(datasets, name, lambda x, real=real: flips.append(1) or real(x))
+    from trainer.data import transforms
 
-    real_step = engine.prepare_train_batch  # device-side crops: each sample's params carry its flip flag
-    monkeypatch.setattr(engine, "prepare_train_batch",
+    real_step = transforms.prepare_train_batch  # device-side crops: each sample's params carry its flip flag
+    monkeypatch.setattr(transforms, "prepare_train_batch",
                         lambda x, params, **kw: flips.extend([1] * int(params[:, 4].sum())) or real_step(x, params, **kw))
     counts = {}
     for flag in ("--flip", "--no-flip"):

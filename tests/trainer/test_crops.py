@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from trainer.crops import (
+from trainer.data.crops import (
     EVAL_RESIZE_RATIO, MULTISCALE_SCALES, center_crop_box, crop_resize, eval_views, five_crop_boxes,
     multiscale_crop_box, random_resized_crop_box, train_crop_box, train_window, window_origin,
 )
-from trainer.transforms import hflip_flow_uint8
+from trainer.data.transforms import hflip_flow_uint8
 
 
 def test_multiscale_crop_boxes_follow_tsn() -> None:

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import trainer.data as data
-from trainer.data import (
-    DataError, FlowStackDataset, FrameDataset, VideoEvalDataset, index_shards, read_video_list,
-)
-from trainer.crops import crop_resize, five_crop_boxes
-from trainer.transforms import FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
+import trainer.data.read as read
+from trainer.data.datasets import FlowStackDataset, FrameDataset, VideoEvalDataset
+from trainer.data.errors import DataError
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
+from trainer.data.crops import crop_resize, five_crop_boxes
+from trainer.data.transforms import FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -161,9 +162,9 @@ class Probe(FlowStackDataset):
     def __getitem__(self, i: int):
         x, scale, label = super().__getitem__(i)
         own = {r.shard for r in self.records}
-        foreign = sum(p not in own for p in data._files)  # files this dataset never asked for
-        reused = sum(data._files.get(p) is h for p, h in self.parent_handles.items())
-        return x, os.getpid(), data._files_pid, foreign, reused
+        foreign = sum(p not in own for p in read._files)  # files this dataset never asked for
+        reused = sum(read._files.get(p) is h for p, h in self.parent_handles.items())
+        return x, os.getpid(), read._files_pid, foreign, reused
 
 
 def test_workers_open_files_lazily_in_their_own_process(tiny_shards, make_tiny_shards) -> None:
@@ -175,7 +176,7 @@ def test_workers_open_files_lazily_in_their_own_process(tiny_shards, make_tiny_s
     FlowStackDataset(list(index_shards(other.root).videos.values()), flow_length=2, crop_size=16)[0]
     _, pid, files_pid, foreign, _ = ds[0]
     assert pid == files_pid == os.getpid() and foreign >= 1
-    ds.parent_handles = dict(data._files)
+    ds.parent_handles = dict(read._files)
     loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
     pids = set()
     for x, pids_b, files_pid_b, foreign_b, reused_b in loader:
@@ -184,7 +185,7 @@ def test_workers_open_files_lazily_in_their_own_process(tiny_shards, make_tiny_s
         assert (foreign_b == 0).all() and (reused_b == 0).all()
         pids |= set(pids_b.tolist())
     assert len(pids) == 2
-    assert data._files == ds.parent_handles  # the parent's cache is untouched
+    assert read._files == ds.parent_handles  # the parent's cache is untouched
 
 
 def test_index_leaves_no_hdf5_file_open(make_tiny_shards) -> None:
@@ -246,26 +247,26 @@ def test_direct_chunk_reads_equal_hdf5_hyperslabs_with_windows_and_padding(make_
     idx = index_shards(ts.root)
     for vid in ts.video_ids:
         rec, q = idx.videos[vid], ts.flow_q[vid]
-        assert data._flow_dataset(rec)[1] == "gzip"  # the format's storage takes the direct path
-        np.testing.assert_array_equal(data.read_flow(rec, 1, 4), q[1:4])
-        got = data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30))
+        assert read._flow_dataset(rec)[1] == "gzip"  # the format's storage takes the direct path
+        np.testing.assert_array_equal(read.read_flow(rec, 1, 4), q[1:4])
+        got = read.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30))
         want = np.concatenate([q[2:9], np.repeat(q[-1:], 9 - min(9, len(q)), axis=0)])[:, :, 3:23, 7:37]
         np.testing.assert_array_equal(got, want)
         item = np.zeros((1 + 14, 20, 30), np.uint8)  # flow written into part of a larger item, in place
-        assert data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30), out=item[1:].reshape(7, 2, 20, 30)).base is not None
+        assert read.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30), out=item[1:].reshape(7, 2, 20, 30)).base is not None
         np.testing.assert_array_equal(item[1:].reshape(7, 2, 20, 30), want)
         assert not item[0].any()
         with pytest.raises(ValueError, match=r"out must be uint8 \(7, 2, 20, 30\)"):
-            data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30), out=np.zeros((7, 2, 20, 31), np.uint8))
+            read.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30), out=np.zeros((7, 2, 20, 31), np.uint8))
     # Other layouts fall back to h5py and read the same codes.
-    data._files.pop(rec.shard).close()
-    data._files_pid = -1  # drop the cached datasets too
+    read._files.pop(rec.shard).close()
+    read._files_pid = -1  # drop the cached datasets too
     with h5py.File(rec.shard, "a") as f:
         g = f[f"videos/{rec.video_id}"]
         del g["flow"]
         g.create_dataset("flow", data=q, chunks=(2, 2, 8, 8), shuffle=True, compression="gzip")
-    assert data._flow_dataset(rec)[1] == "hyperslab"
-    np.testing.assert_array_equal(data.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30)), want)
+    assert read._flow_dataset(rec)[1] == "hyperslab"
+    np.testing.assert_array_equal(read.read_flow(rec, 2, 9, rows=(3, 20), cols=(7, 30)), want)
 
 
 def test_a_corrupt_flow_chunk_is_one_clear_error(make_tiny_shards) -> None:
@@ -276,10 +277,10 @@ def test_a_corrupt_flow_chunk_is_one_clear_error(make_tiny_shards) -> None:
         chunk = bytearray(ds.id.read_direct_chunk((3, 0, 0, 0))[1])
         chunk[len(chunk) // 2:] = bytes(len(chunk) - len(chunk) // 2)  # the second half zeroed, as a bad disk would
         ds.id.write_direct_chunk((3, 0, 0, 0), bytes(chunk))
-    data._files_pid = -1  # forget handles opened before the edit
-    np.testing.assert_array_equal(data.read_flow(rec, 0, 3), ts.flow_q[rec.video_id][:3])  # other fields still read
+    read._files_pid = -1  # forget handles opened before the edit
+    np.testing.assert_array_equal(read.read_flow(rec, 0, 3), ts.flow_q[rec.video_id][:3])  # other fields still read
     with pytest.raises(DataError) as e:
-        data.read_flow(rec, 2, 5)
+        read.read_flow(rec, 2, 5)
     assert one_line(e) == (f"{rec.shard}: field 3 of {rec.video_id} does not inflate (corrupt chunk); "
                            "`flowprep verify` on the folder says what to re-extract")
 
@@ -300,10 +301,10 @@ def test_a_corrupt_chunk_read_through_hdf5s_own_filters_is_one_line_naming_shard
         for c in chunks:
             f.seek(c.byte_offset + c.size // 2)
             f.write(b"\xff" * 8)
-    data._files_pid = -1  # forget handles opened before the edit
-    assert data._flow_dataset(rec)[1] == "hyperslab"
+    read._files_pid = -1  # forget handles opened before the edit
+    assert read._flow_dataset(rec)[1] == "hyperslab"
     with pytest.raises(DataError) as e:
-        data.read_flow(rec, 2, 5)
+        read.read_flow(rec, 2, 5)
     assert one_line(e).startswith(f"{rec.shard}: fields 2-4 of {rec.video_id} cannot be read (OSError: ")
     assert one_line(e).endswith("; `flowprep verify` on the folder says what to re-extract")
 

@@ -11,13 +11,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.config import OptimConfig
-from trainer.data import FlowStackDataset, VideoEvalDataset, index_shards, read_video_list
+from trainer.data.datasets import FlowStackDataset, VideoEvalDataset
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
 from trainer.engine import evaluate, train_one_epoch
 from trainer.fit import lr_lambda
-from trainer.transforms import prepare_batch
+from trainer.data.transforms import BatchPreparer, prepare_batch
 
 CPU = torch.device("cpu")
 L = 2  # flow fields per sample: 4 input channels
+CE = nn.CrossEntropyLoss()
 
 
 def tiny_flow_net(num_classes: int = 3, width: int = 16) -> nn.Module:
@@ -39,7 +42,13 @@ def index(tiny_shards):
     return index_shards(tiny_shards.root)
 
 
-def test_temporal_stream_overfits_motion_classes(tiny_shards, index) -> None:
+@pytest.fixture
+def temporal(index) -> BatchPreparer:
+    """The temporal stream's batches on the CPU, dequantized with the tiny shards' factors (bound 12)."""
+    return BatchPreparer.for_shards(index, device=CPU, stream="temporal")
+
+
+def test_temporal_stream_overfits_motion_classes(tiny_shards, index, temporal) -> None:
     """Drift / expand / rotate differ only in motion: loss must fall and train accuracy reach ~100%."""
     torch.manual_seed(0)
     records = read_video_list(tiny_shards.all_list, index)
@@ -50,8 +59,7 @@ def test_temporal_stream_overfits_motion_classes(tiny_shards, index) -> None:
     optim = OptimConfig(epochs=15, lr=0.1)  # every seed 0-7 tried: final/first loss <= 0.14, accuracy >= 0.97
     opt, sched, scaler = _sgd(model, optim, len(loader))
     history = [
-        train_one_epoch(model, loader, opt, sched, scaler, device=CPU, stream="temporal",
-                        scale_factor=index.scale_factor, add_offset=index.add_offset, epoch=e, show_progress=False)
+        train_one_epoch(model, CE, opt, sched, scaler, loader, temporal, e, show_progress=False)
         for e in range(optim.epochs)
     ]
     assert history[-1]["loss"] < 0.3 * history[0]["loss"], [h["loss"] for h in history]
@@ -60,19 +68,17 @@ def test_temporal_stream_overfits_motion_classes(tiny_shards, index) -> None:
     assert all(h["samples"] == h["samples_total"] == len(ds) for h in history)
 
     video = VideoEvalDataset(records, stream="temporal", samples=5, flow_length=L, crop_size=24)
-    res = evaluate(model, DataLoader(video, batch_size=4), device=CPU, stream="temporal",
-                   scale_factor=index.scale_factor, add_offset=index.add_offset, num_classes=3)
+    res = evaluate(model, DataLoader(video, batch_size=4), temporal, num_classes=3)
     assert res["video_acc"] >= 0.9
     assert res["labels"].tolist() == [r.label for r in records]
 
 
-def test_video_scores_are_softmax_averaged_per_video(tiny_shards, index) -> None:
+def test_video_scores_are_softmax_averaged_per_video(tiny_shards, index, temporal) -> None:
     torch.manual_seed(1)
     model = tiny_flow_net().eval()
     records = read_video_list(tiny_shards.val_list, index)
     ds = VideoEvalDataset(records, stream="temporal", samples=3, crops=10, flow_length=L, crop_size=24)
-    res = evaluate(model, DataLoader(ds, batch_size=2), device=CPU, stream="temporal",
-                   scale_factor=index.scale_factor, add_offset=index.add_offset, num_classes=3)
+    res = evaluate(model, DataLoader(ds, batch_size=2), temporal, num_classes=3)
     assert res["scores"].shape == (len(records), 3)
     with torch.no_grad():
         for i in range(len(ds)):
@@ -85,12 +91,11 @@ def test_video_scores_are_softmax_averaged_per_video(tiny_shards, index) -> None
     assert 0.0 <= res["clip_acc"] <= 1.0 and math.isfinite(res["loss"])
 
 
-def test_clip_evaluation_without_video_dataset(tiny_shards, index) -> None:
+def test_clip_evaluation_without_video_dataset(tiny_shards, index, temporal) -> None:
     torch.manual_seed(2)
     model = tiny_flow_net()
     ds = FlowStackDataset(read_video_list(tiny_shards.all_list, index), flow_length=L, crop_size=24, train=False)
-    res = evaluate(model, DataLoader(ds, batch_size=5), device=CPU, stream="temporal",
-                   scale_factor=index.scale_factor, add_offset=index.add_offset)
+    res = evaluate(model, DataLoader(ds, batch_size=5), temporal)
     assert set(res) == {"loss", "clip_acc"}
     model.eval()
     with torch.no_grad():
@@ -123,13 +128,12 @@ class _SlowNet(nn.Module):
 
 
 @pytest.mark.parametrize("data_delay, model_delay, slow_side", [(0.03, 0.0, "data"), (0.0, 0.2, "model")])
-def test_data_wait_fraction_measures_the_loader(tiny_shards, index, data_delay, model_delay, slow_side) -> None:
+def test_data_wait_fraction_measures_the_loader(tiny_shards, index, temporal, data_delay, model_delay, slow_side) -> None:
     ds = FlowStackDataset(read_video_list(tiny_shards.all_list, index), flow_length=L, crop_size=24)
     loader = DataLoader(_Slow(ds, data_delay), batch_size=4, shuffle=True)
     model = _SlowNet(model_delay)
     opt, sched, scaler = _sgd(model, OptimConfig(epochs=1, lr=0.01), len(loader))
-    stats = train_one_epoch(model, loader, opt, sched, scaler, device=CPU, stream="temporal",
-                            scale_factor=index.scale_factor, add_offset=index.add_offset, epoch=1, show_progress=False)
+    stats = train_one_epoch(model, CE, opt, sched, scaler, loader, temporal, 1, show_progress=False)
     if slow_side == "data":
         assert stats["data_wait_frac"] > 0.6
     else:
@@ -137,7 +141,7 @@ def test_data_wait_fraction_measures_the_loader(tiny_shards, index, data_delay, 
     assert 0 < stats["samples_per_s"] < 12 / (0.2 * 3 if slow_side == "model" else 0.03 * 12)  # sleeps alone take this long
 
 
-def test_non_finite_loss_stops_training(tiny_shards, index) -> None:
+def test_non_finite_loss_stops_training(tiny_shards, index, temporal) -> None:
     class Nan(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -151,5 +155,4 @@ def test_non_finite_loss_stops_training(tiny_shards, index) -> None:
     loader = DataLoader(ds, batch_size=4)
     opt, sched, scaler = _sgd(model, OptimConfig(epochs=1, lr=0.01), len(loader))
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 7, iteration 0"):
-        train_one_epoch(model, loader, opt, sched, scaler, device=CPU, stream="temporal",
-                        scale_factor=index.scale_factor, add_offset=index.add_offset, epoch=7, show_progress=False)
+        train_one_epoch(model, CE, opt, sched, scaler, loader, temporal, 7, show_progress=False)

@@ -11,12 +11,12 @@ import torch
 
 from trainer import checkpoint as ck
 from trainer.config import DataConfig, ModelConfig, to_dict
-from trainer.data import DataError
+from trainer.data.errors import DataError
 from trainer.evaluate import (
     ALPHA_CRITERION, confusion_matrix, fit_learned_fusion, fused_log_likelihood, load_scores, plot_confusion, report,
     run_evaluate, score_metrics, search_alpha, topk_accuracy,
 )
-from trainer.fit import build_model
+from trainer.models.build import build_model
 
 CPU = torch.device("cpu")
 
@@ -180,6 +180,21 @@ def test_evaluate_one_stream_single_crop(tiny_shards, runs, tmp_path) -> None:
     assert {"temporal", "num_videos"} <= res.keys() and "spatial" not in res and "fused" not in res
     assert res["fusion"] is None and res["samples"] == 3 and res["crops"] == 1
     assert sorted(p.name for p in out.parent.iterdir()) == ["t.confusion-temporal.png", "t.json", "t.scores.npz"]
+
+
+def test_evaluation_dequantizes_with_the_shards_factors_not_the_checkpoints(make_tiny_shards, runs, tmp_path):
+    """A network's flow input is in pixels / FLOW_NORM_PX whatever the bound: a model trained on bound-12 shards
+    scores bound-20 shards, dequantized with their own factors; the factors older checkpoints kept change nothing."""
+    shards = make_tiny_shards(bound=20.0)
+    old = ck.load_checkpoint(runs["temporal"] / ck.BEST)
+    # As fit wrote them before they were dropped: the training shards' (bound 12) factors.
+    ck.save_checkpoint({**old, "scale_factor": 2 * 12.0 / 255, "add_offset": -12.0}, tmp_path / "old" / ck.BEST)
+    kw = dict(shards=str(shards.root), test_list=str(shards.test_list), spatial=None, samples=2, crops=1, device=CPU,
+              workers=0, show_progress=False)
+    run_evaluate(temporal=str(runs["temporal"]), out=tmp_path / "new.json", **kw)
+    run_evaluate(temporal=str(tmp_path / "old"), out=tmp_path / "old.json", **kw)
+    new, older = load_scores(tmp_path / "new.scores.npz"), load_scores(tmp_path / "old.scores.npz")
+    assert np.array_equal(new["temporal"], older["temporal"])
 
 
 def test_evaluate_refuses_test_videos_for_fusion_fitting(tiny_shards, runs, tmp_path) -> None:

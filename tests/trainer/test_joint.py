@@ -26,15 +26,19 @@ from torch.utils.data import DataLoader
 from trainer import checkpoint as ck
 from trainer.cli import main
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
-from trainer.data import FlowStackDataset, index_shards, read_frame, read_video_list
+from trainer.data.datasets import FlowStackDataset
+from trainer.data.lists import read_video_list
+from trainer.data.read import read_frame
+from trainer.data.shards import index_shards
 from trainer.engine import evaluate, train_one_epoch
-from trainer.losses import JointLoss
+from trainer.models.losses import JointLoss
 from trainer.evaluate import load_scores, run_evaluate, score_metrics
 from trainer.fit import METRICS, fit, lr_lambda
-from trainer.joint import JointDataset, JointEvalDataset
-from trainer.models import SpatialStream, TemporalStream, TwoStream
-from trainer.networks import build_fusion, build_model, init_streams
-from trainer.transforms import FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
+from trainer.data.joint_datasets import JointDataset, JointEvalDataset
+from trainer.models.fusion import TwoStream
+from trainer.models.streams import SpatialStream, TemporalStream
+from trainer.models.build import build_fusion, build_model, init_streams
+from trainer.data.transforms import BatchPreparer, FLOW_NORM_PX, hflip_flow_uint8, prepare_batch, prepare_train_batch
 
 CPU = torch.device("cpu")
 L = 2  # flow fields per stack in every test here
@@ -145,7 +149,7 @@ def test_device_items_are_the_same_window_of_stack_and_centre_frame(tiny_shards)
 
 
 def test_eval_items_pair_each_stack_with_its_centre_frame(tiny_shards) -> None:
-    from trainer.data import VideoEvalDataset
+    from trainer.data.datasets import VideoEvalDataset
 
     recs = read_video_list(tiny_shards.test_list, index_shards(tiny_shards.root))
     ds = JointEvalDataset(recs, samples=4, crops=10, flow_length=3, crop_size=24)
@@ -195,14 +199,14 @@ def test_a_tiny_two_stream_overfits_the_tiny_shards(tiny_shards) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, len(loader)))
     criterion = JointLoss(fused_output="logits", stream_weight=0.5)
-    history = [train_one_epoch(model, loader, opt, sched, torch.amp.GradScaler("cpu", enabled=False), device=CPU,
-                               stream="joint", scale_factor=idx.scale_factor, add_offset=idx.add_offset, epoch=e,
-                               criterion=criterion, show_progress=False) for e in range(optim.epochs)]
+    joint = BatchPreparer.for_shards(idx, device=CPU, stream="joint")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    history = [train_one_epoch(model, criterion, opt, sched, scaler, loader, joint, e, show_progress=False)
+               for e in range(optim.epochs)]
     losses = [h["loss"] for h in history]
     assert losses[-1] < 0.5 * losses[0] and history[-1]["acc"] >= 0.9, (losses, history[-1]["acc"])
     video = JointEvalDataset(records, samples=3, flow_length=L, crop_size=24)
-    res = evaluate(model, DataLoader(video, batch_size=4), device=CPU, stream="joint", scale_factor=idx.scale_factor,
-                   add_offset=idx.add_offset, num_classes=3)
+    res = evaluate(model, DataLoader(video, batch_size=4), joint, num_classes=3)
     assert res["video_acc"] >= 2 / 3 and {"video_acc_spatial", "video_acc_temporal", "scores_spatial"} <= res.keys()
 
 
@@ -216,9 +220,9 @@ def test_every_fusion_trains_a_step(tiny_shards, fusion) -> None:
     loader = DataLoader(ds, batch_size=3, drop_last=True)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    stats = train_one_epoch(net, loader, opt, sched, torch.amp.GradScaler("cpu", enabled=False), device=CPU,
-                            stream="joint", scale_factor=idx.scale_factor, add_offset=idx.add_offset, epoch=1,
-                            criterion=JointLoss(fused_output=net.fusion.output, stream_weight=0.5), show_progress=False)
+    stats = train_one_epoch(net, JointLoss(fused_output=net.fusion.output, stream_weight=0.5), opt, sched,
+                            torch.amp.GradScaler("cpu", enabled=False), loader,
+                            BatchPreparer.for_shards(idx, device=CPU, stream="joint"), 1, show_progress=False)
     assert np.isfinite(stats["loss"]) and stats["samples"] == 6
     changed = {k.split(".")[0] for k, v in net.named_parameters() if not torch.equal(v, before[k])}
     assert changed == ({"spatial", "temporal"} | ({"fusion"} if fusion in ("learned", "feature") else set()))

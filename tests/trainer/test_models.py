@@ -7,20 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from trainer.models import (
-    ARCHS,
-    AverageFusion,
-    FeatureFusion,
-    LearnedFusion,
-    PretrainedError,
-    SpatialStream,
-    TemporalStream,
-    TwoStream,
-    WeightedFusion,
-    adapt_input_conv,
-    spatial_stream,
-    temporal_stream,
-)
+from trainer.models.fusion import AverageFusion, FeatureFusion, LearnedFusion, TwoStream, WeightedFusion
+from trainer.models.pretrained import PretrainedError, cross_modality_weight
+from trainer.models.streams import ARCHS, SpatialStream, TemporalStream, spatial_stream, temporal_stream
 
 # The deep ones take a few seconds each to build on a busy 2-core machine.
 ARCH_PARAMS = [pytest.param(a, marks=pytest.mark.slow) if a in ("resnet101", "resnet152") else a for a in ARCHS]
@@ -142,9 +131,9 @@ def test_bad_inputs_say_what_was_expected() -> None:
 # --- cross-modality initialisation ----------------------------------------------------------------
 
 
-def test_adapt_input_conv_is_rgb_mean_replicated() -> None:
+def test_cross_modality_weight_is_rgb_mean_replicated() -> None:
     w = torch.randn(4, 3, 5, 5)
-    out = adapt_input_conv(w, 6)
+    out = cross_modality_weight(w, 6)
     assert out.shape == (4, 6, 5, 5)
     mean = (w[:, 0] + w[:, 1] + w[:, 2]) / 3
     for c in range(6):
@@ -152,10 +141,10 @@ def test_adapt_input_conv_is_rgb_mean_replicated() -> None:
     # A grey image through the RGB filters = the same grey over 3 channels through the adapted filters.
     grey = torch.rand(1, 1, 9, 9)
     rgb_resp = nn.functional.conv2d(grey.repeat(1, 3, 1, 1), w)
-    adapted_resp = nn.functional.conv2d(grey.repeat(1, 3, 1, 1), adapt_input_conv(w, 3))
+    adapted_resp = nn.functional.conv2d(grey.repeat(1, 3, 1, 1), cross_modality_weight(w, 3))
     assert torch.allclose(rgb_resp, adapted_resp, atol=1e-5)
     with pytest.raises(ValueError, match=r"expected an RGB conv weight .*got \(4, 2, 5, 5\)"):
-        adapt_input_conv(torch.randn(4, 2, 5, 5), 6)
+        cross_modality_weight(torch.randn(4, 2, 5, 5), 6)
 
 
 def test_cross_modality_init_is_applied_from_a_local_file(tmp_path) -> None:
@@ -191,7 +180,7 @@ def test_temporal_stream_from_a_trained_spatial_stream(tmp_path) -> None:
     path = tmp_path / "spatial.pth"
     torch.save({"model": spatial.state_dict()}, path)
     model = temporal_stream(arch="resnet18", num_classes=3, flow_length=2, pretrained=path)  # a Path works too
-    assert torch.allclose(model.backbone.conv1.weight, adapt_input_conv(spatial.backbone.conv1.weight, 4))
+    assert torch.allclose(model.backbone.conv1.weight, cross_modality_weight(spatial.backbone.conv1.weight, 4))
 
 
 def test_mismatched_weights_raise_naming_the_keys(tmp_path) -> None:
@@ -259,7 +248,7 @@ def test_imagenet_loads_from_the_hub_cache(hub_dir, no_network) -> None:
     assert torch.equal(spatial.backbone.conv1.weight, state["conv1.weight"])
     assert torch.equal(spatial.backbone.layer2[1].bn1.running_var, state["layer2.1.bn1.running_var"])
     temporal = temporal_stream(arch="resnet18", num_classes=3, flow_length=10, pretrained="imagenet")
-    assert torch.allclose(temporal.backbone.conv1.weight, adapt_input_conv(state["conv1.weight"], 20))
+    assert torch.allclose(temporal.backbone.conv1.weight, cross_modality_weight(state["conv1.weight"], 20))
 
 
 # --- fusion --------------------------------------------------------------------------------------

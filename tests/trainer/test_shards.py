@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from flowprep.quantize import scale_and_offset
-from trainer.data import FlowStackDataset
-from trainer.shards import DataError, index_shards, read_video_list
+from trainer.data.datasets import FlowStackDataset
+from trainer.data.errors import DataError
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:

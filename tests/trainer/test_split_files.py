@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.shards import DataError, index_shards, read_video_list
+from trainer.data.errors import DataError
+from trainer.data.lists import read_video_list
+from trainer.data.shards import index_shards
 
 
 def test_hmdb51_split_files_give_train_and_test_videos_by_their_tags(make_tiny_shards, tmp_path: Path) -> None:

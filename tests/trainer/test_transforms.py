@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from flowprep.quantize import quantize, scale_and_offset
-from trainer.data import index_shards
-from trainer.crops import crop_resize
-from trainer.transforms import (
-    FLOW_NORM_PX, IMAGENET_MEAN, IMAGENET_STD, RESAMPLERS, hflip_flow_uint8, hflip_rgb, prepare_batch,
+from trainer.data.shards import index_shards
+from trainer.data.crops import crop_resize
+from trainer.data.transforms import (
+    FLOW_NORM_PX, IMAGENET_MEAN, IMAGENET_STD, RESAMPLERS, BatchPreparer, hflip_flow_uint8, hflip_rgb, prepare_batch,
     prepare_train_batch,
 )
 
@@ -224,3 +224,34 @@ def test_prepare_train_batch_errors_name_what_was_expected() -> None:
     with pytest.raises(ValueError, match="method must be one of"):
         prepare_train_batch(x, train_params((0, 0, 8, 8, 0, 8), (0, 0, 8, 8, 0, 8)), stream="temporal",
                             scale_factor=1, add_offset=0, method="nearest")
+
+
+def test_batch_preparer_is_the_device_side_of_every_stream(tiny_shards) -> None:
+    """One object per run: prepare_batch (CPU crops) or prepare_train_batch (training windows) with the shards'
+    own factors, the joint stream's halves each as their stream, the memory format asked for."""
+    idx = index_shards(tiny_shards.root)
+    cpu = torch.device("cpu")
+    sf = dict(scale_factor=idx.scale_factor, add_offset=idx.add_offset)
+    torch.manual_seed(0)
+    flow = torch.randint(0, 256, (2, 4, 8, 8), dtype=torch.uint8)
+    rgb = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    scale = torch.tensor([[1.0, 1.5], [0.5, 2.0]])
+    params = torch.tensor([[0, 1, 6, 5, 1, 4], [2, 0, 4, 8, 0, 4]], dtype=torch.float32)
+
+    temporal = BatchPreparer.for_shards(idx, device=cpu, stream="temporal")
+    assert (temporal.scale_factor, temporal.add_offset) == (idx.scale_factor, idx.add_offset)
+    assert torch.equal(temporal(flow, scale), prepare_batch(flow, scale, stream="temporal", **sf))
+    assert torch.equal(temporal(flow, params), prepare_train_batch(flow, params, stream="temporal", **sf))
+    assert torch.equal(temporal.target(torch.tensor([2, 0])), torch.tensor([2, 0]))
+
+    joint = BatchPreparer.for_shards(idx, device=cpu, stream="joint", channels_last=True)
+    got_rgb, got_flow = joint((rgb, flow), params)
+    assert torch.equal(got_rgb, prepare_train_batch(rgb, params, stream="spatial", **sf))
+    assert torch.equal(got_flow, prepare_train_batch(flow, params, stream="temporal", **sf))
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in (got_rgb, got_flow))
+
+    with temporal.autocast():
+        assert not torch.is_autocast_enabled("cpu")  # no amp_dtype: float32
+    bf16 = BatchPreparer(device=cpu, stream="spatial", scale_factor=1.0, add_offset=0.0, amp_dtype=torch.bfloat16)
+    with bf16.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")

@@ -9,15 +9,14 @@ from torch import nn
 
 from trainer import checkpoint as ckpt_io
 from trainer.config import JOINT_FUSIONS, ModelConfig
-from trainer.models import (
-    AverageFusion, FeatureFusion, LearnedFusion, TwoStream, WeightedFusion, spatial_stream, temporal_stream,
-)
+from trainer.models.fusion import AverageFusion, FeatureFusion, LearnedFusion, TwoStream, WeightedFusion
+from trainer.models.streams import spatial_stream, temporal_stream
 
 
 def build_fusion(
     kind: str, *, num_classes: int, spatial_dim: int, temporal_dim: int, alpha: float | None = None,
 ) -> nn.Module:
-    """One of trainer.models' fusion modules by name (``JOINT_FUSIONS``); ``alpha`` for ``weighted`` only."""
+    """One of trainer.models.fusion's modules by name (``JOINT_FUSIONS``); ``alpha`` for ``weighted`` only."""
     if kind == "average":
         return AverageFusion()
     if kind == "weighted":

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from trainer.batches import BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import FlowStackDataset, FrameDataset, VideoEvalDataset, VideoRecord
+from trainer.data.batches import BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
+from trainer.data.datasets import FlowStackDataset, FrameDataset, VideoEvalDataset
+from trainer.data.joint_datasets import JointDataset, JointEvalDataset
+from trainer.data.shards import VideoRecord
+from trainer.data.transforms import TRAIN_PARAMS
 from trainer.distributed import DistInfo
-from trainer.joint import JointDataset, JointEvalDataset
-from trainer.transforms import TRAIN_PARAMS
 
 
 class _EpochKeys(Sampler):
@@ -34,7 +35,7 @@ class _EpochKeys(Sampler):
 
 class _SeededSamples(Dataset):
     """Draws item ``i`` of ``epoch`` from torch's RNG seeded by (seed, epoch, i): the same crops and flips
-    whatever the worker count, worker order or a resume (trainer.data draws from torch's RNG)."""
+    whatever the worker count, worker order or a resume (the datasets draw from torch's RNG)."""
 
     def __init__(self, inner: Dataset, *, seed: int) -> None:
         self.inner, self.seed = inner, seed
@@ -78,7 +79,7 @@ def make_train_loader(
     """The training loader and its sampler (``set_epoch`` each epoch).
 
     With workers and ``data.shared_batches`` (the default), workers write whole batches into a ring of
-    reused shared buffers (trainer/batches.py) and batches arrive with x already on a CUDA device;
+    reused shared buffers (trainer/data/batches.py) and batches arrive with x already on a CUDA device;
     otherwise a plain DataLoader collates items keyed by (epoch, index). Both give the same batches.
     """
     ds = train_dataset(model, data, records, frame_size=frame_size)

@@ -1,8 +1,9 @@
 """torch Datasets over flowprep shards: one JPEG frame (spatial) or L consecutive flow fields (temporal).
 
-The records come from ``trainer.shards`` (``index_shards``, ``read_video_list``; re-exported here). Items
-are uint8 tensors plus the crop's resize factors (trainer/crops.py draws the boxes; trainer/transforms.py
-has the maths, the flip and the device-side normalisation).
+The records come from ``trainer.data.shards.index_shards`` and ``trainer.data.lists.read_video_list``; the
+frames and fields are read by ``trainer.data.read``. Items are uint8 tensors plus the crop's resize factors
+(trainer/data/crops.py draws the boxes; trainer/data/transforms.py has the maths, the flip and the
+device-side normalisation).
 
 Default crop: TSN's multi-scale corner crop, for both streams (``crop="resized"`` selects torchvision's
 RandomResizedCrop). The resize factor s of a crop multiplies the flow, so it decides which motion
@@ -18,79 +19,29 @@ box and flip drawn (``transforms.TRAIN_PARAMS``), and ``transforms.prepare_train
 and flips the whole batch on the device. This takes the per-sample cv2.resize of 2L channels and the
 flip off the loader workers (see ``python -m benchmarks.loader``). Evaluation items are always cropped
 on the CPU (10-crop views, mixed sizes).
-
-Flow is read chunk by chunk with ``read_direct_chunk`` and inflated with libdeflate (the ``deflate``
-package; one field per chunk, as the format says), and the window is copied into the item, skipping
-HDF5's filter pipeline. libdeflate inflates a whole buffer of known size, which is exactly a chunk, faster
-than ISA-L and far faster than HDF5's zlib filter (BENCHMARKS.md, compression table). Other chunk layouts
-or filters fall back to an h5py hyperslab read.
-
-HDF5 files are opened lazily, in the process that reads (each DataLoader worker), never before fork, and
-cached per process; a cache inherited through fork is dropped, not reused.
-
-A damaged shard (a chunk that does not inflate, HDF5 metadata that does not read) raises ``DataError``
-naming the shard, the video and the field or frame; raised in a loader worker, it reaches the main process
-as that one line (``trainer.shards.DataError``).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Callable
 
-import cv2
-import deflate
-import h5py
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from trainer.shards import DAMAGED, DataError, ShardIndex, VideoRecord, index_shards, one_line, read_video_list
-from trainer.crops import (
+from trainer.data.crops import (
     CROPS, MULTISCALE_SCALES, Box, center_crop_box, crop_resize, eval_views, train_crop_box, train_window,
     window_origin,
 )
-from trainer.transforms import hflip_flow_uint8, hflip_rgb
-
-__all__ = [  # the index lives in trainer.shards; re-exported because every caller wants both
-    "DataError", "FlowStackDataset", "FrameDataset", "ShardIndex", "VideoEvalDataset", "VideoRecord",
-    "index_shards", "read_flow", "read_frame", "read_video_list",
-]
-
-# Per-process cache of open HDF5 files. The pid check drops handles inherited through fork: an HDF5 file
-# object must not be shared between processes.
-_files: dict[Path, h5py.File] = {}
-_flows: dict[tuple[Path, str], tuple[h5py.Dataset, str]] = {}  # (shard, video) -> flow dataset, read mode
-_files_pid = -1
+from trainer.data.errors import DataError
+from trainer.data.read import flow_frame_size, read_flow, read_frame
+from trainer.data.shards import VideoRecord
+from trainer.data.transforms import hflip_flow_uint8, hflip_rgb
 
 
-def _open(rec: VideoRecord) -> h5py.File:
-    """The open shard of ``rec`` (cached per process)."""
-    global _files, _flows, _files_pid
-    path = rec.shard
-    if _files_pid != os.getpid():
-        _files, _flows, _files_pid = {}, {}, os.getpid()
-        if get_worker_info() is not None:
-            cv2.setNumThreads(1)  # one worker = one core; OpenCV's own pool would oversubscribe
-    f = _files.get(path)
-    if f is None:
-        # No chunk cache: a sample reads each chunk once, so a cache would only hold memory (measured:
-        # same read speed with and without).
-        try:
-            f = _files[path] = h5py.File(path, "r", rdcc_nbytes=0)
-        except OSError as e:
-            raise DataError(f"{path}: cannot be opened as HDF5 to read {rec.video_id} ({one_line(e)}); {DAMAGED}") from None
-    return f
-
-
-def _damaged(rec: VideoRecord, what: str, e: BaseException) -> DataError:
-    return DataError(f"{rec.shard}: {what} of {rec.video_id} cannot be read ({one_line(e)}); {DAMAGED}")
-
-
-def _rng() -> np.random.Generator:
-    # Drawn from torch's generator so DataLoader worker seeding and a resumed run's RNG state apply.
+def item_rng() -> np.random.Generator:
+    """A sample's own generator, drawn from torch's: DataLoader worker seeding and a resumed run's RNG state apply."""
     return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
 
 
@@ -134,79 +85,6 @@ class _ShardDataset(Dataset):
         return train_crop_box(h, w, rng, crop=self.crop, scales=self.scales) if self.train else center_crop_box(h, w)
 
 
-def read_frame(rec: VideoRecord, t: int) -> np.ndarray:
-    """Frame t as (3, H, W) uint8 RGB."""
-    f = _open(rec)
-    try:
-        buf = f[f"videos/{rec.video_id}/rgb"][t]
-    except (OSError, KeyError, RuntimeError) as e:  # h5py: damaged chunk or metadata
-        raise _damaged(rec, f"frame {t}", e) from None
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataError(f"{rec.shard}: frame {t} of {rec.video_id} is not a decodable JPEG; {DAMAGED}")
-    return bgr[:, :, ::-1].transpose(2, 0, 1)  # BGR (H, W, 3) -> RGB (3, H, W), a view
-
-
-def _flow_dataset(rec: VideoRecord) -> tuple[h5py.Dataset, str]:
-    """The video's flow dataset and how to read it: "gzip" / "raw" chunk by chunk, else "hyperslab"."""
-    f = _open(rec)  # first: in a new process this drops the handles inherited through fork
-    key = (rec.shard, rec.video_id)
-    if key not in _flows:
-        try:
-            ds = f[f"videos/{rec.video_id}/flow"]
-        except (OSError, KeyError, RuntimeError) as e:
-            raise _damaged(rec, "the flow dataset", e) from None
-        one_field = ds.chunks == (1, *ds.shape[1:])
-        plain = not ds.shuffle and not ds.fletcher32 and ds.scaleoffset is None
-        mode = {"gzip": "gzip", None: "raw"}.get(ds.compression, "hyperslab") if one_field and plain else "hyperslab"
-        _flows[key] = ds, mode
-    return _flows[key]
-
-
-def read_flow(rec: VideoRecord, start: int, stop: int, *, rows: tuple[int, int] | None = None,
-              cols: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """Flow fields [start, stop) as (n, 2, h, w) uint8; past the last field, the last field is repeated.
-
-    ``rows``/``cols``: (first, count) of a window, default the whole frame. ``out``: write into this
-    (n, 2, h, w) uint8 array (e.g. part of a larger item) instead of a new one.
-    """
-    ds, mode = _flow_dataset(rec)
-    n_fields, _, height, width = ds.shape
-    r0, nr = rows or (0, height)
-    c0, nc = cols or (0, width)
-    stop_read = min(stop, n_fields)
-    if out is None:
-        out = np.empty((stop - start, 2, nr, nc), np.uint8)
-    elif out.dtype != np.uint8 or out.shape != (stop - start, 2, nr, nc):
-        raise ValueError(f"out must be uint8 {(stop - start, 2, nr, nc)}, got {out.dtype} {out.shape}")
-    if mode == "hyperslab":
-        try:
-            out[:stop_read - start] = ds[start:stop_read, :, r0:r0 + nr, c0:c0 + nc]
-        except (OSError, RuntimeError) as e:  # h5py: a chunk its filter cannot decode, damaged metadata
-            raise _damaged(rec, f"fields {start}-{stop_read - 1}", e) from None
-    else:
-        nbytes = 2 * height * width
-        for k, t in enumerate(range(start, stop_read)):
-            try:
-                mask, chunk = ds.id.read_direct_chunk((t, 0, 0, 0))
-            except (OSError, KeyError, RuntimeError) as e:
-                raise _damaged(rec, f"field {t}", e) from None
-            if mask:
-                raise DataError(f"{rec.shard}: field {t} of {rec.video_id} was stored with its filter skipped "
-                                f"(mask {mask}); expected every chunk {mode}")
-            try:
-                buf = deflate.zlib_decompress(chunk, nbytes) if mode == "gzip" else chunk
-            except deflate.DeflateError:
-                raise DataError(f"{rec.shard}: field {t} of {rec.video_id} does not inflate (corrupt chunk); "
-                                f"{DAMAGED}") from None
-            if len(buf) != nbytes:
-                raise DataError(f"{rec.shard}: field {t} of {rec.video_id} holds {len(buf)} bytes, expected {nbytes}; "
-                                f"{DAMAGED}")
-            out[k] = np.frombuffer(buf, np.uint8).reshape(2, height, width)[:, r0:r0 + nr, c0:c0 + nc]
-    out[stop_read - start:] = out[stop_read - start - 1]
-    return out
-
-
 class FrameDataset(_ShardDataset):
     """Spatial stream: one frame per item (random when training, the middle one otherwise).
 
@@ -223,7 +101,7 @@ class FrameDataset(_ShardDataset):
                          frame_size=frame_size)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        rec, rng = self.records[i], _rng()
+        rec, rng = self.records[i], item_rng()
         t = int(rng.integers(rec.num_frames)) if self.train else rec.num_frames // 2
         img = read_frame(rec, t)
         if self.frame_size is not None:
@@ -261,10 +139,10 @@ class FlowStackDataset(_ShardDataset):
         return int(rng.integers(last + 1)) if self.train else last // 2
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        rec, rng, L = self.records[i], _rng(), self.flow_length
+        rec, rng, L = self.records[i], item_rng(), self.flow_length
         start = self._start(rec, rng)
         if self.frame_size is not None:
-            self._check_size(rec, _flow_dataset(rec)[0].shape[2:])
+            self._check_size(rec, flow_frame_size(rec))
             x, params = self._device_item(
                 lambda r, c: read_flow(rec, start, start + L, rows=r, cols=c).reshape(2 * L, r[1], c[1]), rng)
             return x, params, rec.label

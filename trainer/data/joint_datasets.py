@@ -6,7 +6,7 @@ t = min(s + L // 2, T - 1), and ONE crop box and ONE flip are drawn for both, si
 H x W (docs/shard-format.md): both streams look at the same region of the same moment, and a flipped
 item is a mirrored clip (flow: mirrored with u negated). The draws are those of ``FlowStackDataset`` in
 the same order (start, box, flip), so the flow half of an item is the ``FlowStackDataset`` item of the same
-seed. Both crop paths of ``trainer.data`` work: with ``frame_size`` an item holds the uncropped windows and
+seed. Both crop paths of ``trainer.data.datasets`` work: with ``frame_size`` an item holds the uncropped windows and
 the shared ``transforms.TRAIN_PARAMS`` (cropped on the device by ``prepare_train_batch``), else the crops
 made on the CPU and their resize factors.
 
@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainer.data import (
-    DataError, FlowStackDataset, VideoEvalDataset, VideoRecord, _flow_dataset, _rng, read_flow, read_frame,
-)
-from trainer.crops import crop_resize, eval_views
-from trainer.transforms import hflip_flow_uint8, hflip_rgb
+from trainer.data.crops import crop_resize, eval_views
+from trainer.data.datasets import FlowStackDataset, VideoEvalDataset, item_rng
+from trainer.data.errors import DataError
+from trainer.data.read import flow_frame_size, read_flow, read_frame
+from trainer.data.shards import VideoRecord
+from trainer.data.transforms import hflip_flow_uint8, hflip_rgb
 
 JointInputs = tuple[Tensor, Tensor]  # (rgb, flow)
 
@@ -51,12 +52,12 @@ class JointDataset(FlowStackDataset):
     """
 
     def __getitem__(self, i: int) -> tuple[JointInputs, Tensor, int]:  # type: ignore[override]
-        rec, rng, L = self.records[i], _rng(), self.flow_length
+        rec, rng, L = self.records[i], item_rng(), self.flow_length
         start = self._start(rec, rng)  # as FlowStackDataset: same draws
         img = read_frame(rec, centre_frame(rec, start, L))
         if self.frame_size is not None:
             self._check_size(rec, img.shape[1:])
-            self._check_size(rec, _flow_dataset(rec)[0].shape[2:])
+            self._check_size(rec, flow_frame_size(rec))
 
             def window(r: tuple[int, int], c: tuple[int, int]) -> np.ndarray:
                 x = np.empty((3 + 2 * L, r[1], c[1]), np.uint8)  # filled in place: no second copy of the flow
@@ -97,6 +98,6 @@ class JointEvalDataset(VideoEvalDataset):
         flow, scale, label, index = super().__getitem__(i)
         rec = self.records[i]
         frames = [read_frame(rec, centre_frame(rec, int(s), self.flow_length)) for s in self.positions(rec)]
-        _check_same_size(rec, frames[0].shape[1:], _flow_dataset(rec)[0].shape[2:])
+        _check_same_size(rec, frames[0].shape[1:], flow_frame_size(rec))
         rgb, _ = eval_views(frames, crops=self.crops, size=self.crop_size, flip=hflip_rgb)  # the flow's boxes
         return (torch.from_numpy(rgb), flow), scale, label, index

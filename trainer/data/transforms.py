@@ -1,7 +1,7 @@
 """Sample transforms: flips of uint8 samples, and the device side (dequantize, normalise, batched crops).
 
 Division of labour. A dataset item stays uint8 all the way to the device (4x less to copy than float32):
-the dataset picks a crop box (``trainer.crops``), crops and resizes to ``crop_size`` with OpenCV and flips, all on uint8, and
+the dataset picks a crop box (``trainer.data.crops``), crops and resizes to ``crop_size`` with OpenCV and flips, all on uint8, and
 returns the resize factors ``(sx, sy) = (crop_size / crop_w, crop_size / crop_h)``. ``prepare_batch`` then
 runs on the device: flow is dequantized with the shard's own ``scale_factor``/``add_offset`` (never an
 assumed bound), u is multiplied by sx and v by sy because a displacement of d pixels in the stored frame is
@@ -25,17 +25,26 @@ the same). ``prepare_train_batch`` then crops and resizes the whole batch in one
 ``torchvision.ops.roi_align`` call (aligned=True, one sample per output pixel: the same half-pixel
 bilinear sampling as ``cv2.resize``), mirrors the flagged samples, negates their u at every time step,
 multiplies u by sx and v by sy and normalises as ``prepare_batch``.
+
+``BatchPreparer`` does all of this for a loader's batch, built once per run (``trainer fit``, ``trainer
+evaluate``) with the shards' factors (``ShardIndex.scale_factor``/``add_offset``, from
+``flowprep.format.scale_and_offset``) and handed to the loops of ``trainer.engine``: either path above,
+the joint stream's two inputs, the memory format and the mixed precision the network runs in.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+import contextlib
+from dataclasses import dataclass
+from typing import TypeVar, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
+
+from flowprep import format as fmt
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
@@ -44,6 +53,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_PARAMS = 6  # per-sample device-crop parameters: (y0, x0, h, w, flip, size), see prepare_train_batch
 RESAMPLERS = ("roi_align", "grid_sample")
+
+Inputs = Union[Tensor, tuple[Tensor, Tensor]]  # one stream's batch, or the joint stream's (rgb, flow)
 
 
 def hflip_flow_uint8(q: ArrayOrTensor) -> ArrayOrTensor:
@@ -96,7 +107,7 @@ def prepare_batch(
         raise ValueError(
             f"temporal stream expects x (..., 2L, H, W) and scale (..., 2), got {tuple(x.shape)} and {tuple(scale.shape)}"
         )
-    f = x.float() * scale_factor + add_offset  # pixels of the stored frame
+    f = fmt.dequantize(x, scale_factor, add_offset)  # float32 pixels of the stored frame
     f = f.unflatten(-3, (c // 2, 2))  # (..., L, 2, S, S)
     s = scale.to(device=x.device, dtype=f.dtype)[..., None, :, None, None]  # (..., 1, 2, 1, 1): (sx, sy)
     return (f * (s / flow_norm)).flatten(-4, -3)
@@ -153,9 +164,60 @@ def prepare_train_batch(
         raise ValueError(f"stream must be 'spatial' or 'temporal', got {stream!r}")
     if x.shape[1] % 2:
         raise ValueError(f"temporal stream expects 2L channels (u, v interleaved), got {tuple(x.shape)}")
-    # Dequantization is affine, so resampling the codes and then dequantizing is exact (no rounding here).
+    # Dequantization is affine, so resampling the codes and then dequantizing is exact (no rounding here); the
+    # dequantization (fmt.dequantize: q * scale_factor + add_offset) is folded into the flow scaling k below.
     out = _resample(x.float(), p, size, method).unflatten(1, (x.shape[1] // 2, 2))  # (B, L, 2, S, S)
     sx = (1 - 2 * p[:, 4]) * size / p[:, 3]  # a flip negates u at every time step
     sy = size / p[:, 2]
     k = torch.stack([sx, sy], 1)[:, None, :, None, None] / flow_norm  # (B, 1, 2, 1, 1)
     return (out * (scale_factor * k) + add_offset * k).flatten(1, 2)
+
+
+@dataclass(frozen=True)
+class BatchPreparer:
+    """A loader's uint8 batch -> the network's input on ``device``: dequantized with the shards' factors,
+    cropped and flipped (training windows), normalised float32, channels-last if asked; and the precision the
+    network runs in (``autocast``). One per run, built by ``for_shards`` and passed to the loops.
+    """
+
+    device: torch.device
+    stream: str  # spatial, temporal, or joint (its batches carry (rgb, flow) sharing one crop)
+    scale_factor: float  # the shards' flow quantization: f = q * scale_factor + add_offset (flowprep.format)
+    add_offset: float
+    amp_dtype: torch.dtype | None = None  # mixed precision of the forward pass; None: float32
+    channels_last: bool = False
+
+    @classmethod
+    def for_shards(cls, index, *, device: torch.device, stream: str, amp_dtype: torch.dtype | None = None,
+                   channels_last: bool = False) -> "BatchPreparer":
+        """The preparer of ``index``'s batches (a ``trainer.data.shards.ShardIndex``: its factors)."""
+        return cls(device=device, stream=stream, scale_factor=index.scale_factor, add_offset=index.add_offset,
+                   amp_dtype=amp_dtype, channels_last=channels_last)
+
+    def __call__(self, x: Tensor | list[Tensor] | tuple[Tensor, Tensor], scale: Tensor) -> Inputs:
+        """``x`` (B, C, ., .) uint8 (a list or tuple (rgb, flow) for the joint stream) and ``scale``: (B, 2)
+        resize factors of crops made on the CPU, or (B, TRAIN_PARAMS) of training windows to crop here."""
+        if self.stream == "joint":
+            # (rgb, flow) cut with the same box and flip: each half prepared as its own stream, with the shared scale.
+            rgb, flow = x
+            return self._one_stream(rgb, scale, "spatial"), self._one_stream(flow, scale, "temporal")
+        return self._one_stream(x, scale, self.stream)  # type: ignore[arg-type]
+
+    def _one_stream(self, x: Tensor, scale: Tensor, stream: str) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        factors = dict(stream=stream, scale_factor=self.scale_factor, add_offset=self.add_offset)
+        if scale.shape[-1] == TRAIN_PARAMS:
+            # Uncropped training windows + (y0, x0, h, w, flip, size): crop, resize and flip here, batched.
+            # The params stay on the CPU until prepare_train_batch has read the crop size (no device sync).
+            x = prepare_train_batch(x, scale, **factors)
+        else:
+            x = prepare_batch(x, scale.to(self.device, non_blocking=True), **factors)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def target(self, labels: Tensor) -> Tensor:
+        return labels.to(self.device, non_blocking=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's precision: ``amp_dtype`` under autocast, else float32 (autocast off)."""
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)

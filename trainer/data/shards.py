@@ -1,7 +1,7 @@
 """The index of a flowprep output folder, read through its documented contract (docs/shard-format.md).
 
-``index_shards`` reads the manifest(s) and each shard's attributes once; ``read_video_list`` resolves a
-UCF-101 style list against that index. ``trainer.data`` builds the datasets on top of both.
+``index_shards`` reads the manifest(s) and each shard's attributes once; ``trainer.data.lists`` resolves
+the split files against that index, and ``trainer.data.datasets`` builds the datasets on top of both.
 
 Incomplete runs are an error: if a manifest says ``complete: false`` or parts of an array run are
 missing, ``index_shards`` raises ``DataError`` unless ``allow_incomplete=True`` (then it warns and indexes
@@ -9,16 +9,14 @@ the finished shards), because training on a silently partial dataset gives numbe
 
 Damage is an error too, in one line naming the shard (and the video where one is concerned): a shard HDF5
 cannot open, and a video whose flow ``scale_factor``/``add_offset`` are not those of its shard's bound
-(root ``params``, through ``flowprep.quantize.scale_and_offset``): it would be dequantized with the wrong
+(root ``params``, through ``flowprep.format.scale_and_offset``): it would be dequantized with the wrong
 numbers. Both are found from attributes alone, before any training.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,35 +25,8 @@ import h5py
 import numpy as np
 
 from flowprep import format as fmt
-from flowprep.labels import SplitEntry, read_split
 from flowprep.format import scale_and_offset
-
-# torch.utils.data re-raises a worker's exception as ``type(e)(text)``, the text being "Caught DataError in
-# DataLoader worker process N.\nOriginal Traceback ...", ending with the original "...DataError: <message>".
-_WORKER = re.compile(r"Caught \w+ in (DataLoader worker process \d+)\.\nOriginal Traceback .*\n[\w.]*DataError: (.*)\n?",
-                     re.DOTALL)
-
-
-# What to do about damaged data: the folder's own check names what to re-extract.
-DAMAGED = "`flowprep verify` on the folder says what to re-extract"
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as "Type: text" on one line, for a DataError that names what could not be read."""
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
-
-
-class DataError(ValueError):
-    """Bad or inconsistent input data; the message is one line naming what was expected and what came.
-
-    Raised in a DataLoader worker, it reaches the main process as a new DataError built from the worker's
-    whole traceback (torch's ``ExceptionWrapper.reraise``); that one keeps only the original line and says
-    which worker read it, so the user sees the shard and the video, not 1.4 KB of someone else's stack.
-    """
-
-    def __init__(self, message: str = "") -> None:
-        m = _WORKER.fullmatch(message) if message.startswith("Caught ") else None
-        super().__init__(f"{m[2]} (read by {m[1]})" if m else message)
+from trainer.data.errors import DAMAGED, DataError, one_line
 
 
 @dataclass(frozen=True)
@@ -79,7 +50,7 @@ class ShardIndex:
     height: int  # stored frame size when all videos share it, else 0
     width: int
     has_rgb: bool  # every video has JPEG frames
-    bound: float  # B of the shards' root params: scale_factor = 2B/255, add_offset = -B (flowprep.quantize)
+    bound: float  # B of the shards' root params; the factors above are flowprep.format.scale_and_offset(B)
 
 
 def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict]]:
@@ -237,94 +208,3 @@ def check_quantization(rec: VideoRecord, index: ShardIndex) -> None:
             f"dequantized wrongly (an edited or foreign video): {DAMAGED}"
         )
 
-
-def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None, role: str | None = None,
-                    kind: str | None = None) -> list[VideoRecord]:
-    """Resolve a split file against the shards: a UCF-101 list (``Class/v_x.avi 1``, 1-based label optional),
-    HMDB-51 split files (``<action>_test_split1.txt``: 1 = train, 2 = test), a Kinetics CSV, a
-    Something-Something v2 JSON, or a CSV ``path,label[,split]`` (``flowprep.labels``; detected from the
-    content unless ``kind``). A path with ``*`` is a glob (HMDB-51's 51 files of a split).
-
-    ``role`` (train / val / test) picks the videos of HMDB-51 files and of a CSV's split column. UCF-101
-    lists: ``labelled`` True requires a label on every line, False forbids labels, None accepts either (not a
-    mix); the path may hold spaces (``air drumming/x.mp4 3``). Kinetics, SSv2 and HMDB-51 videos are matched
-    by file name (their stem), the others by video id. Labels and class names given must agree with the
-    shards, and each video's flow ``scale_factor``/``add_offset`` must be its shard's (``check_quantization``).
-    """
-    paths = sorted(Path(p) for p in glob.glob(str(path))) if "*" in str(path) else [Path(path)]
-    if not paths:
-        raise DataError(f"{path}: no file matches")
-    records: list[VideoRecord] = []
-    missing: list[tuple[str, str, str, str]] = []  # (where, video, what, hint) of every file, reported together
-    for p in paths:
-        try:
-            entries = read_split(p, role=role, kind=kind)
-        except OSError as e:
-            raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
-        except (fmt.ListError, ValueError) as e:
-            raise DataError(str(e)) from None
-        records += _resolve(p, entries, index, labelled=labelled, missing=missing)
-    if missing:
-        raise DataError(_missing_line(missing, index.root))
-    if not records:
-        raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")
-    return records
-
-
-def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None,
-             missing: list[tuple[str, str, str, str]]) -> list[VideoRecord]:
-    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
-    by_stem: dict[str, list[VideoRecord]] | None = None
-    records, seen_labels = [], set()
-    for entry in entries:
-        has_label = entry.label is not None
-        if entry.video_id is not None:  # UCF-101 lists and CSVs: by video id
-            seen_labels.add(has_label)
-            if labelled is not None and has_label != labelled:
-                want = "a 1-based label on every line" if labelled else "no labels"
-                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: expected {want}, got {entry.text!r}")
-            if len(seen_labels) > 1:
-                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: some lines have labels and some do not; "
-                                "expected one or the other")
-            rec = index.videos.get(entry.video_id)
-            if rec is None:
-                hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
-                        if any(c.isspace() for c in entry.text) and entry.class_name is None else "")
-                missing.append((f"{path}:{entry.where.rsplit(':', 1)[-1]}", entry.video_id, "is not in the shards", hint))
-                continue
-        else:  # Kinetics, SSv2, HMDB-51: by file name
-            if by_stem is None:
-                by_stem = {}
-                for r in index.videos.values():
-                    by_stem.setdefault(r.video_id.rsplit("/", 1)[-1], []).append(r)
-            found = by_stem.get(entry.stem, [])
-            if len(found) != 1:
-                what = "is not in the shards" if not found else f"names {len(found)} videos ({found[0].video_id}, ...)"
-                missing.append((entry.where, entry.stem, what, ""))
-                continue
-            rec = found[0]
-        if has_label and entry.label != rec.label:
-            raise DataError(
-                f"{path}:{entry.where.rsplit(':', 1)[-1]}: {rec.video_id} has label {entry.label + 1} (1-based) but "
-                f"the shards say {rec.label + 1} ({rec.class_name}); expected the class order of the shards"
-            )
-        if entry.class_name is not None and entry.class_name != rec.class_name:
-            raise DataError(f"{entry.where}: {rec.video_id} is {entry.class_name!r} there but {rec.class_name!r} in "
-                            "the shards")
-        check_quantization(rec, index)
-        records.append(rec)
-    return records
-
-
-def _missing_line(missing: list[tuple[str, str, str, str]], root: Path) -> str:
-    """Every video of a list that the shards lack, in one line: the first few by place, then a count."""
-    where, name, what, hint = missing[0]
-    line = f"{where}: video {name!r} {what} under {root}{hint}"
-    if len(missing) > 1:
-        more = ", ".join(f"{w} {n!r}" for w, n, _, _ in missing[1:_SHOWN])
-        rest = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-        line += f"; also {more}{rest} ({len(missing)} videos of the list are not in the shards)"
-    return line
-
-
-_SHOWN = 5  # missing videos named in the error; the rest are counted

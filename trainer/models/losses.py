@@ -1,6 +1,6 @@
 """Losses on the networks' outputs: a stream's logits, or the joint stream's dict of logits and fused output.
 
-A fusion module says what it outputs (``output = "logits"`` or ``"probabilities"``, trainer/models.py);
+A fusion module says what it outputs (``output = "logits"`` or ``"probabilities"``, trainer/models/fusion.py);
 ``class_log_probs`` turns either into log-probabilities, so that one negative log-likelihood scores both.
 """
 

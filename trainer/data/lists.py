@@ -1,0 +1,105 @@
+"""The split files of ``trainer fit`` / ``evaluate`` resolved against the shards' index: which videos, with
+which labels (``--train-list``, ``--val-list``, ``--test-list``; the formats are read by ``flowprep.labels``).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from flowprep import format as fmt
+from flowprep.labels import SplitEntry, read_split
+from trainer.data.errors import DataError
+from trainer.data.shards import ShardIndex, VideoRecord, check_quantization
+
+
+def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None, role: str | None = None,
+                    kind: str | None = None) -> list[VideoRecord]:
+    """Resolve a split file against the shards: a UCF-101 list (``Class/v_x.avi 1``, 1-based label optional),
+    HMDB-51 split files (``<action>_test_split1.txt``: 1 = train, 2 = test), a Kinetics CSV, a
+    Something-Something v2 JSON, or a CSV ``path,label[,split]`` (``flowprep.labels``; detected from the
+    content unless ``kind``). A path with ``*`` is a glob (HMDB-51's 51 files of a split).
+
+    ``role`` (train / val / test) picks the videos of HMDB-51 files and of a CSV's split column. UCF-101
+    lists: ``labelled`` True requires a label on every line, False forbids labels, None accepts either (not a
+    mix); the path may hold spaces (``air drumming/x.mp4 3``). Kinetics, SSv2 and HMDB-51 videos are matched
+    by file name (their stem), the others by video id. Labels and class names given must agree with the
+    shards, and each video's flow ``scale_factor``/``add_offset`` must be its shard's (``check_quantization``).
+    """
+    paths = sorted(Path(p) for p in glob.glob(str(path))) if "*" in str(path) else [Path(path)]
+    if not paths:
+        raise DataError(f"{path}: no file matches")
+    records: list[VideoRecord] = []
+    missing: list[tuple[str, str, str, str]] = []  # (where, video, what, hint) of every file, reported together
+    for p in paths:
+        try:
+            entries = read_split(p, role=role, kind=kind)
+        except OSError as e:
+            raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
+        except (fmt.ListError, ValueError) as e:
+            raise DataError(str(e)) from None
+        records += _resolve(p, entries, index, labelled=labelled, missing=missing)
+    if missing:
+        raise DataError(_missing_line(missing, index.root))
+    if not records:
+        raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")
+    return records
+
+
+def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None,
+             missing: list[tuple[str, str, str, str]]) -> list[VideoRecord]:
+    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
+    by_stem: dict[str, list[VideoRecord]] | None = None
+    records, seen_labels = [], set()
+    for entry in entries:
+        has_label = entry.label is not None
+        if entry.video_id is not None:  # UCF-101 lists and CSVs: by video id
+            seen_labels.add(has_label)
+            if labelled is not None and has_label != labelled:
+                want = "a 1-based label on every line" if labelled else "no labels"
+                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: expected {want}, got {entry.text!r}")
+            if len(seen_labels) > 1:
+                raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: some lines have labels and some do not; "
+                                "expected one or the other")
+            rec = index.videos.get(entry.video_id)
+            if rec is None:
+                hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
+                        if any(c.isspace() for c in entry.text) and entry.class_name is None else "")
+                missing.append((f"{path}:{entry.where.rsplit(':', 1)[-1]}", entry.video_id, "is not in the shards", hint))
+                continue
+        else:  # Kinetics, SSv2, HMDB-51: by file name
+            if by_stem is None:
+                by_stem = {}
+                for r in index.videos.values():
+                    by_stem.setdefault(r.video_id.rsplit("/", 1)[-1], []).append(r)
+            found = by_stem.get(entry.stem, [])
+            if len(found) != 1:
+                what = "is not in the shards" if not found else f"names {len(found)} videos ({found[0].video_id}, ...)"
+                missing.append((entry.where, entry.stem, what, ""))
+                continue
+            rec = found[0]
+        if has_label and entry.label != rec.label:
+            raise DataError(
+                f"{path}:{entry.where.rsplit(':', 1)[-1]}: {rec.video_id} has label {entry.label + 1} (1-based) but "
+                f"the shards say {rec.label + 1} ({rec.class_name}); expected the class order of the shards"
+            )
+        if entry.class_name is not None and entry.class_name != rec.class_name:
+            raise DataError(f"{entry.where}: {rec.video_id} is {entry.class_name!r} there but {rec.class_name!r} in "
+                            "the shards")
+        check_quantization(rec, index)
+        records.append(rec)
+    return records
+
+
+def _missing_line(missing: list[tuple[str, str, str, str]], root: Path) -> str:
+    """Every video of a list that the shards lack, in one line: the first few by place, then a count."""
+    where, name, what, hint = missing[0]
+    line = f"{where}: video {name!r} {what} under {root}{hint}"
+    if len(missing) > 1:
+        more = ", ".join(f"{w} {n!r}" for w, n, _, _ in missing[1:_SHOWN])
+        rest = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        line += f"; also {more}{rest} ({len(missing)} videos of the list are not in the shards)"
+    return line
+
+
+_SHOWN = 5  # missing videos named in the error; the rest are counted
