@@ -2,9 +2,9 @@
 
 Why: torch's default collate makes every worker allocate a new shared-memory tensor per batch (74 MB for
 64 temporal windows of 20 x 240 x 240), write it through first-touch page faults, and the main process
-then maps it and copies it again into pinned memory. ``python -m benchmarks.collate`` measured the
-stacking alone at 1.33 ms per item into fresh shared memory against 0.18 ms into shared memory touched
-before, about as much as reading and inflating the item. Here the buffers are allocated and touched once,
+then maps it and copies it again into pinned memory. Stacking into fresh shared memory costs several
+times more than into memory touched before, about as much as reading and inflating the item
+(``python -m benchmarks.collate``; BENCHMARKS.md, "Where a DataLoader worker's time goes"). Here the buffers are allocated and touched once,
 before the workers start, and on CUDA registered as pinned memory (``cudaHostRegister``), so the
 host-to-device copy reads them directly.
 
@@ -21,8 +21,8 @@ batch has returned by then.
 One DataLoader iteration runs across epochs (``EpochBatches`` goes on into the next epoch's batches, in
 that epoch's own DistributedSampler order), so the workers prepare the first batches of epoch e + 1 while
 epoch e ends instead of idling, and no epoch starts with a wait for one worker to read a whole batch
-(64 temporal items: ~0.2 s, estimated from 2.3-3 ms per item; on an H100 the data wait of 150-step epochs
-went from 5.1% to 1.6% with this change, BENCHMARKS.md). ``SharedBatchLoader.__iter__`` yields one
+(the time to read 64 temporal items; what this did to the data wait of short epochs on a GPU is in
+BENCHMARKS.md, "Training on a GPU"). ``SharedBatchLoader.__iter__`` yields one
 epoch, ``sampler.epoch``; if the stream is not at that epoch's start (a first epoch, a resume, an epoch
 abandoned part-way), it starts a new iteration there, and a new ``iter()`` on persistent workers first
 waits until they have passed every task of the old one, so no writer is left behind.

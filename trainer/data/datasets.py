@@ -7,11 +7,10 @@ device-side normalisation).
 
 Default crop: TSN's multi-scale corner crop, for both streams (``crop="resized"`` selects torchvision's
 RandomResizedCrop). The resize factor s of a crop multiplies the flow, so it decides which motion
-magnitudes the network trains on; ``python -m benchmarks.loader`` measured on 320x240 shards (L=10,
-S=224): multi-scale s = 0.93 / 1.07 / 1.42 (p5 / median / p95), centred on the evaluation crop's 1.07,
-while RandomResizedCrop (area down to 8%, aspect 3/4-4/3 that also scales u and v differently) gives
-0.80 / 1.24 / 2.43, i.e. flow magnified up to 2.3x more than at test time, at the same
-loading speed. TSN (Wang et al. 2016) reports the multi-scale crop for both streams on UCF-101.
+magnitudes the network trains on. ``python -m benchmarks.loader`` measures s on 320x240 shards
+(BENCHMARKS.md, the temporal loader section): the multi-scale crop keeps s in a narrow band around the
+evaluation crop's, while RandomResizedCrop (area down to 8%, aspect 3/4-4/3 that also scales u and v
+differently) magnifies the flow far more than at test time, at the same loading speed. TSN (Wang et al. 2016) reports the multi-scale crop for both streams on UCF-101.
 
 Training crops on the device: given ``frame_size`` (every video stored at that size, the usual case), the
 training datasets return the uncropped window of the frame(s) that holds every possible box plus the

@@ -46,8 +46,8 @@ class _SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
         with torch.random.fork_rng(devices=[]):  # leaves the process's own stream (dropout, workers=0) alone
-            # The CPU generator alone (the items draw from it): torch.manual_seed also seeds every other backend,
-            # 0.27 ms per item here against 2-3 ms for reading one.
+            # The CPU generator alone (the items draw from it): torch.manual_seed would also seed every other
+            # backend, a cost per item that shows next to reading it.
             torch.default_generator.manual_seed(
                 int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1, np.uint64)[0] >> 1))
             return self.inner[i]
