@@ -200,12 +200,14 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
                    "follow its order.  [default: sorted class names]")
 @click.option("--layout", type=click.Choice(reader.LAYOUTS), default=None, show_default=False,
               help="Where classes come from without --labels: ucf101 / hmdb51 / folders: the top-level folder "
-                   "(<Class>/<video>); kinetics: the folder holding the video (<split>/<label>/<video>); ssv2 "
+                   "(<Class>/<video>); kinetics: the folder holding the video (<split>/<label>/<video>; test/<video>: "
+                   "unlabelled); ssv2 "
                    "needs --labels.  [default: folders; top-level videos are extracted unlabelled, with a note]")
 @click.option("--labels", "labels", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Label file(s), repeatable, of one kind (detected from the content): a CSV 'path,label[,split]' "
                    "(path relative to --videos), Kinetics' official CSV (label,youtube_id,time_start,time_end,split; "
-                   "files named {youtube_id}_{start:06d}_{end:06d}.mp4) or Something-Something v2's JSON (<id>.webm).")
+                   "files named {youtube_id}_{start:06d}_{end:06d}.mp4) or Something-Something v2's JSON (<id>.webm). Their "
+                   "test files' videos have no label: they are extracted unlabelled (label -1).")
 @click.option("--unlabelled", is_flag=True,
               help="Extract without labels: label -1 and no class name in the shards (e.g. a test set).")
 @click.option("--size", "size_text", metavar="WxH",

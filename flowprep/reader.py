@@ -65,7 +65,7 @@ def find_videos(root: str | Path, *, warn: Callable[[str], None] | None = None) 
 def read_class_index(path: str | Path) -> list[str]:
     """Class names from a UCF-101 ``classInd.txt`` ("<1-based index> <name>" per line), by index."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("{"):  # Something-Something v2's labels JSON: {"Class name": "index", ...}
         try:
             order = sorted(json.loads(text).items(), key=lambda kv: int(kv[1]))
@@ -105,7 +105,9 @@ def plan_videos(
     Where a video's class comes from: ``labels`` files (generic CSV, Kinetics CSV, SSv2 JSON; see
     ``flowprep.labels``) when given; none with ``unlabelled`` (label -1, no class name; also when every
     video sits at the top level, with a note); else its folder: the top-level one (``folders``, ``ucf101``,
-    ``hmdb51``: ``<Class>/<video>``), or the one holding it (``kinetics``: ``<split>/<label>/<video>``).
+    ``hmdb51``: ``<Class>/<video>``), or the one holding it (``kinetics``: ``<split>/<label>/<video>``; a clip
+    in ``test/<video>``, with no label folder, is unlabelled, with a note). Rows of the labels files without a
+    label (Kinetics' test CSV, SSv2's test JSON) make their videos unlabelled, with a note.
     Problems (unlabelled videos, labels naming missing videos, unknown classes) are listed, the first
     ten and a count, in one ``DatasetError``.
     """
@@ -132,7 +134,7 @@ def plan_videos(
     elif layout == "ssv2":
         raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
     else:
-        names = _names_from_folders(sources, layout or "folders", root)
+        names = _names_from_folders(sources, layout or "folders", root, warn)
     found = sorted({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
@@ -154,13 +156,20 @@ def plan_videos(
     return classes, videos
 
 
-def _names_from_folders(sources: list[str], layout: str, root: str | Path) -> dict[str, str]:
+def _names_from_folders(sources: list[str], layout: str, root: str | Path,
+                        warn: Callable[[str], None]) -> dict[str, str]:
     loose = [s for s in sources if "/" not in s]
     if loose:
         raise DatasetError(f"videos must sit in class folders (<Class>/<video>), found {loose[0]!r} at the top level "
                            "(or give --labels FILE, or --unlabelled)")
     if layout == "kinetics":  # <split>/<label>/<video> or <label>/<video>: the folder holding the video
-        return {s: s.rsplit("/", 2)[-2] for s in sources}
+        names = {s: s.rsplit("/", 2)[-2] for s in sources}
+        test = [s for s in sources if s.count("/") == 1 and names[s].lower() in _SPLIT_NAMES]
+        if test:  # test/<video>: Kinetics' test clips come without labels, in no label folders
+            warn(f"note: {len(test)} video(s) sit in split folders without label folders "
+                 f"({', '.join(sorted({s.split('/')[0] for s in test}))}/<video>): extracting them unlabelled (label -1)")
+            names.update({s: "" for s in test})
+        return names
     tops = {s.split("/", 1)[0] for s in sources}
     if layout == "folders" and tops <= _SPLIT_NAMES:
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
@@ -172,18 +181,22 @@ def _names_from_folders(sources: list[str], layout: str, root: str | Path) -> di
 def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str],
                        warn: Callable[[str], None]) -> dict[str, str]:
     try:
-        table = read_labels(paths)
+        table = read_labels(paths, labels=False)  # rows without a label: Kinetics' test CSV, SSv2's test JSON
     except (OSError, ValueError) as exc:
         raise DatasetError(str(exc)) from None
     problems += table.problems
-    names, used = {}, set()
+    names, used, unlabelled = {}, set(), 0
     for source in sources:
         row = table.rows.get(table.key_of(source))
         if row is None:
             problems.append(f"{source}: not in the labels file(s) {', '.join(p.name for p in paths)}")
             continue
-        names[source] = row.class_name
+        names[source] = row.class_name or ""
+        unlabelled += row.class_name is None
         used.add(table.key_of(source))
+    if unlabelled:
+        warn(f"note: {unlabelled} video(s) have no label in the labels file(s) (a test split): extracting them "
+             "unlabelled (label -1)")
     missing = sorted(set(table.rows) - used)
     if missing and table.kind == "csv":
         problems += [f"{table.rows[key].where}: names {key!r}, which is not under --videos" for key in missing]

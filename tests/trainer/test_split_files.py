@@ -124,3 +124,15 @@ def test_list_format_overrides_the_detection(make_tiny_shards, tmp_path: Path) -
                                        "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 1 and "expected Kinetics columns" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_lists_saved_with_a_byte_order_mark_read_like_any_other(make_tiny_shards, tmp_path: Path) -> None:
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=1, class_names=["air drumming", "abseiling"],
+                            id_format="{cls}/{cls}_{g}")
+    index = index_shards(tiny.root)
+    generic = tmp_path / "train.csv"  # Excel's "CSV UTF-8": a BOM before the header, CRLF
+    generic.write_bytes("\ufeffpath,label\r\nair drumming/air drumming_1.mp4,air drumming\r\n".encode())
+    ucf = tmp_path / "trainlist.txt"
+    ucf.write_bytes("\ufeffabseiling/abseiling_1.avi 2\r\n".encode())
+    assert [r.video_id for r in read_video_list(generic, index, role="train")] == ["air drumming/air drumming_1"]
+    assert [(r.video_id, r.label) for r in read_video_list(ucf, index, role="train")] == [("abseiling/abseiling_1", 1)]
