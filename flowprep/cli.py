@@ -348,12 +348,15 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New output folder for the shards and the manifest.")
 @click.option("--layout", required=True, type=click.Choice(frames_mod.LAYOUTS),
-              help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_); "
-                   "twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 names.")
+              help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_; the class is "
+                   "the folder holding the video's, also in train/<Class>/<video>/; top-level video folders need "
+                   "UCF-101 names); twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 "
+                   "names.")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
               help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="UCF-101 classInd.txt: labels follow its order.  [default: sorted class names]")
+              help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
+                   "class names]")
 @click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard.")
@@ -387,7 +390,8 @@ def import_frames(frames: Path, out: Path, layout: str, bound: float, class_inde
 
 @main.command("export-frames", context_settings={"show_default": True})
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the frames.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A new (or empty) folder for the frames.")
 @click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
               help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, help="JPEG quality of the flow frames.")
@@ -395,7 +399,9 @@ def export_frames(shards: Path, out: Path, layout: str, quality: int) -> None:
     """Write the shards of SHARDS as JPEG frames, so that mmaction2 configs can read them.
 
     RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
-    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects).
+    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
+    classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
+    removed.
     """
     try:
         n = frames_mod.export_frames(shards, out, layout=layout, quality=quality)

@@ -139,3 +139,77 @@ def test_export_of_a_damaged_shard_is_one_line_and_exit_75(ucf_tree: Path, tmp_p
     result = invoke("export-frames", shards, "--out", tmp_path / "frames")
     assert result.exit_code == 75 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.strip().endswith("rerun the same command")
+
+
+def mmaction(root: Path, videos: dict[str, int]) -> Path:
+    """mmaction2 rawframes: <...>/<Class>/<video>/flow_x_00001.jpg, flow_y_00001.jpg, img_00001.jpg."""
+    for k, (folder, fields) in enumerate(videos.items()):
+        for i in range(1, fields + 1):
+            write_jpeg(root / folder / f"flow_x_{i:05d}.jpg", gray(100 + 20 * k, seed=i))
+            write_jpeg(root / folder / f"flow_y_{i:05d}.jpg", gray(150, seed=i))
+        for i in range(1, fields + 2):
+            write_jpeg(root / folder / f"img_{i:05d}.jpg", np.full((24, 32, 3), 60 + i, np.uint8))
+    return root
+
+
+def labels_of(out: Path) -> dict[str, tuple[int, str]]:
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        return {vid: (int(f[f"videos/{vid}"].attrs["label"]), f[f"videos/{vid}"].attrs["class_name"])
+                for s in json.loads((out / "manifest.json").read_text())["shards"] for vid in s["videos"]}
+
+
+def test_the_round_trip_keeps_classes_of_split_folders_and_the_label_order(tmp_path: Path) -> None:
+    """Kinetics rawframes sit in <split>/<class>/<video>/: the class is the folder holding the video."""
+    frames = mmaction(tmp_path / "rawframes", {"train/air drumming/abc_000001_000011": 2,
+                                               "val/crème brûlée/xyz_000002_000012": 2, "test/v_Run_g01_c01": 2})
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 crème brûlée\n2 Run\n3 air drumming\n", encoding="utf-8")  # not sorted
+    first = tmp_path / "first"
+    assert invoke("import-frames", "--frames", frames, "--out", first, "--layout", "mmaction",
+                  "--class-index", index).exit_code == 0
+    expected = {"train/air drumming/abc_000001_000011": (2, "air drumming"), "val/crème brûlée/xyz_000002_000012":
+                (0, "crème brûlée"), "test/v_Run_g01_c01": (1, "Run")}
+    assert labels_of(first) == expected
+    exported = tmp_path / "exported"
+    result = invoke("export-frames", first, "--out", exported)
+    assert result.exit_code == 0, result.output
+    assert (exported / "classInd.txt").read_text(encoding="utf-8") == index.read_text(encoding="utf-8")
+    again = tmp_path / "again"
+    result = invoke("import-frames", "--frames", exported, "--out", again, "--layout", "mmaction",
+                    "--class-index", exported / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    assert labels_of(again) == expected and verify_output(again).ok
+
+
+def test_export_into_a_folder_that_holds_files_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    before = sorted(p.relative_to(frames) for p in frames.rglob("*"))
+    result = invoke("export-frames", shards, "--out", frames)  # stale frames would be imported again later
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames} is not an empty folder: export into a new --out (or delete it first)"
+    assert sorted(p.relative_to(frames) for p in frames.rglob("*")) == before
+
+
+def test_frames_of_another_size_found_while_writing_leave_nothing_behind(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 2, "v_B_g01_c01": 3})
+    write_jpeg(frames / "v" / "v_B_g01_c01" / "frame000002.jpg", gray(128, h=30, w=40))
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: B/v_B_g01_c01: u/v_B_g01_c01/frame000002.jpg is 32x24 but "
+                                     "v/v_B_g01_c01/frame000002.jpg is 40x30")
+    assert not out.exists()
+    out.mkdir()  # an empty folder given as --out stays, empty
+    assert invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion").exit_code == 2
+    assert list(out.iterdir()) == []
+
+
+def test_a_missing_frame_in_the_middle_is_named_as_well_as_the_unequal_counts(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 4})
+    (frames / "u" / "v_A_g01_c01" / "frame000002.jpg").unlink()
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: v_A_g01_c01: u: frame(s) 2 missing",
+                                                  "v_A_g01_c01: 3 u but 4 v flow frames"]
