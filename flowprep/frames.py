@@ -97,6 +97,7 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[Frame
     if not root.is_dir():
         raise FramesError(f"--frames must be a folder, got {str(root)!r}")
     per_video: dict[str, dict[str, list[Path]]] = {}
+    empty: list[str] = []
     if layout == "twostreamfusion":
         for kind, sub in _TSF_FOLDERS.items():
             if kind == "rgb" and not rgb:
@@ -110,15 +111,21 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[Frame
     else:
         prefixes = _KINDS[layout]
         for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            if path.is_dir():
+                if not any(path.iterdir()):  # a video whose frames were never written: never skipped silently
+                    empty.append(f"{rel.as_posix()}: an empty folder (a video without frames?)")
+                continue
             m = _NUMBERED.match(path.name)
-            if not (m and path.is_file()):
+            kind = prefixes.get(m.group("prefix").lower()) if m else None
+            if kind is None:
                 continue
-            kind = prefixes.get(m.group("prefix").lower())
-            if kind is None or (kind == "rgb" and not rgb):
-                continue
-            folder = path.parent.relative_to(root).as_posix()
-            per_video.setdefault(folder, {"u": [], "v": [], "rgb": []})[kind].append(path)
-    videos, problems = [], []
+            files = per_video.setdefault(path.parent.relative_to(root).as_posix(), {"u": [], "v": [], "rgb": []})
+            if kind != "rgb" or rgb:  # a folder of RGB frames alone is still a video (without flow)
+                files[kind].append(path)
+    videos, problems = [], list(empty)
     for folder, files in sorted(per_video.items()):
         name = folder.rsplit("/", 1)[-1]
         cls = _class_of(folder, name)

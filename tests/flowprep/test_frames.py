@@ -213,3 +213,17 @@ def test_a_missing_frame_in_the_middle_is_named_as_well_as_the_unequal_counts(tm
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["Error: v_A_g01_c01: u: frame(s) 2 missing",
                                                   "v_A_g01_c01: 3 u but 4 v flow frames"]
+
+
+def test_an_empty_video_folder_or_one_of_rgb_frames_alone_is_named_not_skipped(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    (frames / "Run" / "v_Run_g02_c01").mkdir()  # the toolkit failed on this video
+    for i in (1, 2, 3):
+        write_jpeg(frames / "Run" / "v_Run_g03_c01" / f"img_{i:05d}.jpg", np.full((24, 32, 3), 9, np.uint8))
+    for extra in ([], ["--no-rgb"]):
+        result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "mmaction", *extra)
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            "Error: Run/v_Run_g02_c01: an empty folder (a video without frames?)",
+            "Run/v_Run_g03_c01: 0 u and 0 v flow frames: both are needed"]
+        assert not (tmp_path / "shards").exists()
