@@ -197,7 +197,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="Videos per HDF5 shard (a video is never split).")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt ('1 ApplyEyeMakeup' lines) or Something-Something's labels JSON: labels "
-                   "follow its order.  [default: sorted class names]")
+                   "follow its order.  [default: sorted class names, by number when all are numbers]")
 @click.option("--layout", type=click.Choice(reader.LAYOUTS), default=None, show_default=False,
               help="Where classes come from without --labels: ucf101 / hmdb51 / folders: the top-level folder "
                    "(<Class>/<video>); kinetics: the folder holding the video (<split>/<label>/<video>; test/<video>: "
@@ -356,7 +356,7 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
               help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
-                   "class names]")
+                   "class names, by number when all are numbers]")
 @click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard.")

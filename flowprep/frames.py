@@ -38,6 +38,7 @@ import flowprep
 from flowprep import format as fmt
 from flowprep import manifest as mf
 from flowprep.labels import ROLES
+from flowprep.reader import sort_classes
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 
 LAYOUTS = ("denseflow", "mmaction", "twostreamfusion")
@@ -188,7 +189,7 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
 
     root, out = Path(root), Path(out)
     videos, problems = scan(root, layout, rgb=rgb)
-    found = sorted({v.class_name for v in videos})
+    found = sort_classes({v.class_name for v in videos})
     classes = list(classes) if classes is not None else found
     problems += [f"{v.video_id}: class {v.class_name!r} is not in the class index" for v in videos
                  if v.class_name not in classes]

@@ -2,7 +2,7 @@
 
 Layout: ``VIDEOS/<Class>/.../<name>.<ext>``; the class of a video is its top-level folder. Labels
 are 0-based: the line order of a UCF-101 ``classInd.txt`` ("1 ApplyEyeMakeup", 1-based) when one
-is given, else the sorted class folder names.
+is given, else the sorted class names (by number when every name is a number).
 """
 
 from __future__ import annotations
@@ -92,6 +92,14 @@ def read_class_index(path: str | Path) -> list[str]:
     return names
 
 
+def sort_classes(names: set[str]) -> list[str]:
+    """The label order without a class index: sorted names, by number when every name is a number ("2" before
+    "10": a CSV whose labels are class numbers keeps their order)."""
+    if names and all(n.isdecimal() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
+
+
 LAYOUTS = ("folders", "ucf101", "hmdb51", "kinetics", "ssv2")
 _SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "validate", "test", "testing"}
 
@@ -135,7 +143,7 @@ def plan_videos(
         raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
     else:
         names = _names_from_folders(sources, layout or "folders", root, warn)
-    found = sorted({n for n in names.values() if n})
+    found = sort_classes({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
         problems += [f"class {c!r} is not in {class_index}" for c in found if c not in classes]

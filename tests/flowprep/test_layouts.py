@@ -194,3 +194,12 @@ def test_kinetics_test_clips_in_a_split_folder_are_unlabelled_not_a_class_named_
                                                    "test/aaaaaaaaaaa_000001_000011": -1}
     assert notes == ["note: 1 video(s) sit in split folders without label folders (test/<video>): extracting them "
                      "unlabelled (label -1)"]
+
+
+def test_class_numbers_as_labels_keep_their_order(tmp_path: Path) -> None:
+    root = touch(tmp_path / "v", *(f"clip{i}.mp4" for i in range(12)))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"clip{i}.mp4,{i}\n" for i in range(12)))
+    classes, metas = plan_videos(root, labels=[labels])
+    assert classes == [str(i) for i in range(12)]  # not "0", "1", "10", "11", "2", ...
+    assert all(m.label == int(m.class_name) for m in metas)
