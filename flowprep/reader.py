@@ -146,7 +146,10 @@ def plan_videos(
     found = sort_classes({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
-        problems += [f"class {c!r} is not in {class_index}" for c in found if c not in classes]
+        for c in found:
+            if c not in classes:
+                of = [s for s in sources if names.get(s) == c]
+                problems.append(f"class {c!r} is not in {class_index}: {len(of)} video(s), e.g. {of[0]!r}")
     else:
         classes = found
     if problems:

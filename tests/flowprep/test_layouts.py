@@ -121,7 +121,7 @@ def test_a_generic_csv_labels_any_layout_and_every_problem_is_one_line(tmp_path:
         "bad.csv:5: expected 'path,label[,split]', got 'broken line'",
         "d.mp4: not in the labels file(s) bad.csv",
         "bad.csv:4: names 'gone', which is not under --videos",
-        f"class 'ßki' is not in {index}",
+        f"class 'ßki' is not in {index}: 1 video(s), e.g. 'c.mkv'",
     ]
     assert not (tmp_path / "out").exists()
 
