@@ -197,10 +197,19 @@ def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list
     table = read_labels([path], labels=False, kind=kind)
     if table.problems:
         raise ValueError(table.problems[0])
+    if kind == "csv":
+        known = set().union(*ROLES.values())
+        odd = [row for row in table.rows.values() if row.split and row.split.lower() not in known]
+        if odd:
+            raise ValueError(f"{odd[0].where}: split {odd[0].split!r} is none of {', '.join(sorted(known))} "
+                             f"({len(odd)} such row(s)); leave the column empty for a row of every split")
     entries = []
     for key, row in table.rows.items():
-        if kind == "csv" and role is not None and row.split is not None and row.split.lower() not in ROLES[role]:
+        if kind == "csv" and role is not None and row.split and row.split.lower() not in ROLES[role]:
             continue
         vid, stem = (key, None) if kind == "csv" else (None, key)
         entries.append(SplitEntry(vid, stem, row.class_name, None, row.where, key))
+    if not entries and table.rows and role is not None:
+        splits = sorted({row.split for row in table.rows.values() if row.split})
+        raise ValueError(f"{path}: no row of the {role} split (its split column holds {', '.join(splits)})")
     return entries

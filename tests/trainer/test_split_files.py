@@ -167,3 +167,19 @@ def test_shards_holding_unlabelled_test_videos_train_on_the_labelled_ones(make_t
                      '"air drumming",yt1xi,10,20,train\n')
     records = read_video_list(train, index_shards(tiny.root), role="train")
     assert [r.class_name for r in records] == ["abseiling", "air drumming"]
+
+
+def test_a_csv_split_column_with_an_unknown_split_or_without_the_wanted_one_says_so(make_tiny_shards,
+                                                                                     tmp_path: Path) -> None:
+    tiny = make_tiny_shards(num_classes=1, videos_per_class=2, class_names=["air drumming"], id_format="{cls}/{g}")
+    index = index_shards(tiny.root)
+    odd = tmp_path / "odd.csv"
+    odd.write_text("path,label,split\nair drumming/1.mp4,air drumming,trainval\nair drumming/2.mp4,air drumming,1\n")
+    with pytest.raises(DataError) as e:
+        read_video_list(odd, index, role="train")
+    assert str(e.value) == ("odd.csv:2: split 'trainval' is none of test, testing, train, training, val, valid, "
+                            "validate, validation (2 such row(s)); leave the column empty for a row of every split")
+    no_test = tmp_path / "splits.csv"
+    no_test.write_text("path,label,split\nair drumming/1.mp4,air drumming,train\nair drumming/2.mp4,air drumming,val\n")
+    with pytest.raises(DataError, match=r"^.*splits.csv: no row of the test split \(its split column holds train, val\)$"):
+        read_video_list(no_test, index, role="test")
