@@ -12,12 +12,13 @@ Layouts (``--layout``):
   ``flow_y_00001.jpg`` (denseflow also writes ``x_00001.jpg``/``y_00001.jpg``); numbering from 0 or 1.
   The class of a video is the folder holding its folder (``<Class>/<video>/``, mmaction2's rawframes; also
   ``train/<Class>/<video>/``); a video folder at the top, or in a split folder (``test/<video>/``), needs a
-  UCF-101 name (``v_<Class>_g01_c01``), whose class is then read from the name.
+  UCF-101 name (``v_<Class>_g01_c01``), whose class is then read from the name. Folder links are followed
+  (each real folder is read once), as by ``flowprep extract``.
 - ``twostreamfusion``: the widely shared UCF-101 TV-L1 set: ``u/<video>/frame000001.jpg``,
   ``v/<video>/frame000001.jpg`` and RGB in ``jpegs_256/<video>/frame000001.jpg``; UCF-101 names.
 
-Video ids are ``<Class>/<video>``, as ``flowprep extract`` names UCF-101's videos, so UCF-101's list
-files select them. A video must have as many u as v frames, numbered without gaps, and one RGB frame
+Video ids are the video folders' paths (``<Class>/<video>``, as ``flowprep extract`` names UCF-101's
+videos, so UCF-101's list files select them). A video must have as many u as v frames, numbered without gaps, and one RGB frame
 more than flow frames (or pass ``--no-rgb``): anything else is named per video, never trimmed. Frames of
 unequal sizes are found while writing: the first is named, and what the import wrote is removed.
 """
@@ -111,21 +112,26 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[Frame
                 per_video.setdefault(folder.name, {"u": [], "v": [], "rgb": []})[kind] = files
     else:
         prefixes = _KINDS[layout]
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
-            if path.is_dir():
-                if not any(path.iterdir()):  # a video whose frames were never written: never skipped silently
-                    empty.append(f"{rel.as_posix()}: an empty folder (a video without frames?)")
-                continue
-            m = _NUMBERED.match(path.name)
-            kind = prefixes.get(m.group("prefix").lower()) if m else None
-            if kind is None:
-                continue
-            files = per_video.setdefault(path.parent.relative_to(root).as_posix(), {"u": [], "v": [], "rgb": []})
-            if kind != "rgb" or rgb:  # a folder of RGB frames alone is still a video (without flow)
-                files[kind].append(path)
+        seen = {os.path.realpath(root)}  # folder links are followed (trees assembled from linked class folders), once
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            rel_dir = Path(dirpath).relative_to(root)
+            if not dirnames and not filenames and rel_dir != Path("."):
+                empty.append(f"{rel_dir.as_posix()}: an empty folder (a video without frames?)")
+            keep = []
+            for d in sorted(dirnames):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if not d.startswith(".") and real not in seen:
+                    seen.add(real)
+                    keep.append(d)
+            dirnames[:] = keep
+            for name in sorted(filenames):
+                m = _NUMBERED.match(name)
+                kind = prefixes.get(m.group("prefix").lower()) if m else None
+                if kind is None or name.startswith("."):
+                    continue
+                files = per_video.setdefault(rel_dir.as_posix(), {"u": [], "v": [], "rgb": []})
+                if kind != "rgb" or rgb:  # a folder of RGB frames alone is still a video (without flow)
+                    files[kind].append(Path(dirpath) / name)
     videos, problems = [], list(empty)
     for folder, files in sorted(per_video.items()):
         name = folder.rsplit("/", 1)[-1]

@@ -227,3 +227,14 @@ def test_an_empty_video_folder_or_one_of_rgb_frames_alone_is_named_not_skipped(t
             "Error: Run/v_Run_g02_c01: an empty folder (a video without frames?)",
             "Run/v_Run_g03_c01: 0 u and 0 v flow frames: both are needed"]
         assert not (tmp_path / "shards").exists()
+
+
+def test_linked_class_folders_are_followed_as_extract_follows_them(tmp_path: Path) -> None:
+    mmaction(tmp_path / "elsewhere", {"Jump/v_Jump_g01_c01": 2})
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    (frames / "Jump").symlink_to(tmp_path / "elsewhere" / "Jump", target_is_directory=True)
+    (frames / "Run" / "again").symlink_to(frames / "Run", target_is_directory=True)  # a loop: read once
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction")
+    assert result.exit_code == 0, result.output
+    assert sorted(labels_of(out)) == ["Jump/v_Jump_g01_c01", "Run/v_Run_g01_c01"]
