@@ -357,13 +357,15 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
                    "class names, by number when all are numbers]")
+@click.option("--unlabelled", is_flag=True,
+              help="Import without labels: label -1 and no class name (test frames; folders need no class).")
 @click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0,
               help="Frame rate to record (frames do not carry one).")
-def import_frames(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, no_rgb: bool,
-                  videos_per_shard: int, fps: float) -> None:
+def import_frames(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
+                  no_rgb: bool, videos_per_shard: int, fps: float) -> None:
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
@@ -373,7 +375,7 @@ def import_frames(frames: Path, out: Path, layout: str, bound: float, class_inde
     try:
         classes = reader.read_class_index(class_index) if class_index else None
         manifest = frames_mod.import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
-                                            videos_per_shard=videos_per_shard, fps=fps)
+                                            videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled)
     except (frames_mod.FramesError, reader.DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:

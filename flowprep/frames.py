@@ -91,8 +91,13 @@ def _class_of(folder: str, name: str) -> str | None:
     return m.group("cls") if m else None
 
 
-def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[FrameVideo], list[str]]:
-    """The videos of a frames tree and the problems found (file names only; nothing is decoded)."""
+def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = False,
+         ) -> tuple[list[FrameVideo], list[str]]:
+    """The videos of a frames tree and the problems found (file names only; nothing is decoded).
+
+    ``unlabelled``: every class name is "" (label -1); video ids stay as with labels where a UCF-101 name gives
+    one, else the folder's path.
+    """
     root = Path(root)
     if layout not in LAYOUTS:
         raise FramesError(f"expected --layout one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -135,8 +140,14 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[Frame
     videos, problems = [], list(empty)
     for folder, files in sorted(per_video.items()):
         name = folder.rsplit("/", 1)[-1]
+        if folder == ".":
+            problems.append(f"{root}: frames at the top of --frames; expected one folder per video")
+            continue
         cls = _class_of(folder, name)
-        if cls is None:
+        if unlabelled:
+            cls, ucf = "", _UCF_NAME.match(name)
+            video_id = folder if "/" in folder or not ucf else f"{ucf.group('cls')}/{name}"
+        elif cls is None:
             problems.append(f"{folder}: cannot tell its class (expected <Class>/<video>/ or a UCF-101 name v_<Class>_gNN_cNN)")
             continue
         u, v, frames = _numbered(files["u"]), _numbered(files["v"]), _numbered(files["rgb"])
@@ -154,7 +165,8 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True) -> tuple[list[Frame
         if rgb and len(frames) != len(u) + 1:
             problems.append(where + f"{len(frames)} RGB frames for {len(u)} flow frames, expected {len(u) + 1} "
                                     "(or pass --no-rgb)")
-        video_id = folder if "/" in folder else f"{cls}/{name}"
+        if not unlabelled:
+            video_id = folder if "/" in folder else f"{cls}/{name}"
         videos.append(FrameVideo(video_id, cls, [p for _, p in u], [p for _, p in v], [p for _, p in frames]))
     if not videos and not problems:
         problems.append(f"{root}: no flow frames of the {layout} layout found")
@@ -186,19 +198,20 @@ def _video_arrays(video: FrameVideo) -> Iterator[np.ndarray]:
 
 
 def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: float, classes: Sequence[str] | None = None,
-                  rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0) -> dict:
+                  rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0, unlabelled: bool = False) -> dict:
     """Write the frames under ``root`` as shards into ``out`` (nothing is written when a video has a problem).
 
-    Returns the manifest. ``classes`` (a class index's order) else the sorted class names found.
+    Returns the manifest. ``classes`` (a class index's order) else the sorted class names found;
+    ``unlabelled``: label -1 and no class name for every video (test frames).
     """
     from flowprep.lock import SUFFIX, OutputLock
 
     root, out = Path(root), Path(out)
-    videos, problems = scan(root, layout, rgb=rgb)
-    found = sort_classes({v.class_name for v in videos})
+    videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled)
+    found = sort_classes({v.class_name for v in videos if v.class_name})
     classes = list(classes) if classes is not None else found
     problems += [f"{v.video_id}: class {v.class_name!r} is not in the class index" for v in videos
-                 if v.class_name not in classes]
+                 if v.class_name and v.class_name not in classes]
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more problem(s)"] if len(problems) > 10 else [])
         raise FramesError("\n".join(shown))
@@ -230,7 +243,7 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
                 with h5py.File(tmp, "x") as f:
                     write_file_attrs(f, params)
                     for video in batch:
-                        _write_video(f, video, label[video.class_name], bound=bound, rgb=rgb, fps=fps)
+                        _write_video(f, video, label.get(video.class_name, -1), bound=bound, rgb=rgb, fps=fps)
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
                 os.replace(tmp, final)

@@ -238,3 +238,31 @@ def test_linked_class_folders_are_followed_as_extract_follows_them(tmp_path: Pat
     result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction")
     assert result.exit_code == 0, result.output
     assert sorted(labels_of(out)) == ["Jump/v_Jump_g01_c01", "Run/v_Run_g01_c01"]
+
+
+def test_test_frames_without_classes_import_unlabelled_and_make_the_round_trip(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"1420": 2, "78687": 3, "v_Run_g01_c01": 2})  # SSv2 ids, a UCF name
+    refused = invoke("import-frames", "--frames", frames, "--out", tmp_path / "no", "--layout", "mmaction")
+    assert refused.exit_code == 2 and "1420: cannot tell its class" in refused.output
+    first = tmp_path / "first"
+    result = invoke("import-frames", "--frames", frames, "--out", first, "--layout", "mmaction", "--unlabelled")
+    assert result.exit_code == 0, result.output
+    expected = {"1420": (-1, ""), "78687": (-1, ""), "Run/v_Run_g01_c01": (-1, "")}
+    assert labels_of(first) == expected and json.loads((first / "manifest.json").read_text())["classes"] == []
+    exported = tmp_path / "exported"
+    assert invoke("export-frames", first, "--out", exported).exit_code == 0
+    assert not (exported / "classInd.txt").exists()
+    assert sorted((exported / "rawframes.txt").read_text().splitlines()) == [
+        "1420 3 -1", "78687 4 -1", "Run/v_Run_g01_c01 3 -1"]
+    again = tmp_path / "again"
+    assert invoke("import-frames", "--frames", exported, "--out", again, "--layout", "mmaction",
+                  "--unlabelled").exit_code == 0
+    assert labels_of(again) == expected and verify_output(again).ok
+
+
+def test_frames_at_the_top_of_the_folder_are_refused_in_one_line(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path, {"rawframes": 2})
+    result = invoke("import-frames", "--frames", frames / "rawframes", "--out", tmp_path / "out", "--layout", "mmaction",
+                    "--unlabelled")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames / 'rawframes'}: frames at the top of --frames; expected one folder per video"
