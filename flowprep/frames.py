@@ -155,10 +155,18 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = 
         if not u or not v:
             problems.append(where + f"{len(u)} u and {len(v)} v flow frames: both are needed")
             continue
+        twice = False
         for kind, numbered in (("u", u), ("v", v)) + ((("rgb", frames),) if rgb else ()):
+            dup = next(((a, b) for a, b in zip(numbered, numbered[1:]) if a[0] == b[0]), None)
+            if dup:  # denseflow's flow_x_00001.jpg beside x_00001.jpg: which one is meant?
+                problems.append(where + f"{kind}: frame {dup[0][0]} twice ({dup[0][1].name}, {dup[1][1].name})")
+                twice = True
+                continue
             gap = _gaps([n for n, _ in numbered])
             if gap:
                 problems.append(where + f"{kind}: {gap}")
+        if twice:
+            continue
         if len(u) != len(v):
             problems.append(where + f"{len(u)} u but {len(v)} v flow frames")
             continue

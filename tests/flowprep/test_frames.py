@@ -266,3 +266,12 @@ def test_frames_at_the_top_of_the_folder_are_refused_in_one_line(tmp_path: Path)
                     "--unlabelled")
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: {frames / 'rawframes'}: frames at the top of --frames; expected one folder per video"
+
+
+def test_two_files_for_one_frame_number_are_named(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    for i in (1, 2):  # the old dense_flow names beside the new ones
+        write_jpeg(frames / "Run" / "v_Run_g01_c01" / f"x_{i:05d}.jpg", gray(128))
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "out", "--layout", "denseflow")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: Run/v_Run_g01_c01: u: frame 1 twice (flow_x_00001.jpg, x_00001.jpg)"
