@@ -152,18 +152,20 @@ def plan_videos(
                 problems.append(f"class {c!r} is not in {class_index}: {len(of)} video(s), e.g. {of[0]!r}")
     else:
         classes = found
+    seen: dict[str, str] = {}
+    for source in sources:  # a.mp4 beside a.avi: one id for two videos
+        video_id = video_id_of(source)
+        if video_id in seen:
+            problems.append(f"{seen[video_id]!r} and {source!r} would both be stored as {video_id!r}")
+        seen.setdefault(video_id, source)
     if problems:
         raise DatasetError("\n".join(problems[:10] + ([f"... and {len(problems) - 10} more problem(s)"]
                                                        if len(problems) > 10 else [])))
     label = {name: i for i, name in enumerate(classes)}
-    videos, seen = [], {}
+    videos = []
     for source in sources:
-        video_id = video_id_of(source)
-        if video_id in seen:
-            raise DatasetError(f"{seen[video_id]!r} and {source!r} would both be stored as {video_id!r}")
-        seen[video_id] = source
         name = names[source]
-        videos.append(VideoMeta(video_id=video_id, source=source, label=label[name] if name else -1, class_name=name))
+        videos.append(VideoMeta(video_id=video_id_of(source), source=source, label=label[name] if name else -1, class_name=name))
     return classes, videos
 
 

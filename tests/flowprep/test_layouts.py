@@ -203,3 +203,14 @@ def test_class_numbers_as_labels_keep_their_order(tmp_path: Path) -> None:
     classes, metas = plan_videos(root, labels=[labels])
     assert classes == [str(i) for i in range(12)]  # not "0", "1", "10", "11", "2", ...
     assert all(m.label == int(m.class_name) for m in metas)
+
+
+def test_every_pair_of_videos_that_would_share_an_id_is_a_line_with_the_other_problems(tmp_path: Path) -> None:
+    root = touch(tmp_path / "v", "Run/a.avi", "Run/a.mp4", "Run/b.mkv", "Run/b.webm", "Zoo/c.mp4")
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 Run\n")
+    with pytest.raises(DatasetError) as e:
+        plan_videos(root, class_index=index)
+    assert str(e.value).splitlines() == [f"class 'Zoo' is not in {index}: 1 video(s), e.g. 'Zoo/c.mp4'",
+                                         "'Run/a.avi' and 'Run/a.mp4' would both be stored as 'Run/a'",
+                                         "'Run/b.mkv' and 'Run/b.webm' would both be stored as 'Run/b'"]
