@@ -204,15 +204,17 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="Videos per HDF5 shard (a video is never split).")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt ('1 ApplyEyeMakeup' lines) or Something-Something's labels JSON: labels "
-                   "follow its order.  [default: sorted class names]")
+                   "follow its order.  [default: sorted class names, by number when all are numbers]")
 @click.option("--layout", type=click.Choice(reader.LAYOUTS), default=None, show_default=False,
               help="Where classes come from without --labels: ucf101 / hmdb51 / folders: the top-level folder "
-                   "(<Class>/<video>); kinetics: the folder holding the video (<split>/<label>/<video>); ssv2 "
+                   "(<Class>/<video>); kinetics: the folder holding the video (<split>/<label>/<video>; test/<video>: "
+                   "unlabelled); ssv2 "
                    "needs --labels.  [default: folders; top-level videos are extracted unlabelled, with a note]")
 @click.option("--labels", "labels", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Label file(s), repeatable, of one kind (detected from the content): a CSV 'path,label[,split]' "
                    "(path relative to --videos), Kinetics' official CSV (label,youtube_id,time_start,time_end,split; "
-                   "files named {youtube_id}_{start:06d}_{end:06d}.mp4) or Something-Something v2's JSON (<id>.webm).")
+                   "files named {youtube_id}_{start:06d}_{end:06d}.mp4) or Something-Something v2's JSON (<id>.webm). Their "
+                   "test files' videos have no label: they are extracted unlabelled (label -1).")
 @click.option("--unlabelled", is_flag=True,
               help="Extract without labels: label -1 and no class name in the shards (e.g. a test set).")
 @click.option("--size", "size_text", metavar="WxH",
@@ -354,19 +356,24 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New output folder for the shards and the manifest.")
 @click.option("--layout", required=True, type=click.Choice(frames_mod.LAYOUTS),
-              help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_); "
-                   "twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 names.")
+              help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_; the class is "
+                   "the folder holding the video's, also in train/<Class>/<video>/; top-level video folders need "
+                   "UCF-101 names); twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 "
+                   "names.")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
               help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="UCF-101 classInd.txt: labels follow its order.  [default: sorted class names]")
+              help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
+                   "class names, by number when all are numbers]")
+@click.option("--unlabelled", is_flag=True,
+              help="Import without labels: label -1 and no class name (test frames; folders need no class).")
 @click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0,
               help="Frame rate to record (frames do not carry one).")
-def import_frames(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, no_rgb: bool,
-                  videos_per_shard: int, fps: float) -> None:
+def import_frames(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
+                  no_rgb: bool, videos_per_shard: int, fps: float) -> None:
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
@@ -376,7 +383,7 @@ def import_frames(frames: Path, out: Path, layout: str, bound: float, class_inde
     try:
         classes = reader.read_class_index(class_index) if class_index else None
         manifest = frames_mod.import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
-                                            videos_per_shard=videos_per_shard, fps=fps)
+                                            videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled)
     except (frames_mod.FramesError, reader.DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:
@@ -393,7 +400,8 @@ def import_frames(frames: Path, out: Path, layout: str, bound: float, class_inde
 
 @main.command("export-frames", context_settings={"show_default": True})
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the frames.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A new (or empty) folder for the frames.")
 @click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
               help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, help="JPEG quality of the flow frames.")
@@ -401,7 +409,9 @@ def export_frames(shards: Path, out: Path, layout: str, quality: int) -> None:
     """Write the shards of SHARDS as JPEG frames, so that mmaction2 configs can read them.
 
     RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
-    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects).
+    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
+    classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
+    removed.
     """
     try:
         n = frames_mod.export_frames(shards, out, layout=layout, quality=quality)

@@ -129,7 +129,7 @@ def read_list(path: str | Path) -> list[ListEntry]:
     """
     path = Path(path)
     entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         text = line.strip()
         if not text:
             continue

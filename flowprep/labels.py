@@ -8,7 +8,8 @@
   its name ``<id>.webm``, its class is the template without brackets ("Putting something on a surface").
 
 ``read_labels`` returns a table keyed by what identifies a video file (its id for the generic CSV, its
-file stem for Kinetics and SSv2) and the problems found (duplicates, malformed rows), one line each.
+file stem for Kinetics and SSv2) and the problems found (duplicates, malformed rows, a file that lists no
+video), one line each. Files are read as UTF-8 with or without a byte order mark, line ends LF or CRLF.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class LabelTable:
 
 def detect(path: Path) -> str:
     """The kind of a label file, from its content."""
-    head = path.read_text(encoding="utf-8", errors="replace").lstrip()[:4096]
+    head = path.read_text(encoding="utf-8-sig", errors="replace").lstrip()[:4096]
     if head.startswith("["):
         return "ssv2"
     first = head.splitlines()[0] if head else ""
@@ -62,7 +63,10 @@ def read_labels(paths: list[Path], *, labels: bool = True, kind: str | None = No
     (kind,) = kinds
     table = LabelTable(kind, {}, [])
     for path in paths:
+        before = (len(table.rows), len(table.problems))
         {"csv": _generic, "kinetics": _kinetics, "ssv2": _ssv2}[kind](path, table, labels)
+        if (len(table.rows), len(table.problems)) == before:
+            table.problems.append(f"{path.name}: lists no videos (an empty file, or a header alone)")
     return table
 
 
@@ -74,7 +78,7 @@ def _add(table: LabelTable, key: str, row: LabelRow) -> None:
 
 
 def _generic(path: Path, table: LabelTable, labels: bool) -> None:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for lineno, fields in enumerate(csv.reader(f), 1):
             if not fields or not "".join(fields).strip():
                 continue
@@ -89,7 +93,7 @@ def _generic(path: Path, table: LabelTable, labels: bool) -> None:
 
 
 def _kinetics(path: Path, table: LabelTable, labels: bool) -> None:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         need = {"youtube_id", "time_start", "time_end"}
         if not need <= set(reader.fieldnames or ()):
@@ -113,7 +117,7 @@ def _kinetics(path: Path, table: LabelTable, labels: bool) -> None:
 
 def _ssv2(path: Path, table: LabelTable, labels: bool) -> None:
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
     for i, item in enumerate(items):
@@ -156,7 +160,7 @@ def detect_list(path: Path) -> str:
     kind = detect(path)
     if kind != "csv":
         return kind
-    first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+    first = next((line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()), "")
     return "csv" if "," in first else "ucf101"
 
 
@@ -179,7 +183,7 @@ def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list
         action = path.name.split(_HMDB_FILE, 1)[0]
         want = {"train": "1", "test": "2", None: None}[role]
         entries = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
@@ -193,10 +197,19 @@ def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list
     table = read_labels([path], labels=False, kind=kind)
     if table.problems:
         raise ValueError(table.problems[0])
+    if kind == "csv":
+        known = set().union(*ROLES.values())
+        odd = [row for row in table.rows.values() if row.split and row.split.lower() not in known]
+        if odd:
+            raise ValueError(f"{odd[0].where}: split {odd[0].split!r} is none of {', '.join(sorted(known))} "
+                             f"({len(odd)} such row(s)); leave the column empty for a row of every split")
     entries = []
     for key, row in table.rows.items():
-        if kind == "csv" and role is not None and row.split is not None and row.split.lower() not in ROLES[role]:
+        if kind == "csv" and role is not None and row.split and row.split.lower() not in ROLES[role]:
             continue
         vid, stem = (key, None) if kind == "csv" else (None, key)
         entries.append(SplitEntry(vid, stem, row.class_name, None, row.where, key))
+    if not entries and table.rows and role is not None:
+        splits = sorted({row.split for row in table.rows.values() if row.split})
+        raise ValueError(f"{path}: no row of the {role} split (its split column holds {', '.join(splits)})")
     return entries

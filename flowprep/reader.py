@@ -2,7 +2,7 @@
 
 Layout: ``VIDEOS/<Class>/.../<name>.<ext>``; the class of a video is its top-level folder. Labels
 are 0-based: the line order of a UCF-101 ``classInd.txt`` ("1 ApplyEyeMakeup", 1-based) when one
-is given, else the sorted class folder names.
+is given, else the sorted class names (by number when every name is a number).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def find_videos(root: str | Path, *, warn: Callable[[str], None] | None = None) 
 def read_class_index(path: str | Path) -> list[str]:
     """Class names from a UCF-101 ``classInd.txt`` ("<1-based index> <name>" per line), by index."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("{"):  # Something-Something v2's labels JSON: {"Class name": "index", ...}
         try:
             order = sorted(json.loads(text).items(), key=lambda kv: int(kv[1]))
@@ -92,6 +92,14 @@ def read_class_index(path: str | Path) -> list[str]:
     return names
 
 
+def sort_classes(names: set[str]) -> list[str]:
+    """The label order without a class index: sorted names, by number when every name is a number ("2" before
+    "10": a CSV whose labels are class numbers keeps their order)."""
+    if names and all(n.isdecimal() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
+
+
 LAYOUTS = ("folders", "ucf101", "hmdb51", "kinetics", "ssv2")
 _SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "validate", "test", "testing"}
 
@@ -105,7 +113,9 @@ def plan_videos(
     Where a video's class comes from: ``labels`` files (generic CSV, Kinetics CSV, SSv2 JSON; see
     ``flowprep.labels``) when given; none with ``unlabelled`` (label -1, no class name; also when every
     video sits at the top level, with a note); else its folder: the top-level one (``folders``, ``ucf101``,
-    ``hmdb51``: ``<Class>/<video>``), or the one holding it (``kinetics``: ``<split>/<label>/<video>``).
+    ``hmdb51``: ``<Class>/<video>``), or the one holding it (``kinetics``: ``<split>/<label>/<video>``; a clip
+    in ``test/<video>``, with no label folder, is unlabelled, with a note). Rows of the labels files without a
+    label (Kinetics' test CSV, SSv2's test JSON) make their videos unlabelled, with a note.
     Problems (unlabelled videos, labels naming missing videos, unknown classes) are listed, the first
     ten and a count, in one ``DatasetError``.
     """
@@ -132,35 +142,47 @@ def plan_videos(
     elif layout == "ssv2":
         raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
     else:
-        names = _names_from_folders(sources, layout or "folders", root)
-    found = sorted({n for n in names.values() if n})
+        names = _names_from_folders(sources, layout or "folders", root, warn)
+    found = sort_classes({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
-        problems += [f"class {c!r} is not in {class_index}" for c in found if c not in classes]
+        for c in found:
+            if c not in classes:
+                of = [s for s in sources if names.get(s) == c]
+                problems.append(f"class {c!r} is not in {class_index}: {len(of)} video(s), e.g. {of[0]!r}")
     else:
         classes = found
+    seen: dict[str, str] = {}
+    for source in sources:  # a.mp4 beside a.avi: one id for two videos
+        video_id = video_id_of(source)
+        if video_id in seen:
+            problems.append(f"{seen[video_id]!r} and {source!r} would both be stored as {video_id!r}")
+        seen.setdefault(video_id, source)
     if problems:
         raise DatasetError("\n".join(problems[:10] + ([f"... and {len(problems) - 10} more problem(s)"]
                                                        if len(problems) > 10 else [])))
     label = {name: i for i, name in enumerate(classes)}
-    videos, seen = [], {}
+    videos = []
     for source in sources:
-        video_id = video_id_of(source)
-        if video_id in seen:
-            raise DatasetError(f"{seen[video_id]!r} and {source!r} would both be stored as {video_id!r}")
-        seen[video_id] = source
         name = names[source]
-        videos.append(VideoMeta(video_id=video_id, source=source, label=label[name] if name else -1, class_name=name))
+        videos.append(VideoMeta(video_id=video_id_of(source), source=source, label=label[name] if name else -1, class_name=name))
     return classes, videos
 
 
-def _names_from_folders(sources: list[str], layout: str, root: str | Path) -> dict[str, str]:
+def _names_from_folders(sources: list[str], layout: str, root: str | Path,
+                        warn: Callable[[str], None]) -> dict[str, str]:
     loose = [s for s in sources if "/" not in s]
     if loose:
         raise DatasetError(f"videos must sit in class folders (<Class>/<video>), found {loose[0]!r} at the top level "
                            "(or give --labels FILE, or --unlabelled)")
     if layout == "kinetics":  # <split>/<label>/<video> or <label>/<video>: the folder holding the video
-        return {s: s.rsplit("/", 2)[-2] for s in sources}
+        names = {s: s.rsplit("/", 2)[-2] for s in sources}
+        test = [s for s in sources if s.count("/") == 1 and names[s].lower() in _SPLIT_NAMES]
+        if test:  # test/<video>: Kinetics' test clips come without labels, in no label folders
+            warn(f"note: {len(test)} video(s) sit in split folders without label folders "
+                 f"({', '.join(sorted({s.split('/')[0] for s in test}))}/<video>): extracting them unlabelled (label -1)")
+            names.update({s: "" for s in test})
+        return names
     tops = {s.split("/", 1)[0] for s in sources}
     if layout == "folders" and tops <= _SPLIT_NAMES:
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
@@ -172,18 +194,22 @@ def _names_from_folders(sources: list[str], layout: str, root: str | Path) -> di
 def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str],
                        warn: Callable[[str], None]) -> dict[str, str]:
     try:
-        table = read_labels(paths)
+        table = read_labels(paths, labels=False)  # rows without a label: Kinetics' test CSV, SSv2's test JSON
     except (OSError, ValueError) as exc:
         raise DatasetError(str(exc)) from None
     problems += table.problems
-    names, used = {}, set()
+    names, used, unlabelled = {}, set(), 0
     for source in sources:
         row = table.rows.get(table.key_of(source))
         if row is None:
             problems.append(f"{source}: not in the labels file(s) {', '.join(p.name for p in paths)}")
             continue
-        names[source] = row.class_name
+        names[source] = row.class_name or ""
+        unlabelled += row.class_name is None
         used.add(table.key_of(source))
+    if unlabelled:
+        warn(f"note: {unlabelled} video(s) have no label in the labels file(s) (a test split): extracting them "
+             "unlabelled (label -1)")
     missing = sorted(set(table.rows) - used)
     if missing and table.kind == "csv":
         problems += [f"{table.rows[key].where}: names {key!r}, which is not under --videos" for key in missing]

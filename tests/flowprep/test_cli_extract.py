@@ -86,7 +86,7 @@ def test_input_problems_are_one_line_and_exit_2(ucf_tree: Path, tmp_path: Path) 
     index.write_text("1 Jump\n")
     result = invoke("extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "o1"), "--class-index", str(index))
     assert result.exit_code == 2
-    assert result.output.strip() == f"Error: class 'Run' is not in {index}"
+    assert result.output.strip() == f"Error: class 'Run' is not in {index}: 2 video(s), e.g. 'Run/v_Run_g00.mp4'"
     empty = tmp_path / "empty"
     empty.mkdir()
     result = invoke("extract", "--videos", str(empty), "--out", str(tmp_path / "o2"))

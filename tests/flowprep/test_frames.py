@@ -139,3 +139,139 @@ def test_export_of_a_damaged_shard_is_one_line_and_exit_75(ucf_tree: Path, tmp_p
     result = invoke("export-frames", shards, "--out", tmp_path / "frames")
     assert result.exit_code == 75 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.strip().endswith("rerun the same command")
+
+
+def mmaction(root: Path, videos: dict[str, int]) -> Path:
+    """mmaction2 rawframes: <...>/<Class>/<video>/flow_x_00001.jpg, flow_y_00001.jpg, img_00001.jpg."""
+    for k, (folder, fields) in enumerate(videos.items()):
+        for i in range(1, fields + 1):
+            write_jpeg(root / folder / f"flow_x_{i:05d}.jpg", gray(100 + 20 * k, seed=i))
+            write_jpeg(root / folder / f"flow_y_{i:05d}.jpg", gray(150, seed=i))
+        for i in range(1, fields + 2):
+            write_jpeg(root / folder / f"img_{i:05d}.jpg", np.full((24, 32, 3), 60 + i, np.uint8))
+    return root
+
+
+def labels_of(out: Path) -> dict[str, tuple[int, str]]:
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        return {vid: (int(f[f"videos/{vid}"].attrs["label"]), f[f"videos/{vid}"].attrs["class_name"])
+                for s in json.loads((out / "manifest.json").read_text())["shards"] for vid in s["videos"]}
+
+
+def test_the_round_trip_keeps_classes_of_split_folders_and_the_label_order(tmp_path: Path) -> None:
+    """Kinetics rawframes sit in <split>/<class>/<video>/: the class is the folder holding the video."""
+    frames = mmaction(tmp_path / "rawframes", {"train/air drumming/abc_000001_000011": 2,
+                                               "val/crème brûlée/xyz_000002_000012": 2, "test/v_Run_g01_c01": 2})
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 crème brûlée\n2 Run\n3 air drumming\n", encoding="utf-8")  # not sorted
+    first = tmp_path / "first"
+    assert invoke("import-frames", "--frames", frames, "--out", first, "--layout", "mmaction",
+                  "--class-index", index).exit_code == 0
+    expected = {"train/air drumming/abc_000001_000011": (2, "air drumming"), "val/crème brûlée/xyz_000002_000012":
+                (0, "crème brûlée"), "test/v_Run_g01_c01": (1, "Run")}
+    assert labels_of(first) == expected
+    exported = tmp_path / "exported"
+    result = invoke("export-frames", first, "--out", exported)
+    assert result.exit_code == 0, result.output
+    assert (exported / "classInd.txt").read_text(encoding="utf-8") == index.read_text(encoding="utf-8")
+    again = tmp_path / "again"
+    result = invoke("import-frames", "--frames", exported, "--out", again, "--layout", "mmaction",
+                    "--class-index", exported / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    assert labels_of(again) == expected and verify_output(again).ok
+
+
+def test_export_into_a_folder_that_holds_files_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    before = sorted(p.relative_to(frames) for p in frames.rglob("*"))
+    result = invoke("export-frames", shards, "--out", frames)  # stale frames would be imported again later
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames} is not an empty folder: export into a new --out (or delete it first)"
+    assert sorted(p.relative_to(frames) for p in frames.rglob("*")) == before
+
+
+def test_frames_of_another_size_found_while_writing_leave_nothing_behind(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 2, "v_B_g01_c01": 3})
+    write_jpeg(frames / "v" / "v_B_g01_c01" / "frame000002.jpg", gray(128, h=30, w=40))
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: B/v_B_g01_c01: u/v_B_g01_c01/frame000002.jpg is 32x24 but "
+                                     "v/v_B_g01_c01/frame000002.jpg is 40x30")
+    assert not out.exists()
+    out.mkdir()  # an empty folder given as --out stays, empty
+    assert invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion").exit_code == 2
+    assert list(out.iterdir()) == []
+
+
+def test_a_missing_frame_in_the_middle_is_named_as_well_as_the_unequal_counts(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 4})
+    (frames / "u" / "v_A_g01_c01" / "frame000002.jpg").unlink()
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: v_A_g01_c01: u: frame(s) 2 missing",
+                                                  "v_A_g01_c01: 3 u but 4 v flow frames"]
+
+
+def test_an_empty_video_folder_or_one_of_rgb_frames_alone_is_named_not_skipped(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    (frames / "Run" / "v_Run_g02_c01").mkdir()  # the toolkit failed on this video
+    for i in (1, 2, 3):
+        write_jpeg(frames / "Run" / "v_Run_g03_c01" / f"img_{i:05d}.jpg", np.full((24, 32, 3), 9, np.uint8))
+    for extra in ([], ["--no-rgb"]):
+        result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "mmaction", *extra)
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            "Error: Run/v_Run_g02_c01: an empty folder (a video without frames?)",
+            "Run/v_Run_g03_c01: 0 u and 0 v flow frames: both are needed"]
+        assert not (tmp_path / "shards").exists()
+
+
+def test_linked_class_folders_are_followed_as_extract_follows_them(tmp_path: Path) -> None:
+    mmaction(tmp_path / "elsewhere", {"Jump/v_Jump_g01_c01": 2})
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    (frames / "Jump").symlink_to(tmp_path / "elsewhere" / "Jump", target_is_directory=True)
+    (frames / "Run" / "again").symlink_to(frames / "Run", target_is_directory=True)  # a loop: read once
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction")
+    assert result.exit_code == 0, result.output
+    assert sorted(labels_of(out)) == ["Jump/v_Jump_g01_c01", "Run/v_Run_g01_c01"]
+
+
+def test_test_frames_without_classes_import_unlabelled_and_make_the_round_trip(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"1420": 2, "78687": 3, "v_Run_g01_c01": 2})  # SSv2 ids, a UCF name
+    refused = invoke("import-frames", "--frames", frames, "--out", tmp_path / "no", "--layout", "mmaction")
+    assert refused.exit_code == 2 and "1420: cannot tell its class" in refused.output
+    first = tmp_path / "first"
+    result = invoke("import-frames", "--frames", frames, "--out", first, "--layout", "mmaction", "--unlabelled")
+    assert result.exit_code == 0, result.output
+    expected = {"1420": (-1, ""), "78687": (-1, ""), "Run/v_Run_g01_c01": (-1, "")}
+    assert labels_of(first) == expected and json.loads((first / "manifest.json").read_text())["classes"] == []
+    exported = tmp_path / "exported"
+    assert invoke("export-frames", first, "--out", exported).exit_code == 0
+    assert not (exported / "classInd.txt").exists()
+    assert sorted((exported / "rawframes.txt").read_text().splitlines()) == [
+        "1420 3 -1", "78687 4 -1", "Run/v_Run_g01_c01 3 -1"]
+    again = tmp_path / "again"
+    assert invoke("import-frames", "--frames", exported, "--out", again, "--layout", "mmaction",
+                  "--unlabelled").exit_code == 0
+    assert labels_of(again) == expected and verify_output(again).ok
+
+
+def test_frames_at_the_top_of_the_folder_are_refused_in_one_line(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path, {"rawframes": 2})
+    result = invoke("import-frames", "--frames", frames / "rawframes", "--out", tmp_path / "out", "--layout", "mmaction",
+                    "--unlabelled")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames / 'rawframes'}: frames at the top of --frames; expected one folder per video"
+
+
+def test_two_files_for_one_frame_number_are_named(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    for i in (1, 2):  # the old dense_flow names beside the new ones
+        write_jpeg(frames / "Run" / "v_Run_g01_c01" / f"x_{i:05d}.jpg", gray(128))
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "out", "--layout", "denseflow")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: Run/v_Run_g01_c01: u: frame 1 twice (flow_x_00001.jpg, x_00001.jpg)"

@@ -121,7 +121,7 @@ def test_a_generic_csv_labels_any_layout_and_every_problem_is_one_line(tmp_path:
         "bad.csv:5: expected 'path,label[,split]', got 'broken line'",
         "d.mp4: not in the labels file(s) bad.csv",
         "bad.csv:4: names 'gone', which is not under --videos",
-        f"class 'ßki' is not in {index}",
+        f"class 'ßki' is not in {index}: 1 video(s), e.g. 'c.mkv'",
     ]
     assert not (tmp_path / "out").exists()
 
@@ -132,3 +132,85 @@ def test_a_class_index_with_spaces_in_class_names(tmp_path: Path) -> None:
     index.write_text("1 air drumming\n2 abseiling\n")
     classes, metas = plan_videos(root, class_index=index)
     assert classes == ["air drumming", "abseiling"] and [m.label for m in metas] == [1, 0]
+
+
+def test_label_files_saved_with_a_byte_order_mark_and_crlf_read_like_any_other(tmp_path: Path) -> None:
+    bom = "\ufeff"
+    root = touch(tmp_path / "k", "-VtLx-mcPds_000012_000022.mp4", "0347ZoDXyP0_000095_000105.mp4")
+    kinetics = tmp_path / "train.csv"  # Excel's "CSV UTF-8": a BOM, CRLF line ends
+    kinetics.write_bytes((bom + KINETICS_CSV).replace("\n", "\r\n").encode())
+    generic = tmp_path / "labels.csv"
+    generic.write_bytes(f"{bom}path,label\r\n-VtLx-mcPds_000012_000022.mp4,air drumming\r\n"
+                        "0347ZoDXyP0_000095_000105.mp4,abseiling\r\n".encode())
+    index = tmp_path / "classInd.txt"
+    index.write_bytes(f"{bom}1 air drumming\r\n2 abseiling\r\n".encode())
+    for labels in (kinetics, generic):
+        classes, metas = plan_videos(root, labels=[labels], class_index=index)
+        assert {m.video_id: (m.label, m.class_name) for m in metas} == {
+            "-VtLx-mcPds_000012_000022": (0, "air drumming"), "0347ZoDXyP0_000095_000105": (1, "abseiling")}
+
+
+def test_a_labels_file_with_a_header_alone_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    root = touch(tmp_path / "v", "a.mp4")
+    header = tmp_path / "labels.csv"
+    header.write_text("path,label,split\n")
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", root, "--out", out, "--labels", header)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: labels.csv: lists no videos (an empty file, or a header alone)",
+        "a.mp4: not in the labels file(s) labels.csv"]
+    assert not out.exists()
+
+
+def test_the_official_test_files_among_the_labels_extract_their_videos_unlabelled(tmp_path: Path) -> None:
+    """A full download holds the test videos too: README's commands give the test file with the others."""
+    ssv2 = touch(tmp_path / "20bn-something-something-v2", "78687.webm", "1420.webm")
+    train, test = tmp_path / "something-something-v2-train.json", tmp_path / "something-something-v2-test.json"
+    train.write_text(json.dumps([{"id": "78687", "label": "holding potato next to vicks vaporub bottle",
+                                  "template": "Holding [something] next to [something]", "placeholders": []}]))
+    test.write_text(json.dumps([{"id": "1420"}]))
+    notes = []
+    classes, metas = plan_videos(ssv2, layout="ssv2", labels=[train, test], warn=notes.append)
+    assert classes == ["Holding something next to something"]
+    assert {m.video_id: (m.label, m.class_name) for m in metas} == {
+        "78687": (0, "Holding something next to something"), "1420": (-1, "")}
+    assert notes == ["note: 1 video(s) have no label in the labels file(s) (a test split): extracting them "
+                     "unlabelled (label -1)"]
+    k400 = touch(tmp_path / "k400", "-VtLx-mcPds_000012_000022.mp4", "aaaaaaaaaaa_000001_000011.mp4")
+    kinetics_test = tmp_path / "test.csv"
+    kinetics_test.write_text("youtube_id,time_start,time_end,split\naaaaaaaaaaa,1,11,test\n")
+    (tmp_path / "train.csv").write_text(KINETICS_CSV)
+    classes, metas = plan_videos(k400, labels=[tmp_path / "train.csv", kinetics_test])
+    assert {m.video_id: m.label for m in metas} == {"-VtLx-mcPds_000012_000022": 0, "aaaaaaaaaaa_000001_000011": -1}
+
+
+def test_kinetics_test_clips_in_a_split_folder_are_unlabelled_not_a_class_named_test(tmp_path: Path) -> None:
+    root = touch(tmp_path / "k400", "train/air drumming/-VtLx-mcPds_000012_000022.mp4", "test/aaaaaaaaaaa_000001_000011.mp4")
+    notes = []
+    classes, metas = plan_videos(root, layout="kinetics", warn=notes.append)
+    assert classes == ["air drumming"]
+    assert {m.video_id: m.label for m in metas} == {"train/air drumming/-VtLx-mcPds_000012_000022": 0,
+                                                   "test/aaaaaaaaaaa_000001_000011": -1}
+    assert notes == ["note: 1 video(s) sit in split folders without label folders (test/<video>): extracting them "
+                     "unlabelled (label -1)"]
+
+
+def test_class_numbers_as_labels_keep_their_order(tmp_path: Path) -> None:
+    root = touch(tmp_path / "v", *(f"clip{i}.mp4" for i in range(12)))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"clip{i}.mp4,{i}\n" for i in range(12)))
+    classes, metas = plan_videos(root, labels=[labels])
+    assert classes == [str(i) for i in range(12)]  # not "0", "1", "10", "11", "2", ...
+    assert all(m.label == int(m.class_name) for m in metas)
+
+
+def test_every_pair_of_videos_that_would_share_an_id_is_a_line_with_the_other_problems(tmp_path: Path) -> None:
+    root = touch(tmp_path / "v", "Run/a.avi", "Run/a.mp4", "Run/b.mkv", "Run/b.webm", "Zoo/c.mp4")
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 Run\n")
+    with pytest.raises(DatasetError) as e:
+        plan_videos(root, class_index=index)
+    assert str(e.value).splitlines() == [f"class 'Zoo' is not in {index}: 1 video(s), e.g. 'Zoo/c.mp4'",
+                                         "'Run/a.avi' and 'Run/a.mp4' would both be stored as 'Run/a'",
+                                         "'Run/b.mkv' and 'Run/b.webm' would both be stored as 'Run/b'"]

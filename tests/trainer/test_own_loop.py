@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,17 @@ def test_the_doc_has_both_examples_of_about_thirty_lines() -> None:
 
 
 def test_the_plain_pytorch_loop_trains_on_the_shards(make_tiny_shards) -> None:
+    """In a fresh interpreter, as a user's script runs: in the test process, after tests that ran
+    ``flowprep extract`` in-process, the DataLoader's forked workers hung in ``cv2.setNumThreads`` (trainer/data.py)."""
     tiny = make_tiny_shards(num_frames=14, height=32, width=40)
-    ns = {"SHARDS": str(tiny.root), "TRAIN_LIST": str(tiny.train_list)}
     code = blocks()[0].replace("crop_size=112", "crop_size=32")  # the tiny frames are 40x32
-    exec(compile(code, str(DOC), "exec"), ns)
-    assert ns["loss"].item() > 0 and ns["x"].shape[1:] == (20, 32, 32)
-    assert len(ns["ds"]) == len(ns["train"])
+    script = (f"SHARDS, TRAIN_LIST = {str(tiny.root)!r}, {str(tiny.train_list)!r}\n" + code
+              + "print(loss.item(), tuple(x.shape[1:]), len(ds), len(train))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=DOC.parents[1], env={**os.environ, "PYTHONPATH": str(DOC.parents[1])})
+    assert run.returncode == 0, run.stderr
+    words = run.stdout.split()  # loss, the stack's shape, len(ds), len(train)
+    assert float(words[0]) > 0 and "(20, 32, 32)" in run.stdout and words[-1] == words[-2]
 
 
 def test_the_h5py_example_reads_pixels_with_the_stored_factors(make_tiny_shards) -> None:
