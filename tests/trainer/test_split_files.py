@@ -140,10 +140,6 @@ def test_lists_saved_with_a_byte_order_mark_read_like_any_other(make_tiny_shards
     assert [(r.video_id, r.label) for r in read_video_list(ucf, index, role="train")] == [("abseiling/abseiling_1", 1)]
 
 
-@pytest.mark.xfail(strict=True, raises=DataError,
-                   reason="index_shards refuses every video with label -1, which docs/shard-format.md allows "
-                          "(--unlabelled, a flat folder, the test files among --labels); the trainer should refuse "
-                          "them only where a list uses their label")
 def test_shards_holding_unlabelled_test_videos_train_on_the_labelled_ones(make_tiny_shards, tmp_path: Path) -> None:
     """flowprep extract with Kinetics' test.csv among --labels (or a test/ folder) writes label -1, class ''."""
     import hashlib
@@ -167,8 +163,15 @@ def test_shards_holding_unlabelled_test_videos_train_on_the_labelled_ones(make_t
     train = tmp_path / "train.csv"
     train.write_text('label,youtube_id,time_start,time_end,split\nabseiling,yt1xb,10,20,train\n'
                      '"air drumming",yt1xi,10,20,train\n')
-    records = read_video_list(train, index_shards(tiny.root), role="train")
+    index = index_shards(tiny.root)
+    assert index.videos[unlabelled].label == -1
+    records = read_video_list(train, index, role="train")
     assert [r.class_name for r in records] == ["abseiling", "air drumming"]
+    test = tmp_path / "test.csv"  # a list that names the unlabelled video: refused, since no label can be checked
+    test.write_text("youtube_id,time_start,time_end,split\nyt2xi,10,20,test\nyt2xb,10,20,test\n")
+    with pytest.raises(DataError, match=r"^1 video\(s\) of .*test.csv have no label in the shards .*"
+                                        r"test.csv\[?.*'yt2xi_000010_000020'$"):
+        read_video_list(test, index, role="test")
 
 
 def test_a_csv_split_column_with_an_unknown_split_or_without_the_wanted_one_says_so(make_tiny_shards,

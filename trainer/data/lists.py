@@ -51,6 +51,7 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
     """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
     by_stem: dict[str, list[VideoRecord]] | None = None
     records, seen_labels = [], set()
+    unlabelled: list[str] = []  # "where 'id'" of listed videos the shards hold without a label
     for entry in entries:
         has_label = entry.label is not None
         if entry.video_id is not None:  # UCF-101 lists and CSVs: by video id
@@ -78,6 +79,10 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
                 missing.append((entry.where, entry.stem, what, ""))
                 continue
             rec = found[0]
+        if rec.label < 0:
+            unlabelled.append(f"{entry.where if entry.video_id is None else f'{path}:' + entry.where.rsplit(':', 1)[-1]}"
+                              f" {rec.video_id!r}")
+            continue
         if has_label and entry.label != rec.label:
             raise DataError(
                 f"{path}:{entry.where.rsplit(':', 1)[-1]}: {rec.video_id} has label {entry.label + 1} (1-based) but "
@@ -88,6 +93,10 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
                             "the shards")
         check_quantization(rec, index)
         records.append(rec)
+    if unlabelled:
+        more = f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else ""
+        raise DataError(f"{len(unlabelled)} video(s) of {path} have no label in the shards (extracted unlabelled: label "
+                        f"-1), so they can be neither trained nor scored: {', '.join(unlabelled[:5])}{more}")
     return records
 
 

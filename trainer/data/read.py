@@ -29,6 +29,26 @@ from trainer.data.errors import DAMAGED, DataError, one_line
 from trainer.data.shards import VideoRecord
 
 
+def _opencv_pool_across_fork() -> None:
+    """Fork with OpenCV's thread pool at one thread: a forked DataLoader worker inherits the pool's state but
+    not its threads, and its ``cv2.setNumThreads(1)`` then waited forever when the parent's pool had run
+    (reproduced: an in-process ``flowprep extract``, then a DataLoader with workers). The parent gets its
+    thread count back after the fork; the child keeps one thread, which is what a loader worker wants."""
+    saved: list[int] = []
+
+    def before() -> None:
+        saved.append(cv2.getNumThreads())
+        cv2.setNumThreads(1)
+
+    def after_in_parent() -> None:
+        if saved:
+            cv2.setNumThreads(saved.pop())
+
+    os.register_at_fork(before=before, after_in_parent=after_in_parent)
+
+
+_opencv_pool_across_fork()
+
 # Per-process cache of open HDF5 files. The pid check drops handles inherited through fork: an HDF5 file
 # object must not be shared between processes.
 _files: dict[Path, h5py.File] = {}

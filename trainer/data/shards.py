@@ -142,7 +142,8 @@ def _index_shard(
             except (OSError, KeyError, RuntimeError) as e:  # h5py: damaged metadata or a missing attribute
                 raise DataError(f"{path}: video {vid!r} cannot be indexed ({one_line(e)}); the shard is damaged or "
                                 f"not a flowprep shard: {DAMAGED}") from None
-            if not (0 <= label < len(classes)) or classes[label] != name:
+            unlabelled = label == -1 and name == ""  # --unlabelled, a flat folder, a test split without labels
+            if not unlabelled and (not (0 <= label < len(classes)) or classes[label] != name):
                 raise DataError(f"{path}: {vid} has label {label} ({name!r}), expected one of the manifest's classes")
             records.append(rec)
             sizes.add(size)
