@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.flowprep-installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+# pytest processes for make test (pytest-xdist; a test file stays in one process, so its fixtures run once).
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo bench clean
 
@@ -17,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/python -m flowprep.demo --out $(DEMO_OUT)
