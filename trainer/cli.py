@@ -260,6 +260,7 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
     has_val = both and "val_spatial" in bundle and "val_temporal" in bundle and len(bundle["val_labels"]) > 0
     fusion = options.check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
                            no_val=f"{scores} holds no validation scores (run trainer evaluate with --val-list)")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)  # as evaluate does
     results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out))
     _echo_results(results, out)
 

@@ -219,7 +219,7 @@ def test_fit_evaluate_fuse_end_to_end(tiny_shards, tmp_path) -> None:
         assert set(res[name]) == {"top1", "top5", "mean_class"} and Path(res["confusion"][name]).is_file()
         assert f"{name:>8}: top1" in result.stdout
 
-    fused = tmp_path / "eval" / "weighted.json"
+    fused = tmp_path / "fusions" / "weighted.json"  # a folder that does not exist yet: fuse makes it
     result = _invoke("fuse", "--scores", out.with_name("results.scores.npz"), "--spatial-weight", "auto", "--out", fused)
     assert result.exit_code == 0, result.output
     again = json.loads(fused.read_text())
