@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 import torch
 
+from flowprep import format as fmt
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 
@@ -84,7 +85,8 @@ def make_shards(root: Path, *, classes: int, videos: int, frames: int, h: int, w
     with ProcessPoolExecutor(procs) as ex:
         shards = list(ex.map(_write_shard, jobs))
     (root / "manifest.json").write_text(json.dumps({
-        "format": "flowprep-manifest", "format_version": 1, "complete": True, "task": {"index": 0, "count": 1},
+        "format": fmt.MANIFEST_FORMAT, "format_version": fmt.MANIFEST_VERSION, "complete": True,
+        "task": {"index": 0, "count": 1},
         "params": {}, "classes": [f"C{c}" for c in range(classes)], "num_videos": len(vids), "shards": shards,
         "failures": []}))
     train = root / "train.txt"

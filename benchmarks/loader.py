@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from isal import isal_zlib
 
+from flowprep import format as fmt
 from flowprep.quantize import quantize
 from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
 from benchmarks.jpeg_layout import JpegFlowStackDataset, write_jpeg_tree
@@ -102,7 +103,8 @@ def write_shards(root: Path, quantized: list[np.ndarray], *, compression: str | 
             writer.append_flow(q)
             writer.finish(num_frames=len(q) + 1, fps=25.0)
     shard = {"name": "shard-00000.h5", "size": (root / "shard-00000.h5").stat().st_size, "sha256": "", "videos": ids}
-    manifest = {"format": "flowprep-manifest", "format_version": 1, "complete": True, "task": {"index": 0, "count": 1},
+    manifest = {"format": fmt.MANIFEST_FORMAT, "format_version": fmt.MANIFEST_VERSION, "complete": True,
+                "task": {"index": 0, "count": 1},
                 "params": params, "classes": ["Bench"], "num_videos": len(ids), "shards": [shard], "failures": []}
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "list.txt").write_text("".join(f"{v}.avi 1\n" for v in ids))

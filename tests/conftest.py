@@ -13,14 +13,6 @@ from media import random_frames, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The longest test file (the reduced demo, a few minutes) goes first: with make test's two pytest processes
-# (--dist loadfile) one of them runs it while the other takes the rest, instead of it running alone at the end.
-FIRST = ("tests/flowprep/test_demo.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: not any(item.nodeid.startswith(f) for f in FIRST))  # stable: order kept otherwise
-
 
 def make_ucf_tree(
     root: Path, *, classes: tuple[str, ...] = ("Jump", "Run"), per_class: int = 2, frames: int = 8,
