@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from flowprep.curves import CurvesError, plot_curves, read_metrics
+from flowprep.format import read_list
 
 PLAN_FILE = "demo.json"  # the settings a demo folder was made with; a rerun must ask for the same
 
@@ -258,9 +259,7 @@ def run_demo(out: str | Path, plan: DemoPlan, *, force: bool = False, quiet: boo
     r.step("6. pictures: one test video per class (frames beside their flow)")
     previews = out / "previews"
     previews.mkdir(exist_ok=True)
-    # A video id is its path under videos/ without the extension (docs/shard-format.md).
-    test_ids = [str(Path(line.split()[0]).with_suffix("")) for line in
-                (sample / "testlist01.txt").read_text().splitlines() if line.strip()]
+    test_ids = [entry.video_id for entry in read_list(sample / "testlist01.txt")]
     pictures = []
     for name in classes:
         video = next(v for v in test_ids if v.startswith(name + "/"))
