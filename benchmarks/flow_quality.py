@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from flowprep.config import TVL1Params
+from flowprep.flow import FlowEstimator
 from flowprep.quantize import dequantize, quantize, scale_and_offset
 from flowprep.synth import ClipSpec, render_clip
 import flowprep.tvl1_torch
@@ -55,13 +56,8 @@ def facts(device: torch.device) -> dict[str, Any]:
 
 
 def opencv_flow(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
-    """(2, H, W) from a fresh solver: calc() lowers the object's nscales for good after a small frame."""
-    solver = cv2.optflow.DualTVL1OpticalFlow_create(
-        tau=p.tau, lambda_=p.lambda_, theta=p.theta, nscales=p.nscales, warps=p.warps, epsilon=p.epsilon,
-        innnerIterations=p.inner_iterations, outerIterations=p.outer_iterations, scaleStep=p.scale_step,
-        gamma=p.gamma, medianFiltering=p.median_filtering,
-    )
-    return solver.calc(prev, nxt, None).transpose(2, 0, 1)
+    """(2, H, W): OpenCV's DualTVL1 as flowprep extract runs it (flowprep.flow.FlowEstimator)."""
+    return FlowEstimator(method="tvl1", tvl1=p)(prev, nxt)
 
 
 def agreement(ref: np.ndarray, ours: np.ndarray) -> dict[str, float]:

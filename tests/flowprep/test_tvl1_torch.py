@@ -17,7 +17,7 @@ import torch
 from media import smooth_texture, translating_texture
 
 from flowprep.config import TVL1Params
-from flowprep.flow import to_gray
+from flowprep.flow import FlowEstimator, to_gray
 from flowprep.quantize import dequantize, quantize, scale_and_offset
 from flowprep.tvl1_torch import (
     SolveStats,
@@ -47,13 +47,8 @@ def one_thread():
 
 
 def opencv_flow(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
-    """(2, H, W) from a fresh OpenCV solver (calc() lowers the object's nscales for small frames)."""
-    solver = cv2.optflow.DualTVL1OpticalFlow_create(
-        tau=p.tau, lambda_=p.lambda_, theta=p.theta, nscales=p.nscales, warps=p.warps, epsilon=p.epsilon,
-        innnerIterations=p.inner_iterations, outerIterations=p.outer_iterations, scaleStep=p.scale_step,
-        gamma=p.gamma, medianFiltering=p.median_filtering,
-    )
-    return solver.calc(prev, nxt, None).transpose(2, 0, 1)
+    """(2, H, W): OpenCV's DualTVL1 as flowprep extract runs it (flowprep.flow.FlowEstimator)."""
+    return FlowEstimator(method="tvl1", tvl1=p)(prev, nxt)
 
 
 def gray_pair(h: int, w: int, dx: float, dy: float, seed: int) -> np.ndarray:
