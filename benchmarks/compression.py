@@ -23,7 +23,7 @@ import numpy as np
 from isal import isal_zlib
 
 from flowprep.config import StorageConfig
-from flowprep.writer import VideoMeta, VideoWriter
+from flowprep.extract.writer import VideoMeta, VideoWriter
 
 
 def hdf5plugin() -> ModuleType | None:
@@ -66,7 +66,7 @@ def isal_chunks(level: int) -> Writer:
 
 
 def flowprep_writer(f: h5py.File, q: np.ndarray) -> h5py.Dataset:
-    """Whatever ``flowprep.writer.VideoWriter`` does with the default storage settings."""
+    """Whatever ``flowprep.extract.writer.VideoWriter`` does with the default storage settings."""
     c = StorageConfig()
     w = VideoWriter(f, VideoMeta("b/v", "b/v.avi", 0, "b"), height=q.shape[2], width=q.shape[3], bound=20.0,
                     rgb=False, compression=c.compression, compression_level=c.compression_level)

@@ -1,7 +1,7 @@
 """Extraction throughput, shard sizes and compression filters on real 320x240 videos.
 
 Variants, per flow method, run interleaved (order rotated each repetition) in this one process:
-- ``pipeline``: ``flowprep.runner.run_extract`` with default settings (RGB JPEGs, gzip flow) on N workers;
+- ``pipeline``: ``flowprep.extract.runner.run_extract`` with default settings (RGB JPEGs, gzip flow) on N workers;
 - ``pipeline_no_rgb``: the same with ``--no-rgb``;
 - ``bare``: the same flow on the same videos on the same joblib loky pool (N jobs, same order), one task
   per video: decord decode in chunks of 32, gray, flow of every consecutive pair, results discarded;
@@ -53,9 +53,9 @@ from benchmarks.compression import compression_markdown, compression_table
 from benchmarks.machine import cpu_seconds, free_cores, machine_facts, warm_pool
 from benchmarks.media import GET_MEDIA, MEDIA, SIZE, SOURCES, MissingMedia, build_videos
 from flowprep.config import FlowConfig, StorageConfig
-from flowprep.flow import FlowEstimator
-from flowprep.reader import plan_videos
-from flowprep.runner import run_extract
+from flowprep.extract.flow import FlowEstimator
+from flowprep.extract.reader import plan_videos
+from flowprep.extract.runner import run_extract
 
 TARGETS = {"farneback": 0.9, "tvl1": 0.97}  # pipeline / bare
 SCALING_TARGET = 1.85  # --workers 2 / --workers 1 with TV-L1 on 2 cores

@@ -1,6 +1,6 @@
-"""TV-L1 quality: the PyTorch port (flowprep.tvl1_torch) against OpenCV's DualTVL1, on real frames (issue 14).
+"""TV-L1 quality: the PyTorch port (flowprep.torchflow.tvl1) against OpenCV's DualTVL1, on real frames (issue 14).
 
-(a) Agreement, measured as stored: both flows quantized with flowprep.quantize (bound 20 px, one code =
+(a) Agreement, measured as stored: both flows quantized with flowprep.extract.quantize (bound 20 px, one code =
     0.157 px), per pair and pooled: share of values within +-1 code, share exactly equal, mean |delta| of
     the dequantized values and of the float flow; the issue's gate is >= 99.5% within one code pooled
     (>= 99.0% on every pair), >= 85% equal, mean |delta| <= 0.04 px stored and <= 0.02 px float, over at
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from flowprep.config import TVL1Params
-from flowprep.flow import FlowEstimator
-from flowprep.quantize import dequantize, quantize, scale_and_offset
-from flowprep.synth import ClipSpec, render_clip
-import flowprep.tvl1_torch
-from flowprep.tvl1_torch import tvl1_flow
+from flowprep.extract.flow import FlowEstimator
+from flowprep.extract.quantize import dequantize, quantize, scale_and_offset
+from flowprep.tools.synth import ClipSpec, render_clip
+import flowprep.torchflow.tvl1
+from flowprep.torchflow.tvl1 import tvl1_flow
 
 MEDIA = Path(os.environ.get("FLOWPREP_MEDIA", "/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data"))
 BOUND = 20.0
@@ -56,7 +56,7 @@ def facts(device: torch.device) -> dict[str, Any]:
 
 
 def opencv_flow(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
-    """(2, H, W): OpenCV's DualTVL1 as flowprep extract runs it (flowprep.flow.FlowEstimator)."""
+    """(2, H, W): OpenCV's DualTVL1 as flowprep extract runs it (flowprep.extract.flow.FlowEstimator)."""
     return FlowEstimator(method="tvl1", tvl1=p)(prev, nxt)
 
 
@@ -196,7 +196,7 @@ def main(out: Path, work: Path | None, device: str | None, batch: int, media: Pa
     if opencv_warp:
         if dev.type != "cpu":
             raise click.ClickException("--opencv-warp runs on the CPU only")
-        flowprep.tvl1_torch.warp_bicubic = cv2_remap_warp  # solve_level looks it up at call time
+        flowprep.torchflow.tvl1.warp_bicubic = cv2_remap_warp  # solve_level looks it up at call time
 
     # (a) agreement
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = []

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 14 (PyTorch TV-L1) in one device call, at most 8.5 minutes on one H200 (the sum
 # of the step limits; run it with timeout_s 570):
-#   1. the solver's tests, CUDA test included (tests/flowprep/test_tvl1_torch.py)      <= 90 s
+#   1. the solver's tests, CUDA test included (tests/flowprep/torchflow/test_tvl1.py)      <= 90 s
 #   2. agreement with OpenCV and EPE on CUDA (benchmarks/flow_quality.py --device cuda) <= 100 s
 #   3. pairs/s per batch size, GPU memory, profile (benchmarks/tvl1_gpu.py)            <= 120 s
 #   4. the whole flowprep extract --engine torch --device cuda (workers on every core,   <= 90 s
@@ -52,7 +52,7 @@ EOF
 cat "$OUT/env.txt"
 
 # addopts of setup.cfg name pytest-timeout, which the device may lack
-step pytest_tvl1 90 $PY -m pytest tests/flowprep/test_tvl1_torch.py -q -rs -p no:cacheprovider \
+step pytest_tvl1 90 $PY -m pytest tests/flowprep/torchflow/test_tvl1.py -q -rs -p no:cacheprovider \
     -o addopts="--import-mode=importlib"
 step flow_quality_cuda 100 $PY -m benchmarks.flow_quality --device cuda --batch 16 --media "$MEDIA" \
     --out "$OUT/flow_quality-cuda.json"

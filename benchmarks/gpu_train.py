@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from flowprep import format as fmt
-from flowprep.quantize import quantize
-from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
+from flowprep.extract.quantize import quantize
+from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 
 BOUND = 20.0
 

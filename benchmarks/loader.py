@@ -48,8 +48,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from isal import isal_zlib
 
 from flowprep import format as fmt
-from flowprep.quantize import quantize
-from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
+from flowprep.extract.quantize import quantize
+from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 from benchmarks.jpeg_layout import JpegFlowStackDataset, write_jpeg_tree
 from trainer.data.datasets import FlowStackDataset
 from trainer.data.lists import read_video_list

@@ -39,13 +39,13 @@ def machine_facts() -> dict[str, Any]:
             "git_commit": git[0] or None, "git_dirty": bool(git[1])}
 
 def _touch() -> None:
-    import flowprep.worker  # noqa: F401  (what the pipeline's tasks import)
+    import flowprep.extract.worker  # noqa: F401  (what the pipeline's tasks import)
     time.sleep(0.3)  # long enough that every worker of the pool takes one
 
 
 def warm_pool(workers: int) -> None:
     """Start the loky pool exactly as the next timed call uses it (joblib recreates it when the arguments differ)."""
-    if workers == 1:  # flowprep.worker runs --workers 1 on joblib's executor directly
+    if workers == 1:  # flowprep.extract.worker runs --workers 1 on joblib's executor directly
         get_memmapping_executor(1).submit(_touch).result()
     else:
         Parallel(n_jobs=workers, backend="loky")(delayed(_touch)() for _ in range(workers))

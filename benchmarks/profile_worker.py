@@ -1,6 +1,6 @@
 """Where one worker's time goes: ``extract_video`` against the bare decode+flow loop, in one process.
 
-1. CPU ms per frame of the bare loop, the pipeline's worker (``flowprep.worker.extract_video``) and the same
+1. CPU ms per frame of the bare loop, the pipeline's worker (``flowprep.extract.worker.extract_video``) and the same
    with ``--no-rgb``, on the same clips, interleaved, medians of the repetitions.
 2. Per-video fixed costs: the container length check, the PyAV probe, decord's open.
 3. The worker's functions by their own time (cProfile of one pass), in ms per frame.
@@ -25,9 +25,9 @@ import cv2
 from benchmarks.extract import bare_video
 from benchmarks.media import MEDIA, build_videos
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
-from flowprep.decode import VideoStream, _probe, declared_length
-from flowprep.worker import VideoJob, extract_video
-from flowprep.writer import VideoMeta
+from flowprep.extract.decode import VideoStream, _probe, declared_length
+from flowprep.extract.worker import VideoJob, extract_video
+from flowprep.extract.writer import VideoMeta
 
 
 def _worker_pass(paths: list[Path], out: Path, method: str, *, rgb: bool) -> None:

@@ -1,4 +1,4 @@
-"""TV-L1 speed: OpenCV's DualTVL1 per CPU core vs the PyTorch solver (flowprep.tvl1_torch) per batch size (issue 14).
+"""TV-L1 speed: OpenCV's DualTVL1 per CPU core vs the PyTorch solver (flowprep.torchflow.tvl1) per batch size (issue 14).
 
 Frame pairs at 320x240 with the default parameters: consecutive frames of opencv-doc's vtest.avi (or, without
 it, flowprep's synthetic clips). Rows:
@@ -42,12 +42,12 @@ import torch
 
 from benchmarks.flow_quality import MEDIA, facts, opencv_flow, video_pairs
 from flowprep.config import FlowConfig, TVL1Params
-from flowprep.flow_service import FLOW_BATCH
-from flowprep.reader import plan_videos
-from flowprep.runner import run_extract
-from flowprep.sample import encode_video
-from flowprep.synth import DEFAULT_CLASSES, ClipSpec, render_clip
-from flowprep.tvl1_torch import SolveStats, tvl1_flow
+from flowprep.torchflow.service import FLOW_BATCH
+from flowprep.extract.reader import plan_videos
+from flowprep.extract.runner import run_extract
+from flowprep.tools.sample import encode_video
+from flowprep.tools.synth import DEFAULT_CLASSES, ClipSpec, render_clip
+from flowprep.torchflow.tvl1 import SolveStats, tvl1_flow
 
 
 def frame_pairs(media: Path, count: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str]:

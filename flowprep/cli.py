@@ -13,12 +13,14 @@ from typing import Any, Callable
 
 import click
 
-from flowprep import __version__, dask_backend, distributor, exits, manifest, reader, runner
+from flowprep import __version__, exits
 from flowprep import format as fmt
-from flowprep import frames as frames_mod
-from flowprep import verify as verify_mod
+from flowprep.extract import manifest, reader, runner
+from flowprep.extract import verify as verify_mod
+from flowprep.scale import array_tasks, dask_cluster
+from flowprep.tools import frames as frames_mod
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
-from flowprep.flow_service import FLOW_BATCH
+from flowprep.torchflow.service import FLOW_BATCH
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -236,7 +238,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
                    "split and writes only its own shards and manifest part. With SLURM, the array IDs are then the "
                    "task indexes (so --array=3,7 reruns tasks 3 and 7).  [default: from SLURM_ARRAY_TASK_COUNT "
                    "(or MIN/MAX/STEP) or AWS_BATCH_JOB_ARRAY_SIZE; Kubernetes needs it; else 1]")
-@click.option("--backend", type=click.Choice(dask_backend.BACKENDS), default="loky",
+@click.option("--backend", type=click.Choice(dask_cluster.BACKENDS), default="loky",
               help="Where the per-video jobs run: local worker processes (loky), or the workers of a Dask cluster "
                    "(dask, with --scheduler; --videos and --out must be mounted at the same paths there, and the "
                    "cluster's worker threads set the parallelism instead of --workers).")
@@ -281,29 +283,29 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
     decode = DecodeConfig(size=size, short_side=short_side, frame_step=frame_step)
     storage = StorageConfig(rgb=not no_rgb, jpeg_quality=jpeg_quality, videos_per_shard=videos_per_shard)
     try:
-        task = distributor.detect_task(os.environ, task_index=task_index, task_count=task_count)
-        dask_backend.check_arguments(backend, scheduler)
-    except (distributor.TaskError, dask_backend.BackendUsageError) as exc:
+        task = array_tasks.detect_task(os.environ, task_index=task_index, task_count=task_count)
+        dask_cluster.check_arguments(backend, scheduler)
+    except (array_tasks.TaskError, dask_cluster.BackendUsageError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
         classes, metas = reader.plan_videos(videos, class_index=class_index, layout=layout, labels=labels,
                                             unlabelled=unlabelled, warn=lambda m: click.echo(m, err=True))
         total = len(metas)
-        weights = distributor.video_weights(videos, [m.source for m in metas])
+        weights = array_tasks.video_weights(videos, [m.source for m in metas])
         if task.count > 1:  # an array task: say which one, and where that came from
-            mine = set(distributor.split_videos(weights, task_index=task.index, task_count=task.count))
+            mine = set(array_tasks.split_videos(weights, task_index=task.index, task_count=task.count))
             metas = [m for m in metas if m.source in mine]
             click.echo(f"{task}: {len(metas)} of {total} videos")
         out.mkdir(parents=True, exist_ok=True)  # the Dask workers are asked whether they see it
-        with dask_backend.joblib_backend(backend, scheduler, shared_paths=[videos, out]) as jobs_backend:
+        with dask_cluster.joblib_backend(backend, scheduler, shared_paths=[videos, out]) as jobs_backend:
             summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
                                          decode=decode, storage=storage, workers=workers, task_index=task.index,
                                          task_count=task.count, backend=jobs_backend, progress=progress,
                                          inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
                                          check=check, flow_batch=flow_batch)
-    except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_backend.BackendUsageError) as exc:
+    except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_cluster.BackendUsageError) as exc:
         raise RunError(str(exc)) from exc
-    except dask_backend.BackendError as exc:
+    except dask_cluster.BackendError as exc:
         raise ClusterError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
@@ -423,8 +425,8 @@ def export_frames(shards: Path, out: Path, layout: str, quality: int) -> None:
 
 
 # Built-in sample dataset and flow previews (defined next to their code).
-from flowprep.preview import preview_command  # noqa: E402
-from flowprep.sample import sample_command  # noqa: E402
+from flowprep.tools.preview import preview_command  # noqa: E402
+from flowprep.tools.sample import sample_command  # noqa: E402
 
 main.add_command(sample_command)
 main.add_command(preview_command)

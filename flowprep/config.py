@@ -52,7 +52,7 @@ class FlowConfig:
     tvl1: TVL1Params = field(default_factory=TVL1Params)
     farneback: FarnebackParams = field(default_factory=FarnebackParams)
     bound: float = 20.0  # pixels; every value is clipped to [-bound, bound] before quantization
-    # TV-L1's implementation: OpenCV's (CPU), or the PyTorch port (flowprep/tvl1_torch.py) on ``device``
+    # TV-L1's implementation: OpenCV's (CPU), or the PyTorch port (flowprep/torchflow/tvl1.py) on ``device``
     # ("cpu", "cuda", "cuda:0,1"). Farneback is always OpenCV's.
     engine: str = "opencv"
     device: str = "cpu"

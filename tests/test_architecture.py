@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).parents[1]
-PACKAGES = ("flowprep", "trainer", "trainer/data", "trainer/models")
+PACKAGES = tuple(str(p.parent.relative_to(REPO)) for top in ("flowprep", "trainer")
+                 for p in sorted((REPO / top).rglob("__init__.py")))
 
 
 def _modules() -> dict[str, set[str]]:

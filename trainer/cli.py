@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.labels import LIST_KINDS
+from flowprep.extract.labels import LIST_KINDS
 from trainer import options
 from trainer.config import (
     AMP_MODES, DEFAULT_DROPOUT, JOINT_FUSIONS, SCHEDULES, DataConfig, ModelConfig, OptimConfig, RunConfig,

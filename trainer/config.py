@@ -79,7 +79,7 @@ class DataConfig:
     shards: str
     train_list: str
     val_list: str | None = None
-    list_format: str | None = None  # of both lists; None: detected from each file (flowprep.labels.LIST_KINDS)
+    list_format: str | None = None  # of both lists; None: detected from each file (flowprep.extract.labels.LIST_KINDS)
     crop_size: int = 224
     batch_size: int = 32  # per process
     workers: int = 4  # DataLoader worker processes per process

@@ -193,7 +193,7 @@ def run_evaluate(
 
     ``joint``: a joint RUN_DIR or checkpoint instead of ``spatial``/``temporal``; its own fusion is reported
     (``fusion``, ``spatial_weight`` and ``val_list`` are not used). ``list_format``: the kind of both lists
-    (``flowprep.labels.LIST_KINDS``); None detects it from each file.
+    (``flowprep.extract.labels.LIST_KINDS``); None detects it from each file.
     """
     if joint is not None and (spatial is not None or temporal is not None):
         raise ValueError("joint is a whole two-stream model: give it without spatial or temporal")

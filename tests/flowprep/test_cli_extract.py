@@ -11,7 +11,7 @@ from media import random_frames, write_video
 
 from flowprep import exits
 from flowprep.cli import main
-from flowprep.worker import CRASH_ENV
+from flowprep.extract.worker import CRASH_ENV
 
 FLOWPREP = Path(sys.executable).parent / "flowprep"
 
@@ -129,7 +129,7 @@ def test_every_extract_default_comes_from_the_run_dataclasses() -> None:
     import inspect
 
     from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
-    from flowprep.runner import run_extract
+    from flowprep.extract.runner import run_extract
 
     defaults = {p.name: p.default for p in extract.params}
     assert defaults["bound"] == FlowConfig().bound

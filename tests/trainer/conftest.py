@@ -14,7 +14,7 @@ Content (``TinyShards.flow_q`` / ``TinyShards.rgb`` hold exactly what was writte
 - flow of class c, video k, field t on the pixel grid (X = x - (W-1)/2, Y = y - (H-1)/2):
   u = tx - r*Y + e*X, v = e*Y + r*X with class 0 translating right (tx = 3 + 0.25k + 0.2t),
   class 1 expanding (e = 0.15 + 0.01k + 0.005t) and class 2 rotating (r = the same), quantized
-  with flowprep.quantize; every field differs from the next, so a wrong time index shows.
+  with flowprep.extract.quantize; every field differs from the next, so a wrong time index shows.
 - RGB frame t of class c: channel c = 200, channel (c+1)%3 = 4x (a left-right gradient), channel
   (c+2)%3 = 10 + 15t (the frame index), stored as quality-95 JPEG.
 Both streams can tell the classes apart, so a model can overfit them, and the classes survive a
@@ -37,8 +37,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowprep.quantize import quantize
-from flowprep.writer import VideoMeta, VideoWriter, write_file_attrs
+from flowprep.extract.quantize import quantize
+from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 
 CLASSES = ["Drift", "Expand", "Rotate"]
 

@@ -1,5 +1,5 @@
 """The split files of ``trainer fit`` / ``evaluate`` resolved against the shards' index: which videos, with
-which labels (``--train-list``, ``--val-list``, ``--test-list``; the formats are read by ``flowprep.labels``).
+which labels (``--train-list``, ``--val-list``, ``--test-list``; the formats are read by ``flowprep.extract.labels``).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import glob
 from pathlib import Path
 
 from flowprep import format as fmt
-from flowprep.labels import SplitEntry, read_split
+from flowprep.extract.labels import SplitEntry, read_split
 from trainer.data.errors import DataError
 from trainer.data.shards import ShardIndex, VideoRecord, check_quantization
 
@@ -17,7 +17,7 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
                     kind: str | None = None) -> list[VideoRecord]:
     """Resolve a split file against the shards: a UCF-101 list (``Class/v_x.avi 1``, 1-based label optional),
     HMDB-51 split files (``<action>_test_split1.txt``: 1 = train, 2 = test), a Kinetics CSV, a
-    Something-Something v2 JSON, or a CSV ``path,label[,split]`` (``flowprep.labels``; detected from the
+    Something-Something v2 JSON, or a CSV ``path,label[,split]`` (``flowprep.extract.labels``; detected from the
     content unless ``kind``). A path with ``*`` is a glob (HMDB-51's 51 files of a split).
 
     ``role`` (train / val / test) picks the videos of HMDB-51 files and of a CSV's split column. UCF-101

@@ -1,0 +1,84 @@
+"""The worker side of the flow process (flowprep/torchflow/service.py): frames out, codes back, one block each chunk.
+
+The block a worker creates (and unlinks) holds the chunk's gray frames, (n, H, W) uint8, followed by room
+for its codes, (n - 1, 2, H, W) uint8, which the flow process writes; the only pickled message is
+``("flow", block name, n, H, W)``, answered by ``("ok",)`` or ``("error", text)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from multiprocessing.connection import Client, Connection
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from flowprep.torchflow.service import Address, FlowProcessLost
+
+
+
+class FlowError(RuntimeError):
+    """The flow process answered a chunk with an error (recorded as the video's failure)."""
+
+
+class FlowClient:
+    """``codes(gray)``: (n, H, W) gray uint8 frames -> (n - 1, 2, H, W) uint8 flow codes, by a flow process.
+
+    With several flow processes (GPUs), a worker sends its chunks to each in turn, starting at one chosen
+    by its pid: every GPU gets an even share of every worker's chunks, whatever the workers' pids. A chunk's
+    codes do not depend on the process that solved it (each pair is solved on its own).
+    """
+
+    def __init__(self, addresses: tuple[Address, ...]) -> None:
+        self.addresses = addresses
+        self._next = os.getpid() % len(addresses)
+        self._conns: dict[int, Connection] = {}
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def codes(self, gray: np.ndarray) -> np.ndarray:
+        n, h, w = gray.shape
+        if n < 2:
+            return np.empty((0, 2, h, w), np.uint8)
+        i, self._next = self._next, (self._next + 1) % len(self.addresses)
+        address = self.addresses[i]
+        frame_bytes, code_bytes = n * h * w, (n - 1) * 2 * h * w
+        block = SharedMemory(create=True, size=frame_bytes + code_bytes)
+        try:
+            np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
+            try:
+                if i not in self._conns:
+                    self._conns[i] = Client(address.path, "AF_UNIX", authkey=address.authkey)
+                self._conns[i].send(("flow", block.name, n, h, w))
+                reply = self._conns[i].recv()
+            except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
+                self.close()
+                raise FlowProcessLost(f"the flow process ({address.device}) cannot be reached: "
+                                      f"{type(exc).__name__}") from exc
+            except BaseException:  # interrupted between question and answer: the next answer would be stale
+                self.close()
+                raise
+            if reply[0] != "ok":  # the solver failed on these frames: the video fails, the run goes on
+                raise FlowError(f"the flow process failed on this video's frames: {reply[1]}")
+            return np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=frame_bytes).copy()
+        finally:
+            block.close()
+            block.unlink()
+
+
+_LOCAL = threading.local()
+
+
+def client_for(addresses: tuple[Address, ...]) -> FlowClient:
+    """One client (one connection) per thread of a worker process, reused across its videos; a worker
+    process reused by a later run (loky keeps them) drops the connection of the earlier one."""
+    client = getattr(_LOCAL, "client", None)
+    if client is None or client.addresses != addresses:
+        if client is not None:
+            client.close()
+        client = _LOCAL.client = FlowClient(addresses)
+    return client

@@ -1,0 +1,562 @@
+"""TV-L1 optical flow in PyTorch, a port of OpenCV's ``DualTVL1OpticalFlow`` (CPU path) for batches.
+
+``tvl1_flow(prev, next, params)`` takes gray frame pairs as tensors (N, H, W) (0..255, any dtype, any
+device) and returns float32 flow (N, 2, H, W), channel 0 = u (+ right), 1 = v (+ down), the layout used
+everywhere in flowprep. Every pair in a batch is solved independently, exactly as OpenCV would solve it
+alone: each image has its own stopping test, and an image that has stopped is frozen while the others
+go on (masks, so a batch can mix pairs from many videos of one frame size).
+
+The algorithm follows opencv_contrib's ``modules/optflow/src/tvl1flow.cpp`` (procOneScale / calc) as
+built into opencv-contrib-python 5.0.0, checked against that source and against the library itself
+(``tests/flowprep/torchflow/test_tvl1.py``):
+
+* frames as float32 in 0..255, no pre-smoothing;
+* pyramid: level s is level s-1 resized by ``scale_step`` with bilinear interpolation (size
+  ``round(side * scale_step)``, half-pixel centres, the sampling step is ``1/scale_step``, not the
+  actual size ratio); levels stop before the first one with a side under 16 px;
+* flow starts at zero on the coarsest level; dual variables are zeroed once per level (not per warp);
+* the centred gradient of the second frame is computed once per level (half the one-sided difference on
+  the borders) and warped with the frame; warping is bicubic (A = -0.75) at the exact coordinate
+  ``(x + u, y + v)`` with taps outside the image counting as 0 (OpenCV 5 does not round the coordinate
+  to 1/32 px as 4.x did);
+* for every warp: data term from the warped frame; then up to ``outer_iterations`` outer iterations, each
+  starting with a ``median_filtering`` x ``median_filtering`` median of u and v (replicated border), each
+  running up to ``inner_iterations`` primal-dual steps; the loops stop (per image) as soon as the sum of
+  squared flow updates of one step is at most ``epsilon**2 * H * W`` at that level;
+* between levels the flow is resized bilinearly to the finer size (sampling step = size ratio) and
+  multiplied by ``1/scale_step`` (the u3 channel of the gamma term is resized, not scaled).
+
+Floating point: each step does the same float32 operations in the same order as OpenCV 5.0.0, and on
+the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` at the default parameters (tested
+on generated frames; on real frames in BENCHMARKS.md). Two of OpenCV's building blocks are not plain C++
+in that build, and are reproduced from their outputs: ``resize`` (INTER_LINEAR, float32) goes to Intel
+IPP, which interpolates as ``a + t * (b - a)`` with a fused multiply-add and clamps the source coordinate
+on downscaling; ``remap`` (INTER_CUBIC, float maps) is vectorised code with fused multiply-adds (weights
+and order in ``warp_bicubic``). fma is emulated in float64 (exact product, then two roundings: a true fma
+differs only in rare ties). The sum of squared updates of the stopping test is OpenCV's float32 running
+sum in row order (numpy's sequential cumsum on the host; on other devices only for images whose float64
+sum is within rounding distance of the threshold, ``stop_sum``); ``hypot`` is computed in float64 off the
+CPU, where CUDA's hypotf may be 1 ulp off. The reference is
+OpenCV as the x86-64 wheels run it (IPP on, remap's AVX2/FMA3 code); an OpenCV build without IPP or on a
+CPU without FMA differs from this (and from the wheel) in the last bits.
+
+Not reproduced on purpose: OpenCV's ``calc`` lowers the solver object's ``nscales`` for good when a frame
+is too small for all levels, so later, larger frames through the same object get fewer levels; here every
+call uses ``params.nscales``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowprep.config import TVL1Params
+
+FLT_EPSILON = float(np.finfo(np.float32).eps)
+CUBIC_A = -0.75
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks (each tested against its OpenCV counterpart)
+# --------------------------------------------------------------------------------------------------
+
+
+def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add a*b + c, emulated in float64: a*b is exact there, the sum is rounded to
+    float64 and then to float32 (that double rounding differs from a true fma in rare ties only)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def pyramid_sizes(height: int, width: int, scale_step: float, nscales: int) -> list[tuple[int, int]]:
+    """(H, W) of every level OpenCV uses, finest first: each side is round(previous * scale_step)
+    (``saturate_cast<int>``, half to even), and the first level with a side under 16 px ends the list."""
+    sizes = [(height, width)]
+    for _ in range(1, nscales):
+        h, w = sizes[-1]
+        nh, nw = round(h * scale_step), round(w * scale_step)
+        if nh < 16 or nw < 16:
+            break
+        sizes.append((nh, nw))
+    return sizes
+
+
+def _linear_axis(n_out: int, n_in: int, step: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (i0, i1) and float32 weights t of a bilinear resize along one axis.
+
+    Half-pixel centres: x_src = (x_dst + 0.5) * step - 0.5. Downscaling (step > 1) clamps x_src to
+    [0, n_in - 1] and interpolates between i0 <= n_in - 2 and i0 + 1 (so the last sample is
+    a + 1 * (b - a)); upscaling uses OpenCV's own rule (outside the image: the edge pixel, t = 0).
+    These are what IPP's resize (used by OpenCV 5.0.0 for float32 INTER_LINEAR) does, to the bit.
+    """
+    x = (torch.arange(n_out, dtype=torch.float64) + 0.5) * step - 0.5
+    if step > 1 and n_in >= 2:
+        x = x.clamp(0, n_in - 1)
+        i0 = torch.floor(x).clamp(max=n_in - 2)
+        t = x - i0
+    else:
+        i0 = torch.floor(x)
+        t = x - i0
+        low = i0 < 0
+        high = i0 >= n_in - 1
+        i0 = torch.where(low, torch.zeros_like(i0), torch.where(high, torch.full_like(i0, n_in - 1), i0))
+        t = torch.where(low | high, torch.zeros_like(t), t)
+    i0 = i0.long()
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0.to(device), i1.to(device), t.float().to(device)
+
+
+def resize_linear(x: torch.Tensor, size: tuple[int, int], step: tuple[float, float] | None = None) -> torch.Tensor:
+    """Bilinear resize of the last two dims of ``x`` to ``size`` (H, W), as OpenCV 5.0.0 ``cv2.resize``.
+
+    ``step`` (sy, sx) is the sampling step in source pixels per destination pixel; by default the size
+    ratio (``cv2.resize(x, (W, H))``). ``cv2.resize(x, None, fx=f, fy=f)`` is ``step=(1/f, 1/f)``.
+    Horizontal pass first, then vertical, each ``a + t * (b - a)`` with one rounding (fma).
+    """
+    h_in, w_in = x.shape[-2:]
+    h_out, w_out = size
+    sy, sx = step if step is not None else (h_in / h_out, w_in / w_out)
+    x = x.float()
+    i0, i1, t = _linear_axis(w_out, w_in, sx, x.device)
+    a = x[..., i0]
+    x = _fma(x[..., i1] - a, t, a)
+    i0, i1, t = _linear_axis(h_out, h_in, sy, x.device)
+    a = x[..., i0, :]
+    return _fma(x[..., i1, :] - a, t[:, None], a)
+
+
+def centered_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dy) of (..., H, W): 0.5 * (next - previous) inside, 0.5 * one-sided difference on the borders."""
+    dx = torch.empty_like(img)
+    dy = torch.empty_like(img)
+    dx[..., 1:-1] = 0.5 * (img[..., 2:] - img[..., :-2])
+    dx[..., 0] = 0.5 * (img[..., 1] - img[..., 0])
+    dx[..., -1] = 0.5 * (img[..., -1] - img[..., -2])
+    dy[..., 1:-1, :] = 0.5 * (img[..., 2:, :] - img[..., :-2, :])
+    dy[..., 0, :] = 0.5 * (img[..., 1, :] - img[..., 0, :])
+    dy[..., -1, :] = 0.5 * (img[..., -1, :] - img[..., -2, :])
+    return dx, dy
+
+
+def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
+    """The 4 bicubic weights (A = -0.75) of taps at offsets -1, 0, 1, 2 for fractional positions t (float32),
+    computed as OpenCV 5.0.0's remap does, to the bit (float32, fma where it uses one):
+    w0 = A t (1-t)^2, w1 = ((A+2) t - (A+3)) t^2 + 1, w3 = A (1-t) t^2, w2 = 1 - w0 - w1 - w3."""
+    a = torch.tensor(np.float32(CUBIC_A), device=t.device)
+    y = 1 - t
+    w0 = a * (t * (y * y))
+    t2 = t * t
+    w1 = _fma(_fma(torch.full_like(t, CUBIC_A + 2), t, torch.full_like(t, -(CUBIC_A + 3))), t2, torch.ones_like(t))
+    w3 = a * (y * t2)
+    w2 = ((1 - w0) - w1) - w3
+    return [w0, w1, w2, w3]
+
+
+def warp_bicubic(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
+    """``cv2.remap(src, map_x, map_y, INTER_CUBIC, BORDER_CONSTANT, 0)`` for src (N, C, H, W) and maps
+    (N, H, W) in source pixel coordinates: exact coordinates, taps outside the image count as 0.
+
+    Bit-identical to OpenCV 5.0.0: each of the 4 rows is interpolated horizontally with a chain of fused
+    multiply-adds in tap order (w0*v0, then fma(w1, v1, .), ...), then the 4 row values vertically the same
+    way (fma emulated in float64)."""
+    n, c, h, w = src.shape
+    # Far outside, every tap is outside: clamping there changes nothing and keeps the indices small.
+    mx = torch.nan_to_num(map_x, nan=-8.0).clamp(-8, w + 8)
+    my = torch.nan_to_num(map_y, nan=-8.0).clamp(-8, h + 8)
+    x0 = torch.floor(mx)
+    y0 = torch.floor(my)
+    wx = [wt.reshape(n, 1, h * w) for wt in _cubic_weights(mx - x0)]
+    wy = [wt.reshape(n, 1, h * w) for wt in _cubic_weights(my - y0)]
+    x0 = x0.long()
+    y0 = y0.long()
+    flat = src.reshape(n, c, h * w)
+    cols = []
+    for i in range(4):
+        xi = x0 + (i - 1)
+        cols.append(((xi >= 0) & (xi < w), xi.clamp(0, w - 1)))
+    out = None
+    for j in range(4):
+        yi = y0 + (j - 1)
+        row_ok = (yi >= 0) & (yi < h)
+        row = yi.clamp(0, h - 1) * w
+        acc = None
+        for i in range(4):
+            col_ok, xi = cols[i]
+            idx = (row + xi).reshape(n, 1, h * w).expand(n, c, h * w)
+            ok = (row_ok & col_ok).reshape(n, 1, h * w)
+            vals = torch.where(ok, torch.gather(flat, 2, idx), torch.zeros((), dtype=src.dtype, device=src.device))
+            acc = vals * wx[i] if acc is None else _fma(vals, wx[i], acc)
+        out = acc * wy[j] if out is None else _fma(acc, wy[j], out)
+    return out.reshape(n, c, h, w)
+
+
+@functools.lru_cache(maxsize=None)
+def _selection_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """Comparators (a, b, want_min, want_max) that leave the median of n inputs (n odd) on wire 0.
+
+    Batcher's odd-even merge sort on the next power of two, the extra wires padded with -inf / +inf so
+    that the median of the n real inputs lands on a middle wire; comparators whose outcome is fixed by
+    the padding, and those that do not lead to the median, are dropped. Wire indices refer to a list
+    of n input planes; each comparator writes min to a and max to b (only the wanted ones are computed).
+    """
+    size = 1 << (n - 1).bit_length()
+    low = (size - n) // 2  # -inf pads below, +inf pads above, so the median sits at index size // 2 - 1 + ...
+    high = size - n - low
+    target = low + n // 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    # symbolic pass: wire -> ("x", id) for real inputs, ("lo",) / ("hi",) for pads
+    wires = [("lo",)] * low + [("x", i) for i in range(n)] + [("hi",)] * high
+    ops = []  # (src_a, src_b, dst_min, dst_max) on value ids
+    next_id = n
+    for a, b in pairs:
+        wa, wb = wires[a], wires[b]
+        if wa[0] == "lo" or wb[0] == "hi":
+            continue  # already in order
+        if wa[0] == "hi" or wb[0] == "lo":
+            wires[a], wires[b] = wb, wa  # a swap of known order
+            continue
+        lo_id, hi_id = next_id, next_id + 1
+        next_id += 2
+        ops.append((wa[1], wb[1], lo_id, hi_id))
+        wires[a], wires[b] = ("x", lo_id), ("x", hi_id)
+    out = wires[target][1]
+    # prune: keep only what the median depends on
+    live = {out}
+    kept = []
+    for sa, sb, dmin, dmax in reversed(ops):
+        want_min, want_max = dmin in live, dmax in live
+        if want_min or want_max:
+            kept.append((sa, sb, dmin if want_min else -1, dmax if want_max else -1))
+            live.update((sa, sb))
+    kept.reverse()
+    return tuple(kept) + ((out, -2, -2, -2),)
+
+
+def median_filter(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
+    """``cv2.medianBlur(x, ksize)`` (replicated border) of every (H, W) plane of x (..., H, W).
+
+    A selection network of elementwise min / max over the ksize**2 shifted planes: exact (the median
+    is one of the inputs) and far faster than sorting windows."""
+    r = ksize // 2
+    shape = x.shape
+    h, w = shape[-2:]
+    planes = x.reshape(-1, 1, h, w)
+    padded = F.pad(planes, (r, r, r, r), mode="replicate")[:, 0]
+    values: dict[int, torch.Tensor] = {}
+    for dy in range(ksize):
+        for dx in range(ksize):
+            values[dy * ksize + dx] = padded[:, dy : dy + h, dx : dx + w].contiguous()
+    network = _selection_network(ksize * ksize)
+    last_use = _last_uses(network)
+    for step, (sa, sb, dmin, dmax) in enumerate(network[:-1]):
+        a, b = values[sa], values[sb]
+        if dmin >= 0:
+            values[dmin] = torch.minimum(a, b)
+        if dmax >= 0:
+            values[dmax] = torch.maximum(a, b)
+        for src in (sa, sb):  # free planes no later comparator reads (a batch on a GPU has many)
+            if last_use[src] == step:
+                values.pop(src, None)
+    return values[network[-1][0]].reshape(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _last_uses(network: tuple[tuple[int, int, int, int], ...]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for step, (sa, sb, _, _) in enumerate(network[:-1]):
+        last[sa] = last[sb] = step
+    last[network[-1][0]] = len(network)  # the result
+    return last
+
+
+def forward_gradient(u: torch.Tensor) -> torch.Tensor:
+    """(..., 2, H, W) forward differences (x, y) of u (..., H, W); 0 on the last column / row."""
+    g = torch.zeros((*u.shape[:-2], 2, *u.shape[-2:]), dtype=u.dtype, device=u.device)
+    g[..., 0, :, :-1] = u[..., :, 1:] - u[..., :, :-1]
+    g[..., 1, :-1, :] = u[..., 1:, :] - u[..., :-1, :]
+    return g
+
+
+def divergence(p: torch.Tensor) -> torch.Tensor:
+    """Divergence (backward differences) of the dual field p (..., 2, H, W), OpenCV's float order."""
+    p1, p2 = p[..., 0, :, :], p[..., 1, :, :]
+    div = torch.empty_like(p1)
+    # body: (p1[x] - p1[x-1]) + (p2[y] - p2[y-1]); first row: (p1[x] - p1[x-1]) + p2
+    div[..., 1:, 1:] = (p1[..., 1:, 1:] - p1[..., 1:, :-1]) + (p2[..., 1:, 1:] - p2[..., :-1, 1:])
+    div[..., 0, 1:] = (p1[..., 0, 1:] - p1[..., 0, :-1]) + p2[..., 0, 1:]
+    # first column: (p1 + p2[y]) - p2[y-1]; corner: p1 + p2
+    div[..., 1:, 0] = (p1[..., 1:, 0] + p2[..., 1:, 0]) - p2[..., :-1, 0]
+    div[..., 0, 0] = p1[..., 0, 0] + p2[..., 0, 0]
+    return div
+
+
+# --------------------------------------------------------------------------------------------------
+# The solver
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SolveStats:
+    """What the solver did, for tests and benchmarks: inner iterations run per image (all levels)."""
+
+    iterations: torch.Tensor | None = None  # (N,) int64, filled by tvl1_flow
+
+
+def _as_frames(x: torch.Tensor | np.ndarray, device: torch.device | str | None) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if device is not None:
+        t = t.to(device)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ValueError(f"expected frames (N, H, W) or (H, W), got shape {tuple(t.shape)}")
+    return t.float()
+
+
+def primal_dual_step(
+    u: torch.Tensor,
+    p: torch.Tensor,
+    ivec: torch.Tensor,
+    rho_c: torch.Tensor,
+    lg: torch.Tensor,
+    neg_lg: torch.Tensor,
+    grad: torch.Tensor,
+    has_grad: torch.Tensor,
+    d_low: torch.Tensor,
+    d_high: torch.Tensor,
+    theta: torch.Tensor,
+    taut: torch.Tensor,
+    gamma: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables) for
+    flow u (n, K, H, W) and duals p (n, K, 2, H, W); the per-warp constants come from ``solve_level``
+    (``grad`` there is |grad I1w|^2 with 1 where it is <= FLT_EPSILON, ``has_grad`` says where it is not).
+    Returns (new u, new p, squared update per pixel (n, H, W), float32)."""
+    # estimateV: v = u + d, d from the thresholding of rho
+    rho = rho_c + (ivec[:, 0] * u[:, 0] + ivec[:, 1] * u[:, 1])
+    if u.shape[1] == 3:
+        rho = rho + gamma * u[:, 2]
+    fi = torch.where(has_grad, -rho / grad, torch.zeros_like(rho))
+    d = torch.where((rho < neg_lg)[:, None], d_low, torch.where((rho > lg)[:, None], d_high, fi[:, None] * ivec))
+    # estimateU: u = v + theta * div(p), and the squared update
+    u_new = (u + d) + theta * divergence(p)
+    du = u_new - u
+    sq = du[:, 0] * du[:, 0] + du[:, 1] * du[:, 1]
+    if u.shape[1] == 3:
+        sq = sq + du[:, 2] * du[:, 2]
+    # estimateDualVariables
+    gu = forward_gradient(u_new)  # (n, K, 2, H, W)
+    if gu.device.type == "cpu":  # correctly rounded there (checked against float64)
+        norm = torch.hypot(gu[:, :, 0], gu[:, :, 1])
+    else:  # CUDA's hypotf may be 1 ulp off; OpenCV's (float)hypot is correctly rounded
+        norm = torch.hypot(gu[:, :, 0].double(), gu[:, :, 1].double()).float()
+    ng = 1.0 + taut * norm
+    p_new = (p + taut * gu) / ng[:, :, None]
+    return u_new, p_new, sq
+
+
+STOP_SUMS = ("sequential", "guarded", "float64")
+
+
+def _sequential_sum(sq: torch.Tensor) -> torch.Tensor:
+    """OpenCV's float32 running sum of each (H, W) plane in row order (numpy's cumsum is sequential), float64."""
+    flat = sq.reshape(len(sq), -1).cpu().numpy()
+    return torch.from_numpy(np.cumsum(flat, axis=1)[:, -1].astype(np.float64)).to(sq.device)
+
+
+def _stop_error(sq: torch.Tensor, stop_sum: str, scaled_eps: float, band: float) -> torch.Tensor:
+    """The stopping test's sum of squared updates per image (float64 tensor (n,)).
+
+    "sequential": OpenCV's float32 running sum, exactly (on the host). "float64": an accurate sum, which
+    may decide differently from OpenCV when the sum is within ~n * 2**-24 of the threshold (rare).
+    "guarded": the float64 sum, and OpenCV's running sum (on the host) only for the images whose sum is
+    that close to the threshold, so the decisions are OpenCV's at the cost of one host sync per step."""
+    if stop_sum == "sequential":
+        return _sequential_sum(sq)
+    error = sq.double().sum(dim=(1, 2))
+    if stop_sum == "guarded":
+        near = ((error - scaled_eps).abs() <= band * error).nonzero().flatten()
+        if len(near):
+            error[near] = _sequential_sum(sq[near])
+    return error
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_step():
+    return torch.compile(primal_dual_step, dynamic=True)
+
+
+def solve_level(
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    u: torch.Tensor,
+    params: TVL1Params,
+    *,
+    check_every: int = 1,
+    stats: SolveStats | None = None,
+    compile: bool = False,
+    stop_sum: str = "sequential",
+) -> torch.Tensor:
+    """OpenCV's ``procOneScale`` on a batch: frames (N, H, W), flow u (N, K, H, W) with K = 2 (u, v) or
+    K = 3 (u, v and the gamma term's u3). Returns the updated flow (a new tensor).
+
+    Every ``check_every`` inner iterations the host looks at which images are still running (a sync on
+    a GPU) and goes on with those only. In between, images that stop are frozen by masks, so the
+    result does not depend on ``check_every``; 1 (the default, right for CPUs) needs no masks at all.
+    """
+    n, h, w = i0.shape
+    k = u.shape[1]
+    use_gamma = k == 3
+    dev = i0.device
+    f32 = torch.float32
+    l_t = torch.tensor(np.float32(params.lambda_ * params.theta), device=dev)
+    neg_l_t = -l_t
+    taut = torch.tensor(np.float32(params.tau / params.theta), device=dev)
+    theta = torch.tensor(np.float32(params.theta), device=dev)
+    gamma = torch.tensor(np.float32(params.gamma), device=dev)
+    scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
+    masked = check_every > 1
+    step = _compiled_step() if compile else primal_dual_step
+    if stop_sum not in STOP_SUMS:
+        raise ValueError(f"stop_sum must be one of {STOP_SUMS}, got {stop_sum!r}")
+    # the float32 running sum of n non-negative terms is within (n - 1) * 2**-24 * sum of the exact sum
+    band = 2.0 * (h * w) * 2.0**-24
+
+    i1x, i1y = centered_gradient(i1)
+    to_warp = torch.stack([i1, i1x, i1y], dim=1)
+    u = u.clone()
+    p = torch.zeros((n, k, 2, h, w), dtype=f32, device=dev)  # dual variables, reset once per level
+    xs = torch.arange(w, dtype=f32, device=dev)
+    ys = torch.arange(h, dtype=f32, device=dev)[:, None]
+
+    for _ in range(params.warps):
+        warped = warp_bicubic(to_warp, xs + u[:, 0], ys + u[:, 1])
+        i1w, i1wx, i1wy = warped.unbind(1)
+        grad = i1wx * i1wx + i1wy * i1wy
+        rho_c = ((i1w - i1wx * u[:, 0]) - i1wy * u[:, 1]) - i0
+        # the data term's direction per component: I1wx, I1wy (and gamma for u3)
+        ivec = torch.stack([i1wx, i1wy] + ([gamma.expand(n, h, w)] if use_gamma else []), dim=1)
+        consts_full = {
+            "ivec": ivec,
+            "rho_c": rho_c,
+            "lg": l_t * grad,
+            "neg_lg": neg_l_t * grad,
+            "grad": torch.where(grad > FLT_EPSILON, grad, torch.ones_like(grad)),
+            "has_grad": grad > FLT_EPSILON,
+            "d_low": l_t * ivec,  # rho < -l_t * grad
+            "d_high": neg_l_t * ivec,  # rho > l_t * grad
+        }
+        sel = torch.arange(n, device=dev)  # the images being computed (a superset of the running ones)
+        c = consts_full
+        us, ps = u, p
+        active = torch.ones(n, dtype=torch.bool, device=dev)  # per image in sel: still running
+
+        def shrink(keep: torch.Tensor) -> None:
+            nonlocal sel, c, us, ps, active
+            u.index_copy_(0, sel, us)
+            p.index_copy_(0, sel, ps)
+            sel = sel[keep]
+            c = {key: val.index_select(0, sel) for key, val in consts_full.items()}
+            us, ps, active = us[keep], ps[keep], active[keep]
+
+        for _ in range(params.outer_iterations):
+            if len(sel) == 0:
+                break
+            if params.median_filtering > 1:
+                uv = median_filter(us[:, :2], params.median_filtering)
+                if masked:
+                    uv = torch.where(active[:, None, None, None], uv, us[:, :2])
+                us = torch.cat([uv, us[:, 2:]], dim=1) if use_gamma else uv
+            for it in range(params.inner_iterations):
+                u_new, p_new, sq = step(us, ps, c["ivec"], c["rho_c"], c["lg"], c["neg_lg"], c["grad"],
+                                        c["has_grad"], c["d_low"], c["d_high"], theta, taut, gamma)
+                error = _stop_error(sq, stop_sum, scaled_eps, band)
+                if masked:
+                    m = active[:, None, None, None]
+                    us = torch.where(m, u_new, us)
+                    ps = torch.where(m[..., None], p_new, ps)
+                else:
+                    us, ps = u_new, p_new
+                if stats is not None:
+                    stats.iterations.index_add_(0, sel, active.long())
+                active = active & (error > scaled_eps)
+                if (it + 1) % check_every == 0 or it + 1 == params.inner_iterations:
+                    running = active.nonzero().flatten()
+                    if len(running) < len(sel):
+                        shrink(running)
+                    if len(sel) == 0:
+                        break
+        u.index_copy_(0, sel, us)
+        p.index_copy_(0, sel, ps)
+    return u
+
+
+def tvl1_flow(
+    prev: torch.Tensor | np.ndarray,
+    nxt: torch.Tensor | np.ndarray,
+    params: TVL1Params | None = None,
+    *,
+    device: torch.device | str | None = None,
+    check_every: int | None = None,
+    stats: SolveStats | None = None,
+    compile: bool = False,
+    stop_sum: str | None = None,
+) -> torch.Tensor:
+    """TV-L1 flow from ``prev`` to ``nxt``: gray frames (N, H, W) or (H, W), values 0..255 (uint8 or
+    float). Returns float32 (N, 2, H, W) on the frames' device (or ``device``): u (+ right), v (+ down).
+
+    ``check_every``: see ``solve_level``; by default 1 on CPUs and 10 elsewhere (fewer host syncs on a
+    GPU; the result is the same).
+    ``stop_sum``: how the stopping test sums squared updates (see ``_stop_error``): by default "sequential"
+    (OpenCV's own float32 running sum) on CPUs and "guarded" (the same decisions; a host sync per step) on
+    other devices; "float64" avoids the syncs and may, rarely, stop an iteration earlier or later.
+    ``compile``: run the inner iteration through ``torch.compile`` (experimental, for GPUs: fused kernels
+    may contract a*b + c into fma, so results are no longer OpenCV's to the bit; eager is the reference).
+    """
+    p = params or TVL1Params()
+    i0 = _as_frames(prev, device)
+    i1 = _as_frames(nxt, device)
+    if i0.shape != i1.shape:
+        raise ValueError(f"prev and next differ in shape: {tuple(i0.shape)} vs {tuple(i1.shape)}")
+    n, h, w = i0.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"frames must be at least 3x3, got {h}x{w}")
+    if p.median_filtering > 1 and p.median_filtering % 2 == 0:
+        raise ValueError(f"median_filtering must be odd, got {p.median_filtering}")
+    if stats is not None:
+        stats.iterations = torch.zeros(n, dtype=torch.long, device=i0.device)
+    if check_every is None:
+        check_every = 1 if i0.device.type == "cpu" else 10
+    if stop_sum is None:
+        stop_sum = "sequential" if i0.device.type == "cpu" else "guarded"
+    sizes = pyramid_sizes(h, w, p.scale_step, p.nscales)
+    pyr0, pyr1 = [i0], [i1]
+    step = (1.0 / p.scale_step, 1.0 / p.scale_step)
+    for size in sizes[1:]:
+        pyr0.append(resize_linear(pyr0[-1], size, step))
+        pyr1.append(resize_linear(pyr1[-1], size, step))
+    k = 3 if p.gamma != 0 else 2
+    coarsest = len(sizes) - 1
+    u = torch.zeros((n, k, *sizes[coarsest]), dtype=torch.float32, device=i0.device)
+    up = torch.tensor(np.float32(1.0 / p.scale_step), device=i0.device)
+    for s in range(coarsest, -1, -1):
+        u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile,
+                        stop_sum=stop_sum)
+        if s == 0:
+            break
+        u = resize_linear(u, sizes[s - 1])
+        u = torch.cat([u[:, :2] * up, u[:, 2:]], dim=1)
+    return u[:, :2].contiguous()

@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media import random_frames, write_video
+
+from flowprep.extract.decode import DecodeError, VideoStream, declared_length, iter_frames, output_size
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray]]:
+    root = tmp_path_factory.mktemp("clips")
+    frames = random_frames(11, 48, 64, seed=7)
+    return {
+        "mp4": (write_video(root / "a.mp4", frames, fps=30, codec="libx264"), frames),
+        "avi": (write_video(root / "a.avi", frames, fps=30, codec="mpeg4"), frames),
+    }
+
+
+@pytest.mark.parametrize("kind", ["mp4", "avi"])
+def test_native_decode_matches_the_encoded_frames(clips: dict, kind: str) -> None:
+    path, frames = clips[kind]
+    stream = VideoStream(path)
+    info = stream.info
+    assert (info.num_frames, info.height, info.width, info.source_frames) == (11, 48, 64, 11)
+    assert info.fps == pytest.approx(30.0)
+    decoded = np.concatenate(list(stream.chunks(4)))
+    assert decoded.dtype == np.uint8 and decoded.shape == frames.shape
+    # RGB order and frame order: each decoded frame is closest to its own source frame.
+    err = np.abs(decoded.astype(np.int16)[:, None] - frames.astype(np.int16)[None]).mean(axis=(2, 3, 4))
+    assert (err.argmin(axis=1) == np.arange(11)).all()
+    assert err.diagonal().max() < 8  # lossy codec, 4:2:0 chroma
+    assert np.abs(decoded.astype(int) - frames[..., ::-1]).mean() > err.diagonal().mean() + 5  # not BGR
+
+
+def test_resize_and_frame_step(clips: dict) -> None:
+    path, _ = clips["mp4"]
+    full = np.concatenate(list(iter_frames(path)))
+    strided = VideoStream(path, frame_step=3)
+    assert strided.info.num_frames == 4 and strided.info.fps == pytest.approx(10.0)
+    np.testing.assert_array_equal(np.concatenate(list(strided.chunks(2))), full[::3])
+
+    short = VideoStream(path, short_side=24)
+    assert (short.info.width, short.info.height) == (32, 24)
+    assert next(short.chunks()).shape == (11, 24, 32, 3)
+    sized = VideoStream(path, size=(40, 30))
+    assert next(sized.chunks(5)).shape == (5, 30, 40, 3)
+
+
+def test_chunks_cover_the_video_exactly(clips: dict) -> None:
+    path, _ = clips["avi"]
+    one = np.concatenate(list(iter_frames(path, chunk_frames=100)))
+    many = list(iter_frames(path, chunk_frames=3))
+    assert [len(c) for c in many] == [3, 3, 3, 2]
+    np.testing.assert_array_equal(np.concatenate(many), one)
+
+
+def test_output_size() -> None:
+    assert output_size(320, 240) == (320, 240)
+    assert output_size(320, 240, short_side=256) == (341, 256)
+    assert output_size(240, 320, short_side=128) == (128, 171)
+    assert output_size(320, 240, size=(112, 112)) == (112, 112)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("c.mp4", lambda root: np.random.default_rng(0).bytes(4000), "not a readable video"),
+        ("t.avi", lambda root: b"not a video\n" * 50, "not a readable video"),
+        ("e.mp4", lambda root: b"", "empty file"),
+    ],
+)
+def test_unusable_files_raise_decode_error(tmp_path: Path, name: str, data, message: str) -> None:
+    (tmp_path / name).write_bytes(data(tmp_path))
+    with pytest.raises(DecodeError, match=message):
+        VideoStream(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["v.mp4", "v.avi", "v.mkv"])
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_files_are_detected(tmp_path: Path, name: str, keep: float) -> None:
+    # AVI and MKV demuxers would quietly decode the frames before the cut: the header size tells.
+    whole = write_video(tmp_path / name, random_frames(24, 48, 64), codec="mpeg4" if name.endswith(".avi") else "libx264")
+    assert declared_length(whole) == whole.stat().st_size
+    assert VideoStream(whole).info.num_frames == 24
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    # (MP4 declares box by box: the walk stops at the first box that runs past the end.)
+    with pytest.raises(DecodeError, match=rf"truncated: the container declares \d+ bytes, the file has {len(cut.read_bytes())}"):
+        VideoStream(cut)
+
+
+def test_too_short(tmp_path: Path, clips: dict) -> None:
+    one = write_video(tmp_path / "one.mp4", random_frames(1, 48, 64))
+    with pytest.raises(DecodeError, match=r"too short: 1 frame\(s\)"):
+        VideoStream(one)
+    with pytest.raises(DecodeError, match="too short"):
+        VideoStream(clips["mp4"][0], frame_step=11)  # 11 frames, step 11: one frame left
+    with pytest.raises(DecodeError, match="cannot read the file"):
+        VideoStream(tmp_path / "gone.mp4")

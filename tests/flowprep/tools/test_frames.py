@@ -1,0 +1,277 @@
+"""flowprep import-frames / export-frames: JPEG flow frames of the common toolkits <-> shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flowprep import format as fmt
+from flowprep.cli import main
+from flowprep.extract.verify import verify_output
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def gray(value: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(value + rng.integers(-3, 4, (h, w)), 0, 255).astype(np.uint8)
+
+
+def write_jpeg(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    path.write_bytes(buf.tobytes())
+
+
+def twostreamfusion(root: Path, videos: dict[str, int], *, rgb_extra: int = 1) -> Path:
+    """The widely shared UCF-101 layout: u/<video>/frame000001.jpg, v/..., jpegs_256/..."""
+    for k, (name, fields) in enumerate(videos.items()):
+        for i in range(1, fields + 1):
+            write_jpeg(root / "u" / name / f"frame{i:06d}.jpg", gray(140 + k, seed=i))  # ~ +2 px at bound 20
+            write_jpeg(root / "v" / name / f"frame{i:06d}.jpg", gray(115, seed=i))  # ~ -2 px
+        for i in range(1, fields + rgb_extra + 1):
+            write_jpeg(root / "jpegs_256" / name / f"frame{i:06d}.jpg", np.full((24, 32, 3), 60 + i, np.uint8))
+    return root
+
+
+def test_twostreamfusion_frames_become_shards_that_ucf_lists_select(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_ApplyEyeMakeup_g08_c01": 4, "v_Archery_g01_c02": 3})
+    (tmp_path / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n3 Basketball\n")
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion", "--bound", "20",
+                    "--class-index", tmp_path / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    assert "2 videos imported into 1 shard(s)" in result.output and "verify: OK" in result.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["classes"] == ["ApplyEyeMakeup", "Archery", "Basketball"]
+    assert m["params"]["flow"]["method"] == "imported" and m["params"]["flow"]["bound"] == 20.0
+    assert m["params"]["flow"]["params"]["source"] == "jpeg" and m["params"]["flow"]["params"]["lossy"] is True
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        g = f["videos/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01"]
+        assert (g.attrs["num_frames"], g.attrs["label"], g["flow"].shape) == (5, 0, (4, 2, 24, 32))
+        flow = fmt.dequantize(g["flow"][:], g["flow"].attrs["scale_factor"], g["flow"].attrs["add_offset"])
+        assert abs(flow[:, 0].mean() - (140 * 40 / 255 - 20)) < 0.1 and abs(flow[:, 1].mean() - (115 * 40 / 255 - 20)) < 0.1
+        assert g["rgb"][2].tobytes() == (frames / "jpegs_256" / "v_ApplyEyeMakeup_g08_c01" / "frame000003.jpg").read_bytes()
+        assert f["videos/Archery/v_Archery_g01_c02"].attrs["label"] == 1
+    listing = tmp_path / "testlist.txt"
+    listing.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi\nArchery/v_Archery_g01_c02.avi\n")
+    listed = {v for s in m["shards"] for v in s["videos"]}
+    assert {e.video_id for e in fmt.read_list(listing)} == listed
+
+
+def test_a_bound_of_12_dequantizes_with_12(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 2})
+    out = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion",
+                  "--bound", "12").exit_code == 0
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        assert f["videos/A/v_A_g01_c01/flow"].attrs["add_offset"] == pytest.approx(-12.0)
+
+
+def test_denseflow_names_at_the_top_numbered_from_zero(tmp_path: Path) -> None:
+    root = tmp_path / "denseflow"
+    for i in range(3):
+        write_jpeg(root / "v_Run_g02_c01" / f"x_{i:05d}.jpg", gray(128, seed=i))
+        write_jpeg(root / "v_Run_g02_c01" / f"y_{i:05d}.jpg", gray(128, seed=i + 9))
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", root, "--out", out, "--layout", "denseflow", "--no-rgb")
+    assert result.exit_code == 0, result.output
+    assert verify_output(out).ok
+    assert json.loads((out / "manifest.json").read_text())["shards"][0]["videos"] == ["Run/v_Run_g02_c01"]
+
+
+def test_problems_are_named_per_video_and_nothing_is_written(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 4, "v_B_g01_c01": 3, "v_C_g01_c01": 3,
+                                                "v_D_g01_c01": 2})
+    (frames / "v" / "v_A_g01_c01" / "frame000004.jpg").unlink()  # fewer v than u
+    (frames / "u" / "v_B_g01_c01" / "frame000002.jpg").unlink()  # a gap in u and v
+    (frames / "v" / "v_B_g01_c01" / "frame000002.jpg").unlink()
+    (frames / "jpegs_256" / "v_C_g01_c01" / "frame000004.jpg").unlink()  # as many RGB frames as flow frames
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: v_A_g01_c01: 4 u but 3 v flow frames",
+        "v_B_g01_c01: u: frame(s) 2 missing",
+        "v_B_g01_c01: v: frame(s) 2 missing",
+        "v_B_g01_c01: 4 RGB frames for 2 flow frames, expected 3 (or pass --no-rgb)",
+        "v_C_g01_c01: 3 RGB frames for 3 flow frames, expected 4 (or pass --no-rgb)",
+    ]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_export_then_import_gives_back_the_flow_up_to_jpeg_loss(ucf_tree: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    extract = invoke("extract", "--videos", ucf_tree, "--out", shards, "--method", "farneback", "--workers", "2",
+                     "--no-progress")
+    assert extract.exit_code == 0, extract.output
+    frames = tmp_path / "frames"
+    exported = invoke("export-frames", shards, "--out", frames, "--layout", "mmaction")
+    assert exported.exit_code == 0 and "4 videos written as mmaction frames" in exported.output
+    lines = (frames / "rawframes.txt").read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["Jump/v_Jump_g00", "Jump/v_Jump_g01", "Run/v_Run_g00", "Run/v_Run_g01"]
+    assert all(line.split()[1:] in (["8", "0"], ["8", "1"]) for line in lines)
+    back = tmp_path / "back"
+    imported = invoke("import-frames", "--frames", frames, "--out", back, "--layout", "mmaction")
+    assert imported.exit_code == 0, imported.output
+    with h5py.File(shards / "shard-00000.h5", "r") as a, h5py.File(back / "shard-00000.h5", "r") as b:
+        for vid in ("Jump/v_Jump_g00", "Run/v_Run_g01"):
+            qa, qb = a[f"videos/{vid}/flow"][:].astype(int), b[f"videos/{vid}/flow"][:].astype(int)
+            assert qa.shape == qb.shape and np.abs(qa - qb).mean() < 1.0  # JPEG quality 95
+            assert [x.tobytes() for x in a[f"videos/{vid}/rgb"]] == [x.tobytes() for x in b[f"videos/{vid}/rgb"]]
+            assert a[f"videos/{vid}"].attrs["label"] == b[f"videos/{vid}"].attrs["label"]
+
+
+def test_export_of_a_damaged_shard_is_one_line_and_exit_75(ucf_tree: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    assert invoke("extract", "--videos", ucf_tree, "--out", shards, "--method", "farneback", "--workers", "2",
+                  "--no-progress").exit_code == 0
+    with open(shards / "shard-00000.h5", "r+b") as f:
+        f.write(b"\0" * 512)
+    result = invoke("export-frames", shards, "--out", tmp_path / "frames")
+    assert result.exit_code == 75 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.strip().endswith("rerun the same command")
+
+
+def mmaction(root: Path, videos: dict[str, int]) -> Path:
+    """mmaction2 rawframes: <...>/<Class>/<video>/flow_x_00001.jpg, flow_y_00001.jpg, img_00001.jpg."""
+    for k, (folder, fields) in enumerate(videos.items()):
+        for i in range(1, fields + 1):
+            write_jpeg(root / folder / f"flow_x_{i:05d}.jpg", gray(100 + 20 * k, seed=i))
+            write_jpeg(root / folder / f"flow_y_{i:05d}.jpg", gray(150, seed=i))
+        for i in range(1, fields + 2):
+            write_jpeg(root / folder / f"img_{i:05d}.jpg", np.full((24, 32, 3), 60 + i, np.uint8))
+    return root
+
+
+def labels_of(out: Path) -> dict[str, tuple[int, str]]:
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        return {vid: (int(f[f"videos/{vid}"].attrs["label"]), f[f"videos/{vid}"].attrs["class_name"])
+                for s in json.loads((out / "manifest.json").read_text())["shards"] for vid in s["videos"]}
+
+
+def test_the_round_trip_keeps_classes_of_split_folders_and_the_label_order(tmp_path: Path) -> None:
+    """Kinetics rawframes sit in <split>/<class>/<video>/: the class is the folder holding the video."""
+    frames = mmaction(tmp_path / "rawframes", {"train/air drumming/abc_000001_000011": 2,
+                                               "val/crème brûlée/xyz_000002_000012": 2, "test/v_Run_g01_c01": 2})
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 crème brûlée\n2 Run\n3 air drumming\n", encoding="utf-8")  # not sorted
+    first = tmp_path / "first"
+    assert invoke("import-frames", "--frames", frames, "--out", first, "--layout", "mmaction",
+                  "--class-index", index).exit_code == 0
+    expected = {"train/air drumming/abc_000001_000011": (2, "air drumming"), "val/crème brûlée/xyz_000002_000012":
+                (0, "crème brûlée"), "test/v_Run_g01_c01": (1, "Run")}
+    assert labels_of(first) == expected
+    exported = tmp_path / "exported"
+    result = invoke("export-frames", first, "--out", exported)
+    assert result.exit_code == 0, result.output
+    assert (exported / "classInd.txt").read_text(encoding="utf-8") == index.read_text(encoding="utf-8")
+    again = tmp_path / "again"
+    result = invoke("import-frames", "--frames", exported, "--out", again, "--layout", "mmaction",
+                    "--class-index", exported / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    assert labels_of(again) == expected and verify_output(again).ok
+
+
+def test_export_into_a_folder_that_holds_files_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    before = sorted(p.relative_to(frames) for p in frames.rglob("*"))
+    result = invoke("export-frames", shards, "--out", frames)  # stale frames would be imported again later
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames} is not an empty folder: export into a new --out (or delete it first)"
+    assert sorted(p.relative_to(frames) for p in frames.rglob("*")) == before
+
+
+def test_frames_of_another_size_found_while_writing_leave_nothing_behind(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 2, "v_B_g01_c01": 3})
+    write_jpeg(frames / "v" / "v_B_g01_c01" / "frame000002.jpg", gray(128, h=30, w=40))
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: B/v_B_g01_c01: u/v_B_g01_c01/frame000002.jpg is 32x24 but "
+                                     "v/v_B_g01_c01/frame000002.jpg is 40x30")
+    assert not out.exists()
+    out.mkdir()  # an empty folder given as --out stays, empty
+    assert invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion").exit_code == 2
+    assert list(out.iterdir()) == []
+
+
+def test_a_missing_frame_in_the_middle_is_named_as_well_as_the_unequal_counts(tmp_path: Path) -> None:
+    frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 4})
+    (frames / "u" / "v_A_g01_c01" / "frame000002.jpg").unlink()
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "twostreamfusion")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: v_A_g01_c01: u: frame(s) 2 missing",
+                                                  "v_A_g01_c01: 3 u but 4 v flow frames"]
+
+
+def test_an_empty_video_folder_or_one_of_rgb_frames_alone_is_named_not_skipped(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    (frames / "Run" / "v_Run_g02_c01").mkdir()  # the toolkit failed on this video
+    for i in (1, 2, 3):
+        write_jpeg(frames / "Run" / "v_Run_g03_c01" / f"img_{i:05d}.jpg", np.full((24, 32, 3), 9, np.uint8))
+    for extra in ([], ["--no-rgb"]):
+        result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "mmaction", *extra)
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            "Error: Run/v_Run_g02_c01: an empty folder (a video without frames?)",
+            "Run/v_Run_g03_c01: 0 u and 0 v flow frames: both are needed"]
+        assert not (tmp_path / "shards").exists()
+
+
+def test_linked_class_folders_are_followed_as_extract_follows_them(tmp_path: Path) -> None:
+    mmaction(tmp_path / "elsewhere", {"Jump/v_Jump_g01_c01": 2})
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    (frames / "Jump").symlink_to(tmp_path / "elsewhere" / "Jump", target_is_directory=True)
+    (frames / "Run" / "again").symlink_to(frames / "Run", target_is_directory=True)  # a loop: read once
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction")
+    assert result.exit_code == 0, result.output
+    assert sorted(labels_of(out)) == ["Jump/v_Jump_g01_c01", "Run/v_Run_g01_c01"]
+
+
+def test_test_frames_without_classes_import_unlabelled_and_make_the_round_trip(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"1420": 2, "78687": 3, "v_Run_g01_c01": 2})  # SSv2 ids, a UCF name
+    refused = invoke("import-frames", "--frames", frames, "--out", tmp_path / "no", "--layout", "mmaction")
+    assert refused.exit_code == 2 and "1420: cannot tell its class" in refused.output
+    first = tmp_path / "first"
+    result = invoke("import-frames", "--frames", frames, "--out", first, "--layout", "mmaction", "--unlabelled")
+    assert result.exit_code == 0, result.output
+    expected = {"1420": (-1, ""), "78687": (-1, ""), "Run/v_Run_g01_c01": (-1, "")}
+    assert labels_of(first) == expected and json.loads((first / "manifest.json").read_text())["classes"] == []
+    exported = tmp_path / "exported"
+    assert invoke("export-frames", first, "--out", exported).exit_code == 0
+    assert not (exported / "classInd.txt").exists()
+    assert sorted((exported / "rawframes.txt").read_text().splitlines()) == [
+        "1420 3 -1", "78687 4 -1", "Run/v_Run_g01_c01 3 -1"]
+    again = tmp_path / "again"
+    assert invoke("import-frames", "--frames", exported, "--out", again, "--layout", "mmaction",
+                  "--unlabelled").exit_code == 0
+    assert labels_of(again) == expected and verify_output(again).ok
+
+
+def test_frames_at_the_top_of_the_folder_are_refused_in_one_line(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path, {"rawframes": 2})
+    result = invoke("import-frames", "--frames", frames / "rawframes", "--out", tmp_path / "out", "--layout", "mmaction",
+                    "--unlabelled")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames / 'rawframes'}: frames at the top of --frames; expected one folder per video"
+
+
+def test_two_files_for_one_frame_number_are_named(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
+    for i in (1, 2):  # the old dense_flow names beside the new ones
+        write_jpeg(frames / "Run" / "v_Run_g01_c01" / f"x_{i:05d}.jpg", gray(128))
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "out", "--layout", "denseflow")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: Run/v_Run_g01_c01: u: frame 1 twice (flow_x_00001.jpg, x_00001.jpg)"

@@ -1,0 +1,172 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from flowprep.cli import main
+from flowprep.tools.preview import load_video, render_grid, write_preview
+from flowprep.extract.quantize import quantize
+from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
+
+H, W, T = 40, 56, 6  # tiny frames: the preview magnifies them 4x
+
+
+def write_shards(root: Path, videos: dict[str, tuple[np.ndarray, np.ndarray | None]], *, bound: float = 20.0) -> None:
+    """A shard folder per docs/shard-format.md: one shard + manifest.json. videos: id -> (flow (T-1,2,H,W), rgb)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / "shard-00000.h5", "w") as f:
+        write_file_attrs(f, {"flow": {"method": "farneback", "bound": bound}})
+        for vid, (flow, rgb) in videos.items():
+            cls = vid.split("/")[0]
+            meta = VideoMeta(video_id=vid, source=vid + ".avi", label=0, class_name=cls)
+            with VideoWriter(f, meta, height=H, width=W, bound=bound, rgb=rgb is not None) as w:
+                w.append_flow(quantize(flow, bound))
+                if rgb is not None:  # JPEG of an RGB picture: OpenCV encodes BGR-ordered arrays
+                    w.append_rgb([cv2.imencode(".jpg", im[..., ::-1])[1].tobytes() for im in rgb])
+                w.finish(num_frames=len(flow) + 1, fps=25.0)
+    manifest = {
+        "format": "flowprep-manifest",
+        "format_version": 1,
+        "complete": True,
+        "task": {"index": 0, "count": 1},
+        "classes": sorted({v.split("/")[0] for v in videos}),
+        "num_videos": len(videos),
+        "shards": [{"name": "shard-00000.h5", "size": 0, "sha256": "", "videos": list(videos)}],
+        "failures": [],
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def constant_flow(u: float, v: float) -> np.ndarray:
+    flow = np.zeros((T - 1, 2, H, W), np.float32)
+    flow[:, 0], flow[:, 1] = u, v
+    return flow
+
+
+def frames() -> np.ndarray:
+    rgb = np.zeros((T, H, W, 3), np.uint8)
+    rgb[..., 2] = 200  # blue
+    rgb[..., 1] = (np.arange(T) * 30)[:, None, None]
+    return rgb
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> Path:
+    root = tmp_path / "shards"
+    write_shards(
+        root,
+        {
+            "MoveRight/v_MoveRight_g01_c01": (constant_flow(2.0, 0.0), frames()),
+            "MoveDown/v_MoveDown_g01_c01": (constant_flow(0.0, 2.0), None),
+        },
+    )
+    return root
+
+
+def pixels_of_hue(img: np.ndarray, hue: float) -> int:
+    """Pixels of the given hue (+-3 deg; quantization tilts a 2 px field by up to 2.3 deg) at >= 95% brightness."""
+    hsv = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2HSV)
+    near = np.abs((hsv[..., 0] - hue + 180) % 360 - 180) <= 3
+    return int((near & (hsv[..., 1] > 0.9) & (hsv[..., 2] >= 0.95)).sum())
+
+
+def red_pixels(img: np.ndarray) -> int:
+    return pixels_of_hue(img, 0.0)
+
+
+def test_load_video_dequantizes_with_the_stored_attributes(tmp_path: Path) -> None:
+    root = tmp_path / "b5"
+    write_shards(root, {"A/v_A_g01_c01": (constant_flow(-1.3, 0.7), frames())}, bound=5.0)
+    video = load_video(root, "A/v_A_g01_c01", frames=3)
+    assert video.fields.tolist() == [0, 2, 4] and video.flow.shape == (3, 2, H, W)
+    assert video.bound == 5.0
+    np.testing.assert_allclose(video.flow[:, 0], -1.3, atol=5.0 / 255 + 1e-6)  # B = 5, not 20
+    np.testing.assert_allclose(video.flow[:, 1], 0.7, atol=5.0 / 255 + 1e-6)
+    assert video.rgb.shape == (3, H, W, 3)
+    # Colours come back in RGB order (blue stays blue), frame i for field i.
+    np.testing.assert_allclose(video.rgb[:, H // 2, W // 2], [[0, 0, 200], [0, 60, 200], [0, 120, 200]], atol=6)
+
+
+def test_png_grid_decodes_with_the_rendered_size_and_right_motion_is_red(shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.png"
+    info = write_preview(shards, "MoveRight/v_MoveRight_g01_c01", out, frames=3)
+    assert info["fields"] == [0, 2, 4]
+    assert info["max_flow"] == 2.0  # 99th percentile of |f| (1.96 after quantization) rounded up to 0.5 px
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape == (info["height"], info["width"], 3)
+    # Lossless PNG: the file is exactly the rendered picture.
+    assert (img == render_grid(load_video(shards, "MoveRight/v_MoveRight_g01_c01", frames=3), max_flow=2.0)).all()
+    # Three flow panels magnified 4x, pure red (hue 0, full brightness), plus a few wheel pixels.
+    panel = (H * 4) * (W * 4)
+    assert 3 * panel <= red_pixels(img) < 3 * panel + 200
+    # The RGB frames are there too (blue-dominant pixels of the JPEG frames).
+    blue = (img[..., 2] > 180) & (img[..., 0] < 30)
+    assert blue.sum() >= 3 * panel * 0.9
+
+
+def test_gif_and_mp4_are_animations_of_every_field(shards: Path, tmp_path: Path) -> None:
+    info = write_preview(shards, "MoveRight/v_MoveRight_g01_c01", tmp_path / "a.gif")
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == T - 1
+        assert gif.size == (info["width"], info["height"])
+        gif.seek(T - 2)
+        assert red_pixels(np.asarray(gif.convert("RGB"))) >= (H * 4) * (W * 4) * 0.95  # GIF palette: red stays red
+    info = write_preview(shards, "MoveRight/v_MoveRight_g01_c01", tmp_path / "a.mp4", frames=4)
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == 4
+    assert decoded[0].shape == (info["height"], info["width"], 3)
+
+
+def test_video_without_rgb_still_previews(shards: Path, tmp_path: Path) -> None:
+    info = write_preview(shards, "MoveDown/v_MoveDown_g01_c01", tmp_path / "d.png", max_flow=2.0)
+    img = np.asarray(Image.open(tmp_path / "d.png").convert("RGB"))
+    assert pixels_of_hue(img, 90.0) >= len(info["fields"]) * (H * 4) * (W * 4)  # down: hue 90
+
+
+def test_cli_preview_through_the_flowprep_group(shards: Path, tmp_path: Path) -> None:
+    # A list-file path (with the extension) names the same video.
+    args = ["preview", str(shards), "MoveRight/v_MoveRight_g01_c01.avi", "--out", str(tmp_path / "x.png")]
+    args += ["--frames", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "2 frame pairs" in res.output and (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_bad_input_is_one_clear_line(shards: Path, tmp_path: Path) -> None:
+    # A real process once: exit status 1 and one line on stderr, no traceback.
+    res = subprocess.run(
+        [sys.executable, "-m", "flowprep", "preview", str(tmp_path / "nope"), "A/v_A", "--out", f"{tmp_path}/x.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "no such folder" in res.stderr
+
+    def preview(*args: str) -> str:
+        res = CliRunner().invoke(main, ["preview", *args])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+        assert res.output.startswith("Error: ") and res.output.strip().count("\n") == 0
+        return res.output
+
+    out = str(tmp_path / "x.png")
+    msg = preview(str(shards), "MoveRight/v_MoveRight_g1_c01", "--out", out)
+    assert "unknown video id" in msg and "did you mean MoveRight/v_MoveRight_g01_c01" in msg
+    msg = preview(str(shards), "MoveRight/v_MoveRight_g01_c01", "--out", str(tmp_path / "x.jpg"))
+    assert "expected --out ending in .png, .gif, .mp4" in msg
+    assert "expected manifest.json or manifest-*-of-*.json" in preview(str(tmp_path), "A/v_A", "--out", out)
+    msg = preview(str(shards), "A/v_A", "--out", str(tmp_path / "no" / "x.png"))
+    assert "expected an existing folder for --out" in msg
+    (shards / "shard-00000.h5").rename(shards / "moved.h5")
+    msg = preview(str(shards), "MoveRight/v_MoveRight_g01_c01", "--out", out)
+    assert "the manifest lists MoveRight/v_MoveRight_g01_c01 in shard-00000.h5, but" in msg
+    assert not (tmp_path / "x.png").exists()
