@@ -1,25 +1,23 @@
-"""``flowprep`` command line: one sub-command per stage, each defined next to the code it drives."""
+"""``flowprep`` command line: ``extract`` and ``verify`` here (their options generated from flowprep/config.py);
+the tools' commands (sample, preview, import-frames, export-frames) are defined next to their code."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from flowprep import __version__, exits
-from flowprep import format as fmt
+from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
+from flowprep.errors import BusyOutput, ClusterError, RunError, environment_failure
 from flowprep.extract import manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
-from flowprep.tools import frames as frames_mod
-from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 from flowprep.torchflow.service import FLOW_BATCH
 
 
@@ -33,76 +31,6 @@ def main() -> None:
       flowprep extract --videos ucf101/ --out shards/ --class-index classInd.txt
       flowprep verify shards/
     """
-
-
-class RunError(click.ClickException):
-    """Input the command cannot use, found after parsing (one line, exit status 2 like usage errors)."""
-
-    exit_code = exits.USAGE.code
-
-
-class ClusterError(click.ClickException):
-    """The Dask cluster cannot run the job; retrying later may help (exit status 3)."""
-
-    exit_code = exits.CLUSTER.code
-
-
-class BusyOutput(click.ClickException):
-    """Another live run holds this task's output (exit status 4)."""
-
-    exit_code = exits.BUSY.code
-
-
-class EnvironmentFailure(click.ClickException):
-    """The run stopped because its environment failed; a rerun resumes (exit status 75)."""
-
-    exit_code = exits.RETRY.code
-
-
-ERROR_LOG = "flowprep-error.log"
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error",
-                       errno.EROFS: "read-only file system"}
-
-
-def _environment_cause(exc: BaseException) -> str | None:
-    """"disk full" and the like, found anywhere in the exception's chain (HDF5 puts the errno in its text)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _ENVIRONMENT_ERRNOS:
-            return _ENVIRONMENT_ERRNOS[seen.errno]
-        for number, cause in _ENVIRONMENT_ERRNOS.items():
-            if f"errno = {number}," in str(seen) or os.strerror(number) in str(seen):
-                return cause
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _environment_failure(exc: BaseException, out: Path, *, action: str = "rerun the same command to resume",
-                         log: bool = True) -> EnvironmentFailure:
-    """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to
-    OUT/flowprep-error.log (``log``; commands that only read OUT do not write there)."""
-    import traceback
-
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and exc.strerror not in text:
-        text = f"{exc.strerror}: {text}"
-    cause = _environment_cause(exc)
-    if cause:
-        text = f"{cause} ({out}): {text}"
-    elif not isinstance(exc, (exits.RetriableError, OSError)):
-        text = f"unexpected {type(exc).__name__}: {text}"
-    if len(text) > 400:
-        text = text[:400] + " ..."
-    where = "traceback with --debug"
-    if log:
-        try:
-            with open(out / ERROR_LOG, "a") as f:
-                f.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} pid {os.getpid()}\n")
-                f.write("".join(traceback.format_exception(exc)))
-            where = f"traceback in {out / ERROR_LOG}"
-        except OSError:
-            pass  # the disk that failed the run; --debug shows the traceback
-    return EnvironmentFailure(f"{text} ({where}); {action}")
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
@@ -317,7 +245,7 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
     except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
         if debug:
             raise
-        raise _environment_failure(exc, out) from exc
+        raise environment_failure(exc, out) from exc
     if summary.repaired or summary.retried:
         click.echo(f"repaired {len(summary.repaired)} damaged or missing item(s), retried {len(summary.retried)} "
                    "failed video(s) (listed above)")
@@ -347,86 +275,18 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
     except Exception as exc:  # an I/O error reading OUT, a bug: one line, retriable
         if debug:
             raise
-        raise _environment_failure(exc, out, action="run verify again", log=False) from exc
+        raise environment_failure(exc, out, action="run verify again", log=False) from exc
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else verify_mod.format_report(report))
     sys.exit(0 if report.ok else 1)
 
 
-@main.command("import-frames", context_settings={"show_default": True})
-@click.option("--frames", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of flow frames (one JPEG per flow channel per frame) made by another toolkit.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New output folder for the shards and the manifest.")
-@click.option("--layout", required=True, type=click.Choice(frames_mod.LAYOUTS),
-              help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_; the class is "
-                   "the folder holding the video's, also in train/<Class>/<video>/; top-level video folders need "
-                   "UCF-101 names); twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 "
-                   "names.")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
-              help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
-@click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
-                   "class names, by number when all are numbers]")
-@click.option("--unlabelled", is_flag=True,
-              help="Import without labels: label -1 and no class name (test frames; folders need no class).")
-@click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
-@click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
-              help="Videos per HDF5 shard.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0,
-              help="Frame rate to record (frames do not carry one).")
-def import_frames(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
-                  no_rgb: bool, videos_per_shard: int, fps: float) -> None:
-    """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
-
-    The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
-    frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
-    count); then nothing is written and the exit status is 2.
-    """
-    try:
-        classes = reader.read_class_index(class_index) if class_index else None
-        manifest = frames_mod.import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
-                                            videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled)
-    except (frames_mod.FramesError, reader.DatasetError) as exc:
-        raise RunError(str(exc)) from exc
-    except exits.BusyError as exc:
-        raise BusyOutput(str(exc)) from exc
-    except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (nothing is listed until complete)
-        raise _environment_failure(exc, out, action="rerun the same command into a new --out") from exc
-    report = verify_mod.verify_output(out)
-    click.echo(f"{manifest['num_videos']} videos imported into {len(manifest['shards'])} shard(s) in {out}; verify: "
-               + ("OK" if report.ok else "NOT OK"))
-    if not report.ok:
-        click.echo(verify_mod.format_report(report))
-        sys.exit(exits.RETRY.code)
-
-
-@main.command("export-frames", context_settings={"show_default": True})
-@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A new (or empty) folder for the frames.")
-@click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
-              help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, help="JPEG quality of the flow frames.")
-def export_frames(shards: Path, out: Path, layout: str, quality: int) -> None:
-    """Write the shards of SHARDS as JPEG frames, so that mmaction2 configs can read them.
-
-    RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
-    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
-    classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
-    removed.
-    """
-    try:
-        n = frames_mod.export_frames(shards, out, layout=layout, quality=quality)
-    except (frames_mod.FramesError, fmt.ManifestError) as exc:
-        raise RunError(str(exc)) from exc
-    except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
-        raise _environment_failure(exc, shards, action="rerun the same command", log=False) from exc
-    click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
-
-
-# Built-in sample dataset and flow previews (defined next to their code).
+# The tools' commands are defined next to their code.
+from flowprep.tools.export_frames import export_frames_command  # noqa: E402
+from flowprep.tools.import_frames import import_frames_command  # noqa: E402
 from flowprep.tools.preview import preview_command  # noqa: E402
 from flowprep.tools.sample import sample_command  # noqa: E402
 
 main.add_command(sample_command)
+main.add_command(import_frames_command)
+main.add_command(export_frames_command)
 main.add_command(preview_command)

@@ -25,7 +25,8 @@ from media import random_frames, translating_texture, write_video
 
 from flowprep import exits
 from flowprep.extract import lock as lock_mod
-from flowprep.cli import ERROR_LOG, main
+from flowprep.cli import main
+from flowprep.errors import ERROR_LOG
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig, TVL1Params
 from flowprep.extract.flow import FlowEstimator, estimator_for, to_gray
 from flowprep.extract.lock import OutputLock

@@ -1,0 +1,86 @@
+"""The command line's failures: one exception class per domain, each with its exit status (flowprep/exits.py).
+
+A crash of the environment (disk full, I/O error, lost lock, lost cluster, a bug) becomes one line and
+exit status 75 through ``environment_failure``; its traceback goes to ``OUT/flowprep-error.log``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from flowprep import exits
+
+
+class RunError(click.ClickException):
+    """Input the command cannot use, found after parsing (one line, exit status 2 like usage errors)."""
+
+    exit_code = exits.USAGE.code
+
+
+class ClusterError(click.ClickException):
+    """The Dask cluster cannot run the job; retrying later may help (exit status 3)."""
+
+    exit_code = exits.CLUSTER.code
+
+
+class BusyOutput(click.ClickException):
+    """Another live run holds this task's output (exit status 4)."""
+
+    exit_code = exits.BUSY.code
+
+
+class EnvironmentFailure(click.ClickException):
+    """The run stopped because its environment failed; a rerun resumes (exit status 75)."""
+
+    exit_code = exits.RETRY.code
+
+
+ERROR_LOG = "flowprep-error.log"
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error",
+                       errno.EROFS: "read-only file system"}
+
+
+def environment_cause(exc: BaseException) -> str | None:
+    """"disk full" and the like, found anywhere in the exception's chain (HDF5 puts the errno in its text)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _ENVIRONMENT_ERRNOS:
+            return _ENVIRONMENT_ERRNOS[seen.errno]
+        for number, cause in _ENVIRONMENT_ERRNOS.items():
+            if f"errno = {number}," in str(seen) or os.strerror(number) in str(seen):
+                return cause
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def environment_failure(exc: BaseException, out: Path, *, action: str = "rerun the same command to resume",
+                         log: bool = True) -> EnvironmentFailure:
+    """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to
+    OUT/flowprep-error.log (``log``; commands that only read OUT do not write there)."""
+    import traceback
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and exc.strerror not in text:
+        text = f"{exc.strerror}: {text}"
+    cause = environment_cause(exc)
+    if cause:
+        text = f"{cause} ({out}): {text}"
+    elif not isinstance(exc, (exits.RetriableError, OSError)):
+        text = f"unexpected {type(exc).__name__}: {text}"
+    if len(text) > 400:
+        text = text[:400] + " ..."
+    where = "traceback with --debug"
+    if log:
+        try:
+            with open(out / ERROR_LOG, "a") as f:
+                f.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} pid {os.getpid()}\n")
+                f.write("".join(traceback.format_exception(exc)))
+            where = f"traceback in {out / ERROR_LOG}"
+        except OSError:
+            pass  # the disk that failed the run; --debug shows the traceback
+    return EnvironmentFailure(f"{text} ({where}); {action}")

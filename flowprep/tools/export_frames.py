@@ -1,0 +1,96 @@
+"""``flowprep export-frames``: shards -> mmaction2 rawframes (JPEG frames and rawframes.txt)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+import cv2
+import h5py
+
+from flowprep import format as fmt
+from flowprep.errors import RunError, environment_failure
+from flowprep.tools.frames import FramesError
+
+
+def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmaction", quality: int = 95) -> int:
+    """Write every video of a shard folder as mmaction2 rawframes; returns the number of videos.
+
+    ``OUT/<video_id>/img_00001.jpg`` (the stored JPEG bytes), ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``
+    (the uint8 codes as gray JPEGs), ``OUT/rawframes.txt``: ``<video_id> <num_frames> <label>`` per line
+    (0-based labels, mmaction2's rawframe annotation format), and ``OUT/classInd.txt``: the shards' classes
+    in label order ("1 <name>" lines), which ``import-frames --class-index`` takes to keep the labels.
+    ``out`` must be new or empty (stale frames of an earlier export would be imported again); when the
+    export fails, what it wrote is removed.
+    """
+    if layout != "mmaction":
+        raise FramesError(f"export-frames writes the mmaction layout, got {layout!r}")
+    shards, out = Path(shards), Path(out)
+    paths = fmt.manifest_paths(shards)
+    if not paths:
+        raise FramesError(f"{shards}: no manifest: not a flowprep output folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FramesError(f"{out} is not an empty folder: export into a new --out (or delete it first)")
+    manifests = [fmt.read_manifest(p) for p in paths]
+    classes = manifests[0].get("classes") or []
+    lines, params = [], [cv2.IMWRITE_JPEG_QUALITY, quality]
+    created = not out.exists()
+    try:
+        for manifest in manifests:
+            for entry in manifest["shards"]:
+                with h5py.File(shards / entry["name"], "r") as f:
+                    for vid in entry["videos"]:
+                        _export_video(f[f"{fmt.VIDEOS_GROUP}/{vid}"], out / vid, params)
+                        g = f[f"{fmt.VIDEOS_GROUP}/{vid}"]
+                        lines.append(f"{vid} {int(g.attrs['num_frames'])} {int(g.attrs['label'])}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rawframes.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        if classes:
+            (out / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)),
+                                              encoding="utf-8")
+    except BaseException:
+        if out.exists():  # it was new or empty: nothing of the user's is in it
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if created:
+                out.rmdir()
+        raise
+    return len(lines)
+
+
+def _export_video(g: h5py.Group, folder: Path, params: list[int]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    flow = g["flow"]
+    for i in range(len(flow)):
+        q = flow[i]
+        for name, plane in (("flow_x", q[0]), ("flow_y", q[1])):
+            ok, buf = cv2.imencode(".jpg", plane, params)
+            (folder / f"{name}_{i + 1:05d}.jpg").write_bytes(buf.tobytes())
+    if "rgb" in g:
+        for i, jpeg in enumerate(g["rgb"]):
+            (folder / f"img_{i + 1:05d}.jpg").write_bytes(jpeg.tobytes())
+
+
+@click.command("export-frames", context_settings={"show_default": True})
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A new (or empty) folder for the frames.")
+@click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
+              help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, help="JPEG quality of the flow frames.")
+def export_frames_command(shards: Path, out: Path, layout: str, quality: int) -> None:
+    """Write the shards of SHARDS as JPEG frames, so that mmaction2 configs can read them.
+
+    RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
+    '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
+    classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
+    removed.
+    """
+    try:
+        n = export_frames(shards, out, layout=layout, quality=quality)
+    except (FramesError, fmt.ManifestError) as exc:
+        raise RunError(str(exc)) from exc
+    except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
+        raise environment_failure(exc, shards, action="rerun the same command", log=False) from exc
+    click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
