@@ -12,8 +12,8 @@ import pytest
 from conftest import make_ucf_tree
 from media import random_frames, translating_texture, write_video
 
+from flowprep.extract import assemble
 from flowprep.extract import manifest as mf
-from flowprep.extract import runner
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.extract.reader import plan_videos
 from flowprep.extract.runner import RunConflict, RunSummary, plan_shards, run_extract
@@ -125,14 +125,14 @@ def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path
     (out / "shard-00001.h5.tmp").write_bytes(b"half a shard")
     stamp = (work / "00000.h5").stat().st_mtime_ns
     merged_stamps = []
-    add = runner._Run.add
+    add = assemble.Assembly.add
 
     def watch(self, shard, n, meta):  # the stamp of each per-video file as it enters its shard
         if n == 0 and shard.name == "shard-00001.h5":
             merged_stamps.append(self.work_file(shard, n).stat().st_mtime_ns)
         return add(self, shard, n, meta)
 
-    monkeypatch.setattr(runner._Run, "add", watch)
+    monkeypatch.setattr(assemble.Assembly, "add", watch)
     resumed = extract(ucf_tree, out, storage=storage)
     assert (resumed.processed, resumed.reused) == (1, 3)  # only the interrupted video was computed
     assert not (out / ".work").exists() and not list(out.glob("*.tmp"))
@@ -143,10 +143,8 @@ def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path
 def test_videos_enter_their_shard_as_they_finish(ucf_tree: Path, tmp_path: Path, monkeypatch, read_shards) -> None:
     """The main process copies each finished video into its shard's .tmp at once (not all at the end), and
     the shard keeps its temporary name until its last video is in."""
-    import flowprep.extract.runner as runner
-
     states = []
-    add = runner._Run.add
+    add = assemble.Assembly.add
 
     def spy(self, shard, n, meta) -> None:
         add(self, shard, n, meta)
@@ -154,7 +152,7 @@ def test_videos_enter_their_shard_as_they_finish(ucf_tree: Path, tmp_path: Path,
         states.append((shard.name, len(self.resolved[shard.name]), meta.video_id in f["videos"] and "num_frames" in
                        f[f"videos/{meta.video_id}"].attrs, len(copied), (self.out / shard.name).exists()))
 
-    monkeypatch.setattr(runner._Run, "add", spy)
+    monkeypatch.setattr(assemble.Assembly, "add", spy)
     out = tmp_path / "out"
     summary = extract(ucf_tree, out, storage=StorageConfig(videos_per_shard=3))
     assert summary.processed == 4 and len(states) == 4
@@ -165,7 +163,7 @@ def test_videos_enter_their_shard_as_they_finish(ucf_tree: Path, tmp_path: Path,
         ("shard-00000.h5", 1), ("shard-00000.h5", 2), ("shard-00000.h5", 3), ("shard-00001.h5", 1)]
     assert not list(out.glob("*.tmp")) and verify_output(out).ok
     reference = tmp_path / "ref"
-    monkeypatch.setattr(runner._Run, "add", add)
+    monkeypatch.setattr(assemble.Assembly, "add", add)
     extract(ucf_tree, reference, storage=StorageConfig(videos_per_shard=3), workers=1)
     assert read_shards(out) == read_shards(reference)
 

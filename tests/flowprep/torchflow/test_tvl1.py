@@ -19,18 +19,16 @@ from media import smooth_texture, translating_texture
 from flowprep.config import TVL1Params
 from flowprep.extract.flow import FlowEstimator, to_gray
 from flowprep.extract.quantize import dequantize, quantize, scale_and_offset
-from flowprep.torchflow.tvl1 import (
-    SolveStats,
-    _stop_error,
+from flowprep.torchflow.stages import (
     centered_gradient,
     divergence,
     forward_gradient,
     median_filter,
     pyramid_sizes,
     resize_linear,
-    tvl1_flow,
     warp_bicubic,
 )
+from flowprep.torchflow.tvl1 import SolveStats, _stop_error, tvl1_flow
 
 BOUND = 20.0  # flowprep's default FlowConfig.bound: one code = 40/255 px
 REAL_DATA = Path("/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data")
