@@ -3,7 +3,12 @@ videos, out-of-memory shrinking, and the pipeline around it with real processes 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -12,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_ucf_tree
+from conftest import REPO, make_ucf_tree
 from flowprep.extract import reader
 from flowprep.extract import runner
 from flowprep.cli import main
@@ -20,7 +25,7 @@ from flowprep.config import FlowConfig, TVL1Params
 from flowprep.torchflow.batching import Batcher, Request
 from flowprep.torchflow.client import FlowClient
 from flowprep.torchflow.processes import FlowProcesses
-from flowprep.torchflow.service import KILL_ENV
+from flowprep.torchflow.service import KILL_ENV, TIMEOUT_ENV
 from flowprep.extract.quantize import quantize
 from flowprep.torchflow.tvl1 import tvl1_flow
 from flowprep.extract.verify import verify_output
@@ -205,3 +210,88 @@ def test_a_killed_flow_process_ends_the_run_with_75_and_the_rerun_resumes(
     assert read_shards(tmp_path / "out") == read_shards(two_sizes[2])
     report = verify_output(tmp_path / "out")
     assert report.ok and [f["path"] for f in report.failures] == ["Swim/broken.mp4"]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc: each one's parent)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_hung_flow_process_ends_the_run_with_75_naming_it_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGSTOP on the flow process of a real `flowprep extract --engine torch --device cpu` once a video is
+    finished: the workers get no answer for FLOWPREP_FLOW_TIMEOUT_S, the run ends with one line and exit 75,
+    the flow process is killed and no chunk's shared memory block is left; the rerun resumes and verifies."""
+    videos = make_ucf_tree(tmp_path / "videos", classes=("Jump", "Run", "Swim"), per_class=2, frames=40)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out", str(out), "--engine",
+            "torch", "--device", "cpu", "--workers", "2", "--bound", str(BOUND), "--no-progress", *PARAM_ARGS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    timeout = 15.0
+    run = subprocess.Popen(args, env={**env, TIMEOUT_ENV: str(timeout)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    flow_pid, family = None, []
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob(".work/*/*.h5")):  # the first finished video
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.02)
+        family = _descendants(run.pid)
+        [flow_pid] = [p for p in family if "flowprep.torchflow.service" in _cmdline(p)]
+        os.kill(flow_pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        stdout, stderr = run.communicate(timeout=timeout + 60)
+        ended = time.monotonic() - stopped
+    finally:
+        if flow_pid and _alive(flow_pid):
+            os.kill(flow_pid, signal.SIGCONT)
+            os.kill(flow_pid, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 75, (stdout, stderr)
+    print(f"exit 75 {ended:.1f} s after SIGSTOP")
+    assert timeout <= ended < timeout + 45, ended  # the bound, then killing and cleaning up (no 20 s stop waits)
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, "\n".join(lines)
+    assert lines[0].startswith(f"Error: the flow process (cpu) finished no batch in {timeout:g} s: it hangs ")
+    assert lines[0].endswith("; rerun the same command to resume")
+    assert not [p for p in family if _alive(p)]  # the flow process and the workers are gone
+    # the chunks' blocks are named flowprep-flow-<run>-<worker pid>-<random>
+    leaked = [b.name for b in Path("/dev/shm").glob("flowprep-flow-*") if int(b.name.split("-")[-2]) in family]
+    assert leaked == []
+    kept = len(list(out.glob(".work/*/*.h5")))
+    assert kept >= 1
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"({len(list(videos.rglob('*.*'))) - kept} processed now, {kept} from an earlier run" in rerun.stdout
+    verified = subprocess.run([sys.executable, "-m", "flowprep", "verify", str(out)], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
