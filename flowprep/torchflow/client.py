@@ -63,7 +63,7 @@ class FlowClient:
             np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
             try:
                 if i not in self._conns:
-                    self._conns[i] = Client(address.path, "AF_UNIX", authkey=address.authkey)
+                    self._conns[i] = _connect(address)
                 self._conns[i].send(("flow", block.name, n, h, w))
                 reply = _answer(self._conns[i], address)
             except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
@@ -80,6 +80,28 @@ class FlowClient:
             block.close()
             with contextlib.suppress(FileNotFoundError):  # by the flow process, if the main process is gone
                 _posixshmem.shm_unlink(block._name)  # noqa: SLF001 - block.unlink() would unregister it again
+
+
+def _connect(address: Address) -> Connection:
+    """A connection to the flow process, within ``address.answer_timeout_s``: a hung process's socket still
+    takes connections (the kernel's backlog), but the handshake would wait for it forever."""
+    done: dict[str, object] = {}
+
+    def connect() -> None:
+        try:
+            done["conn"] = Client(address.path, "AF_UNIX", authkey=address.authkey)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            done["error"] = exc
+
+    thread = threading.Thread(target=connect, name="flowprep-connect", daemon=True)
+    thread.start()
+    thread.join(address.answer_timeout_s)
+    if thread.is_alive():  # left behind, blocked: the worker ends with the run
+        raise FlowProcessLost(f"the flow process ({address.device}) took no connection in "
+                              f"{address.answer_timeout_s:g} s: it hangs (a stuck kernel or a deadlock?)")
+    if "error" in done:
+        raise done["error"]
+    return done["conn"]
 
 
 def _answer(conn: Connection, address: Address) -> tuple:
