@@ -76,3 +76,13 @@ def test_a_gpu_list_this_machine_cannot_serve_is_one_line_and_exit_2(ucf_tree: P
     result = extract(ucf_tree, tmp_path / "o", "--device", device)
     assert result.exit_code == 2 and result.output.splitlines()[-1] == message, result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf"])
+def test_a_flow_timeout_that_is_not_a_positive_number_of_seconds_is_one_line_and_exit_2(ucf_tree: Path, tmp_path: Path,
+                                                                                        value: str) -> None:
+    result = CliRunner().invoke(main, ["extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "o"), "--engine",
+                                       "torch", "--no-progress"], env={"FLOWPREP_FLOW_TIMEOUT_S": value})
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == f"Error: FLOWPREP_FLOW_TIMEOUT_S must be a number of seconds above 0, got {value!r}"
+    assert not (tmp_path / "o").exists()
