@@ -18,7 +18,7 @@ from flowprep.errors import BusyOutput, ClusterError, RunError, environment_fail
 from flowprep.extract import manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
-from flowprep.torchflow.service import FLOW_BATCH
+from flowprep.torchflow.service import ANSWER_TIMEOUT_S, FLOW_BATCH, TIMEOUT_ENV
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -86,8 +86,11 @@ def _check_device(engine: str, device: str) -> None:
     kind, _, which = device.partition(":")
     if kind == "cpu" and not which:
         return
-    if kind != "cuda" or (which and not all(i.isdigit() for i in which.split(","))):
+    ids = which.split(",") if which else []
+    if kind != "cuda" or device.endswith(":") or not all(i.isdigit() for i in ids):
         raise click.UsageError(f"--device must be cpu, cuda or cuda:0,1,..., got {device!r}")
+    if len(set(map(int, ids))) < len(ids):  # two flow processes on one GPU would only contend
+        raise click.UsageError(f"--device {device} names a GPU twice")
     if engine != "torch":
         return  # FlowConfig refuses it with the reason
     import torch
@@ -96,6 +99,20 @@ def _check_device(engine: str, device: str) -> None:
     wanted = [int(i) for i in which.split(",")] if which else [0]
     if count == 0 or max(wanted) >= count:
         raise click.UsageError(f"--device {device}: this machine has {count} CUDA device(s) visible to PyTorch")
+
+
+def _flow_timeout() -> float:
+    """--engine torch: seconds a worker waits for its flow process to finish a batch (FLOWPREP_FLOW_TIMEOUT_S)."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return ANSWER_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise click.UsageError(f"{TIMEOUT_ENV} must be a number of seconds above 0, got {text!r}")
+    return seconds
 
 
 def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
@@ -202,6 +219,7 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         raise click.UsageError("give at most one of --size and --short-side")
     engine = engine or ("opencv" if device == "cpu" else "torch")
     _check_device(engine, device)
+    flow_timeout_s = _flow_timeout()
     try:
         flow = FlowConfig(method=method, bound=bound, tvl1=_method_params(TVL1Params, "tvl1", method_kwargs),
                           farneback=_method_params(FarnebackParams, "farneback", method_kwargs), engine=engine,
@@ -230,7 +248,7 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
                                          decode=decode, storage=storage, workers=workers, task_index=task.index,
                                          task_count=task.count, backend=jobs_backend, progress=progress,
                                          inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
-                                         check=check, flow_batch=flow_batch)
+                                         check=check, flow_batch=flow_batch, flow_timeout_s=flow_timeout_s)
     except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_cluster.BackendUsageError) as exc:
         raise RunError(str(exc)) from exc
     except dask_cluster.BackendError as exc:

@@ -35,7 +35,7 @@ from flowprep.extract.lock import SUFFIX as LOCK_SUFFIX, OutputLock, describe as
 from flowprep.extract.manifest import RunConflict  # noqa: F401  (raised by run_extract; callers catch runner.RunConflict)
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.torchflow.processes import FlowProcesses
-from flowprep.torchflow.service import FLOW_BATCH, WAIT_S
+from flowprep.torchflow.service import ANSWER_TIMEOUT_S, FLOW_BATCH, WAIT_S
 from flowprep.extract.worker import VideoJob, VideoResult, run_jobs
 from flowprep.extract.writer import VideoMeta
 
@@ -122,6 +122,7 @@ def run_extract(
     flow_batch: int = FLOW_BATCH,
     flow_process: bool = True,
     flow_wait_s: float = WAIT_S,
+    flow_timeout_s: float = ANSWER_TIMEOUT_S,
 ) -> RunSummary:
     """Extract ``videos`` (this task's share, paths relative to ``videos_root``) into ``out``; resumable.
 
@@ -133,7 +134,8 @@ def run_extract(
 
     With ``flow.engine == "torch"`` on local worker processes (``backend`` "loky"), one flow process per
     device solves the flow of every worker (flowprep/torchflow/service.py: batches of up to ``flow_batch``
-    pairs across videos of one frame size, waiting up to ``flow_wait_s`` for more); ``flow_process=False``
+    pairs across videos of one frame size, waiting up to ``flow_wait_s`` for more; a worker gives up after
+    ``flow_timeout_s`` without a finished batch: FlowProcessLost); ``flow_process=False``
     (and the Dask backend) computes it in each worker instead, one chunk per call.
     """
     videos_root, out = Path(videos_root), Path(out)
@@ -175,7 +177,7 @@ def run_extract(
                 if not (run.is_done(shard) or meta.video_id in run.resolved[shard.name])]
         services = None
         if todo and flow_process and flow.engine == "torch" and backend == "loky":
-            services = FlowProcesses(flow, max_batch=flow_batch, wait_s=flow_wait_s)
+            services = FlowProcesses(flow, max_batch=flow_batch, wait_s=flow_wait_s, answer_timeout_s=flow_timeout_s)
         addresses = services.addresses if services else ()
         jobs, shard_of = [], {}
         for shard, n, meta in todo:

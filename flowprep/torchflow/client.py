@@ -2,20 +2,25 @@
 
 The block a worker creates (and unlinks) holds the chunk's gray frames, (n, H, W) uint8, followed by room
 for its codes, (n - 1, 2, H, W) uint8, which the flow process writes; the only pickled message is
-``("flow", block name, n, H, W)``, answered by ``("ok",)`` or ``("error", text)``.
+``("flow", block name, n, H, W)``, answered by ``("ok",)`` or ``("error", text)``, after a ``("progress",)``
+for every batch the flow process finished meanwhile: a worker that gets none for ``Address.answer_timeout_s``
+gives up (``FlowProcessLost``: the flow process hangs).
 """
 
 from __future__ import annotations
 
+import _posixshmem
+import contextlib
 import os
+import secrets
 import threading
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Client, Connection
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
 from flowprep.torchflow.service import Address, FlowProcessLost
-
 
 
 class FlowError(RuntimeError):
@@ -47,14 +52,20 @@ class FlowClient:
         i, self._next = self._next, (self._next + 1) % len(self.addresses)
         address = self.addresses[i]
         frame_bytes, code_bytes = n * h * w, (n - 1) * 2 * h * w
-        block = SharedMemory(create=True, size=frame_bytes + code_bytes)
+        # Named after the run and this process. Not left to the resource tracker: a worker killed while it
+        # waits (joblib ends the others when one fails) would have its tracker unlink it with a warning on
+        # stderr; the main process unlinks what its workers left instead (FlowProcesses), and a flow process
+        # whose main process is gone the blocks it holds.
+        block = SharedMemory(f"{address.block_prefix}{os.getpid()}-{secrets.token_hex(6)}", create=True,
+                             size=frame_bytes + code_bytes)
+        resource_tracker.unregister(block._name, "shared_memory")  # noqa: SLF001 - no public way before 3.13
         try:
             np.ndarray(gray.shape, np.uint8, block.buf)[:] = gray
             try:
                 if i not in self._conns:
-                    self._conns[i] = Client(address.path, "AF_UNIX", authkey=address.authkey)
+                    self._conns[i] = _connect(address)
                 self._conns[i].send(("flow", block.name, n, h, w))
-                reply = self._conns[i].recv()
+                reply = _answer(self._conns[i], address)
             except (OSError, EOFError) as exc:  # refused, reset, closed: the process is gone
                 self.close()
                 raise FlowProcessLost(f"the flow process ({address.device}) cannot be reached: "
@@ -67,7 +78,42 @@ class FlowClient:
             return np.ndarray((n - 1, 2, h, w), np.uint8, block.buf, offset=frame_bytes).copy()
         finally:
             block.close()
-            block.unlink()
+            with contextlib.suppress(FileNotFoundError):  # by the flow process, if the main process is gone
+                _posixshmem.shm_unlink(block._name)  # noqa: SLF001 - block.unlink() would unregister it again
+
+
+def _connect(address: Address) -> Connection:
+    """A connection to the flow process, within ``address.answer_timeout_s``: a hung process's socket still
+    takes connections (the kernel's backlog), but the handshake would wait for it forever."""
+    done: dict[str, object] = {}
+
+    def connect() -> None:
+        try:
+            done["conn"] = Client(address.path, "AF_UNIX", authkey=address.authkey)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            done["error"] = exc
+
+    thread = threading.Thread(target=connect, name="flowprep-connect", daemon=True)
+    thread.start()
+    thread.join(address.answer_timeout_s)
+    if thread.is_alive():  # left behind, blocked: the worker ends with the run
+        raise FlowProcessLost(f"the flow process ({address.device}) took no connection in "
+                              f"{address.answer_timeout_s:g} s: it hangs (a stuck kernel or a deadlock?)")
+    if "error" in done:
+        raise done["error"]
+    return done["conn"]
+
+
+def _answer(conn: Connection, address: Address) -> tuple:
+    """The answer to the request just sent, skipping ``("progress",)``; ``FlowProcessLost`` when no batch was
+    finished for ``address.answer_timeout_s`` (the flow process is alive but hung)."""
+    while True:
+        if not conn.poll(address.answer_timeout_s):
+            raise FlowProcessLost(f"the flow process ({address.device}) finished no batch in "
+                                  f"{address.answer_timeout_s:g} s: it hangs (a stuck kernel or a deadlock?)")
+        reply = conn.recv()
+        if reply[0] != "progress":
+            return reply
 
 
 _LOCAL = threading.local()

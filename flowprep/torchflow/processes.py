@@ -3,6 +3,7 @@ and turn an error of the run while one of them is dead into ``FlowProcessLost`` 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from flowprep.config import FlowConfig
-from flowprep.torchflow.service import START_TIMEOUT_S, WAIT_S, Address, FlowProcessLost, devices
+from flowprep.torchflow.service import (ANSWER_TIMEOUT_S, START_TIMEOUT_S, WAIT_S, Address, FlowProcessLost,
+                                        devices)
 
+SHM = "/dev/shm"  # where Linux keeps POSIX shared memory blocks
 
 
 class FlowProcesses:
@@ -27,14 +30,17 @@ class FlowProcesses:
     Each is ``python -m flowprep.torchflow.service`` (a plain subprocess: nothing of the caller's ``__main__``
     is imported again, and no CUDA or OpenMP state is inherited), configured through its stdin, which
     then stays open: "stop" ends it, and so does end of file (the main process is gone). An error in the
-    block while a flow process is dead becomes ``FlowProcessLost`` naming it; ``stats`` holds each
-    process's batch statistics after the block.
+    block while a flow process is dead becomes ``FlowProcessLost`` naming it; after a ``FlowProcessLost``
+    (a worker's: dead, unreachable, or hung past ``answer_timeout_s``) a flow process still alive a second
+    later is killed, not asked to stop: a hung one would not answer. ``stats`` holds each process's batch
+    statistics after the block; ``pids`` their process ids, in the order of the addresses, while it runs.
     """
 
-    def __init__(self, flow: FlowConfig, *, max_batch: int, wait_s: float = WAIT_S) -> None:
+    def __init__(self, flow: FlowConfig, *, max_batch: int, wait_s: float = WAIT_S,
+                 answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         self.flow, self.max_batch, self.wait_s = flow, max_batch, wait_s
         self.folder = tempfile.mkdtemp(prefix="flowprep-flow-")  # 0700: the sockets are this user's
-        self.addresses = tuple(Address(os.path.join(self.folder, f"{i}.sock"), os.urandom(16), dev)
+        self.addresses = tuple(Address(os.path.join(self.folder, f"{i}.sock"), os.urandom(16), dev, answer_timeout_s)
                                for i, dev in enumerate(devices(flow.device)))
         self.procs: list[tuple[subprocess.Popen, Address]] = []
         self.stats: list[dict[str, Any]] = []
@@ -61,14 +67,22 @@ class FlowProcesses:
             raise
         return self.addresses
 
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self.procs]
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, FlowProcessLost):  # a worker saw its socket close: the process is ending
-            for proc, _ in self.procs:
+        hung = []
+        if isinstance(exc, FlowProcessLost):  # a worker saw its socket close (the process is ending) or timed out
+            for proc, address in self.procs:
                 try:
                     proc.wait(1.0)
                 except subprocess.TimeoutExpired:
-                    continue  # alive after all: the worker lost it otherwise (its message says how)
+                    hung.append(proc)  # alive after all: hung, or lost otherwise (the worker's message says how)
         dead = [(proc, address) for proc, address in self.procs if proc.poll() is not None]
+        for proc in hung:  # SIGKILL ends a stopped or stuck process too; the run ends anyway
+            proc.kill()
+            proc.wait()
         self._stop()
         if exc is not None and dead and not isinstance(exc, KeyboardInterrupt):
             proc, address = dead[0]
@@ -95,6 +109,10 @@ class FlowProcesses:
             proc.stdout.close()
         self.procs = []
         shutil.rmtree(self.folder, ignore_errors=True)
+        # Blocks of workers killed while they waited (joblib ends the others when one fails); the workers
+        # do not hand them to the resource tracker (flowprep/torchflow/client.py)
+        for block in Path(SHM).glob(glob.escape(self.addresses[0].block_prefix) + "*") if self.addresses else ():
+            block.unlink(missing_ok=True)
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:

@@ -8,6 +8,7 @@ files as with OpenCV, but send each chunk's gray frames here instead of computin
                                                                  pairs of several workers' chunks of one
                                                                  frame size form a batch; solve; quantize;
     codes <- the same block        <--("ok") or ("error", text)--  codes written into the block
+                                   <--("progress")--  to every waiting worker, each time a batch is finished
 
 The main thread receives requests and solves batches; a finisher thread puts each solved batch's flow
 into its requests, quantizes the complete ones and answers, while the next batch is being solved.
@@ -16,8 +17,9 @@ Only the small messages are pickled (over a Unix socket, ``multiprocessing.conne
 codes stay in the block the worker created (and unlinks). The worker side is flowprep/torchflow/client.py,
 the main process's (start, stop, report a death) flowprep/torchflow/processes.py.
 A worker whose flow process is gone raises ``FlowProcessLost`` (retriable: the run ends with exit 75
-and a rerun resumes), never a video failure; an error of the solver on a batch (``("error", ...)``) is
-a failure of the videos in it.
+and a rerun resumes), never a video failure; so does one whose flow process finished no batch for
+``Address.answer_timeout_s`` while it waited (alive but hung; the main process then kills it). An error
+of the solver on a batch (``("error", ...)``) is a failure of the videos in it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ KILL_ENV = "FLOWPREP_TEST_KILL_FLOW_AT"
 WAIT_S = 0.005  # how long a batch waits for the chunks of workers that are still decoding
 FLOW_BATCH = 128  # most pairs per solver call (--flow-batch); out of memory lowers it
 START_TIMEOUT_S = 300.0
+# A worker waiting for an answer gives up (FlowProcessLost: exit 75, the rerun resumes) when its flow process
+# finished no batch for this long: the process is alive but hung (a stuck kernel, a deadlock). Generous: the
+# first batch of a size includes importing torch and, on a GPU, compiling; a CPU batch of --flow-batch large
+# pairs takes minutes. Queueing behind other workers' batches does not count (every finished batch tells the
+# waiting workers). Set by FLOWPREP_FLOW_TIMEOUT_S (seconds) for a run; not a flag: a scheduler's wall time
+# bounds a run anyway, and tests need it short.
+ANSWER_TIMEOUT_S = 1800.0
+TIMEOUT_ENV = "FLOWPREP_FLOW_TIMEOUT_S"
 
 
 class FlowProcessLost(RetriableError):
@@ -61,6 +71,12 @@ class Address:
     path: str  # the flow process's Unix socket
     authkey: bytes
     device: str
+    answer_timeout_s: float = ANSWER_TIMEOUT_S  # a worker waits this long for a batch to finish (see above)
+
+    @property
+    def block_prefix(self) -> str:
+        """The names of the run's shared memory blocks (``<prefix><worker pid>-<random>``): its folder's name."""
+        return os.path.basename(os.path.dirname(self.path)) + "-"
 
 
 def devices(device: str) -> list[str]:
@@ -169,6 +185,11 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
                     conn.send(("ok",) if request.error is None else ("error", request.error))
                 except OSError:  # the worker died meanwhile; the main loop drops it when it reads its end of file
                     continue
+            with lock:
+                waiting = list(busy)
+            for conn in waiting:  # alive and solving: their clocks (answer_timeout_s) start again
+                with contextlib.suppress(OSError):
+                    conn.send(("progress",))
             batcher.stats.serving_seconds = time.monotonic() - first_arrival
         finally:
             os.write(wake_w, b"f")  # wake the main loop: its batch conditions changed (or this failed)
@@ -215,6 +236,11 @@ def serve(address: Address, flow: FlowConfig, max_batch: int, wait_s: float = WA
                 if os.read(control_in, 64):
                     out.write(json.dumps(asdict(batcher.stats)).encode() + b"\n")
                     out.flush()
+                else:  # nobody will clean up after workers killed with the main process: their waiting blocks
+                    with lock:
+                        for _, block in busy.values():
+                            with contextlib.suppress(OSError):
+                                block.unlink()
                 closing.set()
                 listener.close()  # removes the socket file
                 with contextlib.suppress(OSError):  # not empty (another device's socket) or removed already

@@ -394,3 +394,26 @@ def test_a_killed_task_rerun_by_the_scheduler_resumes_its_own_work(tmp_path, rea
     ours = {v: (d["flow"], d["rgb"]) for v, d in read_shards(out).items()}
     assert ours == {v: (d["flow"], d["rgb"]) for v, d in read_shards(tmp_path / "ref").items()}
     assert len(ours) == 12
+
+
+@pytest.mark.slow
+def test_array_tasks_with_the_torch_engine_fill_one_out_with_opencvs_flow(ucf_tree, tmp_path, read_shards) -> None:
+    """Two tasks of --engine torch --device cpu (one flow process each) share --out; the same flow as OpenCV's."""
+    tiny = ["--method", "tvl1", "--tvl1-nscales", "2", "--tvl1-warps", "1", "--tvl1-outer-iterations", "2",
+            "--tvl1-inner-iterations", "5", "--workers", "1", "--videos-per-shard", "2", "--no-progress"]
+
+    def run(out: Path, *args: str):
+        cmd = ["extract", "--videos", str(ucf_tree), "--out", str(out), *tiny, *args]
+        return CliRunner().invoke(flowprep_cli, cmd, env=clean_env())
+
+    for index in (1, 0):
+        task = run(tmp_path / "torch", "--engine", "torch", "--device", "cpu", "--task-index", str(index),
+                   "--task-count", "2")
+        assert task.exit_code == 0 and f"task {index} of 2" in task.output, task.output
+    assert verify(tmp_path / "torch").exit_code == 0
+    manifests = sorted((tmp_path / "torch").glob("manifest-*.json"))
+    assert len(manifests) == 2 and all(json.loads(m.read_text())["params"]["flow"]["engine"] == "torch"
+                                       for m in manifests)
+    assert run(tmp_path / "opencv").exit_code == 0
+    flow = {vid: v["flow"] for vid, v in read_shards(tmp_path / "torch").items()}
+    assert flow == {vid: v["flow"] for vid, v in read_shards(tmp_path / "opencv").items()} and len(flow) == 4

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +17,7 @@ distributed = pytest.importorskip("distributed", reason="the dask extra (dask[di
 
 from joblib.externals.loky.process_executor import TerminatedWorkerError  # noqa: E402
 
+from flowprep.extract.verify import verify_output  # noqa: E402
 from flowprep.scale.dask_cluster import (  # noqa: E402
     BackendError,
     BackendUsageError,
@@ -260,3 +262,20 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_the_retriable_status(tmp_path)
     assert "Traceback" not in stdout + stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"Error: lost the Dask cluster at {address}: ") and last.endswith("rerun the same command to resume")
+
+
+def test_the_torch_engine_on_a_cluster_solves_in_each_worker_and_writes_opencvs_flow(cluster, ucf_tree, tmp_path,
+                                                                                       read_shards) -> None:
+    """--engine torch --device cpu --backend dask: no flow process; each Dask worker runs the port on its videos."""
+    tiny = ["--method", "tvl1", "--tvl1-nscales", "2", "--tvl1-warps", "1", "--tvl1-outer-iterations", "2",
+            "--tvl1-inner-iterations", "5"]
+    on_dask = _extract(ucf_tree, tmp_path / "dask", *tiny, "--engine", "torch", "--device", "cpu", "--backend", "dask",
+                       "--scheduler", cluster.scheduler_address)
+    assert on_dask.exit_code == 0, on_dask.output
+    with distributed.Client(cluster.scheduler_address) as client:
+        solvers = client.run(lambda: "flowprep.torchflow.tvl1" in sys.modules)  # imported by the solver only
+    assert any(solvers.values()), solvers
+    on_loky = _extract(ucf_tree, tmp_path / "opencv", *tiny, "--workers", "2")
+    assert on_loky.exit_code == 0, on_loky.output
+    assert read_shards(tmp_path / "dask") == read_shards(tmp_path / "opencv") and len(read_shards(tmp_path / "dask")) == 4
+    assert verify_output(tmp_path / "dask").ok

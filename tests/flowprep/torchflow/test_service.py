@@ -3,7 +3,15 @@ videos, out-of-memory shrinking, and the pipeline around it with real processes 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Listener
 from pathlib import Path
 
 import cv2
@@ -12,7 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_ucf_tree
+from conftest import REPO, make_ucf_tree
 from flowprep.extract import reader
 from flowprep.extract import runner
 from flowprep.cli import main
@@ -20,7 +28,7 @@ from flowprep.config import FlowConfig, TVL1Params
 from flowprep.torchflow.batching import Batcher, Request
 from flowprep.torchflow.client import FlowClient
 from flowprep.torchflow.processes import FlowProcesses
-from flowprep.torchflow.service import KILL_ENV
+from flowprep.torchflow.service import KILL_ENV, TIMEOUT_ENV, Address, FlowProcessLost, devices
 from flowprep.extract.quantize import quantize
 from flowprep.torchflow.tvl1 import tvl1_flow
 from flowprep.extract.verify import verify_output
@@ -114,6 +122,57 @@ def test_batches_take_pairs_of_several_clients_one_frame_size_at_a_time() -> Non
     assert batcher.stats.limits == {"24x32": 6, "16x40": 6}
 
 
+def _leftover_blocks(address: Address) -> list[str]:
+    return [b.name for b in Path("/dev/shm").glob(address.block_prefix + "*")]
+
+
+def test_a_flow_process_that_takes_no_connection_is_lost_after_the_timeout(tmp_path: Path) -> None:
+    """Its socket accepts in the kernel's backlog, but nobody answers the handshake (a SIGSTOPped process)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "0.sock"))
+    server.listen(8)
+    address = Address(str(tmp_path / "0.sock"), b"k" * 16, "cuda:1", answer_timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(FlowProcessLost, match=r"^the flow process \(cuda:1\) took no connection in 1 s: it hangs"):
+        FlowClient((address,)).codes(gray_video(3, 24, 32, 0))
+    assert 1.0 <= time.monotonic() - start < 5 and _leftover_blocks(address) == []
+    server.close()
+
+
+def test_progress_keeps_a_worker_waiting_and_silence_past_the_timeout_loses_the_flow_process(tmp_path: Path) -> None:
+    """A fake flow process: the first request is answered after 3 progress messages 0.6 s apart (1.8 s in all,
+    over the 1 s timeout: other workers' batches were finished meanwhile); the second gets silence."""
+    address = Address(str(tmp_path / "0.sock"), b"k" * 16, "cuda:0", answer_timeout_s=1.0)
+    listener = Listener(address.path, "AF_UNIX", authkey=address.authkey)
+    seen: list[tuple] = []
+
+    def serve() -> None:
+        with listener.accept() as conn:
+            seen.append(conn.recv())
+            for _ in range(3):
+                time.sleep(0.6)
+                conn.send(("progress",))
+            conn.send(("ok",))
+            seen.append(conn.recv())
+            time.sleep(3)  # hung: no answer, no progress
+
+    server = threading.Thread(target=serve)
+    server.start()
+    client = FlowClient((address,))
+    video = gray_video(3, 24, 32, 0)
+    try:
+        assert client.codes(video).shape == (2, 2, 24, 32)  # waited 1.8 s, over the timeout, without giving up
+        start = time.monotonic()
+        with pytest.raises(FlowProcessLost, match=r"^the flow process \(cuda:0\) finished no batch in 1 s: it hangs"):
+            client.codes(video)
+        assert 1.0 <= time.monotonic() - start < 2.5
+    finally:
+        server.join()
+        listener.close()
+    assert [m[0] for m in seen] == ["flow", "flow"] and _leftover_blocks(address) == []
+    assert all(m[1].startswith(address.block_prefix) for m in seen)
+
+
 # ---------------------------------------------------------------------------------- real processes
 
 
@@ -205,3 +264,101 @@ def test_a_killed_flow_process_ends_the_run_with_75_and_the_rerun_resumes(
     assert read_shards(tmp_path / "out") == read_shards(two_sizes[2])
     report = verify_output(tmp_path / "out")
     assert report.ok and [f["path"] for f in report.failures] == ["Swim/broken.mp4"]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, parent, ..., start time), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """Every live process below ``pid`` (from /proc: each one's parent), as (pid, start time)."""
+    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
+    stats = {p: fields for p, fields in stats.items() if fields}
+    found, frontier = [], {pid}
+    while frontier:
+        kids = {p for p, fields in stats.items() if int(fields[1]) in frontier}
+        found += [(p, stats[p][19]) for p in kids]
+        frontier = kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(process: tuple[int, str]) -> bool:
+    """Still running (not a zombie), and not another process that got its pid since."""
+    fields = _stat(process[0])
+    return fields is not None and fields[0] != "Z" and fields[19] == process[1]
+
+
+@pytest.mark.slow
+def test_a_hung_flow_process_ends_the_run_with_75_naming_it_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGSTOP on the flow process of a real `flowprep extract --engine torch --device cpu` once a video is
+    finished: the workers get no answer for FLOWPREP_FLOW_TIMEOUT_S, the run ends with one line and exit 75,
+    the flow process is killed and no chunk's shared memory block is left; the rerun resumes and verifies."""
+    device = os.environ.get("FLOWPREP_TEST_DEVICE", "cpu")  # benchmarks/gpu_check.sh runs it on cuda
+    if device != "cpu" and not torch.cuda.is_available():
+        pytest.skip(f"FLOWPREP_TEST_DEVICE={device} without a GPU")
+    videos = make_ucf_tree(tmp_path / "videos", classes=("Jump", "Run", "Swim"), per_class=2, frames=40)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out", str(out), "--engine",
+            "torch", "--device", device, "--workers", "2", "--bound", str(BOUND), "--no-progress", *PARAM_ARGS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    timeout = 15.0
+    run = subprocess.Popen(args, env={**env, TIMEOUT_ENV: str(timeout)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    flow_pid, flow, family, flow_left = None, (0, ""), [], True
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob(".work/*/*.h5")):  # the first finished video
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.02)
+        family = _descendants(run.pid)
+        [flow] = [p for p in family if "flowprep.torchflow.service" in _cmdline(p[0])]
+        flow_pid = flow[0]
+        os.kill(flow_pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        stdout, stderr = run.communicate(timeout=timeout + 60)
+        ended = time.monotonic() - stopped
+        flow_left = _alive(flow)
+    finally:
+        if flow_pid and _alive(flow):
+            os.kill(flow_pid, signal.SIGCONT)
+            os.kill(flow_pid, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 75, (stdout, stderr)
+    print(f"exit 75 {ended:.1f} s after SIGSTOP")
+    assert timeout <= ended < timeout + 45, ended  # the bound, then killing and cleaning up (no 20 s stop waits)
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, "\n".join(lines)
+    assert lines[0].startswith(f"Error: the flow process ({devices(device)[0]}) finished no batch in {timeout:g} s: it "
+                               "hangs ")
+    assert lines[0].endswith("; rerun the same command to resume")
+    assert not flow_left  # killed by the run (not by the finally above)
+    print("alive when the run ended:", [_cmdline(p)[:80] for p, _ in family if _alive((p, _))])
+    deadline = time.monotonic() + 10  # the workers and the resource trackers see their parent gone, and end
+    while [p for p in family if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [_cmdline(p) for p, _ in family if _alive((p, _))]
+    # the chunks' blocks are named flowprep-flow-<run>-<worker pid>-<random>
+    pids = {p for p, _ in family}
+    leaked = [b.name for b in Path("/dev/shm").glob("flowprep-flow-*") if int(b.name.split("-")[-2]) in pids]
+    assert leaked == []
+    kept = len(list(out.glob(".work/*/*.h5")))
+    assert kept >= 1
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"({len(list(videos.rglob('*.*'))) - kept} processed now, {kept} from an earlier run" in rerun.stdout
+    verified = subprocess.run([sys.executable, "-m", "flowprep", "verify", str(out)], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
