@@ -217,6 +217,9 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
     size = _parse_size(size_text)
     if size is not None and short_side is not None:
         raise click.UsageError("give at most one of --size and --short-side")
+    if engine is None and method == "farneback" and device != "cpu":
+        raise click.UsageError(f"Farneback runs on OpenCV, on the CPU: drop --device {device} (on a GPU, "
+                               "--method tvl1 runs the torch engine)")
     engine = engine or ("opencv" if device == "cpu" else "torch")
     _check_device(engine, device)
     flow_timeout_s = _flow_timeout()

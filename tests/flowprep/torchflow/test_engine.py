@@ -55,6 +55,10 @@ def test_devices_this_machine_lacks_are_usage_errors(ucf_tree: Path, tmp_path: P
     farneback = CliRunner().invoke(main, ["extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "o"),
                                           "--method", "farneback", "--engine", "torch"])
     assert farneback.exit_code == 2 and "Farneback runs on OpenCV" in farneback.output
+    on_gpu = CliRunner().invoke(main, ["extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "o"),
+                                       "--method", "farneback", "--device", "cuda"])  # no --engine typed
+    assert on_gpu.exit_code == 2 and "Farneback runs on OpenCV, on the CPU: drop --device cuda" in on_gpu.output
+    assert "--engine torch" not in on_gpu.output
 
 
 def test_a_list_of_gpus_is_one_flow_process_each() -> None:
