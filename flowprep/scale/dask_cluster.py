@@ -37,7 +37,10 @@ class BackendUsageError(ValueError):
 
 
 def software_versions() -> dict[str, str]:
-    """Versions whose differences change the output bytes, so workers must match the parent."""
+    """Versions whose differences change the output bytes, so workers must match the parent (torch too: with
+    ``--engine torch`` each worker solves its own flow; read from the package metadata, torch is not imported)."""
+    from importlib import metadata
+
     import cv2
     import decord
     import h5py
@@ -46,7 +49,14 @@ def software_versions() -> dict[str, str]:
     import flowprep
 
     return {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "decord": decord.__version__,
-            "h5py": h5py.__version__, "numpy": numpy.__version__}
+            "h5py": h5py.__version__, "numpy": numpy.__version__, "torch": _installed("torch", metadata)}
+
+
+def _installed(name: str, metadata) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _worker_probe(paths: Sequence[str]) -> dict:

@@ -66,6 +66,20 @@ def test_check_workers_reports_what_each_worker_runs(cluster, tmp_path) -> None:
     assert all(p["versions"] == software_versions() and p["missing"] == [] for p in probes.values())
 
 
+def test_a_worker_with_another_torch_is_refused_naming_it(cluster, tmp_path, monkeypatch) -> None:
+    # With --engine torch the workers solve the flow, so their torch must be ours. The workers are other
+    # processes: changing the version this process reports makes every worker's differ.
+    from flowprep.scale import dask_cluster
+
+    theirs = software_versions()["torch"]
+    assert theirs  # torch is installed, and its version is compared
+    real = dask_cluster.software_versions
+    monkeypatch.setattr(dask_cluster, "software_versions", lambda: {**real(), "torch": "0.0.1"})
+    with distributed.Client(cluster.scheduler_address) as client:
+        with pytest.raises(BackendError, match=rf"other versions .*'torch': \('0.0.1', '{re.escape(theirs)}'\)"):
+            check_workers(client, shared_paths=[tmp_path])
+
+
 def test_a_path_the_workers_cannot_see_is_refused(cluster, tmp_path) -> None:
     missing = tmp_path / "not-mounted"
     with pytest.raises(BackendError, match="cannot see .*not-mounted"):
