@@ -1,7 +1,8 @@
 """What a demo run is made with, and its folder: ``DemoPlan`` with the two sizes ``FULL`` (``make demo``) and
 ``QUICK`` (``--quick``, the end-to-end test), the trainer's thread setting, the TV-L1 options, and
 ``prepare_out``, which records the plan in DIR/demo.json (``PLAN_FILE``) and refuses a folder made with
-another one; ``code_version``, the commit the summaries record.
+another one (``recorded_plan`` reads plans recorded before a setting existed); ``code_version``, the commit the
+summaries record.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
 PLAN_FILE = "demo.json"  # the settings a demo folder was made with; a rerun must ask for the same
+# Settings added to DemoPlan later, with the value that folders and records made before them used.
+EARLIER_DEFAULTS = {"engine": "opencv"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class DemoPlan:
     dropout: float  # before the classifier, both streams
     eval_samples: int  # frames / stacks per test video
     seed: int = 0
+    engine: str = "opencv"  # TV-L1 of flowprep extract: OpenCV's, or its PyTorch port ("torch", on the CPU)
 
 
 # 8 classes x 16 videos (80 train, 16 val, 32 test), 64x64, 16 frames: 1920 flow fields. TV-L1, the
@@ -74,11 +79,16 @@ def prepare_out(out: Path, plan: DemoPlan, *, force: bool) -> None:
             raise click.UsageError(f"{out} exists and is not a demo folder (no {PLAN_FILE}); choose another --out")
         if force:
             shutil.rmtree(out)
-        elif json.loads(plan_file.read_text()) != dataclasses.asdict(plan):
+        elif recorded_plan(json.loads(plan_file.read_text())) != dataclasses.asdict(plan):
             raise click.UsageError(f"{out} holds a demo made with other settings ({plan_file}); "
                                    "pass --force to start afresh or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     plan_file.write_text(json.dumps(dataclasses.asdict(plan), indent=2) + "\n")
+
+
+def recorded_plan(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A plan as recorded (demo.json, summary.json), completed with ``EARLIER_DEFAULTS`` where it predates them."""
+    return {**EARLIER_DEFAULTS, **recorded}
 
 
 def code_version() -> str | None:

@@ -50,15 +50,14 @@ def run_demo(out: str | Path, plan: DemoPlan, *, force: bool = False, quiet: boo
               "--clips-per-group", plan.clips_per_group, "--size", plan.size, "--frames", plan.frames, *force_sample)
     classes = json.loads((sample / "sample.json").read_text())["classes"]
 
-    r.step(f"2. optical flow into HDF5 shards ({plan.method}; resumes by itself when rerun)")
+    engine = ", PyTorch port of OpenCV's TV-L1 on the CPU" if plan.engine == "torch" else ""
+    r.step(f"2. optical flow into HDF5 shards ({plan.method}{engine}; resumes by itself when rerun)")
     if plan.method == "tvl1":
         click.echo("   TV-L1 with 3 scales and 3 warps: OpenCV's 5 and 5 are meant for 320x240; at 64x64 the flow differs "
                    "by 0.025 px on average, in half the time")
     else:
         click.echo("   Farneback, not TV-L1: ~15x faster here, blurrier flow (use --method tvl1 for the paper's flow)")
-    method_options = TVL1_OPTIONS if plan.method == "tvl1" else ()
-    r.run("flowprep", "extract", "--videos", sample / "videos", "--out", shards, "--class-index",
-          sample / "classInd.txt", "--method", plan.method, *method_options)
+    r.run("flowprep", *extract_args(plan, sample, shards))
     r.step("3. check the shards")
     r.run("flowprep", "verify", shards)
 
@@ -120,6 +119,13 @@ def run_demo(out: str | Path, plan: DemoPlan, *, force: bool = False, quiet: boo
     return summary
 
 
+def extract_args(plan: DemoPlan, sample: Path, shards: Path) -> list[str | Path]:
+    """The arguments of step 2's ``flowprep extract``: ``sample``'s videos into ``shards`` as ``plan`` says."""
+    method_options = TVL1_OPTIONS if plan.method == "tvl1" else ()
+    return ["extract", "--videos", sample / "videos", "--out", shards, "--class-index", sample / "classInd.txt",
+            "--method", plan.method, *method_options, "--engine", plan.engine]
+
+
 def _newer_than(path: Path, inputs: list[Path]) -> bool:
     return path.is_file() and all(p.is_file() and p.stat().st_mtime < path.stat().st_mtime for p in inputs)
 
@@ -163,11 +169,15 @@ def format_table(summary: dict[str, Any]) -> str:
               help="With --seeds: how many seeds run at the same time (each demo keeps 2 cores busy).")
 @click.option("--method", type=click.Choice(["farneback", "tvl1"]), default=None,
               help="Flow method.  [default: tvl1 (3 scales, 3 warps); farneback with --quick]")
+@click.option("--engine", type=click.Choice(["opencv", "torch"]), default="opencv", show_default=True,
+              help="TV-L1 implementation of flowprep extract: OpenCV's, or its PyTorch port on the CPU (the same flow "
+                   "to the bit in the tests, slower: one flow process on one core). torch needs TV-L1 (not with "
+                   "--quick's Farneback unless --method tvl1).")
 @click.option("--force", is_flag=True, help="Delete an earlier demo in --out and start afresh.")
 @click.option("--quiet", is_flag=True, help="Print only the commands and the results, not their output.")
 @click.pass_context
 def main(ctx: click.Context, out: Path, quick: bool, seed: int, seeds: str | None, jobs: int, method: str | None,
-         force: bool, quiet: bool) -> None:
+         engine: str, force: bool, quiet: bool) -> None:
     """Run the whole two-stream pipeline on a built-in sample and show that motion matters.
 
     \b
@@ -179,14 +189,18 @@ def main(ctx: click.Context, out: Path, quick: bool, seed: int, seeds: str | Non
     (1 if it was killed).
     """
     base = QUICK if quick else FULL
-    plan = dataclasses.replace(base, seed=seed, method=method or base.method)
+    plan = dataclasses.replace(base, seed=seed, method=method or base.method, engine=engine)
+    if plan.engine == "torch" and plan.method != "tvl1":
+        raise click.UsageError(f"--engine torch computes TV-L1 only, not {plan.method}"
+                               + (": add --method tvl1 to --quick" if quick and method is None else ""))
     try:
         if seeds is not None:
             if ctx.get_parameter_source("seed") != click.core.ParameterSource.DEFAULT:
                 raise click.UsageError("give --seed or --seeds, not both")
             if out.exists() and any(out.iterdir()) and not all(p.name.startswith("seed") for p in out.iterdir()):
                 raise click.UsageError(f"{out} holds other things than a --seeds run; choose another --out")
-            demo_args = (["--quick"] if quick else []) + (["--method", method] if method else []) + (["--force"] if force else [])
+            demo_args = ((["--quick"] if quick else []) + (["--method", method] if method else [])
+                         + (["--engine", engine] if engine != "opencv" else []) + (["--force"] if force else []))
             run_seeds(out, parse_seeds(seeds), demo_args=demo_args, jobs=jobs)
         else:
             run_demo(out, plan, force=force, quiet=quiet)

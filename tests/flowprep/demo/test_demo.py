@@ -1,6 +1,7 @@
 """flowprep/demo/ (run, plan, steps, seeds): the reduced demo end to end (real CLIs in subprocesses), its table,
 pictures and reruns."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from flowprep.demo.plan import FULL, PLAN_FILE, QUICK, THREADS_ENV, prepare_out
-from flowprep.demo.run import format_table, main
+from flowprep.demo.run import extract_args, format_table, main
 from flowprep.demo.seeds import format_seeds_table, parse_seeds, seed_row
 from flowprep.demo.steps import DemoError, Steps
 
@@ -169,3 +170,50 @@ def test_commands_run_together_report_each_time_and_a_failure_after_all_ended(tm
         steps.run_together([("flowprep", ["verify", tmp_path]), ("flowprep", ["--help"])])
     assert info.value.exit_code == 1 and f"flowprep verify {tmp_path}" in info.value.format_message()
     assert len(steps.timings) == 4  # the second command ran to its end
+
+
+def test_engine_reaches_the_extract_step_and_the_plan_file(tmp_path, monkeypatch):
+    # The CLI's --engine goes into demo.json and to `flowprep extract`: the commands are recorded instead of run,
+    # and the demo stops at extract (the sample is made to look finished, so that step 1 reuses it).
+    out = tmp_path / "d"
+    torch_plan = dataclasses.replace(FULL, engine="torch")
+    prepare_out(out, torch_plan, force=False)
+    (out / "sample").mkdir()
+    (out / "sample" / "sample.json").write_text(json.dumps({"classes": ["MoveLeft", "MoveRight"]}))
+    commands = []
+
+    class Stop(Exception):
+        pass
+
+    def record(self, name, *args, env=None):
+        commands.append([name, *map(str, args)])
+        raise Stop
+
+    monkeypatch.setattr(Steps, "run", record)
+    result = CliRunner().invoke(main, ["--out", str(out), "--engine", "torch"])
+    assert isinstance(result.exception, Stop), result.output
+    assert commands[0][:2] == ["flowprep", "extract"]
+    assert commands[0][-2:] == ["--engine", "torch"] and "--tvl1-nscales" in commands[0]
+    assert json.loads((out / PLAN_FILE).read_text())["engine"] == "torch"
+    # Another engine is another demo: refused like any other changed setting.
+    result = CliRunner().invoke(main, ["--out", str(out)])
+    assert result.exit_code == 2 and "made with other settings" in result.output
+    # The default is OpenCV's; torch computes TV-L1 only, so --quick (Farneback) needs --method tvl1.
+    assert extract_args(FULL, Path("s"), Path("f"))[-2:] == ["--engine", "opencv"]
+    assert extract_args(dataclasses.replace(QUICK, method="tvl1", engine="torch"), Path("s"), Path("f"))[-2:] == [
+        "--engine", "torch"]
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "q"), "--quick", "--engine", "torch"])
+    assert result.exit_code == 2 and "--method tvl1" in result.output and not (tmp_path / "q").exists()
+
+
+def test_a_plan_file_from_before_the_engine_option_is_an_opencv_plan(tmp_path):
+    out = tmp_path / "d"
+    prepare_out(out, FULL, force=False)
+    (out / "runs").mkdir()
+    recorded = json.loads((out / PLAN_FILE).read_text())
+    del recorded["engine"]
+    (out / PLAN_FILE).write_text(json.dumps(recorded))
+    prepare_out(out, FULL, force=False)  # kept: OpenCV computed the flow then
+    assert (out / "runs").is_dir()
+    with pytest.raises(click.UsageError, match="other settings"):
+        prepare_out(out, dataclasses.replace(FULL, engine="torch"), force=False)
