@@ -93,7 +93,7 @@ def recorded_plan(recorded: dict[str, Any]) -> dict[str, Any]:
 
 def code_version() -> str | None:
     """The git commit of this checkout (``+modified`` when flowprep/ or trainer/ differ from it), else None."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: git's pathspecs below are relative to it
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10)
