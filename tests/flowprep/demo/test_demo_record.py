@@ -3,7 +3,7 @@
 What is checked where:
 - here (fast, no training): README's demo table is, character for character, docs/images/demo-summary.md, which is
   ``demo-out/summary.md`` of a full ``make demo`` (seed 0), recorded with its ``summary.json`` next to it; the
-  record was made with the plan the code runs now (``flowprep.demo.plan.FULL``, seed 0), its table is what ``format_table``
+  record was made with the plan the code runs now (``plan.FULL``, seed 0), its table is what ``format_table``
   prints for its numbers, and its numbers meet issue 13's bar. Likewise README's seeds table is
   docs/images/demo-seeds.md from ``python -m flowprep.demo --seeds 0-4``, whose seed 0 row is the recorded
   ``make demo`` (the same numbers from two runs: the demo is deterministic), and every seed meets the bar.
