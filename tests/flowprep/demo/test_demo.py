@@ -1,5 +1,7 @@
-"""flowprep/demo/run.py: the reduced demo end to end (real CLIs in subprocesses), its table, pictures and reruns."""
+"""flowprep/demo/ (run, plan, steps, seeds): the reduced demo end to end (real CLIs in subprocesses), its table,
+pictures and reruns."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +13,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from flowprep.demo import run as demo
+from flowprep.demo.plan import FULL, PLAN_FILE, QUICK, THREADS_ENV, prepare_out
+from flowprep.demo.run import extract_args, format_table, main
+from flowprep.demo.seeds import format_seeds_table, parse_seeds, seed_row
+from flowprep.demo.steps import DemoError, Steps
 
 STEPS = ("$ flowprep sample", "$ flowprep extract", "$ flowprep verify", "$ trainer fit --stream spatial",
          "$ trainer fit --stream temporal", "$ trainer evaluate", "$ flowprep preview")
@@ -89,41 +94,41 @@ def test_rerun_reuses_finished_steps(quick_demo):
 
 
 def test_a_failed_step_stops_with_one_line_and_its_status(tmp_path):
-    runner = demo.Runner(quiet=True)
-    with pytest.raises(demo.DemoError) as info:
-        runner.run("flowprep", "verify", tmp_path)  # no manifest: verify exits 1
+    steps = Steps(quiet=True)
+    with pytest.raises(DemoError) as info:
+        steps.run("flowprep", "verify", tmp_path)  # no manifest: verify exits 1
     assert info.value.exit_code == 1
     message = info.value.format_message()
     assert "\n" not in message and f"step failed (exit 1): flowprep verify {tmp_path}" in message and "rerun" in message
-    with pytest.raises(demo.DemoError) as info:
-        runner.run("flowprep", "verify", tmp_path / "missing")  # a usage error: exit 2, its reason quoted
+    with pytest.raises(DemoError) as info:
+        steps.run("flowprep", "verify", tmp_path / "missing")  # a usage error: exit 2, its reason quoted
     assert info.value.exit_code == 2 and "does not exist" in info.value.format_message()
 
 
 def test_out_must_be_a_demo_folder_with_the_same_settings(tmp_path):
     cli = CliRunner()
     (tmp_path / "mine.txt").write_text("not a demo")
-    result = cli.invoke(demo.main, ["--out", str(tmp_path), "--quick"])
+    result = cli.invoke(main, ["--out", str(tmp_path), "--quick"])
     assert result.exit_code == 2 and "is not a demo folder" in result.output and "Traceback" not in result.output
     assert (tmp_path / "mine.txt").is_file()  # never deleted, not even with --force
-    assert cli.invoke(demo.main, ["--out", str(tmp_path), "--quick", "--force"]).exit_code == 2
+    assert cli.invoke(main, ["--out", str(tmp_path), "--quick", "--force"]).exit_code == 2
 
     out = tmp_path / "d"
-    demo.prepare_out(out, demo.QUICK, force=False)
+    prepare_out(out, QUICK, force=False)
     (out / "runs").mkdir()
-    demo.prepare_out(out, demo.QUICK, force=False)  # same settings: kept, for the rerun to continue
+    prepare_out(out, QUICK, force=False)  # same settings: kept, for the rerun to continue
     assert (out / "runs").is_dir()
-    result = cli.invoke(demo.main, ["--out", str(out), "--quick", "--seed", "1"])
+    result = cli.invoke(main, ["--out", str(out), "--quick", "--seed", "1"])
     assert result.exit_code == 2 and "made with other settings" in result.output
-    demo.prepare_out(out, demo.FULL, force=True)
+    prepare_out(out, FULL, force=True)
     assert not (out / "runs").exists()
-    assert json.loads((out / demo.PLAN_FILE).read_text())["videos_per_class"] == demo.FULL.videos_per_class
+    assert json.loads((out / PLAN_FILE).read_text())["videos_per_class"] == FULL.videos_per_class
 
 
 def test_table_compares_every_stream_with_chance():
     summary = {"top1": {"spatial": 0.125, "temporal": 0.75, "fused": 0.8125}, "chance": 0.125, "num_classes": 8,
                "test_videos": 32, "fusion": "weighted", "alpha": 0.15}
-    lines = demo.format_table(summary).splitlines()
+    lines = format_table(summary).splitlines()
     assert lines[2].startswith("| spatial") and lines[2].endswith("|  12.5% |      1.0x |")
     assert lines[3].startswith("| temporal") and "75.0%" in lines[3] and "6.0x" in lines[3]
     assert "spatial weight 0.15" in lines[4] and "81.2%" in lines[4] and "6.5x" in lines[4]
@@ -132,21 +137,21 @@ def test_table_compares_every_stream_with_chance():
 
 
 def test_seeds_option_parses_ranges_and_lists():
-    assert demo.parse_seeds("0-4") == [0, 1, 2, 3, 4]
-    assert demo.parse_seeds("3, 1,0-1") == [0, 1, 3]
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3, 1,0-1") == [0, 1, 3]
     for bad in ("", "a-b", "1-", "4-0"):
         with pytest.raises(click.BadParameter):
-            demo.parse_seeds(bad)
-    result = CliRunner().invoke(demo.main, ["--out", "unused", "--seed", "1", "--seeds", "0-1"])
+            parse_seeds(bad)
+    result = CliRunner().invoke(main, ["--out", "unused", "--seed", "1", "--seeds", "0-1"])
     assert result.exit_code == 2 and "--seed or --seeds" in result.output
 
 
 def test_seeds_table_has_each_seed_then_mean_and_range():
     summaries = [{"top1": {"spatial": 0.125, "temporal": t, "fused": f}, "test_videos": 32, "alpha": a, "wall_s": 200.0}
                  for t, f, a in ((0.875, 0.875, 0.0), (0.9375, 0.90625, 0.02))]
-    rows = [demo.seed_row(i, s) for i, s in enumerate(summaries)]
+    rows = [seed_row(i, s) for i, s in enumerate(summaries)]
     assert [r["fused_minus_better_videos"] for r in rows] == [0, -1]
-    lines = demo.format_seeds_table(rows, chance=0.125, test_videos=32).splitlines()
+    lines = format_seeds_table(rows, chance=0.125, test_videos=32).splitlines()
     assert "fused - better stream (videos)" in lines[0]
     assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["0", "12.5%", "87.5%", "87.5%", "+0", "0.00"]
     assert len({len(line) for line in lines[:6]}) == 1  # columns aligned
@@ -157,11 +162,58 @@ def test_seeds_table_has_each_seed_then_mean_and_range():
 
 
 def test_commands_run_together_report_each_time_and_a_failure_after_all_ended(tmp_path):
-    runner = demo.Runner(quiet=True)
-    runner.run_together([("flowprep", ["--help"]), ("flowprep", ["--version"])], env=demo.THREADS_ENV)
-    assert [t["command"] for t in runner.timings] == ["flowprep --help", "flowprep --version"]
-    assert all(t["wall_s"] > 0 and t["cpu_s"] > 0 for t in runner.timings)
-    with pytest.raises(demo.DemoError) as info:
-        runner.run_together([("flowprep", ["verify", tmp_path]), ("flowprep", ["--help"])])
+    steps = Steps(quiet=True)
+    steps.run_together([("flowprep", ["--help"]), ("flowprep", ["--version"])], env=THREADS_ENV)
+    assert [t["command"] for t in steps.timings] == ["flowprep --help", "flowprep --version"]
+    assert all(t["wall_s"] > 0 and t["cpu_s"] > 0 for t in steps.timings)
+    with pytest.raises(DemoError) as info:
+        steps.run_together([("flowprep", ["verify", tmp_path]), ("flowprep", ["--help"])])
     assert info.value.exit_code == 1 and f"flowprep verify {tmp_path}" in info.value.format_message()
-    assert len(runner.timings) == 4  # the second command ran to its end
+    assert len(steps.timings) == 4  # the second command ran to its end
+
+
+def test_engine_reaches_the_extract_step_and_the_plan_file(tmp_path, monkeypatch):
+    # The CLI's --engine goes into demo.json and to `flowprep extract`: the commands are recorded instead of run,
+    # and the demo stops at extract (the sample is made to look finished, so that step 1 reuses it).
+    out = tmp_path / "d"
+    torch_plan = dataclasses.replace(FULL, engine="torch")
+    prepare_out(out, torch_plan, force=False)
+    (out / "sample").mkdir()
+    (out / "sample" / "sample.json").write_text(json.dumps({"classes": ["MoveLeft", "MoveRight"]}))
+    commands = []
+
+    class Stop(Exception):
+        pass
+
+    def record(self, name, *args, env=None):
+        commands.append([name, *map(str, args)])
+        raise Stop
+
+    monkeypatch.setattr(Steps, "run", record)
+    result = CliRunner().invoke(main, ["--out", str(out), "--engine", "torch"])
+    assert isinstance(result.exception, Stop), result.output
+    assert commands[0][:2] == ["flowprep", "extract"]
+    assert commands[0][-2:] == ["--engine", "torch"] and "--tvl1-nscales" in commands[0]
+    assert json.loads((out / PLAN_FILE).read_text())["engine"] == "torch"
+    # Another engine is another demo: refused like any other changed setting.
+    result = CliRunner().invoke(main, ["--out", str(out)])
+    assert result.exit_code == 2 and "made with other settings" in result.output
+    # The default is OpenCV's; torch computes TV-L1 only, so --quick (Farneback) needs --method tvl1.
+    assert extract_args(FULL, Path("s"), Path("f"))[-2:] == ["--engine", "opencv"]
+    assert extract_args(dataclasses.replace(QUICK, method="tvl1", engine="torch"), Path("s"), Path("f"))[-2:] == [
+        "--engine", "torch"]
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "q"), "--quick", "--engine", "torch"])
+    assert result.exit_code == 2 and "--method tvl1" in result.output and not (tmp_path / "q").exists()
+
+
+def test_a_plan_file_from_before_the_engine_option_is_an_opencv_plan(tmp_path):
+    out = tmp_path / "d"
+    prepare_out(out, FULL, force=False)
+    (out / "runs").mkdir()
+    recorded = json.loads((out / PLAN_FILE).read_text())
+    del recorded["engine"]
+    (out / PLAN_FILE).write_text(json.dumps(recorded))
+    prepare_out(out, FULL, force=False)  # kept: OpenCV computed the flow then
+    assert (out / "runs").is_dir()
+    with pytest.raises(click.UsageError, match="other settings"):
+        prepare_out(out, dataclasses.replace(FULL, engine="torch"), force=False)

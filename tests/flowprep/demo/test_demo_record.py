@@ -3,7 +3,7 @@
 What is checked where:
 - here (fast, no training): README's demo table is, character for character, docs/images/demo-summary.md, which is
   ``demo-out/summary.md`` of a full ``make demo`` (seed 0), recorded with its ``summary.json`` next to it; the
-  record was made with the plan the code runs now (``demo.FULL``, seed 0), its table is what ``format_table``
+  record was made with the plan the code runs now (``plan.FULL``, seed 0), its table is what ``format_table``
   prints for its numbers, and its numbers meet issue 13's bar. Likewise README's seeds table is
   docs/images/demo-seeds.md from ``python -m flowprep.demo --seeds 0-4``, whose seed 0 row is the recorded
   ``make demo`` (the same numbers from two runs: the demo is deterministic), and every seed meets the bar.
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from flowprep.demo import run as demo
+from flowprep.demo.plan import FULL, recorded_plan
+from flowprep.demo.run import format_table
+from flowprep.demo.seeds import format_seeds_table
 
 ROOT = Path(__file__).resolve().parents[3]
 IMAGES = ROOT / "docs" / "images"
@@ -35,8 +37,9 @@ def test_readme_quotes_the_recorded_demo_table():
     readme = (ROOT / "README.md").read_text()
     assert table in readme
     summary = _record("demo-summary.json")
-    assert demo.format_table(summary) == table  # the record's numbers, printed as the demo prints them
-    assert summary["plan"] == dataclasses.asdict(demo.FULL)  # made with today's plan, seed 0
+    assert format_table(summary) == table  # the record's numbers, printed as the demo prints them
+    # made with today's plan, seed 0 (recorded before --engine existed: OpenCV's TV-L1, the default)
+    assert recorded_plan(summary["plan"]) == dataclasses.asdict(FULL)
     assert summary["reused"] == []  # one run from scratch, not a resumed one
 
 
@@ -54,8 +57,8 @@ def test_readme_quotes_the_recorded_seeds_table():
     assert table in (ROOT / "README.md").read_text()
     seeds = _record("demo-seeds.json")
     assert seeds["table"] == table
-    assert demo.format_seeds_table(seeds["rows"], chance=1 / 8, test_videos=32) == table
-    assert seeds["plan"] == {k: v for k, v in dataclasses.asdict(demo.FULL).items() if k != "seed"}
+    assert format_seeds_table(seeds["rows"], chance=1 / 8, test_videos=32) == table
+    assert recorded_plan(seeds["plan"]) == {k: v for k, v in dataclasses.asdict(FULL).items() if k != "seed"}
     assert seeds["seeds"] == [0, 1, 2, 3, 4]
     summary = _record("demo-summary.json")
     row0 = next(r for r in seeds["rows"] if r["seed"] == 0)
