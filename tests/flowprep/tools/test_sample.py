@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -137,3 +138,19 @@ def test_plan_names_groups_and_labels() -> None:
     assert [s.label for s in specs] == [0] * 5 + [1] * 5
     with pytest.raises(ValueError, match="expected at least 2 distinct classes"):
         plan_clips(classes=["Expand", "Expand"], videos_per_class=4, clips_per_group=2, width=64, height=64, frames=8)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compare with one")
+def test_the_sample_is_the_same_bytes_whatever_the_number_of_cores(sample: Path, tmp_path: Path) -> None:
+    # FFmpeg's automatic thread count follows the cores a process may use, and MPEG-4's slices follow the
+    # thread count: without a fixed count, a machine with other cores wrote other videos (and other demo
+    # figures). A real process pinned to one core must write the bytes this one wrote on all of them.
+    script = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "from flowprep.tools.sample import make_sample; "
+              f"make_sample(sys.argv[1], seed=3, videos_per_class=4, clips_per_group=1, width=64, height=48, "
+              f"frames=12, classes={CLASSES!r})")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, capture_output=True, timeout=300)
+    videos = sorted(p.relative_to(sample) for p in (sample / "videos").rglob("*") if p.is_file())
+    assert any(str(p).endswith(".avi") for p in videos) and any(str(p).endswith(".mp4") for p in videos)
+    differ = [str(p) for p in videos if (tmp_path / p).read_bytes() != (sample / p).read_bytes()]
+    assert differ == []
