@@ -27,8 +27,9 @@ built into opencv-contrib-python 5.0.0, checked against that source and against 
   multiplied by ``1/scale_step`` (the u3 channel of the gamma term is resized, not scaled).
 
 Floating point: each step does the same float32 operations in the same order as OpenCV 5.0.0, and on
-the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` at the default parameters (tested
-on generated frames; on real frames in BENCHMARKS.md). The building blocks (pyramid, warp, gradients,
+the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` (tested on generated frames and on a
+real pair of flowprep's sample; measured on real frames and on every pair of the 64 px sample in BENCHMARKS.md,
+``benchmarks/port_vs_opencv.py``). The building blocks (pyramid, warp, gradients,
 median, divergence; how IPP's ``resize`` and the vectorised ``remap`` are reproduced) are in stages.py.
 The sum of squared updates of the stopping test is OpenCV's float32 running sum in row order (numpy's
 sequential cumsum on the host; on other devices only for images whose float64 sum is within rounding

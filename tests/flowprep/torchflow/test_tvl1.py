@@ -333,7 +333,7 @@ def test_cuda_meets_the_gate_and_matches_the_cpu_port_closely(default_runs) -> N
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_flow_is_bit_identical_to_opencv_too(default_runs) -> None:
     """Every operation is IEEE float32/float64 on CUDA as well, and the guarded stopping sum decides as
-    OpenCV does; only hypot is done in float64 there (CUDA's hypotf is not correctly rounded)."""
+    OpenCV does; hypot is glibc's hypotf there too (float64 sum and sqrt, rounded once: ``hypot_as_opencv``)."""
     (h, w), motions = (48, 64), MOTIONS
     pairs = [gray_pair(h, w, dx, dy, seed=10 + i) for i, (dx, dy) in enumerate(motions)]
     flows = tvl1_flow(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), device="cuda").cpu().numpy()
