@@ -80,7 +80,8 @@ class TorchTVL1:
 
     The per-worker path: the Dask backend's workers (and ``run_extract(flow_process=False)``) use it; local
     worker processes send their frames to a flow process instead (flowprep/torchflow/service.py). On the CPU the
-    port gives OpenCV's flow to the bit (tests/flowprep/torchflow/test_tvl1.py), at about twice the time.
+    port gives OpenCV's flow to the bit (tests/flowprep/torchflow/test_tvl1.py; every pair of the 64 px sample in
+    BENCHMARKS.md), at about twice the time.
     ``device`` "cuda" uses every visible GPU, "cuda:0,1" those; each worker process takes one by its pid.
     """
 

@@ -27,13 +27,14 @@ built into opencv-contrib-python 5.0.0, checked against that source and against 
   multiplied by ``1/scale_step`` (the u3 channel of the gamma term is resized, not scaled).
 
 Floating point: each step does the same float32 operations in the same order as OpenCV 5.0.0, and on
-the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` at the default parameters (tested
-on generated frames; on real frames in BENCHMARKS.md). The building blocks (pyramid, warp, gradients,
+the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` (tested on generated frames and on a
+real pair of flowprep's sample; measured on real frames and on every pair of the 64 px sample in BENCHMARKS.md,
+``benchmarks/port_vs_opencv.py``). The building blocks (pyramid, warp, gradients,
 median, divergence; how IPP's ``resize`` and the vectorised ``remap`` are reproduced) are in stages.py.
 The sum of squared updates of the stopping test is OpenCV's float32 running sum in row order (numpy's
 sequential cumsum on the host; on other devices only for images whose float64 sum is within rounding
-distance of the threshold, ``stop_sum``); ``hypot`` is computed in float64 off the CPU, where CUDA's
-hypotf may be 1 ulp off. The reference is OpenCV as the x86-64 wheels run it (IPP on, remap's AVX2/FMA3
+distance of the threshold, ``stop_sum``); ``hypot`` is computed in float64 as glibc's hypotf does it
+(``hypot_as_opencv``; torch's float32 hypot is 1 ulp off on rare inputs, on the CPU too). The reference is OpenCV as the x86-64 wheels run it (IPP on, remap's AVX2/FMA3
 code); an OpenCV build without IPP or on a CPU without FMA differs from this (and from the wheel) in the
 last bits.
 
@@ -108,13 +109,22 @@ def primal_dual_step(
         sq = sq + du[:, 2] * du[:, 2]
     # estimateDualVariables
     gu = forward_gradient(u_new)  # (n, K, 2, H, W)
-    if gu.device.type == "cpu":  # correctly rounded there (checked against float64)
-        norm = torch.hypot(gu[:, :, 0], gu[:, :, 1])
-    else:  # CUDA's hypotf may be 1 ulp off; OpenCV's (float)hypot is correctly rounded
-        norm = torch.hypot(gu[:, :, 0].double(), gu[:, :, 1].double()).float()
+    norm = hypot_as_opencv(gu[:, :, 0], gu[:, :, 1])
     ng = 1.0 + taut * norm
     p_new = (p + taut * gu) / ng[:, :, None]
     return u_new, p_new, sq
+
+
+def hypot_as_opencv(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """OpenCV's ``(float)hypot(x, y)`` of float32 x, y: glibc computes it as ``sqrt((double)x*x + (double)y*y)``
+    rounded once to float (x*x and y*y are exact in double; IEEE add and sqrt, on every device).
+
+    Not ``torch.hypot`` in float32: on the CPU its vectorised path (SLEEF, 0.5001 ulp) is 1 ulp off on rare
+    inputs (hypot(-1.0073404, 0.14464371) gives 1.0176721, glibc 1.0176722), and one such value in one inner
+    iteration moves the whole flow field by a few ulp (and, quantized, a few codes by one); CUDA's hypotf
+    is not correctly rounded either."""
+    xd, yd = x.double(), y.double()
+    return torch.sqrt(xd * xd + yd * yd).float()
 
 
 STOP_SUMS = ("sequential", "guarded", "float64")
