@@ -14,7 +14,7 @@ import click
 
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
-from flowprep.errors import BusyOutput, ClusterError, RunError, environment_failure
+from flowprep.errors import BusyOutput, ClusterError, RunError, Terminated, environment_failure, sigterm_as_interrupt
 from flowprep.extract import manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
@@ -236,37 +236,41 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         dask_cluster.check_arguments(backend, scheduler)
     except (array_tasks.TaskError, dask_cluster.BackendUsageError) as exc:
         raise click.UsageError(str(exc)) from exc
-    try:
-        classes, metas = reader.plan_videos(videos, class_index=class_index, layout=layout, labels=labels,
-                                            unlabelled=unlabelled, warn=lambda m: click.echo(m, err=True))
-        total = len(metas)
-        weights = array_tasks.video_weights(videos, [m.source for m in metas])
-        if task.count > 1:  # an array task: say which one, and where that came from
-            mine = set(array_tasks.split_videos(weights, task_index=task.index, task_count=task.count))
-            metas = [m for m in metas if m.source in mine]
-            click.echo(f"{task}: {len(metas)} of {total} videos")
-        out.mkdir(parents=True, exist_ok=True)  # the Dask workers are asked whether they see it
-        with dask_cluster.joblib_backend(backend, scheduler, shared_paths=[videos, out]) as jobs_backend:
-            summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
-                                         decode=decode, storage=storage, workers=workers, task_index=task.index,
-                                         task_count=task.count, backend=jobs_backend, progress=progress,
-                                         inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
-                                         check=check, flow_batch=flow_batch, flow_timeout_s=flow_timeout_s)
-    except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_cluster.BackendUsageError) as exc:
-        raise RunError(str(exc)) from exc
-    except dask_cluster.BackendError as exc:
-        raise ClusterError(str(exc)) from exc
-    except exits.BusyError as exc:
-        raise BusyOutput(str(exc)) from exc
-    except PermissionError as exc:  # the inputs were read already: this is --out (a video's own is a failure)
-        raise RunError(f"cannot write into {out}: permission denied ({exc.filename})") from exc
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: rerun the same command to resume", err=True)
-        sys.exit(exits.INTERRUPTED.code)
-    except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
-        if debug:
-            raise
-        raise environment_failure(exc, out) from exc
+    with sigterm_as_interrupt():  # a scheduler's SIGTERM unwinds the run as Ctrl-C does
+        try:
+            classes, metas = reader.plan_videos(videos, class_index=class_index, layout=layout, labels=labels,
+                                                unlabelled=unlabelled, warn=lambda m: click.echo(m, err=True))
+            total = len(metas)
+            weights = array_tasks.video_weights(videos, [m.source for m in metas])
+            if task.count > 1:  # an array task: say which one, and where that came from
+                mine = set(array_tasks.split_videos(weights, task_index=task.index, task_count=task.count))
+                metas = [m for m in metas if m.source in mine]
+                click.echo(f"{task}: {len(metas)} of {total} videos")
+            out.mkdir(parents=True, exist_ok=True)  # the Dask workers are asked whether they see it
+            with dask_cluster.joblib_backend(backend, scheduler, shared_paths=[videos, out]) as jobs_backend:
+                summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
+                                             decode=decode, storage=storage, workers=workers, task_index=task.index,
+                                             task_count=task.count, backend=jobs_backend, progress=progress,
+                                             inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
+                                             check=check, flow_batch=flow_batch, flow_timeout_s=flow_timeout_s)
+        except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_cluster.BackendUsageError) as exc:
+            raise RunError(str(exc)) from exc
+        except dask_cluster.BackendError as exc:
+            raise ClusterError(str(exc)) from exc
+        except exits.BusyError as exc:
+            raise BusyOutput(str(exc)) from exc
+        except PermissionError as exc:  # the inputs were read already: this is --out (a video's own is a failure)
+            raise RunError(f"cannot write into {out}: permission denied ({exc.filename})") from exc
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a scheduler's): the workers are stopped by now
+            if isinstance(exc, Terminated):
+                click.echo("\nterminated (SIGTERM): finished videos are kept; rerun the same command to resume", err=True)
+                sys.exit(exits.TERMINATED_CODE)
+            click.echo("\ninterrupted: rerun the same command to resume", err=True)
+            sys.exit(exits.INTERRUPTED.code)
+        except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
+            if debug:
+                raise
+            raise environment_failure(exc, out) from exc
     if summary.repaired or summary.retried:
         click.echo(f"repaired {len(summary.repaired)} damaged or missing item(s), retried {len(summary.retried)} "
                    "failed video(s) (listed above)")

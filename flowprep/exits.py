@@ -43,7 +43,10 @@ STATUSES = (OK, SOME_INPUTS_FAILED, USAGE, CLUSTER, BUSY, RETRY, INTERRUPTED)
 RETRIABLE = tuple(s.code for s in STATUSES if s.retriable)
 FINAL_FAILURES = tuple(s.code for s in STATUSES if not s.retriable and s.code != 0)
 # A process killed by a signal (OOM killer, preemption, kill -9) exits 128 + N; schedulers see it
-# as a failed attempt with no status of ours: retry it too.
+# as a failed attempt with no status of ours: retry it too. SIGTERM (scancel, docker stop, a pod's
+# deletion) is caught by extract, which stops its workers and flow processes first and then exits
+# 128 + 15 (flowprep/errors.py, ``sigterm_as_interrupt``).
+TERMINATED_CODE = 128 + 15
 
 
 class RetriableError(RuntimeError):
@@ -58,7 +61,8 @@ def help_text() -> str:
     """The table for ``--help`` (click keeps lines that follow a ``\\b`` line as they are)."""
     lines = ["\b", "Exit status (what a scheduler should do):"]
     lines += [f"  {s.code:>5}  {s.short}" for s in STATUSES]
-    lines.append("  128+N  killed by signal N (OOM, preemption): retry, it resumes")
+    lines.append("  128+N  killed by signal N (OOM, preemption; SIGTERM: 143 after stopping the workers): retry, "
+                 "it resumes")
     return "\n".join(lines)
 
 
@@ -66,5 +70,6 @@ def markdown_table() -> str:
     """The table as README.md and pipelines/README.md print it (a test compares them with this)."""
     rows = ["| status | meaning | what to do | retry? |", "| --- | --- | --- | --- |"]
     rows += [f"| {s.code} | {s.meaning} | {s.action} | {'yes' if s.retriable else 'no'} |" for s in STATUSES]
-    rows.append("| 128+N | killed by signal N (OOM killer, preemption, `kill -9`) | the rerun resumes | yes |")
+    rows.append("| 128+N | killed by signal N (OOM killer, preemption, `kill -9`); SIGTERM (`scancel`, `docker stop`, a "
+                "deleted pod) first stops the workers and flow processes, then exits 143 | the rerun resumes | yes |")
     return "\n".join(rows)

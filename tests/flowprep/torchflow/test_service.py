@@ -33,6 +33,7 @@ from flowprep.extract.quantize import quantize
 from flowprep.torchflow.tvl1 import tvl1_flow
 from flowprep.extract.verify import verify_output
 from media import random_frames
+from processes import alive, cmdline, descendants
 
 TINY = TVL1Params(nscales=1, warps=1, outer_iterations=2, inner_iterations=3)
 BOUND = 2.0  # small: the codes of tiny-parameter flow spread over many values
@@ -266,39 +267,6 @@ def test_a_killed_flow_process_ends_the_run_with_75_and_the_rerun_resumes(
     assert report.ok and [f["path"] for f in report.failures] == ["Swim/broken.mp4"]
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after the command name (state, parent, ..., start time), None once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """Every live process below ``pid`` (from /proc: each one's parent), as (pid, start time)."""
-    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
-    stats = {p: fields for p, fields in stats.items() if fields}
-    found, frontier = [], {pid}
-    while frontier:
-        kids = {p for p, fields in stats.items() if int(fields[1]) in frontier}
-        found += [(p, stats[p][19]) for p in kids]
-        frontier = kids
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _alive(process: tuple[int, str]) -> bool:
-    """Still running (not a zombie), and not another process that got its pid since."""
-    fields = _stat(process[0])
-    return fields is not None and fields[0] != "Z" and fields[19] == process[1]
-
-
 @pytest.mark.slow
 def test_a_hung_flow_process_ends_the_run_with_75_naming_it_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """SIGSTOP on the flow process of a real `flowprep extract --engine torch --device cpu` once a video is
@@ -321,16 +289,16 @@ def test_a_hung_flow_process_ends_the_run_with_75_naming_it_and_leaves_nothing_b
         while not list(out.glob(".work/*/*.h5")):  # the first finished video
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()
             time.sleep(0.02)
-        family = _descendants(run.pid)
-        [flow] = [p for p in family if "flowprep.torchflow.service" in _cmdline(p[0])]
+        family = descendants(run.pid)
+        [flow] = [p for p in family if "flowprep.torchflow.service" in cmdline(p[0])]
         flow_pid = flow[0]
         os.kill(flow_pid, signal.SIGSTOP)
         stopped = time.monotonic()
         stdout, stderr = run.communicate(timeout=timeout + 60)
         ended = time.monotonic() - stopped
-        flow_left = _alive(flow)
+        flow_left = alive(flow)
     finally:
-        if flow_pid and _alive(flow):
+        if flow_pid and alive(flow):
             os.kill(flow_pid, signal.SIGCONT)
             os.kill(flow_pid, signal.SIGKILL)
         if run.poll() is None:
@@ -345,11 +313,11 @@ def test_a_hung_flow_process_ends_the_run_with_75_naming_it_and_leaves_nothing_b
                                "hangs ")
     assert lines[0].endswith("; rerun the same command to resume")
     assert not flow_left  # killed by the run (not by the finally above)
-    print("alive when the run ended:", [_cmdline(p)[:80] for p, _ in family if _alive((p, _))])
+    print("alive when the run ended:", [cmdline(p)[:80] for p, _ in family if alive((p, _))])
     deadline = time.monotonic() + 10  # the workers and the resource trackers see their parent gone, and end
-    while [p for p in family if _alive(p)] and time.monotonic() < deadline:
+    while [p for p in family if alive(p)] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [_cmdline(p) for p, _ in family if _alive((p, _))]
+    assert not [cmdline(p) for p, _ in family if alive((p, _))]
     # the chunks' blocks are named flowprep-flow-<run>-<worker pid>-<random>
     pids = {p for p, _ in family}
     leaked = [b.name for b in Path("/dev/shm").glob("flowprep-flow-*") if int(b.name.split("-")[-2]) in pids]

@@ -1,0 +1,116 @@
+"""SIGTERM as schedulers send it (scancel, docker stop, a deleted pod) to a real `flowprep extract`: the run
+stops its workers and flow process, leaves no shared memory behind, exits 143 with one line, and the rerun
+resumes. Python's default would end the main process alone, at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_ucf_tree
+from flowprep.extract.verify import verify_output
+from processes import alive, cmdline, descendants, stat
+
+LINE = "terminated (SIGTERM): finished videos are kept; rerun the same command to resume"
+# Few TV-L1 iterations: the torch engine on the CPU is slow per operation on tiny frames.
+TVL1_ARGS = ["--tvl1-nscales", "2", "--tvl1-warps", "1", "--tvl1-outer-iterations", "2", "--tvl1-inner-iterations", "5"]
+
+
+def extract_args(videos: Path, out: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out", str(out), "--bound", "2",
+            "--no-progress", *options]
+
+
+def environment(tmp: Path) -> dict[str, str]:
+    tmp.mkdir()  # the flow processes' socket folder goes here: it must be gone afterwards
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "TMPDIR": str(tmp)}
+
+
+def wait_for_a_finished_video(run: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 240
+    while not list(out.glob(".work/*/*.h5")):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.02)
+
+
+def ended(run: subprocess.Popen) -> tuple[str, str]:
+    try:
+        return run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+
+def rerun_resumes(args: list[str], env: dict[str, str], out: Path) -> None:
+    kept = len(list(out.glob(".work/*/*.h5")))
+    assert kept >= 1
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert int(re.search(r"(\d+) from an earlier run", rerun.stdout).group(1)) == kept, rerun.stdout
+    assert verify_output(out).ok
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_and_the_flow_process_exits_143_in_one_line_and_leaves_no_shared_memory(
+    tmp_path: Path,
+) -> None:
+    videos = make_ucf_tree(tmp_path / "videos", classes=("Jump", "Run"), per_class=2, frames=24)
+    out, env = tmp_path / "out", environment(tmp_path / "tmp")
+    args = extract_args(videos, out, "--engine", "torch", "--device", "cpu", "--workers", "2", *TVL1_ARGS)
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_a_finished_video(run, out)
+        family = descendants(run.pid)
+        assert [p for p, _ in family if "flowprep.torchflow.service" in cmdline(p)]
+        assert len([p for p, _ in family if "LokyProcess" in cmdline(p)]) == 2
+        run.send_signal(signal.SIGTERM)  # to the main process only, as `docker stop` does
+    finally:
+        stdout, stderr = ended(run)
+    assert run.returncode == 143, (stdout, stderr)
+    assert [line for line in (stdout + stderr).splitlines() if line.strip()] == [LINE]
+    deadline = time.monotonic() + 10  # loky's resource trackers see their parent gone, and end
+    while [p for p in family if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [cmdline(p) for p, _ in family if alive((p, _))]
+    pids = {p for p, _ in family}  # the chunks' blocks are named flowprep-flow-<run>-<worker pid>-<random>
+    assert [b.name for b in Path("/dev/shm").glob("flowprep-flow-*") if int(b.name.split("-")[-2]) in pids] == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(out.glob(".work/*/*.h5"))  # the finished videos stay (the rerun's resume: the test below)
+
+
+def _new_pid_namespaces() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _new_pid_namespaces(), reason="needs `unshare --pid` (root or user namespaces)")
+def test_as_pid_1_of_a_container_extract_still_stops_on_sigterm_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """PID 1 of a PID namespace (a container's ENTRYPOINT) gets no signal it has no handler for: without
+    one, `docker stop` and a pod's deletion would wait out their grace period and SIGKILL the run."""
+    videos = make_ucf_tree(tmp_path / "videos", classes=("Jump",), per_class=2, frames=40)
+    out, env = tmp_path / "out", environment(tmp_path / "tmp")
+    args = extract_args(videos, out, "--workers", "1", *TVL1_ARGS)
+    run = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *args], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_a_finished_video(run, out)
+        [init] = [p for p, _ in descendants(run.pid) if int(stat(p)[1]) == run.pid]  # unshare's child
+        assert "flowprep" in cmdline(init)
+        assert Path(f"/proc/{init}/status").read_text().split("NSpid:")[1].split("\n")[0].split()[-1] == "1"  # PID 1 inside
+        os.kill(init, signal.SIGTERM)
+    finally:
+        stdout, stderr = ended(run)
+    assert run.returncode == 143, (stdout, stderr)
+    assert [line for line in (stdout + stderr).splitlines() if line.strip()] == [LINE]
+    rerun_resumes(args, env, out)
