@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
-from flowprep.errors import BusyOutput, ClusterError, RunError, Terminated, environment_failure, sigterm_as_interrupt
+from flowprep import stopping
+from flowprep.errors import BusyOutput, ClusterError, RunError, environment_failure
 from flowprep.extract import manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
@@ -236,7 +238,7 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         dask_cluster.check_arguments(backend, scheduler)
     except (array_tasks.TaskError, dask_cluster.BackendUsageError) as exc:
         raise click.UsageError(str(exc)) from exc
-    with sigterm_as_interrupt():  # a scheduler's SIGTERM unwinds the run as Ctrl-C does
+    with stopping.stop_on_signals():  # Ctrl-C and a scheduler's SIGTERM unwind the run
         try:
             classes, metas = reader.plan_videos(videos, class_index=class_index, layout=layout, labels=labels,
                                                 unlabelled=unlabelled, warn=lambda m: click.echo(m, err=True))
@@ -262,12 +264,10 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         except PermissionError as exc:  # the inputs were read already: this is --out (a video's own is a failure)
             raise RunError(f"cannot write into {out}: permission denied ({exc.filename})") from exc
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a scheduler's): the workers are stopped by now
-            if isinstance(exc, Terminated):
-                click.echo("\nterminated (SIGTERM): finished videos are kept; rerun the same command to resume", err=True)
-                sys.exit(exits.TERMINATED_CODE)
-            click.echo("\ninterrupted: rerun the same command to resume", err=True)
-            sys.exit(exits.INTERRUPTED.code)
+            _stop_line(isinstance(exc, stopping.Terminated))
         except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
+            if stopping.stopped():  # what the signal did to the run (a worker it ended), not the environment
+                _stop_line(stopping.stopped() == signal.SIGTERM)
             if debug:
                 raise
             raise environment_failure(exc, out) from exc
@@ -280,6 +280,14 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
     if summary.failures:
         click.echo(f"{len(summary.failures)} video(s) failed: see {out / runner.FAILURES}")
         sys.exit(exits.OK.code if failed_videos_ok else exits.SOME_INPUTS_FAILED.code)
+
+
+def _stop_line(terminated: bool) -> NoReturn:
+    if terminated:
+        click.echo("\nterminated (SIGTERM): finished videos are kept; rerun the same command to resume", err=True)
+        sys.exit(exits.TERMINATED_CODE)
+    click.echo("\ninterrupted: rerun the same command to resume", err=True)
+    sys.exit(exits.INTERRUPTED.code)
 
 
 @main.command()

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-import threading
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import click
 
@@ -42,37 +38,6 @@ class EnvironmentFailure(click.ClickException):
     """The run stopped because its environment failed; a rerun resumes (exit status 75)."""
 
     exit_code = exits.RETRY.code
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived (scancel, docker stop, a deleted pod): unwinds the run like Ctrl-C does."""
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``Terminated`` in the main thread, so that the run stops the way
-    Ctrl-C stops it: joblib ends the worker processes, the flow processes are stopped and their shared
-    memory removed, unfinished shards closed. Python's default would end the process at once, leaving
-    all of that behind (and as PID 1 of a container, which has no default action, it would ignore it
-    until the SIGKILL). Only the first SIGTERM raises: a second one does not interrupt the clean-up.
-    A SIGTERM that is ignored (``nohup``-like parents) stays ignored."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    raised = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise Terminated()
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 ERROR_LOG = "flowprep-error.log"

@@ -45,7 +45,7 @@ FINAL_FAILURES = tuple(s.code for s in STATUSES if not s.retriable and s.code !=
 # A process killed by a signal (OOM killer, preemption, kill -9) exits 128 + N; schedulers see it
 # as a failed attempt with no status of ours: retry it too. SIGTERM (scancel, docker stop, a pod's
 # deletion) is caught by extract, which stops its workers and flow processes first and then exits
-# 128 + 15 (flowprep/errors.py, ``sigterm_as_interrupt``).
+# 128 + 15 (flowprep/stopping.py).
 TERMINATED_CODE = 128 + 15
 
 

@@ -29,6 +29,7 @@ from joblib.parallel import ParallelBackendBase
 from tqdm import tqdm
 
 import flowprep
+from flowprep import stopping
 from flowprep.extract import manifest as mf
 from flowprep.extract.assemble import WORK_DIR, Assembly, ShardPlan
 from flowprep.extract.lock import SUFFIX as LOCK_SUFFIX, OutputLock, describe as describe_holder
@@ -188,6 +189,7 @@ def run_extract(
         bar.update(summary.reused)
 
         def handle(result: VideoResult) -> None:
+            stopping.raise_if_stopped()  # a Ctrl-C or SIGTERM whose exception a finalizer swallowed
             lock.check()  # a run that lost its lock must not write on
             shard, n, meta = shard_of[result.video_id]
             run.record(shard, meta, result.error)

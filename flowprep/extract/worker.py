@@ -19,10 +19,11 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import h5py
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from joblib.executor import get_memmapping_executor
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
+from flowprep import stopping
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.extract.decode import DecodeError, VideoStream
 from flowprep.extract.flow import estimator_for, iter_flow
@@ -210,14 +211,20 @@ def is_complete(out: str | Path, video_id: str) -> bool:
 def _imap_unordered(jobs: Sequence[VideoJob], *, workers: int, backend: str) -> Iterator[VideoResult]:
     if workers == 1 and backend == "loky":
         # joblib runs n_jobs=1 in the calling process, where a decoder crash would end the whole
-        # run: keep one worker process instead.
-        executor = get_memmapping_executor(1)  # joblib's own loky executor (sharing it keeps joblib working)
-        for job in jobs:
-            yield executor.submit(extract_video, job).result()
+        # run: keep one worker process instead (joblib's own loky executor: sharing it keeps joblib working).
+        executor = get_memmapping_executor(1, initializer=stopping.ignore_ctrl_c)
+        try:
+            for job in jobs:
+                yield executor.submit(extract_video, job).result()
+        except BaseException:  # Ctrl-C, SIGTERM, the run's own error: end the worker, as joblib does
+            executor.terminate(kill_workers=True)
+            raise
     else:
-        yield from Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered")(
-            delayed(extract_video)(job) for job in jobs
-        )
+        # Ctrl-C reaches the workers too: they ignore it, the main process ends them (flowprep/stopping.py)
+        with parallel_config(backend, **({"initializer": stopping.ignore_ctrl_c} if backend == "loky" else {})):
+            yield from Parallel(n_jobs=workers, return_as="generator_unordered")(
+                delayed(extract_video)(job) for job in jobs
+            )
 
 
 def run_jobs(
@@ -245,6 +252,7 @@ def run_jobs(
             for result in _imap_unordered(list(pending.values()), workers=workers, backend=backend):
                 take(result)
         except TerminatedWorkerError as exc:
+            stopping.raise_if_stopped()  # a Ctrl-C or SIGTERM that ended the workers too: stop, do not retry
             for job in list(pending.values()):
                 finished = _result_on_disk(job)  # finished, but the result never reached us
                 if finished is not None:

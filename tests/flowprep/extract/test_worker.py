@@ -102,14 +102,15 @@ def fresh_workers():
     get_memmapping_executor(2).shutdown(kill_workers=True)
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # one worker is a loky executor of our own, more are joblib's
 def test_a_worker_crash_fails_only_the_video_that_caused_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_workers: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_workers: None, workers: int
 ) -> None:
     jobs = [job_for(write_video(tmp_path / f"v{i}.mp4", random_frames(6, 32, 32, seed=i)), tmp_path, f"v{i}")
             for i in range(4)]
     monkeypatch.setenv(CRASH_ENV, "C/v1.mp4")  # the worker that takes v1 dies by SIGSEGV
     results, messages = {}, []
-    run_jobs(jobs, lambda r: results.__setitem__(r.video_id, r), workers=2, write=messages.append)
+    run_jobs(jobs, lambda r: results.__setitem__(r.video_id, r), workers=workers, write=messages.append)
     assert sorted(results) == ["C/v0", "C/v1", "C/v2", "C/v3"]
     assert [v for v, r in results.items() if not r.ok] == ["C/v1"]
     assert "crashed the worker process" in results["C/v1"].error and "SIGSEGV" in results["C/v1"].error

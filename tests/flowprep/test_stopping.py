@@ -1,6 +1,7 @@
-"""SIGTERM as schedulers send it (scancel, docker stop, a deleted pod) to a real `flowprep extract`: the run
-stops its workers and flow process, leaves no shared memory behind, exits 143 with one line, and the rerun
-resumes. Python's default would end the main process alone, at once."""
+"""Ctrl-C and SIGTERM (flowprep/stopping.py): the handlers in the test process, then real signals, as a terminal
+and schedulers send them (scancel, docker stop, a deleted pod), to a real `flowprep extract`: the run stops its
+workers and flow process, leaves no shared memory behind, exits 130 or 143 with one line, and the rerun resumes.
+Python's default for SIGTERM would end the main process alone, at once."""
 
 from __future__ import annotations
 
@@ -16,12 +17,55 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_ucf_tree
+from flowprep import stopping
 from flowprep.extract.verify import verify_output
 from processes import alive, cmdline, descendants, stat
 
 LINE = "terminated (SIGTERM): finished videos are kept; rerun the same command to resume"
 # Few TV-L1 iterations: the torch engine on the CPU is slow per operation on tiny frames.
 TVL1_ARGS = ["--tvl1-nscales", "2", "--tvl1-warps", "1", "--tvl1-outer-iterations", "2", "--tvl1-inner-iterations", "5"]
+
+
+def test_sigterm_raises_terminated_once_ctrl_c_each_time_and_the_handlers_are_restored_after() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with stopping.stop_on_signals():
+        with pytest.raises(stopping.Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs before this returns
+        os.kill(os.getpid(), signal.SIGTERM)  # the second one lets the clean-up finish
+        for _ in range(2):
+            with pytest.raises(KeyboardInterrupt) as caught:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            assert not isinstance(caught.value, stopping.Terminated)
+        assert stopping.stopped() == signal.SIGTERM
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert stopping.stopped() is None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
+def test_a_stop_signal_whose_exception_a_finalizer_swallowed_is_raised_again_when_asked() -> None:
+    class SignalledWhileCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler's Terminated is "ignored" by CPython here
+
+    with stopping.stop_on_signals():
+        stopping.raise_if_stopped()  # nothing received: nothing raised
+        SignalledWhileCollected()  # collected at once; its exception printed and dropped
+        assert stopping.stopped() == signal.SIGTERM
+        with pytest.raises(stopping.Terminated):
+            stopping.raise_if_stopped()
+
+
+def test_an_ignored_sigterm_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under a parent that ignores it
+    try:
+        with stopping.stop_on_signals():
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stopping.stopped() is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def extract_args(videos: Path, out: Path, *options: str) -> list[str]:
@@ -87,6 +131,24 @@ def test_sigterm_stops_the_workers_and_the_flow_process_exits_143_in_one_line_an
     assert list(out.glob(".work/*/*.h5"))  # the finished videos stay (the rerun's resume: the test below)
 
 
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_job_as_scancel_sends_it_still_exits_143_in_one_line(tmp_path: Path) -> None:
+    """The workers die of it too: the main process must not take that for a crash (75) or retry their videos."""
+    videos = make_ucf_tree(tmp_path / "videos", classes=("Jump",), per_class=2, frames=40)
+    out, env = tmp_path / "out", environment(tmp_path / "tmp")
+    run = subprocess.Popen(extract_args(videos, out, "--workers", "2", *TVL1_ARGS), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_a_finished_video(run, out)
+        family = descendants(run.pid)
+        for pid in [p for p, _ in family if "LokyProcess" in cmdline(p)] + [run.pid]:  # the workers first
+            os.kill(pid, signal.SIGTERM)
+    finally:
+        stdout, stderr = ended(run)
+    assert run.returncode == 143, (stdout, stderr)
+    assert [line for line in (stdout + stderr).splitlines() if line.strip()] == [LINE]
+
+
 def _new_pid_namespaces() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -114,3 +176,29 @@ def test_as_pid_1_of_a_container_extract_still_stops_on_sigterm_and_the_rerun_re
     assert run.returncode == 143, (stdout, stderr)
     assert [line for line in (stdout + stderr).splitlines() if line.strip()] == [LINE]
     rerun_resumes(args, env, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])  # one worker is a loky executor of our own, more are joblib's
+def test_ctrl_c_at_a_terminal_reaches_the_whole_process_group_and_exits_130_in_one_line(tmp_path: Path,
+                                                                                       workers: int) -> None:
+    """The workers ignore Ctrl-C (the main process ends them): no worker's traceback, no worker's death
+    taken for a crash (exit 75)."""
+    videos = make_ucf_tree(tmp_path / "videos", classes=("Jump",), per_class=2, frames=40)
+    out, env = tmp_path / "out", environment(tmp_path / "tmp")
+    args = extract_args(videos, out, "--workers", str(workers), *TVL1_ARGS)
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        wait_for_a_finished_video(run, out)
+        family = descendants(run.pid)
+        os.killpg(run.pid, signal.SIGINT)
+    finally:
+        stdout, stderr = ended(run)
+    assert run.returncode == 130, (stdout, stderr)
+    assert [line for line in (stdout + stderr).splitlines() if line.strip()] == [
+        "interrupted: rerun the same command to resume"]
+    deadline = time.monotonic() + 10
+    while [p for p in family if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [cmdline(p) for p, _ in family if alive((p, _))]
