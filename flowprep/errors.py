@@ -59,9 +59,11 @@ def environment_cause(exc: BaseException) -> str | None:
 
 
 def environment_failure(exc: BaseException, out: Path, *, action: str = "rerun the same command to resume",
-                         log: bool = True) -> EnvironmentFailure:
+                         log: bool = True, log_name: str = ERROR_LOG,
+                         unsaved: str = "traceback with --debug") -> EnvironmentFailure:
     """One line for a crash of the run (disk full, I/O error, lost lock, a bug); the traceback goes to
-    OUT/flowprep-error.log (``log``; commands that only read OUT do not write there)."""
+    OUT/flowprep-error.log (``log``, ``log_name``; commands that only read OUT do not write there; where it
+    cannot be written, the line says ``unsaved``)."""
     import traceback
 
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -74,13 +76,13 @@ def environment_failure(exc: BaseException, out: Path, *, action: str = "rerun t
         text = f"unexpected {type(exc).__name__}: {text}"
     if len(text) > 400:
         text = text[:400] + " ..."
-    where = "traceback with --debug"
+    where = unsaved
     if log:
         try:
-            with open(out / ERROR_LOG, "a") as f:
+            with open(out / log_name, "a") as f:
                 f.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} pid {os.getpid()}\n")
                 f.write("".join(traceback.format_exception(exc)))
-            where = f"traceback in {out / ERROR_LOG}"
+            where = f"traceback in {out / log_name}"
         except OSError:
             pass  # the disk that failed the run; --debug shows the traceback
     return EnvironmentFailure(f"{text} ({where}); {action}")

@@ -18,6 +18,7 @@ written before this kept the training shards' factors, which nothing read; they 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -67,11 +68,19 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # Serialized in memory first: torch.save into a file turns a full disk into "unexpected pos" (a RuntimeError
+    # without the errno); our own write raises OSError(ENOSPC), which the command line reports as such.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file would hold the space a rerun needs
+        raise
     return path
 
 

@@ -2,17 +2,22 @@
 fusion from scores.
 
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
-stderr, also for a damaged shard read in a loader worker), 2 a usage error.
+stderr, also for a damaged shard read in a loader worker), 2 a usage error, 75 the environment failed (disk
+full, I/O error, any unexpected error: one line, the traceback in trainer-error.log beside the output; a
+rerun continues), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from flowprep.errors import environment_failure
 from flowprep.extract.labels import LIST_KINDS
 from trainer import options
 from trainer.config import (
@@ -48,8 +53,13 @@ _list_format = click.option(
     help="The format of the list files, when detection from the name and content is not what you want.")
 
 
+ERROR_LOG = "trainer-error.log"
+
+
 def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures (bad data, checkpoints, devices) become one line and exit 1; bugs still crash."""
+    """Expected failures (bad data, checkpoints, devices) become one line and exit 1; a failed environment
+    (disk full, I/O error) or anything unexpected one line and exit 75, the traceback in ERROR_LOG beside
+    the output (RUN_DIR for fit); Ctrl-C one line and exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -69,9 +79,36 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except FloatingPointError as e:
             message = f"training diverged: {e}; try a lower --lr"
             e.__traceback__ = None
+        except click.ClickException:  # usage errors found while running: exit 2, as they are
+            raise
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: {_rerun(fn.__name__, kwargs)}", err=True)
+            sys.exit(130)
+        except Exception as e:  # disk full, I/O error, a lost peer, a bug: one line, retriable
+            failure = environment_failure(e, _log_folder(fn.__name__, kwargs), action=_rerun(fn.__name__, kwargs),
+                                          log_name=ERROR_LOG, unsaved="traceback not saved")
+            e.__traceback__ = None  # as above: let the loader workers go now
+            raise failure from None
         raise click.ClickException(message)
 
     return wrapper
+
+
+def _log_folder(command: str, options: dict[str, Any]) -> Path:
+    out = Path(options["out"])
+    return out if command == "fit" else out.parent
+
+
+def _rerun(command: str, options: dict[str, Any]) -> str:
+    """What to do after a failure that a rerun gets past."""
+    if command != "fit":
+        return "rerun the same command"
+    from trainer import checkpoint
+
+    saved = _log_folder(command, options) / checkpoint.LAST
+    if saved.is_file():
+        return f"rerun the same command with --resume to continue from {saved}"
+    return "rerun the same command (no epoch was saved yet)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -86,7 +123,9 @@ def main() -> None:
 
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
     video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
-    are not its shard's, a list naming unknown videos; 2 usage error. Lists hold 'path [label]' per line; the
+    are not its shard's, a list naming unknown videos; 2 usage error; 75 the environment failed (disk full, I/O
+    error, anything unexpected: one line, the traceback in trainer-error.log beside the output; rerun, fit with
+    --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted. Lists hold 'path [label]' per line; the
     path may contain spaces, the label is the last token when it is an integer.
     """
 

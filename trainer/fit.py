@@ -258,14 +258,18 @@ def _validate(net: nn.Module, loader: DataLoader, prepare: BatchPreparer, *, num
 
 def _save_epoch(out: Path, state: dict[str, Any], progress: _Progress, stats: dict[str, Any], *, is_best: bool,
                 dist: distributed.DistInfo) -> None:
-    """checkpoint.pt (and best.pt), the epoch's line of metrics.jsonl and its summary; rank 0 writes."""
+    """best.pt, checkpoint.pt, the epoch's line of metrics.jsonl and its summary; rank 0 writes.
+
+    checkpoint.pt is the commit point, so it goes after best.pt: a run that dies between the two (a full
+    disk) redoes the epoch on --resume, and best.pt is never older than the checkpoint says. metrics.jsonl
+    is rewritten from the checkpoint's history on --resume."""
     rngs = distributed.all_gather_object(ckpt_io.rng_state())
     if dist.is_main:
         state = {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
                  "rng": rngs, "history": progress.history}
-        ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
         if is_best:
             ckpt_io.save_checkpoint(state, out / ckpt_io.BEST)
+        ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(stats, sort_keys=True) + "\n")
         print(_summary(stats), flush=True)

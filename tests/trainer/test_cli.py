@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -259,3 +263,55 @@ def test_no_flip_turns_the_training_flip_off(tiny_shards, tmp_path, monkeypatch,
         assert checkpoint.load_checkpoint(run / "checkpoint.pt")["config"]["data"]["flip"] is (flag == "--flip")
     assert counts["--no-flip"] == 0
     assert counts["--flip"] > 0  # 3 epochs x 6 samples, each flipped with probability 1/2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_full_disk_stops_fit_in_one_line_with_exit_75_and_the_resumed_run_finishes_with_both_checkpoints(
+    tiny_shards, tmp_path
+) -> None:
+    """A real full disk (a tmpfs that holds epoch 1's best.pt and checkpoint.pt, ~90 MB each, and not a third):
+    torch.save would fail with "unexpected pos"; we say disk full, leave no partial file, and --resume works."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(disk)], check=True)
+    try:
+        run = disk / "run"
+        args = [*_fit_args(tiny_shards, run), "--epochs", "2"]  # the last --epochs counts
+        _one_line_error(_invoke(*args), 75, f"disk full ({run}): ", "No space left on device",
+                        f"(traceback in {run / cli.ERROR_LOG}); rerun the same command with --resume to continue "
+                        f"from {run / 'checkpoint.pt'}")
+        assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl", cli.ERROR_LOG]
+        assert "OSError: [Errno 28] No space left on device" in (run / cli.ERROR_LOG).read_text()
+        subprocess.run(["mount", "-o", "remount,size=400m", str(disk)], check=True)
+        result = _invoke(*args, "--resume")
+        assert result.exit_code == 0, result.output
+        assert "epoch 2: loss" in result.stdout and "epoch 1:" not in result.stdout
+        assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+        assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 2
+        assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_fit_and_its_loader_workers_in_one_line_with_exit_130(tiny_shards, tmp_path) -> None:
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "trainer", *map(str, _fit_args(tiny_shards, run)), "--epochs", "100", "--workers", "2"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").is_file():  # the first epoch is saved
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # the loader workers get it too
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        f"interrupted: rerun the same command with --resume to continue from {run / 'checkpoint.pt'}"]
