@@ -23,7 +23,19 @@ from flowprep.scale import array_tasks, dask_cluster
 from flowprep.torchflow.service import ANSWER_TIMEOUT_S, FLOW_BATCH, TIMEOUT_ENV
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """Ctrl-C in any command: one line and exit 130 (click's own answer is "Aborted!" and exit 1, which verify
+    uses for damage). extract handles it itself, after stopping its workers."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(exits.INTERRUPTED.code)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowprep")
 def main() -> None:
     """Videos -> dense optical flow (TV-L1 or Farneback) -> quantized uint8 HDF5 shards.

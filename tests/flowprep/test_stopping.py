@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import REPO, make_ucf_tree
 from flowprep import stopping
+from flowprep.cli import main
+from flowprep.extract import verify as verify_mod
 from flowprep.extract.verify import verify_output
 from processes import alive, cmdline, descendants, stat
 
@@ -66,6 +69,17 @@ def test_an_ignored_sigterm_stays_ignored() -> None:
             assert stopping.stopped() is None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_ctrl_c_in_verify_is_one_line_and_130_not_clicks_aborted_and_1_which_means_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify_mod, "verify_output", interrupted)
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 130 and result.output.split() == ["interrupted"], result.output
 
 
 def extract_args(videos: Path, out: Path, *options: str) -> list[str]:
