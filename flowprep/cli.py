@@ -14,7 +14,7 @@ import click
 
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
-from flowprep.errors import BusyOutput, ClusterError, FiniteFloat, RunError, environment_failure
+from flowprep.errors import BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
@@ -156,7 +156,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="Folder of videos (.avi .mp4 .mkv .webm .mov, searched recursively). The class of a video is "
                    "its top-level folder, as in UCF-101 (VIDEOS/<Class>/<video>), unless --layout or --labels says "
                    "otherwise.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="Output folder: shards, manifest, failures.jsonl. Rerun the same command to resume.")
 @click.option("--method", type=click.Choice(["tvl1", "farneback"]), default="tvl1",
               help="TV-L1 is the two-stream standard (accurate, ~1.5 s per 320x240 pair on one core); "

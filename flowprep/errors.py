@@ -29,6 +29,22 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class OutPath(click.Path):
+    """``click.Path`` for an output that may not exist yet: the nearest existing path above it must be a folder.
+
+    Otherwise creating it fails with ENOTDIR deep inside the run, which read as a crash of the environment
+    (exit 75, "rerun to resume") or a traceback, while the command line itself is what is wrong."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        path = super().convert(value, param, ctx)
+        for parent in Path(os.fsdecode(path)).absolute().parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    self.fail(f"{os.fsdecode(path)!r} cannot be created: {parent} is not a folder", param, ctx)
+                break
+        return path
+
+
 class RunError(click.ClickException):
     """Input the command cannot use, found after parsing (one line, exit status 2 like usage errors)."""
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import FiniteFloat
+from flowprep.errors import FiniteFloat, OutPath
 from flowprep.extract.labels import LIST_KINDS
 from trainer import options
 from trainer.config import (
@@ -101,7 +101,7 @@ def main() -> None:
 @click.option("--val-list", type=_FILE, default=None,
               help="Validation list: video accuracy per epoch, picks RUN_DIR/best.pt. Never the test list.")
 @_list_format
-@click.option("--out", "out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", "out", type=OutPath(file_okay=False), required=True,
               help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
 @click.option("--pretrained", default="none", show_default=True, callback=options.pretrained,
@@ -211,7 +211,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader processes.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
+@click.option("--out", type=OutPath(dir_okay=False), required=True,
               help="results.json; the confusion-matrix PNGs and the per-video scores (.scores.npz) go next to it.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
@@ -247,7 +247,7 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
 @click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood).")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="results.json to write.")
+@click.option("--out", type=OutPath(dir_okay=False), required=True, help="results.json to write.")
 @click.pass_context
 @_runtime_errors
 def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | str | None, out: str) -> None:

@@ -16,7 +16,7 @@ import flowprep
 from flowprep import exits
 from flowprep import format as fmt
 from flowprep.config import FlowConfig, StorageConfig
-from flowprep.errors import BusyOutput, FiniteFloat, RunError, environment_failure
+from flowprep.errors import BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
 from flowprep.extract import verify as verify_mod
@@ -138,7 +138,7 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
 @click.command("import-frames", context_settings={"show_default": True})
 @click.option("--frames", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of flow frames (one JPEG per flow channel per frame) made by another toolkit.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="New output folder for the shards and the manifest.")
 @click.option("--layout", required=True, type=click.Choice(LAYOUTS),
               help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_; the class is "
