@@ -183,7 +183,7 @@ def run_extract(
         for shard, n, meta in todo:
             shard_of[meta.video_id] = (shard, n, meta)
             jobs.append(VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode,
-                                 storage, chunk_frames, addresses))
+                                 storage, chunk_frames, addresses, run_pid=os.getpid() if backend == "loky" else 0))
         summary.reused = len(videos) - len(jobs)
         bar.update(summary.reused)
 
