@@ -16,7 +16,7 @@ import click
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 from flowprep import stopping
-from flowprep.errors import BusyOutput, ClusterError, RunError, environment_failure
+from flowprep.errors import BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
@@ -68,7 +68,7 @@ _PARAM_HELP = {
     "outer_iterations": "outer iterations per warp",
     "scale_step": "pyramid scale step",
     "gamma": "illumination-variation weight",
-    "median_filtering": "median filter size applied to the flow",
+    "median_filtering": "median filter size applied to the flow (1 = none, 3 or 5)",
     "pyr_scale": "pyramid scale (0.5 = each level half the size)",
     "levels": "pyramid levels",
     "winsize": "averaging window (larger = robust, blurrier)",
@@ -78,14 +78,46 @@ _PARAM_HELP = {
 }
 
 
+# The values OpenCV computes sound flow with; outside them it asserts (every video then fails, so the run
+# ends with exit 1 as if the files were bad), returns zero or NaN flow without a word (iterations 0, theta 0,
+# winsize 0), or corrupts its memory and kills the worker (a negative winsize). Refused up front instead.
+_PARAM_RANGE = {
+    "tau": FiniteFloat(min=0, min_open=True),
+    "lambda_": FiniteFloat(min=0, min_open=True),
+    "theta": FiniteFloat(min=0, min_open=True),
+    "nscales": click.IntRange(min=1),
+    "warps": click.IntRange(min=1),
+    "epsilon": FiniteFloat(min=0),
+    "inner_iterations": click.IntRange(min=1),
+    "outer_iterations": click.IntRange(min=1),
+    "scale_step": FiniteFloat(min=0, max=1, min_open=True),
+    "gamma": FiniteFloat(min=0),
+    "median_filtering": click.IntRange(min=1, max=5),  # odd (checked below); 1: none; OpenCV's median of float flow takes 3 or 5
+    "pyr_scale": FiniteFloat(min=0, max=1, min_open=True, max_open=True),
+    "levels": click.IntRange(min=0),
+    "winsize": click.IntRange(min=1),
+    "iterations": click.IntRange(min=1),
+    "poly_n": click.IntRange(min=1),
+    "poly_sigma": FiniteFloat(min=0, min_open=True),
+}
+
+
+def _odd(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if param.name.endswith("median_filtering") and value % 2 == 0:
+        raise click.BadParameter(f"{value} is even: a median filter size is 1 (none), 3 or 5", ctx, param)
+    return value
+
+
 def _method_options(prefix: str, cls: type) -> Callable:
     def decorate(f: Callable) -> Callable:
         for fld in reversed(dataclasses.fields(cls)):
             name = fld.name.rstrip("_")
+            kind = _PARAM_RANGE[fld.name]
             f = click.option(
                 f"--{prefix}-{name.replace('_', '-')}",
                 f"{prefix}_{fld.name}",
-                type={"float": float, "int": int}[str(fld.type)],
+                type=kind,
+                callback=_odd,
                 default=fld.default,
                 show_default=True,
                 help=_PARAM_HELP[fld.name],
@@ -138,7 +170,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="Folder of videos (.avi .mp4 .mkv .webm .mov, searched recursively). The class of a video is "
                    "its top-level folder, as in UCF-101 (VIDEOS/<Class>/<video>), unless --layout or --labels says "
                    "otherwise.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="Output folder: shards, manifest, failures.jsonl. Rerun the same command to resume.")
 @click.option("--method", type=click.Choice(["tvl1", "farneback"]), default="tvl1",
               help="TV-L1 is the two-stream standard (accurate, ~1.5 s per 320x240 pair on one core); "
@@ -158,7 +190,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="Worker processes, one video each (OpenCV single-threaded in each; with --engine torch they "
                    "decode, encode and write while the flow process computes).  "
                    f"[default: all cores available to this process, here {runner.default_workers()}]")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
+@click.option("--bound", type=FiniteFloat(min=0, min_open=True), default=FlowConfig.bound,
               help="Clip flow to +-BOUND pixels, then quantize to uint8 (step 2*BOUND/255 px). 20 is the "
                    "bound of the common two-stream toolkits; larger motions are rare at 25-30 fps.")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,

@@ -7,6 +7,7 @@ exit status 75 through ``environment_failure``; its traceback goes to ``OUT/flow
 from __future__ import annotations
 
 import errno
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +15,34 @@ from pathlib import Path
 import click
 
 from flowprep import exits
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinity (which compare False with every bound, so a plain
+    range lets them through: ``--bound nan`` would fail inside every worker, ``--bound inf`` store infinite
+    ``scale_factor``s)."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+class OutPath(click.Path):
+    """``click.Path`` for an output that may not exist yet: the nearest existing path above it must be a folder.
+
+    Otherwise creating it fails with ENOTDIR deep inside the run, which read as a crash of the environment
+    (exit 75, "rerun to resume") or a traceback, while the command line itself is what is wrong."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        path = super().convert(value, param, ctx)
+        for parent in Path(os.fsdecode(path)).absolute().parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    self.fail(f"{os.fsdecode(path)!r} cannot be created: {parent} is not a folder", param, ctx)
+                break
+        return path
 
 
 class RunError(click.ClickException):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import environment_failure
+from flowprep.errors import FiniteFloat, OutPath, environment_failure
 from flowprep.extract.labels import LIST_KINDS
 from trainer import options
 from trainer.config import (
@@ -139,7 +139,7 @@ def main() -> None:
 @click.option("--val-list", type=_FILE, default=None,
               help="Validation list: video accuracy per epoch, picks RUN_DIR/best.pt. Never the test list.")
 @_list_format
-@click.option("--out", "out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", "out", type=OutPath(file_okay=False), required=True,
               help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
 @click.option("--pretrained", default="none", show_default=True, callback=options.pretrained,
@@ -147,23 +147,23 @@ def main() -> None:
                    "The temporal stream's conv1 is initialised from the RGB conv1's channel mean.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Per process.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=0.01, show_default=True,
               help="Base learning rate (SGD, momentum 0.9).")
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--momentum", type=FiniteFloat(0, 1), default=0.9, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=5e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
               help="Per-iteration cosine decay to 0, or step decay by --gamma every --step-size epochs.")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--warmup-epochs", type=FiniteFloat(min=0), default=0.0, show_default=True)
 @click.option("--step-size", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--gamma", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--gamma", type=FiniteFloat(0, 1), default=0.1, show_default=True)
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=None,
               help="Before the classifier [default: 0.5 spatial, 0.7 temporal].")
 @click.option("--fusion", type=click.Choice(JOINT_FUSIONS), default=None,
               help="Joint: average / alpha-weighted softmax scores, an MLP over them (learned) or over the pooled "
                    "features (feature), trained end to end [default: average].")
-@click.option("--spatial-weight", type=click.FloatRange(0, 1), default=None,
+@click.option("--spatial-weight", type=FiniteFloat(0, 1), default=None,
               help="Joint: alpha of --fusion weighted (implies it).")
-@click.option("--stream-loss-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+@click.option("--stream-loss-weight", type=FiniteFloat(min=0), default=0.5, show_default=True,
               help="Joint: loss = CE(fused) + W * (CE(spatial) + CE(temporal)); 0 trains through the fusion only.")
 @click.option("--spatial-init", type=click.Path(exists=True), default=None,
               help="Joint: start the spatial stream from this spatial RUN_DIR (its best.pt) or checkpoint.")
@@ -249,7 +249,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader processes.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
+@click.option("--out", type=OutPath(dir_okay=False), required=True,
               help="results.json; the confusion-matrix PNGs and the per-video scores (.scores.npz) go next to it.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
@@ -285,7 +285,7 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
 @click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood).")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="results.json to write.")
+@click.option("--out", type=OutPath(dir_okay=False), required=True, help="results.json to write.")
 @click.pass_context
 @_runtime_errors
 def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | str | None, out: str) -> None:

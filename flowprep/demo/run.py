@@ -31,6 +31,7 @@ from flowprep.demo.curves import CurvesError, plot_curves, read_metrics
 from flowprep.demo.plan import FULL, QUICK, THREADS_ENV, TVL1_OPTIONS, DemoPlan, code_version, prepare_out
 from flowprep.demo.seeds import parse_seeds, run_seeds
 from flowprep.demo.steps import DemoError, Steps
+from flowprep.errors import OutPath
 from flowprep.format import read_list
 
 
@@ -158,7 +159,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True,
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True,
               help="Folder for everything the demo makes; a rerun continues in it.")
 @click.option("--quick", is_flag=True, help="Fewer videos, Farneback flow, a smaller crop (about half the time); for tests.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of training.")

@@ -78,9 +78,52 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
+def _structure_problem(m: dict[str, Any]) -> str | None:
+    """What in a parsed manifest part is not what ``new_manifest`` and the runs write (None: nothing)."""
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def strings(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+    task = m.get("task")
+    if not (isinstance(task, dict) and is_int(task.get("index")) and is_int(task.get("count"))
+            and 0 <= task["index"] < task["count"]):
+        return f"task is {task!r}, expected {{'index': i, 'count': n}} with 0 <= i < n"
+    expected = {"complete": (lambda x: isinstance(x, bool), "true or false"), "params": (
+        lambda x: isinstance(x, dict), "an object"), "classes": (strings, "a list of names"), "num_videos": (
+        lambda x: is_int(x) and x >= 0, "a count"), "videos_sha256": (lambda x: isinstance(x, str), "a string"),
+        "shards": (lambda x: isinstance(x, list), "a list"), "failures": (lambda x: isinstance(x, list), "a list")}
+    for key, (ok, what) in expected.items():
+        if not ok(m.get(key)):
+            return f"{key} is {m.get(key)!r}, expected {what}" if key in m else f"no {key}"
+    for i, shard in enumerate(m["shards"]):
+        if not (isinstance(shard, dict) and isinstance(shard.get("name"), str) and is_int(shard.get("size"))
+                and isinstance(shard.get("sha256"), str) and strings(shard.get("videos"))
+                and shard["name"] == Path(shard["name"]).name and shard["name"] not in ("", ".", "..")):
+            return f"shards[{i}] is not {{'name': file name, 'size': bytes, 'sha256': hex, 'videos': [ids]}}"
+    for i, failure in enumerate(m["failures"]):
+        if not (isinstance(failure, dict) and isinstance(failure.get("path"), str)
+                and isinstance(failure.get("error"), str)):
+            return f"failures[{i}] is not {{'path': ..., 'error': ...}}"
+    return None
+
+
+def read_part(path: Path) -> dict[str, Any]:
+    """``read_manifest``, and every field a run writes there with its type: a part damaged while still valid JSON
+    (edited by hand, merged by a tool) is a ``ManifestError`` (set aside by a rerun, a problem for verify), not a
+    KeyError or TypeError deep in the run that reads as a crash of the environment (exit 75) on every rerun."""
+    part = read_manifest(path)
+    problem = _structure_problem(part)
+    if problem:
+        raise ManifestError(f"{Path(path).name}: damaged manifest ({problem})")
+    return part
+
+
 def read_manifests(out: str | Path) -> list[dict[str, Any]]:
     """All manifest parts of ``out`` (any task counts; see ``missing_tasks`` for completeness)."""
-    return [read_manifest(p) for p in manifest_paths(out)]
+    return [read_part(p) for p in manifest_paths(out)]
 
 
 def missing_tasks(parts: list[dict[str, Any]]) -> list[int]:
@@ -115,7 +158,7 @@ def check_compatible(out: Path, mine: dict[str, Any]) -> tuple[dict[str, Any] | 
     mine_name = manifest_name(task_index=mine["task"]["index"], task_count=mine["task"]["count"])
     for path in manifest_paths(out):
         try:
-            part = read_manifest(path)
+            part = read_part(path)
         except ManifestError as exc:
             if path.name != mine_name:
                 continue

@@ -184,7 +184,7 @@ def run_extract(
         for shard, n, meta in todo:
             shard_of[meta.video_id] = (shard, n, meta)
             jobs.append(VideoJob(str(videos_root / meta.source), meta, str(run.work_file(shard, n)), flow, decode,
-                                 storage, chunk_frames, addresses))
+                                 storage, chunk_frames, addresses, run_pid=os.getpid() if backend == "loky" else 0))
         summary.reused = len(videos) - len(jobs)
         bar.update(summary.reused)
 
@@ -205,7 +205,9 @@ def run_extract(
             with warnings.catch_warnings():  # joblib warns that it cancelled the other jobs when one raises
                 warnings.filterwarnings("ignore", message=".*tasks which were still being processed", category=UserWarning)
                 with services or nullcontext():
-                    run_jobs(jobs, handle, workers=workers, backend=backend, write=bar.write)
+                    # no more processes than videos: each loky worker is a whole Python with OpenCV and decord
+                    # (--workers 1000 on a few videos started 1000 of them, minutes before the first video)
+                    run_jobs(jobs, handle, workers=max(1, min(workers, len(jobs))), backend=backend, write=bar.write)
         except BaseException:
             run.close_unfinished(after_error=True)
             raise

@@ -153,7 +153,7 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
     parts = []
     for path in paths:
         try:
-            parts.append((path, mf.read_manifest(path)))
+            parts.append((path, mf.read_part(path)))
         except mf.ManifestError as exc:
             report.problems.append(str(exc))
     if not parts:

@@ -47,6 +47,24 @@ class VideoJob:
     storage: StorageConfig
     chunk_frames: int = 32
     flow_service: tuple[Address, ...] = ()  # flow processes to send frames to (--engine torch), else flow here
+    run_pid: int = 0  # the run's process when it is this worker's parent (local loky workers); 0: no check
+
+
+class _Orphaned(BaseException):
+    """The run that started this worker is gone (kill -9, OOM): stop without touching any file."""
+
+
+def _check_run(job: VideoJob) -> None:
+    """Raise ``_Orphaned`` once the run's process has died (this worker was re-parented).
+
+    loky's workers outlive a run killed with SIGKILL and finish the videos they hold. A rerun takes the
+    lock over at once and writes the same ``<n>.h5.tmp`` names: an orphan's rename would then move the
+    rerun's half-written file into place (the rerun then stops with exit 75 on its vanished ``.tmp``),
+    and its debris removal would delete the rerun's files. So an orphan checks before each step that
+    touches the output and stops.
+    """
+    if job.run_pid and os.getppid() != job.run_pid:
+        raise _Orphaned
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,7 @@ def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
         chunk = max(2, min(job.chunk_frames, CHUNK_BYTES // (11 * info.height * info.width)))
         estimator = client_for(job.flow_service) if job.flow_service else estimator_for(job.flow)
         for rgb, flow in iter_flow(stream.chunks(chunk), estimator):  # the video's own errors
+            _check_run(job)
             # A flow process sends codes, quantized there by the same function (flowprep.extract.quantize).
             q = (flow if flow.dtype == np.uint8 else writer.quantize(flow)) if len(flow) else None
             jpegs = encode_jpegs(rgb, storage.jpeg_quality) if storage.rgb else None
@@ -146,6 +165,7 @@ def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
     finally:
         with _output(tmp):
             f.close()
+    _check_run(job)
     with _output(tmp), open(tmp, "rb") as fh:  # durable before the rename makes it count as finished
         os.fsync(fh.fileno())
     return frames
@@ -162,6 +182,14 @@ def extract_video(job: VideoJob) -> VideoResult:
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
     start = time.perf_counter()
     out, tmp, running = Path(job.out), Path(job.out + ".tmp"), running_path(job.out)
+    try:
+        return _extract_video(job, start, out, tmp, running)
+    except _Orphaned:
+        os._exit(0)  # nobody waits for the result, and every file may be the rerun's by now
+
+
+def _extract_video(job: VideoJob, start: float, out: Path, tmp: Path, running: Path) -> VideoResult:
+    _check_run(job)  # a job the dead run had queued for this worker
     running.write_text(str(os.getpid()))
     if os.environ.get(CRASH_ENV) == job.meta.source:
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -179,6 +207,7 @@ def extract_video(job: VideoJob) -> VideoResult:
         running.unlink(missing_ok=True)
         raise
     except Exception as exc:  # noqa: BLE001 - the video's own problem: recorded, the run goes on
+        _check_run(job)
         tmp.unlink(missing_ok=True)
         error = str(exc) if isinstance(exc, DecodeError) else one_line(exc)
         _write_failure(failed_path(out), {"path": job.meta.source, "error": error})

@@ -10,7 +10,7 @@ import cv2
 import h5py
 
 from flowprep import format as fmt
-from flowprep.errors import RunError, environment_failure
+from flowprep.errors import OutPath, RunError, environment_failure
 from flowprep.tools.frames import FramesError
 
 
@@ -74,7 +74,7 @@ def _export_video(g: h5py.Group, folder: Path, params: list[int]) -> None:
 
 @click.command("export-frames", context_settings={"show_default": True})
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="A new (or empty) folder for the frames.")
 @click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
               help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")

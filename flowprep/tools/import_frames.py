@@ -16,7 +16,7 @@ import flowprep
 from flowprep import exits
 from flowprep import format as fmt
 from flowprep.config import FlowConfig, StorageConfig
-from flowprep.errors import BusyOutput, RunError, environment_failure
+from flowprep.errors import BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
 from flowprep.extract import verify as verify_mod
@@ -138,14 +138,14 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
 @click.command("import-frames", context_settings={"show_default": True})
 @click.option("--frames", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of flow frames (one JPEG per flow channel per frame) made by another toolkit.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="New output folder for the shards and the manifest.")
 @click.option("--layout", required=True, type=click.Choice(LAYOUTS),
               help="denseflow / mmaction: <Class>/<video>/{flow_x_,flow_y_,img_}00001.jpg (or x_/y_; the class is "
                    "the folder holding the video's, also in train/<Class>/<video>/; top-level video folders need "
                    "UCF-101 names); twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 "
                    "names.")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=FlowConfig.bound,
+@click.option("--bound", type=FiniteFloat(min=0, min_open=True), default=FlowConfig.bound,
               help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
@@ -155,7 +155,7 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
 @click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,
               help="Videos per HDF5 shard.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0,
+@click.option("--fps", type=FiniteFloat(min=0, min_open=True), default=25.0,
               help="Frame rate to record (frames do not carry one).")
 def import_frames_command(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
                   no_rgb: bool, videos_per_shard: int, fps: float) -> None:

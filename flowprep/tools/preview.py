@@ -18,6 +18,7 @@ import cv2
 import h5py
 import numpy as np
 
+from flowprep.errors import FiniteFloat, OutPath
 from flowprep.format import ManifestError, dequantize, manifest_paths, read_manifest, video_id as video_id_of
 from flowprep.tools.hsv import flow_to_rgb, legend
 
@@ -216,14 +217,14 @@ def write_preview(
 @click.command("preview")
 @click.argument("shards", type=click.Path(path_type=Path))
 @click.argument("video_id")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(dir_okay=False, path_type=Path),
               help="file.png (a grid of frame pairs), file.gif or file.mp4 (an animation).")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Frame pairs to show, spread evenly over the video.  [default: PNG 8, animation all]")
-@click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-flow", type=FiniteFloat(min=0, min_open=True), default=None,
               help="|flow| in px/frame shown at full brightness, written on the legend.  "
               "[default: the 99th percentile of the shown fields, rounded up to 0.5 px]")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--fps", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Animation speed.  [default: the video's fps, at most 10]")
 def preview_command(
     shards: Path, video_id: str, out: Path, frames: int | None, max_flow: float | None, fps: float | None

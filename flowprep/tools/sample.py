@@ -19,6 +19,7 @@ import click
 import cv2
 import numpy as np
 
+from flowprep.errors import OutPath
 from flowprep.tools.synth import DEFAULT_CLASSES, MIRROR_SAFE_CLASSES, MOTIONS, ClipSpec, render_clip
 
 CODECS = {".avi": "mpeg4", ".mp4": "libx264"}
@@ -137,7 +138,7 @@ def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 
 
 @click.command("sample")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="Output folder: videos/<Class>/v_<Class>_gGG_cCC.{avi,mp4}, classInd.txt, *list01.txt.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same raw frames.")
 @click.option("--videos-per-class", default=12, show_default=True)

@@ -23,8 +23,8 @@ def invoke(*args: str):
 def test_help_explains_defaults() -> None:
     text = " ".join(invoke("extract", "--help").output.split())
     for phrase in ["--method [tvl1|farneback]", "[default: tvl1]", "native size: flow at the source resolution",
-                   "256 is recommended for Kinetics", "--tvl1-lambda FLOAT", "[default: 0.15]",
-                   "--farneback-winsize INTEGER", "[default: 15]", "[default: 20.0;",
+                   "256 is recommended for Kinetics", "--tvl1-lambda FLOAT", "[default: 0.15;",
+                   "--farneback-winsize INTEGER", "[default: 15;", "[default: 20.0;",
                    "all cores available", "Exit status (what a scheduler should do):"]:
         assert phrase in text, phrase
 

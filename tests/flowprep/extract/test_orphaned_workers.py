@@ -1,0 +1,74 @@
+"""A worker whose run was killed (kill -9, the OOM killer) stops instead of finishing its video.
+
+loky's worker processes outlive a run killed with SIGKILL and finish the videos they hold. The rerun takes
+the dead run's lock over at once and writes the same per-video files, so an orphan's rename moved the rerun's
+half-written file into place (the rerun then stopped with exit 75 on its vanished .tmp), and an orphan's
+debris removal deleted the rerun's files.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from media import random_frames, write_video
+
+from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
+from flowprep.extract.worker import VideoJob, extract_video, running_path
+from flowprep.extract.writer import VideoMeta
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for init to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_worker_of_a_killed_run_stops_before_it_writes_anything_more(tmp_path: Path) -> None:
+    video = tmp_path / "videos" / "A" / "long.mp4"
+    write_video(video, np.tile(random_frames(16, 48, 64), (150, 1, 1, 1)))  # 2400 frames: seconds of work
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "flowprep", "extract", "--videos", str(tmp_path / "videos"),
+                            "--out", str(out), "--method", "farneback", "--workers", "1", "--no-progress"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    work = out / ".work" / "shard-00000"
+    marker = work / "00000.running"
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(marker.read_text())
+    time.sleep(0.3)  # into the video
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 3  # the video has seconds to go: an orphan that carried on would still run
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the worker of the killed run is still computing"
+    assert not (work / "00000.h5").exists()
+
+
+def test_a_job_queued_for_a_worker_whose_run_is_gone_is_not_started(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "A" / "v.mp4", random_frames(4, 48, 64))
+    out = tmp_path / "work" / "00000.h5"
+    out.parent.mkdir()
+    meta = VideoMeta(video_id="A/v", label=0, class_name="A", source="A/v.mp4")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    job = VideoJob(str(video), meta, str(out), FlowConfig(method="farneback"), DecodeConfig(), StorageConfig(),
+                   run_pid=int(gone.stdout))  # not this worker's parent: the run that queued the job died
+    worker = multiprocessing.get_context("spawn").Process(target=extract_video, args=(job,))  # a real worker process
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert list(out.parent.iterdir()) == []  # no .running, no .tmp, no result, no failure record
+    assert not running_path(out).exists()

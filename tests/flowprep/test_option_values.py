@@ -1,0 +1,77 @@
+"""Numbers on the command line that no run can use are usage errors (exit 2, one line), found before any work.
+
+click's FloatRange lets NaN and infinity through (they compare False with every bound), and OpenCV takes
+any flow parameter: outside its range it asserts in every worker (each video then recorded as a bad file),
+returns zero or NaN flow without a word, or corrupts its memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowprep.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--bound", "nan"], ["--bound", "inf"], ["--tvl1-tau", "nan"], ["--tvl1-gamma", "nan"],
+        ["--farneback-poly-sigma", "inf"],
+    ],
+)
+def test_a_non_finite_number_is_a_usage_error_not_a_crash_of_the_run(tmp_path: Path, extra: list[str]) -> None:
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", str(tmp_path), "--out", str(out), *extra)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{extra[0]}'" in result.output and "is not a finite number" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tvl1-median-filtering", "4"], "4 is even: a median filter size is 1 (none), 3 or 5"),
+        (["--tvl1-median-filtering", "7"], "7 is not in the range 1<=x<=5"),
+        (["--tvl1-nscales", "0"], "0 is not in the range x>=1"),
+        (["--tvl1-theta", "0"], "0.0 is not in the range x>0"),  # NaN flow
+        (["--tvl1-warps", "0"], "0 is not in the range x>=1"),  # zero flow
+        (["--tvl1-scale-step", "1.5"], "1.5 is not in the range 0<x<=1"),
+        (["--farneback-winsize", "-5"], "-5 is not in the range x>=1"),  # OpenCV: double free, worker killed
+        (["--farneback-iterations", "0"], "0 is not in the range x>=1"),  # zero flow
+        (["--farneback-pyr-scale", "1.5"], "1.5 is not in the range 0<x<1"),
+    ],
+)
+def test_a_flow_parameter_opencv_cannot_use_is_refused_before_any_video(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", str(tmp_path), "--out", str(out), *extra)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{extra[0]}': {message}" in result.output
+    assert not out.exists()
+
+
+def test_the_defaults_and_the_documented_choices_of_the_flow_parameters_are_accepted() -> None:
+    text = " ".join(invoke("extract", "--help").output.split())
+    assert "--tvl1-median-filtering INTEGER RANGE median filter size applied to the flow (1 = none, 3 or 5)" in text
+    assert "[default: 5; 1<=x<=5]" in text and "[default: 0.5; 0<x<1]" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["import-frames", "--frames", "{tmp}", "--out", "{tmp}/out", "--layout", "mmaction", "--bound", "inf"],
+        ["import-frames", "--frames", "{tmp}", "--out", "{tmp}/out", "--layout", "mmaction", "--bound", "nan"],
+        ["preview", "{tmp}", "A/x", "--out", "{tmp}/x.png", "--max-flow", "nan"],
+    ],
+)
+def test_the_tools_refuse_non_finite_numbers_too(tmp_path: Path, args: list[str]) -> None:
+    result = invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2 and "is not a finite number" in result.output, result.output
