@@ -17,7 +17,7 @@ from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 from flowprep import stopping
 from flowprep.errors import BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
-from flowprep.extract import manifest, reader, runner
+from flowprep.extract import decode, manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
 from flowprep.torchflow.service import ANSWER_TIMEOUT_S, FLOW_BATCH, TIMEOUT_ENV
@@ -52,7 +52,10 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
         return None
     w, sep, h = value.lower().partition("x")
     if not (sep and w.isdigit() and h.isdigit() and int(w) >= 2 and int(h) >= 2):
-        raise click.BadParameter(f"expected WxH such as 340x256, got {value!r}")
+        raise click.BadParameter(f"expected WxH such as 340x256, both at least 2, got {value!r}", param_hint="'--size'")
+    reason = decode.bad_width_reason(int(w), resized=True)
+    if reason:
+        raise click.BadParameter(reason.replace(" or --short-side", ""), param_hint="'--size'")
     return int(w), int(h)
 
 

@@ -81,6 +81,22 @@ def declared_length(path: Path) -> int | None:
     return None
 
 
+# Frame widths decord 0.6.0 cannot deliver, natively or resized ("Check failed: from_size == to_size" in
+# DECORDArrayCopyFromTo): every even width from 2 to 698 and every odd one to 399 was tried from a 320x240
+# H.264 clip, and native videos of these widths fail the same way.
+DECORD_BAD_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 48, 72)
+
+
+def bad_width_reason(width: int, *, resized: bool) -> str | None:
+    """Why decord cannot give frames ``width`` pixels wide, or None when it can."""
+    if width not in DECORD_BAD_WIDTHS:
+        return None
+    widths = ", ".join(map(str, DECORD_BAD_WIDTHS))
+    fix = "choose a --size or --short-side that gives another width" if resized else (
+        "decode it resized (--size) to another width")
+    return f"decord cannot deliver frames {width} px wide (a decord limitation, widths {widths}): {fix}"
+
+
 class DecodeError(Exception):
     """The file cannot be used as a video: not a video, empty, truncated, damaged, too short."""
 
@@ -158,6 +174,9 @@ class VideoStream:
         src_w, src_h = _probe(path)
         out_w, out_h = output_size(src_w, src_h, size=size, short_side=short_side)
         resize = (out_w, out_h) != (src_w, src_h)
+        reason = bad_width_reason(out_w, resized=resize)
+        if reason:
+            raise DecodeError(reason)
         try:
             self._reader = decord.VideoReader(
                 str(path),

@@ -69,7 +69,8 @@ def test_bad_videos_exit_1_with_one_line_each(ucf_tree: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--size", "320"], "expected WxH such as 340x256, got '320'"),
+        (["--size", "320"], "Invalid value for '--size': expected WxH such as 340x256, both at least 2, got '320'"),
+        (["--size", "48x36"], "Invalid value for '--size': decord cannot deliver frames 48 px wide"),
         (["--size", "32x24", "--short-side", "32"], "give at most one of --size and --short-side"),
         (["--method", "lk"], "'lk' is not one of 'tvl1', 'farneback'"),
         (["--bound", "0"], "--bound"),
@@ -79,6 +80,21 @@ def test_bad_videos_exit_1_with_one_line_each(ucf_tree: Path, tmp_path: Path) ->
 def test_usage_errors_exit_2(ucf_tree: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     result = invoke("extract", "--videos", str(ucf_tree), "--out", str(tmp_path / "out"), *extra)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_video_of_a_width_decord_cannot_deliver_is_a_failure_that_says_so_and_a_resize_extracts_it(
+    tmp_path: Path,
+) -> None:
+    videos = tmp_path / "videos"
+    write_video(videos / "A" / "narrow.mp4", random_frames(5, 36, 48))
+    result = invoke("extract", "--videos", str(videos), "--out", str(tmp_path / "o1"), "--method", "farneback",
+                    "--no-progress")
+    assert result.exit_code == 1
+    assert (f"skipped {videos / 'A' / 'narrow.mp4'}: decord cannot deliver frames 48 px wide (a decord limitation, "
+            "widths 1, 2, 3, 4, 6, 8, 12, 16, 24, 48, 72): decode it resized (--size) to another width") in result.output
+    result = invoke("extract", "--videos", str(videos), "--out", str(tmp_path / "o2"), "--method", "farneback",
+                    "--no-progress", "--size", "64x48")
+    assert result.exit_code == 0, result.output
 
 
 def test_input_problems_are_one_line_and_exit_2(ucf_tree: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from media import random_frames, write_video
 
-from flowprep.extract.decode import DecodeError, VideoStream, declared_length, iter_frames, output_size
+from flowprep.extract.decode import DECORD_BAD_WIDTHS, DecodeError, VideoStream, declared_length, iter_frames, output_size
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,18 @@ def test_too_short(tmp_path: Path, clips: dict) -> None:
         VideoStream(clips["mp4"][0], frame_step=11)  # 11 frames, step 11: one frame left
     with pytest.raises(DecodeError, match="cannot read the file"):
         VideoStream(tmp_path / "gone.mp4")
+
+
+def test_the_widths_listed_as_impossible_are_the_ones_this_decord_fails_on(tmp_path: Path) -> None:
+    """If a decord upgrade fixes them (or breaks others), the list and its messages must change."""
+    import decord
+
+    clip = write_video(tmp_path / "clip.mp4", random_frames(2, 240, 320))
+
+    def delivers(width: int) -> bool:
+        try:
+            return decord.VideoReader(str(clip), width=width, height=240).get_batch([0]).shape[2] == width
+        except Exception:  # noqa: BLE001 - decord's failure here is a DECORDError or a RuntimeError
+            return False
+
+    assert [w for w in range(1, 100) if not delivers(w)] == list(DECORD_BAD_WIDTHS)
