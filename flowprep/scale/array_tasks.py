@@ -198,6 +198,8 @@ def detect_task(env: Mapping[str, str], *, task_index: int | None, task_count: i
                 )
             return TaskSpec(0, 1, "single task: no --task-index and no scheduler array variables")
         index, count, source = _SCHEDULERS[found[0]](env, task_count)
+    if count < 1:
+        raise TaskError(f"the task count must be at least 1, got {count} from {source}")
     if not 0 <= index < count:
         raise TaskError(f"task index must be in 0..{count - 1}, got {index} from {source}")
     return TaskSpec(index, count, source)

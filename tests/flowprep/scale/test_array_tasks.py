@@ -228,6 +228,8 @@ def test_explicit_flags_win_over_the_scheduler() -> None:
         ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, None, None, r"integer in \$SLURM_ARRAY_TASK_ID"),
         ({**SLURM_0_7, **K8S}, None, 8, "several schedulers"),
         ({"SLURM_ARRAY_TASK_ID": "3"}, None, None, "does not tell the task count"),
+        ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "0"}, None, None,
+         r"the task count must be at least 1, got 0 from SLURM array"),
         (slurm(2, lo=0, hi=12, step=4, count=4), None, None, "not on the array's range"),
     ],
 )
