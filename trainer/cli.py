@@ -2,9 +2,9 @@
 fusion from scores.
 
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
-stderr, also for a damaged shard read in a loader worker), 2 a usage error, 75 the environment failed (disk
-full, I/O error, any unexpected error: one line, the traceback in trainer-error.log beside the output; a
-rerun continues), 130 interrupted.
+stderr, also for a damaged shard read in a loader worker), 2 a usage error, 4 another live fit holds RUN_DIR,
+75 the environment failed (disk full, I/O error, any unexpected error: one line, the traceback in
+trainer-error.log beside the output; a rerun continues), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import FiniteFloat, OutPath, environment_failure
+from flowprep.errors import BusyOutput, FiniteFloat, OutPath, environment_failure
+from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
 from trainer import options
 from trainer.config import (
@@ -81,6 +82,8 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             e.__traceback__ = None
         except click.ClickException:  # usage errors found while running: exit 2, as they are
             raise
+        except BusyError as e:  # another live fit holds RUN_DIR: exit 4, retry later
+            raise BusyOutput(str(e)) from None
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: {_rerun(fn.__name__, kwargs)}", err=True)
             sys.exit(130)
@@ -123,7 +126,8 @@ def main() -> None:
 
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
     video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
-    are not its shard's, a list naming unknown videos; 2 usage error; 75 the environment failed (disk full, I/O
+    are not its shard's, a list naming unknown videos; 2 usage error; 4 another live fit holds RUN_DIR (its
+    lock names the host and pid); 75 the environment failed (disk full, I/O
     error, anything unexpected: one line, the traceback in trainer-error.log beside the output; rerun, fit with
     --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted. Lists hold 'path [label]' per line; the
     path may contain spaces, the label is the last token when it is an integer.

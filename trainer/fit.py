@@ -18,6 +18,7 @@ which picks best.pt, is the fused output's, and metrics.jsonl adds each stream's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,7 +26,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from flowprep.extract.lock import OutputLock
 from trainer import checkpoint as ckpt_io
 from trainer import distributed
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
@@ -47,6 +49,7 @@ from trainer.models.build import build_model, init_streams
 from trainer.models.losses import JointLoss
 
 METRICS = "metrics.jsonl"
+LOCK = "run.lock"  # held by rank 0 while fit runs
 
 
 def lr_lambda(optim: OptimConfig, iters_per_epoch: int):
@@ -100,9 +103,23 @@ def fit(
     device = distributed.resolve_device(run.device, local_rank=distributed.local_rank_from_env())
     dist = distributed.init_distributed(device)
     try:
-        return _fit(model, data, optim, run, device, dist, stop_after, show_progress and dist.is_main)
+        with _run_dir_lock(Path(run.out), dist) as lock:
+            return _fit(model, data, optim, run, device, dist, stop_after, show_progress and dist.is_main, lock)
     finally:
         distributed.cleanup()
+
+
+@contextlib.contextmanager
+def _run_dir_lock(out: Path, dist: distributed.DistInfo) -> Iterator[OutputLock | None]:
+    """One run per RUN_DIR: rank 0 holds RUN_DIR/run.lock (flowprep's output lock), so a second ``fit`` into
+    it, or a ``--resume`` while the first still trains, is refused at once (BusyError, naming the holder)
+    instead of both writing checkpoint.pt and metrics.jsonl; the lock of a run that died is taken over."""
+    if not dist.is_main:
+        yield None
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out / LOCK) as lock:
+        yield lock
 
 
 @dataclasses.dataclass
@@ -128,7 +145,7 @@ class _Progress:
 
 def _fit(
     model_cfg: ModelConfig, data: DataConfig, optim: OptimConfig, run: RunConfig, device: torch.device,
-    dist: distributed.DistInfo, stop_after: int | None, show_progress: bool,
+    dist: distributed.DistInfo, stop_after: int | None, show_progress: bool, lock: OutputLock | None,
 ) -> dict[str, Any]:
     out = _check_run_dir(run)
     seed_everything(run.seed + dist.rank)
@@ -180,6 +197,8 @@ def _fit(
         progress.history.append(stats)
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes)}
+        if lock is not None:
+            lock.check()  # a run whose lock was taken over (its host went silent) must not write on
         _save_epoch(out, state, progress, stats, is_best=is_best, dist=dist)
     return stats
 

@@ -315,3 +315,24 @@ def test_ctrl_c_stops_fit_and_its_loader_workers_in_one_line_with_exit_130(tiny_
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.strip()] == [
         f"interrupted: rerun the same command with --resume to continue from {run / 'checkpoint.pt'}"]
+
+
+def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_exit_4(tiny_shards, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # a second process holding RUN_DIR's lock, as a running fit's rank 0 does
+        [sys.executable, "-c", "import sys, time; from flowprep.extract.lock import OutputLock; "
+         "lock = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)",
+         str(run / "run.lock")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        _one_line_error(_invoke(*_fit_args(tiny_shards, run)), 4, f"{run} is being written by another run",
+                        f"pid {holder.pid}")
+        assert not (run / "checkpoint.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    result = _invoke(*_fit_args(tiny_shards, run))  # the holder is gone: its lock is taken over
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in run.iterdir()} == {"best.pt", "checkpoint.pt", "metrics.jsonl"}
