@@ -119,6 +119,8 @@ def _run_dir_lock(out: Path, dist: distributed.DistInfo) -> Iterator[OutputLock 
         return
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out / LOCK) as lock:
+        for debris in out.glob(".*.tmp*"):  # a checkpoint being written when a run was killed: ours now
+            debris.unlink(missing_ok=True)
         yield lock
 
 

@@ -317,7 +317,9 @@ def test_ctrl_c_stops_fit_and_its_loader_workers_in_one_line_with_exit_130(tiny_
         f"interrupted: rerun the same command with --resume to continue from {run / 'checkpoint.pt'}"]
 
 
-def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_exit_4(tiny_shards, tmp_path) -> None:
+def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_exit_4_and_debris_goes_after(
+    tiny_shards, tmp_path
+) -> None:
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(  # a second process holding RUN_DIR's lock, as a running fit's rank 0 does
@@ -333,6 +335,7 @@ def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_
         holder.kill()
         holder.wait()
         holder.stdout.close()
+    (run / ".checkpoint.pt.tmp-99999").write_bytes(b"half a checkpoint of a run killed while it saved")
     result = _invoke(*_fit_args(tiny_shards, run))  # the holder is gone: its lock is taken over
     assert result.exit_code == 0, result.output
     assert {p.name for p in run.iterdir()} == {"best.pt", "checkpoint.pt", "metrics.jsonl"}
