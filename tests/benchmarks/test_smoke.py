@@ -4,6 +4,7 @@ between the sessions that have a GPU machine: each writes its JSON with every ro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,12 @@ REPO = Path(__file__).parents[2]
 
 def _run(module: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "out.json"
+    # One intra-op thread per process, as the demo's and the torchrun tests do: make test runs two pytest processes
+    # on two cores, and torch's second thread spins in OpenMP barriers while the other process wants the core
+    # (gpu_train's smoke, one busy core beside it: 52 s of CPU with two threads, 36-40 s with one).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", module, "--out", str(out), "--work", str(tmp_path / "work"), "--smoke",
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 

@@ -193,7 +193,14 @@ def test_extract_on_a_dask_cluster_equals_a_loky_run(cluster, ucf_tree, tmp_path
     assert len(read_shards(tmp_path / "dask")) == 4
 
 
-def test_extract_with_an_unusable_cluster_is_one_line_and_exit_3(ucf_tree, tmp_path) -> None:
+def test_extract_with_an_unusable_cluster_is_one_line_and_exit_3(ucf_tree, tmp_path, monkeypatch) -> None:
+    import functools
+
+    from flowprep.scale import dask_cluster
+
+    # The CLI's connection attempt, 1 s instead of the default 10 s (a refused connection is retried until then).
+    quick = functools.partial(dask_cluster.joblib_backend, connect_timeout=1.0)
+    monkeypatch.setattr(dask_cluster, "joblib_backend", quick)
     result = _extract(ucf_tree, tmp_path / "out", "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 3
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.output

@@ -59,6 +59,7 @@ def test_an_ssv2_json_and_a_generic_csv_with_a_split_column(make_tiny_shards, tm
 
 
 def test_fit_takes_hmdb51_split_files_through_a_glob(make_tiny_shards, tmp_path: Path) -> None:
+    import os
     import subprocess
     import sys
 
@@ -71,7 +72,8 @@ def test_fit_takes_hmdb51_split_files_through_a_glob(make_tiny_shards, tmp_path:
     run = subprocess.run([sys.executable, "-m", "trainer", "fit", "--stream", "temporal", "--shards", str(tiny.root),
                           "--train-list", str(splits / "*_test_split1.txt"), "--out", str(tmp_path / "run"),
                           "--epochs", "1", "--batch-size", "2", "--workers", "0", "--crop-size", "32", "--device", "cpu",
-                          "--no-progress"], capture_output=True, text=True, timeout=300)
+                          "--arch", "resnet18", "--no-progress"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # as tests/trainer/conftest.py sets in here
     assert run.returncode == 0, run.stderr
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1
