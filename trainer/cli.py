@@ -18,6 +18,7 @@ from typing import Any, Callable
 import click
 
 from flowprep.errors import BusyOutput, FiniteFloat, OutPath, environment_failure
+from flowprep import exits
 from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
 from trainer import options
@@ -86,7 +87,7 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise BusyOutput(str(e)) from None
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: {_rerun(fn.__name__, kwargs)}", err=True)
-            sys.exit(130)
+            sys.exit(exits.INTERRUPTED.code)
         except Exception as e:  # disk full, I/O error, a lost peer, a bug: one line, retriable
             failure = environment_failure(e, _log_folder(fn.__name__, kwargs), action=_rerun(fn.__name__, kwargs),
                                           log_name=ERROR_LOG, unsaved="traceback not saved")

@@ -18,18 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from media import random_frames, write_video
+from processes import alive, stat
 
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig
 from flowprep.extract.worker import VideoJob, extract_video, running_path
 from flowprep.extract.writer import VideoMeta
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for init to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def test_a_worker_of_a_killed_run_stops_before_it_writes_anything_more(tmp_path: Path) -> None:
@@ -45,16 +38,17 @@ def test_a_worker_of_a_killed_run_stops_before_it_writes_anything_more(tmp_path:
     while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     worker = int(marker.read_text())
+    process = (worker, stat(worker)[19])  # (pid, start time): not another process that gets the pid later
     time.sleep(0.3)  # into the video
     run.kill()
     run.wait()
     deadline = time.monotonic() + 3  # the video has seconds to go: an orphan that carried on would still run
-    while _alive(worker) and time.monotonic() < deadline:
+    while alive(process) and time.monotonic() < deadline:
         time.sleep(0.05)
-    alive = _alive(worker)
-    if alive:
+    left = alive(process)
+    if left:
         os.kill(worker, signal.SIGKILL)
-    assert not alive, "the worker of the killed run is still computing"
+    assert not left, "the worker of the killed run is still computing"
     assert not (work / "00000.h5").exists()
 
 
