@@ -12,8 +12,15 @@ import numpy as np
 from flowprep.format import dequantize, scale_and_offset  # noqa: F401  (the formula's one home; both directions)
 
 
+class NonFiniteFlow(ValueError):
+    """The flow holds NaN: there is no code to store for it (the video is recorded as failed, not stored wrong)."""
+
+
 def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
-    """Clip ``flow`` (any shape, float) to [-bound, bound] and map it to uint8 (0 -> -B, 255 -> +B)."""
+    """Clip ``flow`` (any shape, float) to [-bound, bound] and map it to uint8 (0 -> -B, 255 -> +B).
+
+    +-inf clip like any value beyond the bound; NaN raises ``NonFiniteFlow`` (stored as any code it would
+    read back as a motion that was never measured)."""
     scale, offset = scale_and_offset(bound)
     f = np.ascontiguousarray(flow, dtype=np.float32)
     if f.size == 0:
@@ -23,4 +30,20 @@ def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
     # with Farneback, whose flow is cheap enough for quantization to show in a profile.
     flat = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.reshape(1, -1)
     q = cv2.addWeighted(flat, 1.0 / scale, flat, 0.0, -offset / scale, dtype=cv2.CV_8U)
+    if np.count_nonzero(q) < q.size:  # code 0 is -bound, and also what NaN and values beyond int32 become
+        _mend_code_zero(flat, q, bound, scale)
     return q.reshape(f.shape)
+
+
+def _mend_code_zero(flat: np.ndarray, q: np.ndarray, bound: float, scale: float) -> None:
+    """Raise on NaN; give +inf and flow beyond 2**31 steps (which addWeighted's int32 conversion wraps to 0)
+    the code 255 they saturate to. Runs only when a code 0 exists: a value at or below -bound, usually."""
+    zero = q == 0
+    values = flat[zero]
+    wrong = ~(values < -bound + scale)  # True for NaN and for any value that should not have become 0
+    if not wrong.any():
+        return
+    nan = int(np.isnan(values).sum())
+    if nan:
+        raise NonFiniteFlow(f"the flow solver returned NaN at {nan} of {flat.size} values")
+    q[zero] = np.where(wrong, 255, 0).astype(np.uint8)

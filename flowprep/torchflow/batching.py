@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from flowprep.extract.quantize import quantize
+from flowprep.extract.quantize import NonFiniteFlow, quantize
 
 # solve(prev (B, H, W) uint8, next (B, H, W) uint8) -> flow (B, 2, H, W) float32
 Solve = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -191,7 +191,12 @@ class Batcher:
             request.solved += k
             at += k
             if request.solved == request.pairs:
-                request.codes[:] = quantize(request.flow, self.bound)
+                try:
+                    request.codes[:] = quantize(request.flow, self.bound)
+                except NonFiniteFlow as exc:  # the video's failure, like the solver's own errors
+                    from flowprep.extract.worker import one_line
+
+                    request.error = one_line(exc)
                 request.flow = None
                 finished.append(request)
         self.stats.finish_seconds += time.perf_counter() - start

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from flowprep.extract.quantize import dequantize, quantize, scale_and_offset
+from flowprep.extract.quantize import NonFiniteFlow, dequantize, quantize, scale_and_offset
 
 
 @pytest.mark.parametrize("bound", [20.0, 7.5, 1.0])
@@ -63,3 +63,17 @@ def test_non_contiguous_and_float64_input() -> None:
     f = rng.uniform(-30, 30, size=(8, 10, 2))
     view = f.transpose(2, 0, 1)  # (2, 8, 10), not contiguous, float64
     assert np.array_equal(quantize(view, 20.0), _reference(view.astype(np.float32), 20.0))
+
+
+def test_infinite_and_huge_flow_saturate_instead_of_wrapping_to_code_zero() -> None:
+    # cv2.addWeighted converts to uint8 through int32: 1e30 px and +inf used to come out as 0 (= -bound).
+    f = np.array([np.inf, -np.inf, 1e30, -1e30, 4e8, -4e8, 19.0, -20.0], np.float32)
+    assert quantize(f, 20.0).tolist() == [255, 0, 255, 0, 255, 0, 249, 0]
+    assert quantize(f.reshape(2, 2, 2), 12.0).reshape(-1).tolist() == [255, 0, 255, 0, 255, 0, 255, 0]
+
+
+def test_nan_flow_raises_instead_of_becoming_code_zero() -> None:
+    f = np.zeros((3, 2, 4, 5), np.float32)
+    f[1, 0, 2, 3] = np.nan
+    with pytest.raises(NonFiniteFlow, match="NaN at 1 of 120 values"):
+        quantize(f, 20.0)

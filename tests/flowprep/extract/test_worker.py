@@ -70,6 +70,25 @@ def test_undecodable_video_is_a_recorded_failure(tmp_path: Path) -> None:
     assert not Path(job.out).exists() and not Path(job.out + ".tmp").exists() and not running_path(job.out).exists()
 
 
+def test_flow_with_nan_is_a_recorded_failure_not_stored_as_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flowprep.extract.worker as worker
+
+    def nan_flow(chunks, estimator):  # a solver gone wrong on this video
+        for rgb, flow in real_iter_flow(chunks, estimator):
+            flow[-1, 0, 0, 0] = np.nan
+            yield rgb, flow
+
+    real_iter_flow = worker.iter_flow
+    monkeypatch.setattr(worker, "iter_flow", nan_flow)
+    job = job_for(write_video(tmp_path / "v.mp4", random_frames(5, 32, 32), fps=24), tmp_path, "v")
+    result = extract_video(job)
+    assert not result.ok and result.error == "NonFiniteFlow: the flow solver returned NaN at 1 of 4096 values"
+    assert read_failure(job.out) == {"path": "C/v.mp4", "error": result.error}
+    assert not Path(job.out).exists() and not Path(job.out + ".tmp").exists()
+
+
 def test_is_complete_rejects_partial_files(tmp_path: Path) -> None:
     job = job_for(write_video(tmp_path / "v.mp4", random_frames(4, 32, 32)), tmp_path, "v")
     extract_video(job)

@@ -100,6 +100,19 @@ def test_frames_the_solver_rejects_fail_their_batch_only() -> None:
     assert np.array_equal(fine.codes, quantize(solve(fine.frames[:-1], fine.frames[1:]), BOUND))
 
 
+def test_a_solver_that_returns_nan_fails_that_video_only() -> None:
+    nan_video, fine = request(gray_video(3, 24, 32, 0)), request(gray_video(4, 24, 32, 1))
+
+    def nan_for_the_first(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        flow = solve(prev, nxt)
+        flow[0, 1, 5, 7] = np.nan  # the first pair of the batch belongs to nan_video
+        return flow
+
+    assert run_all(Batcher(nan_for_the_first, bound=BOUND, max_batch=8), [nan_video, fine]) == [nan_video, fine]
+    assert nan_video.error == "NonFiniteFlow: the flow solver returned NaN at 1 of 3072 values"
+    assert fine.error is None and np.array_equal(fine.codes, quantize(solve(fine.frames[:-1], fine.frames[1:]), BOUND))
+
+
 def test_batches_take_pairs_of_several_clients_one_frame_size_at_a_time() -> None:
     shapes: list[tuple[int, ...]] = []
 
