@@ -51,8 +51,9 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
     w, sep, h = value.lower().partition("x")
-    if not (sep and w.isdigit() and h.isdigit() and int(w) >= 2 and int(h) >= 2):
-        raise click.BadParameter(f"expected WxH such as 340x256, both at least 2, got {value!r}", param_hint="'--size'")
+    if not (sep and w.isdigit() and h.isdigit() and 2 <= int(w) <= decode.MAX_SIDE and 2 <= int(h) <= decode.MAX_SIDE):
+        raise click.BadParameter(f"expected WxH such as 340x256, each side from 2 to {decode.MAX_SIDE}, got {value!r}",
+                                 param_hint="'--size'")
     reason = decode.bad_width_reason(int(w), resized=True)
     if reason:
         raise click.BadParameter(reason.replace(" or --short-side", ""), param_hint="'--size'")
@@ -214,8 +215,9 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--unlabelled", is_flag=True,
               help="Extract without labels: label -1 and no class name in the shards (e.g. a test set).")
 @click.option("--size", "size_text", metavar="WxH",
-              help="Resize every frame to WxH before flow.  [default: native size: flow at the source resolution]")
-@click.option("--short-side", type=click.IntRange(min=2),
+              help=f"Resize every frame to WxH before flow (each side 2 to {decode.MAX_SIDE}).  "
+                   "[default: native size: flow at the source resolution]")
+@click.option("--short-side", type=click.IntRange(min=2, max=decode.MAX_SIDE),
               help="Resize so the short side is N, keeping the aspect; 256 is recommended for Kinetics-sized "
                    "inputs.  [default: native size]")
 @click.option("--frame-step", type=click.IntRange(min=1), default=DecodeConfig.frame_step,

@@ -85,6 +85,9 @@ def declared_length(path: Path) -> int | None:
 # DECORDArrayCopyFromTo): every even width from 2 to 698 and every odd one to 399 was tried from a 320x240
 # H.264 clip, and native videos of these widths fail the same way.
 DECORD_BAD_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 48, 72)
+# The largest side --size and --short-side accept: 8K (7680x4320) fits. Far larger sizes fail inside ffmpeg's
+# filter graph for every video alike (30000x30000 does), which would blame each file for a bad option.
+MAX_SIDE = 8192
 
 
 def bad_width_reason(width: int, *, resized: bool) -> str | None:

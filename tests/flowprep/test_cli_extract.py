@@ -69,7 +69,9 @@ def test_bad_videos_exit_1_with_one_line_each(ucf_tree: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--size", "320"], "Invalid value for '--size': expected WxH such as 340x256, both at least 2, got '320'"),
+        (["--size", "320"], "Invalid value for '--size': expected WxH such as 340x256, each side from 2 to 8192, got '320'"),
+        (["--size", "100000x100000"], "each side from 2 to 8192, got '100000x100000'"),  # ffmpeg fails every video
+        (["--short-side", "9000"], "Invalid value for '--short-side': 9000 is not in the range 2<=x<=8192"),
         (["--size", "48x36"], "Invalid value for '--size': decord cannot deliver frames 48 px wide"),
         (["--size", "32x24", "--short-side", "32"], "give at most one of --size and --short-side"),
         (["--method", "lk"], "'lk' is not one of 'tvl1', 'farneback'"),
