@@ -25,25 +25,16 @@ def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
     f = np.ascontiguousarray(flow, dtype=np.float32)
     if f.size == 0:
         return np.zeros(f.shape, np.uint8)
+    lo, hi = f.min(), f.max()  # NaN propagates through both
+    if np.isnan(lo) or np.isnan(hi):
+        raise NonFiniteFlow(f"the flow solver returned NaN at {int(np.isnan(f).sum())} of {f.size} values")
+    if max(-lo, hi) > 2**30 * scale:
+        # addWeighted converts to uint8 through an int32: values beyond 2**31 steps (inf, or |f| > ~3e8 px at
+        # bound 20) would wrap to code 0 instead of saturating. Clip those first (the same codes otherwise).
+        f = np.clip(f, -bound, bound)
     # One fused pass: saturate_cast<uchar>(f / scale - offset / scale) clips to [0, 255] (= [-B, B]) and
     # rounds half to even like np.rint. Faster than clip/scale/rint/astype in numpy, which matters
     # with Farneback, whose flow is cheap enough for quantization to show in a profile.
     flat = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.reshape(1, -1)
     q = cv2.addWeighted(flat, 1.0 / scale, flat, 0.0, -offset / scale, dtype=cv2.CV_8U)
-    if np.count_nonzero(q) < q.size:  # code 0 is -bound, and also what NaN and values beyond int32 become
-        _mend_code_zero(flat, q, bound, scale)
     return q.reshape(f.shape)
-
-
-def _mend_code_zero(flat: np.ndarray, q: np.ndarray, bound: float, scale: float) -> None:
-    """Raise on NaN; give +inf and flow beyond 2**31 steps (which addWeighted's int32 conversion wraps to 0)
-    the code 255 they saturate to. Runs only when a code 0 exists: a value at or below -bound, usually."""
-    zero = q == 0
-    values = flat[zero]
-    wrong = ~(values < -bound + scale)  # True for NaN and for any value that should not have become 0
-    if not wrong.any():
-        return
-    nan = int(np.isnan(values).sum())
-    if nan:
-        raise NonFiniteFlow(f"the flow solver returned NaN at {nan} of {flat.size} values")
-    q[zero] = np.where(wrong, 255, 0).astype(np.uint8)
