@@ -165,7 +165,6 @@ def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
     finally:
         with _output(tmp):
             f.close()
-    _check_run(job)
     with _output(tmp), open(tmp, "rb") as fh:  # durable before the rename makes it count as finished
         os.fsync(fh.fileno())
     return frames
@@ -215,6 +214,7 @@ def _extract_video(job: VideoJob, start: float, out: Path, tmp: Path, running: P
         return VideoResult(
             job.meta.video_id, job.out, False, error=error, seconds=time.perf_counter() - start, pid=os.getpid()
         )
+    _check_run(job)  # last, right before the rename: the fsync above may take long on a network file system
     os.replace(tmp, out)
     running.unlink()
     return VideoResult(
