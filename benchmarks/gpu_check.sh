@@ -8,6 +8,8 @@
 #      one flow process) on 32 clips of 65 frames of vtest.avi, next to the solver alone at batch 128
 #   5. a hung flow process on the GPU (SIGSTOP; tests/flowprep/torchflow/test_service.py     <= 75 s
 #      -k hung with FLOWPREP_TEST_DEVICE=cuda): exit 75 in one line, nothing left, the rerun verifies
+#   5b. SIGTERM to a run with a CUDA flow process (tests/flowprep/test_stopping.py, the same     <= 60 s
+#      variable): exit 143 in one line, no process or shared memory block left
 #   6. the solver with torch.compile of the inner iteration, batches 64 and 256          <= 100 s
 #      (default stopping sum "guarded": OpenCV's decisions, one host sync per step; a later run can
 #      compare --stop-sum float64, no syncs)
@@ -82,6 +84,8 @@ step pipeline 90 $PY -m benchmarks.tvl1_gpu --device $DEV --batches 128 --max-se
     --pipeline-videos 32 --pipeline-frames 65 --flow-batch 128 --media "$MEDIA" $SMOKE_FLAG --out "$OUT/pipeline.json"
 step hang 75 env FLOWPREP_TEST_DEVICE=$DEV $PY -m pytest tests/flowprep/torchflow/test_service.py -k hung -q -rs \
     -p no:cacheprovider -o addopts="--import-mode=importlib"
+step sigterm 60 env FLOWPREP_TEST_DEVICE=$DEV $PY -m pytest tests/flowprep/test_stopping.py -q -rs \
+    -k "sigterm_stops_the_workers_and_the_flow_process" -p no:cacheprovider -o addopts="--import-mode=importlib"
 if [[ -z "$SMOKE" ]]; then  # compiling takes minutes on a CPU
     step tvl1_gpu_compiled 100 $PY -m benchmarks.tvl1_gpu --device cuda --batches 64,256 --max-seconds 8 \
         --opencv-pairs 0 --pipeline-videos 0 --media "$MEDIA" --compile --out "$OUT/tvl1_gpu-compiled.json"

@@ -121,9 +121,15 @@ def rerun_resumes(args: list[str], env: dict[str, str], out: Path) -> None:
 def test_sigterm_stops_the_workers_and_the_flow_process_exits_143_in_one_line_and_leaves_no_shared_memory(
     tmp_path: Path,
 ) -> None:
+    device = os.environ.get("FLOWPREP_TEST_DEVICE", "cpu")  # benchmarks/gpu_check.sh runs it on cuda
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip(f"FLOWPREP_TEST_DEVICE={device} without a GPU")
     videos = make_ucf_tree(tmp_path / "videos", classes=("Jump", "Run"), per_class=2, frames=24)
     out, env = tmp_path / "out", environment(tmp_path / "tmp")
-    args = extract_args(videos, out, "--engine", "torch", "--device", "cpu", "--workers", "2", *TVL1_ARGS)
+    args = extract_args(videos, out, "--engine", "torch", "--device", device, "--workers", "2", *TVL1_ARGS)
     run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_a_finished_video(run, out)
