@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,13 @@ class LabelTable:
 
     def key_of(self, source: str) -> str:
         """The key a video file (path relative to --videos) is looked up by."""
-        return video_id(source) if self.kind == "csv" else Path(source).stem
+        return _nfc(video_id(source) if self.kind == "csv" else Path(source).stem)
+
+
+def _nfc(key: str) -> str:
+    """One spelling of a name: files copied from macOS keep its decomposed accents (NFD) while a label file
+    typed or generated elsewhere is composed (NFC); on Linux those are two names. Keys compare in NFC."""
+    return unicodedata.normalize("NFC", key)
 
 
 def detect(path: Path) -> str:
@@ -71,6 +78,7 @@ def read_labels(paths: list[Path], *, labels: bool = True, kind: str | None = No
 
 
 def _add(table: LabelTable, key: str, row: LabelRow) -> None:
+    key = _nfc(key)
     if key in table.rows:
         table.problems.append(f"{row.where}: {key!r} is labelled twice (first at {table.rows[key].where})")
     else:

@@ -5,6 +5,7 @@ which labels (``--train-list``, ``--val-list``, ``--test-list``; the formats are
 from __future__ import annotations
 
 import glob
+import unicodedata
 from pathlib import Path
 
 from flowprep import format as fmt
@@ -50,6 +51,7 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
              missing: list[tuple[str, str, str, str]]) -> list[VideoRecord]:
     """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
     by_stem: dict[str, list[VideoRecord]] | None = None
+    by_nfc: dict[str, list[VideoRecord]] | None = None
     records, seen_labels = [], set()
     unlabelled: list[str] = []  # "where 'id'" of listed videos the shards hold without a label
     for entry in entries:
@@ -63,6 +65,13 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
                 raise DataError(f"{path}:{entry.where.rsplit(':', 1)[-1]}: some lines have labels and some do not; "
                                 "expected one or the other")
             rec = index.videos.get(entry.video_id)
+            if rec is None:  # another Unicode spelling of the name (macOS writes accents decomposed)?
+                if by_nfc is None:
+                    by_nfc = {}
+                    for r in index.videos.values():
+                        by_nfc.setdefault(_nfc(r.video_id), []).append(r)
+                found = by_nfc.get(_nfc(entry.video_id), [])
+                rec = found[0] if len(found) == 1 else None
             if rec is None:
                 hint = ("; expected 'Class/video.avi [label]', the label a 1-based integer"
                         if any(c.isspace() for c in entry.text) and entry.class_name is None else "")
@@ -72,8 +81,8 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
             if by_stem is None:
                 by_stem = {}
                 for r in index.videos.values():
-                    by_stem.setdefault(r.video_id.rsplit("/", 1)[-1], []).append(r)
-            found = by_stem.get(entry.stem, [])
+                    by_stem.setdefault(_nfc(r.video_id.rsplit("/", 1)[-1]), []).append(r)
+            found = by_stem.get(_nfc(entry.stem), [])
             if len(found) != 1:
                 what = "is not in the shards" if not found else f"names {len(found)} videos ({found[0].video_id}, ...)"
                 missing.append((entry.where, entry.stem, what, ""))
@@ -98,6 +107,11 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
         raise DataError(f"{len(unlabelled)} video(s) of {path} have no label in the shards (extracted unlabelled: label "
                         f"-1), so they can be neither trained nor scored: {', '.join(unlabelled[:5])}{more}")
     return records
+
+
+def _nfc(name: str) -> str:
+    """Names compare in one Unicode spelling (NFC): a list typed on Linux finds files copied from macOS."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _missing_line(missing: list[tuple[str, str, str, str]], root: Path) -> str:

@@ -214,3 +214,24 @@ def test_every_pair_of_videos_that_would_share_an_id_is_a_line_with_the_other_pr
     assert str(e.value).splitlines() == [f"class 'Zoo' is not in {index}: 1 video(s), e.g. 'Zoo/c.mp4'",
                                          "'Run/a.avi' and 'Run/a.mp4' would both be stored as 'Run/a'",
                                          "'Run/b.mkv' and 'Run/b.webm' would both be stored as 'Run/b'"]
+
+
+def test_a_labels_file_in_composed_unicode_finds_files_named_in_decomposed_unicode_as_macos_writes_them(
+    tmp_path: Path,
+) -> None:
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Café/crème brûlée.mp4")
+    root = touch(tmp_path / "any", nfd, unicodedata.normalize("NFD", "Kinetics/abcdefghijé_000010_000020.mp4"))
+    assert (root / nfd).exists() and not (root / "Café").exists()  # two spellings, two names on Linux
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("path,label\nCafé/crème brûlée.mp4,dessert\nKinetics/abcdefghijé_000010_000020.mp4,x\n")
+    classes, metas = plan_videos(root, labels=[csv_file])
+    # found, and kept under the file's own name: the shard's id is the path on disk
+    assert {m.video_id: m.class_name for m in metas} == {unicodedata.normalize("NFD", "Café/crème brûlée"): "dessert",
+                                                         unicodedata.normalize("NFD", "Kinetics/abcdefghijé_000010_000020"): "x"}
+    kinetics = tmp_path / "kinetics.csv"
+    kinetics.write_text("label,youtube_id,time_start,time_end,split\nx,abcdefghijé,10,20,train\n")
+    kin_root = touch(tmp_path / "kin", unicodedata.normalize("NFD", "abcdefghijé_000010_000020.mp4"))
+    _, metas = plan_videos(kin_root, labels=[kinetics])
+    assert [m.class_name for m in metas] == ["x"]

@@ -190,3 +190,29 @@ def test_a_csv_split_column_with_an_unknown_split_or_without_the_wanted_one_says
     no_test.write_text("path,label,split\nair drumming/1.mp4,air drumming,train\nair drumming/2.mp4,air drumming,val\n")
     with pytest.raises(DataError, match=r"^.*splits.csv: no row of the test split \(its split column holds train, val\)$"):
         read_video_list(no_test, index, role="test")
+
+
+def test_lists_find_videos_whose_names_are_spelled_in_the_other_unicode_form(make_tiny_shards, tmp_path: Path) -> None:
+    # Files copied from macOS keep decomposed accents (NFD): the shards' ids are those names, while a list typed
+    # or generated on Linux is composed (NFC). On Linux the two spellings are different names.
+    import unicodedata
+
+    nfd = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=1, class_names=["Ballet", "Judo"],
+                            id_format=nfd("{cls}/{cls}_café_{g}"))
+    index = index_shards(tiny.root)
+    assert sorted(index.videos) == [nfd("Ballet/Ballet_café_1"), nfd("Judo/Judo_café_1")]
+    ucf = tmp_path / "trainlist.txt"
+    ucf.write_text("Ballet/Ballet_café_1.avi 1\nJudo/Judo_café_1.avi 2\n")  # composed, as typed
+    assert [r.video_id for r in read_video_list(ucf, index)] == sorted(index.videos)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nJudo/Judo_café_1.avi,Judo\n")
+    assert [r.video_id for r in read_video_list(csv, index)] == [nfd("Judo/Judo_café_1")]
+    kinetics = tmp_path / "validate.csv"
+    kinetics.write_text("label,youtube_id,time_start,time_end,split\nBallet,Ballet_café_1,10,20,val\n")
+    tiny_kin = make_tiny_shards(num_classes=1, videos_per_class=1, class_names=["Ballet"],
+                                id_format=nfd("{cls}/{cls}_café_{g}_000010_000020"))
+    assert len(read_video_list(kinetics, index_shards(tiny_kin.root))) == 1
+    same = tmp_path / "same.txt"  # a list in the shards' own spelling still matches exactly
+    same.write_text(nfd("Judo/Judo_café_1.avi 2\n"))
+    assert [r.video_id for r in read_video_list(same, index)] == [nfd("Judo/Judo_café_1")]
