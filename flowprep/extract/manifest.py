@@ -117,11 +117,13 @@ def read_part(path: Path) -> dict[str, Any]:
     A part that cannot be read at all (permission denied, an I/O error) raises that ``OSError``: it is not known
     to be damaged, and setting it aside would redo every finished video of the task."""
     try:
-        part = read_manifest(path)
+        part, unreadable = read_manifest(path), None
     except ManifestError as exc:
-        if isinstance(exc.__cause__, OSError):  # permission denied, an I/O error: the file may be intact, so it
-            raise exc.__cause__  # is not set aside (the task would start over) but fails the run, retriable
-        raise
+        unreadable = exc.__cause__  # permission denied, an I/O error: the file may be intact, so it is not set
+        if not isinstance(unreadable, OSError):  # aside (the task would start over) but stops the run
+            raise
+    if unreadable is not None:
+        raise unreadable  # outside the except block: its context is not the ManifestError caused by it (a cycle)
     problem = _structure_problem(part)
     if problem:
         raise ManifestError(f"{Path(path).name}: damaged manifest ({problem})")
