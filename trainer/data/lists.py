@@ -31,14 +31,18 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
         raise DataError(f"{path}: no file matches")
     records: list[VideoRecord] = []
     missing: list[tuple[str, str, str, str]] = []  # (where, video, what, hint) of every file, reported together
+    listed: dict[str, str] = {}  # video id -> file:line that lists it (a video listed twice would count twice)
     for p in paths:
         try:
             entries = read_split(p, role=role, kind=kind)
         except OSError as e:
             raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
+        except UnicodeDecodeError as e:  # a ValueError whose text names neither the file nor the line
+            line = p.read_bytes()[:e.start].count(b"\n") + 1
+            raise DataError(f"{p}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the list as UTF-8") from None
         except (fmt.ListError, ValueError) as e:
             raise DataError(str(e)) from None
-        records += _resolve(p, entries, index, labelled=labelled, missing=missing)
+        records += _resolve(p, entries, index, labelled=labelled, missing=missing, listed=listed)
     if missing:
         raise DataError(_missing_line(missing, index.root))
     if not records:
@@ -47,8 +51,9 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
 
 
 def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None,
-             missing: list[tuple[str, str, str, str]]) -> list[VideoRecord]:
-    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
+             missing: list[tuple[str, str, str, str]], listed: dict[str, str]) -> list[VideoRecord]:
+    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``, and a video
+    already in ``listed`` (by an earlier line or file) is an error."""
     by_stem: dict[str, list[VideoRecord]] | None = None
     records, seen_labels = [], set()
     unlabelled: list[str] = []  # "where 'id'" of listed videos the shards hold without a label
@@ -91,6 +96,11 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
         if entry.class_name is not None and entry.class_name != rec.class_name:
             raise DataError(f"{entry.where}: {rec.video_id} is {entry.class_name!r} there but {rec.class_name!r} in "
                             "the shards")
+        place = f"{path}:{entry.where.rsplit(':', 1)[-1]}"
+        if rec.video_id in listed:
+            raise DataError(f"{place}: {rec.video_id} is listed twice (first at {listed[rec.video_id]}); expected each "
+                            "video once (twice would weigh it twice in training and in the scores)")
+        listed[rec.video_id] = place
         check_quantization(rec, index)
         records.append(rec)
     if unlabelled:
