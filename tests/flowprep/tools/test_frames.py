@@ -302,3 +302,20 @@ def test_an_rgb_frame_of_another_size_after_the_first_is_named_and_nothing_is_wr
                                      "flow is 32x24: the shard format needs one size (pass --no-rgb to import the flow "
                                      "alone)")
     assert not (tmp_path / "shards").exists()
+
+
+def test_export_of_a_run_that_has_not_finished_is_refused_instead_of_dropping_its_videos(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2, "Run/v_Run_g02_c01": 2})
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction",
+                  "--videos-per-shard", "1").exit_code == 0
+    m = json.loads((shards / "manifest.json").read_text())  # what a run killed after its first shard leaves
+    m.update(complete=False, shards=m["shards"][:1])
+    (shards / "manifest.json").write_text(json.dumps(m))
+    (shards / "shard-00001.h5").unlink()
+    result = invoke("export-frames", shards, "--out", tmp_path / "exported")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"Error: {shards} is incomplete (manifest.json says the run has not finished): "
+                                     "rerun the same flowprep extract command to finish it, then export (flowprep "
+                                     f"verify {shards} says what is missing)")
+    assert not (tmp_path / "exported").exists()
