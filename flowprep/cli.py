@@ -349,15 +349,17 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
 
     Exit status 0 only when complete and intact, 1 otherwise ("incomplete: N of M videos" after an
     interrupted run; a damaged shard is named with the video and the field or attribute that is wrong:
-    rerun the same `flowprep extract` command, with --check, to repair it), 75 when reading OUT failed
-    (I/O error; one line). Videos that could not be decoded are listed but do not make it fail.
+    rerun the same `flowprep extract` command, with --check, to repair it), 2 when OUT is not a readable
+    folder, 75 when reading a file in it failed (I/O error, permission denied; one line). Videos that
+    could not be decoded are listed but do not make it fail.
     """
     try:
         report = verify_mod.verify_output(out, progress=progress)
     except Exception as exc:  # an I/O error reading OUT, a bug: one line, retriable
         if debug:
             raise
-        raise environment_failure(exc, out, action="run verify again", log=False) from exc
+        action = "fix its permissions and run verify again" if isinstance(exc, PermissionError) else "run verify again"
+        raise environment_failure(exc, out, action=action, log=False) from exc
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else verify_mod.format_report(report))
     sys.exit(0 if report.ok else 1)
 

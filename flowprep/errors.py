@@ -77,7 +77,9 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exce
 def environment_cause(exc: BaseException) -> str | None:
     """"disk full" and the like, found anywhere in the exception's chain (HDF5 puts the errno in its text)."""
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()  # a chain can loop (an exception re-raised as its own cause's context)
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, OSError) and seen.errno in _ENVIRONMENT_ERRNOS:
             return _ENVIRONMENT_ERRNOS[seen.errno]
         for number, cause in _ENVIRONMENT_ERRNOS.items():

@@ -92,13 +92,23 @@ class Assembly:
     def repair(self, *, check: bool) -> list[str]:
         """Drop listed shards that are missing or damaged, so that their videos are extracted again.
 
-        Always checks that each listed shard exists with the recorded size (cheap); ``check`` also
-        compares its sha256 (reads every byte). Returns one line per repaired shard.
+        Always checks that each listed shard exists with the recorded size (cheap) and that the manifest
+        lists it once, with the videos the plan puts there (a manifest edited by hand or merged by a tool can
+        be valid JSON and still list other videos); ``check`` also compares its sha256 (reads every byte).
+        Returns one line per repaired shard.
         """
-        repaired = []
+        planned = {s.name: [v.video_id for v in s.videos if v.source not in self.failed] for s in self.shards}
+        names = [entry["name"] for entry in self.manifest["shards"]]
+        repaired, forgotten = [], set()
         for entry in list(self.manifest["shards"]):
             path = self.out / entry["name"]
-            if not path.is_file():
+            if entry["name"] in forgotten:
+                continue
+            if names.count(entry["name"]) > 1:
+                problem = f"listed {names.count(entry['name'])} times in the manifest"
+            elif planned.get(entry["name"]) != entry["videos"]:
+                problem = "the manifest lists other videos than the plan puts there"
+            elif not path.is_file():
                 problem = "missing"
             elif path.stat().st_size != entry["size"]:
                 problem = f"{path.stat().st_size} bytes, the manifest says {entry['size']}"
@@ -107,8 +117,10 @@ class Assembly:
             else:
                 continue
             self.forget(entry)
+            forgotten.add(entry["name"])
             path.unlink(missing_ok=True)
-            repaired.append(f"{entry['name']} ({problem}): extracting its {len(entry['videos'])} video(s) again")
+            repaired.append(f"{entry['name']} ({problem}): extracting its {len(planned.get(entry['name'], []))} video(s) "
+                            "again")
         return repaired
 
     def forget(self, entry: dict) -> None:

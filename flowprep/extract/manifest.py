@@ -113,8 +113,17 @@ def _structure_problem(m: dict[str, Any]) -> str | None:
 def read_part(path: Path) -> dict[str, Any]:
     """``read_manifest``, and every field a run writes there with its type: a part damaged while still valid JSON
     (edited by hand, merged by a tool) is a ``ManifestError`` (set aside by a rerun, a problem for verify), not a
-    KeyError or TypeError deep in the run that reads as a crash of the environment (exit 75) on every rerun."""
-    part = read_manifest(path)
+    KeyError or TypeError deep in the run that reads as a crash of the environment (exit 75) on every rerun.
+    A part that cannot be read at all (permission denied, an I/O error) raises that ``OSError``: it is not known
+    to be damaged, and setting it aside would redo every finished video of the task."""
+    try:
+        part, unreadable = read_manifest(path), None
+    except ManifestError as exc:
+        unreadable = exc.__cause__  # permission denied, an I/O error: the file may be intact, so it is not set
+        if not isinstance(unreadable, OSError):  # aside (the task would start over) but stops the run
+            raise
+    if unreadable is not None:
+        raise unreadable  # outside the except block: its context is not the ManifestError caused by it (a cycle)
     problem = _structure_problem(part)
     if problem:
         raise ManifestError(f"{Path(path).name}: damaged manifest ({problem})")
@@ -149,16 +158,21 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
 def check_compatible(out: Path, mine: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """Refuse to mix runs; return (this task's existing manifest or None for a fresh start, a repair note).
 
-    This task's own manifest, when it cannot be read (damaged by hand or by the file system: it is
-    only ever replaced atomically), is set aside as ``<name>.damaged`` and the task starts over,
-    so that a rerun repairs what ``verify`` flags; the note says so. Other tasks' unreadable parts
-    are theirs to repair and are passed over here.
+    This task's own manifest, when it is damaged (by hand or by the file system: it is only ever
+    replaced atomically), is set aside as ``<name>.damaged`` and the task starts over, so that a
+    rerun repairs what ``verify`` flags; the note says so. One that cannot be read (permission
+    denied, an I/O error) stops the run instead (``OSError``). Other tasks' damaged or unreadable
+    parts are theirs to repair and are passed over here.
     """
     own, note = None, None
     mine_name = manifest_name(task_index=mine["task"]["index"], task_count=mine["task"]["count"])
     for path in manifest_paths(out):
         try:
             part = read_part(path)
+        except OSError:
+            if path.name != mine_name:
+                continue
+            raise
         except ManifestError as exc:
             if path.name != mine_name:
                 continue

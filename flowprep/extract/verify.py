@@ -51,6 +51,8 @@ def _check_video(name: str, g: h5py.Group, classes: list[str], params: dict[str,
     if missing:
         return [f"video {name}: missing attribute(s) {', '.join(missing)}"]
     problems = []
+    if str(a["source"]) != name and video_id(str(a["source"])) != name:  # the path the video was made from
+        problems.append(f"video {name}: attribute source is {a['source']!r}, which names another video")
     label, t = int(a["label"]), int(a["num_frames"])
     unlabelled = label == -1 and a["class_name"] == ""  # extract --unlabelled
     if not unlabelled and (not (0 <= label < len(classes)) or classes[label] != a["class_name"]):
@@ -105,7 +107,9 @@ def _check_contents(f: h5py.File, entry: dict, classes: list[str], params: dict[
     """The shard's structure, video by video; ``read_all`` (a damaged shard) also inflates every flow
     chunk and decodes every frame, to name the videos the damage is in."""
     if f.attrs.get("format") != SHARD_FORMAT or f.attrs.get("format_version") != SHARD_VERSION:
-        return [f"root attributes say format={f.attrs.get('format')!r} version={f.attrs.get('format_version')!r}"]
+        version = f.attrs.get("format_version")
+        version = version.item() if hasattr(version, "item") else version  # 1, not np.int64(1)
+        return [f"root attributes say format={f.attrs.get('format')!r} version={version!r}"]
     problems = []
     if json.loads(f.attrs.get("params", "null")) != params:
         problems.append("root attribute params differs from the manifest params")
@@ -122,8 +126,8 @@ def _check_contents(f: h5py.File, entry: dict, classes: list[str], params: dict[
     problems += [f"lacks video {v} that the manifest lists" for v in sorted(listed - set(found))]
     for name in sorted(listed & set(found)):
         problems += _check_video(name, found[name], classes, params)
-        if read_all:
-            problems += _read_video(name, found[name])
+        if read_all:  # the first frame was checked above already: its problem is not named twice
+            problems += [p for p in _read_video(name, found[name]) if p not in problems]
     return problems
 
 
@@ -138,8 +142,12 @@ def _read_video(name: str, g: h5py.Group) -> list[str]:
                 item = ds[i]
             except (OSError, ValueError, RuntimeError) as exc:
                 return [f"video {name}: {key}[{i}] cannot be read ({' '.join(str(exc).split())[:200]})"]
-            if key == "rgb" and cv2.imdecode(item, cv2.IMREAD_COLOR) is None:
-                return [f"video {name}: rgb[{i}] is not a JPEG"]
+            if key == "rgb":
+                frame = cv2.imdecode(item, cv2.IMREAD_COLOR)
+                h, w = g["flow"].shape[2:] if "flow" in g else (None, None)
+                if frame is None or (h is not None and frame.shape != (h, w, 3)):
+                    got = None if frame is None else frame.shape
+                    return [f"video {name}: rgb[{i}] is not a {h}x{w} JPEG (decoded: {got})"]
     return []
 
 
@@ -230,7 +238,7 @@ def format_report(report: VerifyReport) -> str:
             f"unfinished tasks: {', '.join(map(str, report.unfinished_tasks))} of {report.task_count} "
             "(killed or still running: rerun the same task index to resume it)"
         )
-    if not report.complete:
+    if not report.complete and report.task_count is not None:  # else no manifest part was read: said above
         lines.append(f"incomplete: {done} of {report.num_videos} videos" + (" (in the parts present)" if report.missing_tasks else ""))
     if any(p.split(":", 1)[0] in report.shards for p in report.problems):
         lines.append("to repair damaged or missing shards: rerun the same flowprep extract command with --check")

@@ -21,8 +21,8 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     (the uint8 codes as gray JPEGs), ``OUT/rawframes.txt``: ``<video_id> <num_frames> <label>`` per line
     (0-based labels, mmaction2's rawframe annotation format), and ``OUT/classInd.txt``: the shards' classes
     in label order ("1 <name>" lines), which ``import-frames --class-index`` takes to keep the labels.
-    ``out`` must be new or empty (stale frames of an earlier export would be imported again); when the
-    export fails, what it wrote is removed.
+    ``out`` must be new or empty (stale frames of an earlier export would be imported again), and the shards a
+    finished run (every manifest part present and complete); when the export fails, what it wrote is removed.
     """
     if layout != "mmaction":
         raise FramesError(f"export-frames writes the mmaction layout, got {layout!r}")
@@ -33,6 +33,14 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FramesError(f"{out} is not an empty folder: export into a new --out (or delete it first)")
     manifests = [fmt.read_manifest(p) for p in paths]
+    count = manifests[0].get("task", {}).get("count", 1)
+    absent = sorted(set(range(count)) - {m.get("task", {}).get("index") for m in manifests})
+    unfinished = [p.name for p, m in zip(paths, manifests) if m.get("complete") is not True]
+    if absent or unfinished:  # an extraction still running or killed: exporting it would drop videos unsaid
+        why = (f"manifest parts of task(s) {', '.join(map(str, absent))} of {count} are missing" if absent else
+               f"{', '.join(unfinished)} says the run has not finished")
+        raise FramesError(f"{shards} is incomplete ({why}): rerun the same flowprep extract command to finish it, "
+                          f"then export (flowprep verify {shards} says what is missing)")
     classes = manifests[0].get("classes") or []
     lines, params = [], [cv2.IMWRITE_JPEG_QUALITY, quality]
     created = not out.exists()
@@ -85,7 +93,8 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int) ->
     RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
     '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
     classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
-    removed.
+    removed. Exit status 2: SHARDS is not a finished flowprep output or --out is not empty; 75: reading a
+    shard or writing a frame failed (one line).
     """
     try:
         n = export_frames(shards, out, layout=layout, quality=quality)

@@ -22,7 +22,8 @@ Layouts (``--layout``):
 Video ids are the video folders' paths (``<Class>/<video>``, as ``flowprep extract`` names UCF-101's
 videos, so UCF-101's list files select them). A video must have as many u as v frames, numbered without gaps, and one RGB frame
 more than flow frames (or pass ``--no-rgb``): anything else is named per video, never trimmed. Frames of
-unequal sizes are found while writing: the first is named, and what the import wrote is removed.
+unequal sizes, and files that are not whole JPEGs (cut short, another format behind a .jpg name), are found while
+writing: the first is named, and what the import wrote is removed.
 """
 
 from __future__ import annotations

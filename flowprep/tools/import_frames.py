@@ -25,11 +25,25 @@ from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 from flowprep.tools.frames import LAYOUTS, FramesError, FrameVideo, scan
 
 
-def _read_gray(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+def _read_jpeg(path: Path, mode: int) -> tuple[bytes, np.ndarray]:
+    """A frame's bytes and pixels; a file that is not a whole JPEG is a ``FramesError`` naming it.
+
+    OpenCV decodes a JPEG cut short (an interrupted copy or download) with a warning, the missing rows grey, and
+    reads PNG or BMP bytes behind a .jpg name: both would be imported as if they were the frame.
+    """
+    data = path.read_bytes()
+    if data[:3] != b"\xff\xd8\xff":
+        raise FramesError(f"{path}: not a JPEG file")
+    if data.rstrip(b"\0\r\n ")[-2:] != b"\xff\xd9":
+        raise FramesError(f"{path}: a JPEG cut short (no end marker): copy the frame again")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), mode)
     if img is None:
         raise FramesError(f"{path}: not a readable JPEG")
-    return img
+    return data, img
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    return _read_jpeg(path, cv2.IMREAD_GRAYSCALE)[1]
 
 
 def _short(path: Path) -> str:
@@ -126,12 +140,15 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
                               f"{q.shape[3]}x{q.shape[2]})")
         writer.append_flow(q)
     if rgb:
-        first = cv2.imread(str(video.rgb[0]), cv2.IMREAD_COLOR)
-        if first is None or first.shape[:2] != (height, width):
-            got = "unreadable" if first is None else f"{first.shape[1]}x{first.shape[0]}"
-            raise FramesError(f"{video.video_id}: RGB frames are {got}, the flow is {width}x{height}: the shard "
-                              "format needs one size (pass --no-rgb to import the flow alone)")
-        writer.append_rgb([p.read_bytes() for p in video.rgb])
+        frames = []
+        for path in video.rgb:  # every frame: one of another size or a damaged one would fail only in training
+            data, frame = _read_jpeg(path, cv2.IMREAD_COLOR)
+            if frame.shape[:2] != (height, width):
+                raise FramesError(f"{video.video_id}: RGB frame {_short(path)} is {frame.shape[1]}x{frame.shape[0]}, "
+                                  f"the flow is {width}x{height}: the shard format needs one size (pass --no-rgb to "
+                                  "import the flow alone)")
+            frames.append(data)
+        writer.append_rgb(frames)
     writer.finish(num_frames=len(video.u) + 1, fps=fps)
 
 
@@ -163,7 +180,9 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
     frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
-    count); then nothing is written and the exit status is 2.
+    count); then nothing is written and the exit status is 2, as for a frame of another size or one that is
+    not a whole JPEG (found while writing; what was written is removed). 75: the disk filled up or an I/O
+    error (one line; rerun into a new --out). 4: another import holds --out.
     """
     try:
         classes = reader.read_class_index(class_index) if class_index else None

@@ -18,7 +18,7 @@ import cv2
 import h5py
 import numpy as np
 
-from flowprep.errors import FiniteFloat, OutPath
+from flowprep.errors import FiniteFloat, OutPath, environment_failure
 from flowprep.format import ManifestError, dequantize, manifest_paths, read_manifest, video_id as video_id_of
 from flowprep.tools.hsv import flow_to_rgb, legend
 
@@ -81,18 +81,32 @@ def load_video(root: str | Path, video_id: str, *, frames: int | None = None) ->
     path = find_shard(root, video_id)
     if not path.is_file():
         raise PreviewError(f"the manifest lists {video_id} in {path.name}, but {path} does not exist")
-    with h5py.File(path, "r") as f:
+    damaged = f"; the shard is damaged (flowprep verify {root} names it, a rerun of flowprep extract with --check repairs it)"
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise PreviewError(f"{path} cannot be opened as HDF5 ({' '.join(str(exc).split())}){damaged}") from None
+    with f:
         if f"videos/{video_id}/flow" not in f:
             raise PreviewError(f"expected /videos/{video_id}/flow in {path}, as its manifest says; it is not there")
         g = f["videos"][video_id]
         ds = g["flow"]
         idx = pick_fields(ds.shape[0], frames)
-        q = ds[idx.tolist()] if len(idx) < ds.shape[0] else ds[:]
+        try:
+            q = ds[idx.tolist()] if len(idx) < ds.shape[0] else ds[:]
+        except (OSError, RuntimeError) as exc:  # a chunk its filter cannot inflate
+            raise PreviewError(f"{path}: the flow of {video_id} cannot be read ({' '.join(str(exc).split())}){damaged}"
+                               ) from None
         flow = dequantize(q, ds.attrs["scale_factor"], ds.attrs["add_offset"])
         rgb = None
         if "rgb" in g:
-            # The JPEGs hold RGB pictures; OpenCV decodes them in BGR order.
-            rgb = np.stack([cv2.imdecode(g["rgb"][i], cv2.IMREAD_COLOR)[..., ::-1] for i in idx])
+            frames = []
+            for i in idx:
+                frame = cv2.imdecode(g["rgb"][i], cv2.IMREAD_COLOR)
+                if frame is None or frame.shape[:2] != q.shape[2:]:
+                    raise PreviewError(f"{path}: rgb[{i}] of {video_id} is not a {q.shape[3]}x{q.shape[2]} JPEG{damaged}")
+                frames.append(frame[..., ::-1])  # the JPEGs hold RGB pictures; OpenCV decodes them in BGR order
+            rgb = np.stack(frames)
         meta = (str(g.attrs["class_name"]), float(g.attrs["fps"]), float(ds.attrs["bound"]))
     return PreviewVideo(video_id, meta[0], idx, flow, rgb, meta[1], meta[2])
 
@@ -165,8 +179,10 @@ def render_animation(video: PreviewVideo, *, max_flow: float) -> list[np.ndarray
 
 
 def write_png(image: np.ndarray, path: Path) -> None:
-    if not cv2.imwrite(str(path), image[..., ::-1]):
-        raise PreviewError(f"could not write {path}")
+    ok, png = cv2.imencode(".png", image[..., ::-1])  # written by Python: a full disk is an OSError with its errno
+    if not ok:
+        raise PreviewError(f"could not encode {path.name} as PNG")
+    path.write_bytes(png.tobytes())
 
 
 def write_gif(images: Sequence[np.ndarray], path: Path, *, fps: float) -> None:
@@ -201,15 +217,19 @@ def write_preview(
     still = out.suffix.lower() == ".png"
     video = load_video(root, video_id, frames=(8 if frames is None else frames) if still else frames)
     max_flow = max_flow or auto_max_flow(video.flow)
-    if still:
-        image = render_grid(video, max_flow=max_flow)
-        write_png(image, out)
-        size = image.shape[:2]
-    else:
-        images = render_animation(video, max_flow=max_flow)
-        write = write_gif if out.suffix.lower() == ".gif" else write_mp4
-        write(images, out, fps=fps or min(video.fps, 10.0))
-        size = images[0].shape[:2]
+    try:
+        if still:
+            image = render_grid(video, max_flow=max_flow)
+            write_png(image, out)
+            size = image.shape[:2]
+        else:
+            images = render_animation(video, max_flow=max_flow)
+            write = write_gif if out.suffix.lower() == ".gif" else write_mp4
+            write(images, out, fps=fps or min(video.fps, 10.0))
+            size = images[0].shape[:2]
+    except BaseException:  # a full disk, Ctrl-C: no picture cut short is left behind
+        out.unlink(missing_ok=True)
+        raise
     return {"path": str(out), "fields": video.fields.tolist(), "height": size[0], "width": size[1],
             "max_flow": max_flow}
 
@@ -235,10 +255,14 @@ def preview_command(
     Flow colouring: hue = direction (right red, down yellow-green, left cyan, up violet),
     brightness = magnitude, full at --max-flow; see the colour wheel on the right.
     VIDEO_ID is the path under the videos folder without extension, e.g. MoveLeft/v_MoveLeft_g01_c01.
+    Exit status 1: bad input (folder, video id, a damaged shard; one line); 75: writing --out failed (disk
+    full, I/O error; one line, nothing left behind).
     """
     try:
         info = write_preview(shards, video_id, out, frames=frames, max_flow=max_flow, fps=fps)
     except PreviewError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # PyAV's and Pillow's errors writing --out (disk full, I/O error)
+        raise environment_failure(e, out.parent, action="rerun the same command", log=False) from None
     click.echo(f"{out}: {len(info['fields'])} frame pairs, {info['width']}x{info['height']}, "
                f"full brightness at {info['max_flow']:g} px/frame")

@@ -19,7 +19,7 @@ import click
 import cv2
 import numpy as np
 
-from flowprep.errors import OutPath
+from flowprep.errors import OutPath, environment_failure
 from flowprep.tools.synth import DEFAULT_CLASSES, MIRROR_SAFE_CLASSES, MOTIONS, ClipSpec, render_clip
 
 CODECS = {".avi": "mpeg4", ".mp4": "libx264"}
@@ -165,6 +165,8 @@ def sample_command(
     Split by group: test g01.. (~30%), then validation (~15%), training the rest.
     The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields; what a field costs
     with each method is in BENCHMARKS.md.
+    Exit status 1: --out holds a sample (pass --force); 2: a bad option; 75: a full disk or an I/O error
+    (one line: rerun with --force).
     """
     names = list(MIRROR_SAFE_CLASSES) if classes == "mirror-safe" else [c.strip() for c in classes.split(",")]
     if (out / "videos").is_dir() and any((out / "videos").iterdir()):
@@ -179,6 +181,8 @@ def sample_command(
                            progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    except OSError as e:  # a full disk, an I/O error (PyAV's errors are OSErrors too): one line, retriable
+        raise environment_failure(e, out, action="rerun the same command with --force", log=False) from None
     n = info["videos"]
     click.echo(f"{out}: {len(names)} classes, {n['train']} train / {n['val']} val / {n['test']} test videos, "
                f"{size[0]}x{size[1]}, {frames} frames")

@@ -14,6 +14,9 @@ from trainer.data.errors import DataError
 from trainer.data.shards import ShardIndex, VideoRecord, check_quantization
 
 
+SCORED = ("val", "test")  # roles whose videos are scored: each video once
+
+
 def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | None = None, role: str | None = None,
                     kind: str | None = None) -> list[VideoRecord]:
     """Resolve a split file against the shards: a UCF-101 list (``Class/v_x.avi 1``, 1-based label optional),
@@ -26,20 +29,28 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
     mix); the path may hold spaces (``air drumming/x.mp4 3``). Kinetics, SSv2 and HMDB-51 videos are matched
     by file name (their stem), the others by video id. Labels and class names given must agree with the
     shards, and each video's flow ``scale_factor``/``add_offset`` must be its shard's (``check_quantization``).
+    A video listed twice is an error in a validation or test list (``SCORED``); a training list keeps each
+    listing (oversampling: a repeated video is one more sample per epoch).
     """
     paths = sorted(Path(p) for p in glob.glob(str(path))) if "*" in str(path) else [Path(path)]
     if not paths:
         raise DataError(f"{path}: no file matches")
     records: list[VideoRecord] = []
     missing: list[tuple[str, str, str, str]] = []  # (where, video, what, hint) of every file, reported together
+    # video id -> file:line that lists it. Scored lists (val, test) name each video once: twice would count it twice
+    # in the scores. A training list may repeat a video on purpose (oversampling: one sample per listing and epoch).
+    listed: dict[str, str] | None = {} if role in SCORED else None
     for p in paths:
         try:
             entries = read_split(p, role=role, kind=kind)
         except OSError as e:
             raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
+        except UnicodeDecodeError as e:  # a ValueError whose text names neither the file nor the line
+            line = p.read_bytes()[:e.start].count(b"\n") + 1
+            raise DataError(f"{p}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the list as UTF-8") from None
         except (fmt.ListError, ValueError) as e:
             raise DataError(str(e)) from None
-        records += _resolve(p, entries, index, labelled=labelled, missing=missing)
+        records += _resolve(p, entries, index, labelled=labelled, missing=missing, listed=listed)
     if missing:
         raise DataError(_missing_line(missing, index.root))
     if not records:
@@ -48,8 +59,9 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
 
 
 def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labelled: bool | None,
-             missing: list[tuple[str, str, str, str]]) -> list[VideoRecord]:
-    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``."""
+             missing: list[tuple[str, str, str, str]], listed: dict[str, str] | None) -> list[VideoRecord]:
+    """The shards' records of ``entries``; the entries the shards lack are added to ``missing``, and a video
+    already in ``listed`` (by an earlier line or file; None: repeats are kept) is an error."""
     by_stem: dict[str, list[VideoRecord]] | None = None
     by_nfc: dict[str, list[VideoRecord]] | None = None
     records, seen_labels = [], set()
@@ -100,6 +112,12 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
         if entry.class_name is not None and entry.class_name != rec.class_name:
             raise DataError(f"{entry.where}: {rec.video_id} is {entry.class_name!r} there but {rec.class_name!r} in "
                             "the shards")
+        if listed is not None:
+            place = f"{path}:{entry.where.rsplit(':', 1)[-1]}"
+            if rec.video_id in listed:
+                raise DataError(f"{place}: {rec.video_id} is listed twice (first at {listed[rec.video_id]}); expected "
+                                "each video once in a validation or test list (twice would count it twice in the scores)")
+            listed[rec.video_id] = place
         check_quantization(rec, index)
         records.append(rec)
     if unlabelled:

@@ -259,6 +259,47 @@ def test_a_damaged_manifest_is_set_aside_and_the_task_starts_over(ucf_tree: Path
     assert verify_output(out).ok and read_shards(out) == before
 
 
+def test_a_manifest_edited_to_list_other_videos_or_a_shard_twice_is_repaired_by_a_rerun(ucf_tree: Path, tmp_path: Path,
+                                                                                         read_shards) -> None:
+    out = tmp_path / "out"
+    assert invoke(*extract_args(ucf_tree, out)).exit_code == 0
+    before = read_shards(out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"][1]["videos"] = ["Jump/nope"]  # valid JSON, but not what the shard holds
+    m["shards"].append(m["shards"][0])
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert not verify_output(out).ok
+    rerun = invoke(*extract_args(ucf_tree, out))
+    assert rerun.exit_code == 0, rerun.output
+    assert "repair: shard-00000.h5 (listed 2 times in the manifest): extracting its 2 video(s) again" in rerun.output
+    assert ("repair: shard-00001.h5 (the manifest lists other videos than the plan puts there): extracting its 2 "
+            "video(s) again") in rerun.output
+    assert verify_output(out).ok and read_shards(out) == before
+
+
+def test_a_manifest_that_cannot_be_read_is_not_set_aside_and_no_finished_video_is_redone(ucf_tree: Path,
+                                                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert invoke(*extract_args(ucf_tree, out)).exit_code == 0
+    shards = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    cmd = [str(FLOWPREP), *extract_args(ucf_tree, out)]
+    if os.geteuid() == 0:  # root reads every file: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    os.chmod(out / "manifest.json", 0o000)  # not damaged: unreadable for now (as with an I/O error)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        os.chmod(out / "manifest.json", 0o644)
+    assert result.returncode == exits.USAGE.code, result.stdout + result.stderr
+    assert result.stderr.strip() == f"Error: cannot write into {out}: permission denied ({out / 'manifest.json'})"
+    assert not (out / "manifest.json.damaged").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == shards
+    rerun = invoke(*extract_args(ucf_tree, out))
+    assert rerun.exit_code == 0 and "(0 processed now, 4 from an earlier run" in rerun.output, rerun.output
+
+
 # --- 4. exit statuses: one line, a code that tells a scheduler what to do ---------------------------
 
 

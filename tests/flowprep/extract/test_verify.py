@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -76,6 +79,34 @@ def test_a_damaged_flow_chunk_is_named_by_video_and_field(out: Path) -> None:
     assert problems[1].startswith(f"shard-00001.h5: video {video}: flow[2] cannot be read (")
 
 
+def _flip_bytes_of(shard: Path, old: bytes, new: bytes) -> None:
+    """Overwrite, in place, the one occurrence of ``old`` in the file (damage below HDF5, as a disk does it)."""
+    data = shard.read_bytes()
+    assert data.count(old) == 1
+    shard.write_bytes(data.replace(old, new))
+
+
+def test_a_damaged_jpeg_frame_is_one_line_naming_the_video_and_the_frame(out: Path) -> None:
+    video = json.loads((out / "manifest.json").read_text())["shards"][1]["videos"][0]
+    with h5py.File(out / "shard-00001.h5", "r") as f:
+        frame = f[f"videos/{video}/rgb"][0].tobytes()
+    data = (out / "shard-00001.h5").read_bytes()
+    start = data.index(frame[-64:]) + 64 - len(frame)  # the frame's end is unique; its header is not
+    assert data[start:start + len(frame)] == frame
+    with open(out / "shard-00001.h5", "r+b") as f:
+        f.seek(start)
+        f.write(b"\0\0")  # the JPEG start marker, damaged below HDF5 as a disk does it
+    assert verify_output(out).problems == [
+        "shard-00001.h5: sha256 differs from the manifest (the file is corrupted or was modified)",
+        f"shard-00001.h5: video {video}: rgb[0] is not a 48x64 JPEG (decoded: None)"]
+
+
+def test_a_source_attribute_that_names_another_video_is_named(out: Path) -> None:
+    _flip_bytes_of(out / "shard-00001.h5", b"Jump/v_Jump_g01.avi", b"Jump/v_Jump_g11.avi")
+    assert verify_output(out).problems[1:] == [
+        "shard-00001.h5: video Jump/v_Jump_g01: attribute source is 'Jump/v_Jump_g11.avi', which names another video"]
+
+
 def test_an_edited_scale_factor_is_named_by_video_and_attribute(out: Path) -> None:
     shard = out / "shard-00001.h5"
     with h5py.File(shard, "r+") as f:
@@ -150,6 +181,30 @@ def test_array_run_names_missing_tasks(tmp_path: Path) -> None:
 def test_not_a_run(tmp_path: Path) -> None:
     report = verify_output(tmp_path)
     assert not report.ok and "no manifest" in report.problems[0]
+
+
+def test_a_folder_without_a_readable_manifest_is_one_problem_line_and_no_count_of_videos(out: Path) -> None:
+    (out / "manifest.json").write_text("{")
+    assert format_report(verify_output(out)).splitlines() == [
+        "problem: manifest.json: cannot read the manifest (Expecting property name enclosed in double quotes: line 1 "
+        "column 2 (char 1))", "NOT OK: 0 videos in 0 shard(s), 0 failed"]
+
+
+def test_a_manifest_that_cannot_be_read_is_one_line_and_exit_75_like_a_shard_that_cannot(out: Path) -> None:
+    cmd = [sys.executable, "-m", "flowprep", "verify", str(out)]
+    if os.geteuid() == 0:  # root reads every file: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    for name in ("shard-00001.h5", "manifest.json"):
+        os.chmod(out / name, 0o000)
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        finally:
+            os.chmod(out / name, 0o644)
+        assert result.returncode == 75, result.stdout + result.stderr
+        assert result.stderr.strip() == (f"Error: [Errno 13] Permission denied: '{out / name}' (traceback with "
+                                         "--debug); fix its permissions and run verify again")
 
 
 def test_cli_exit_status_and_json(out: Path) -> None:

@@ -275,3 +275,47 @@ def test_two_files_for_one_frame_number_are_named(tmp_path: Path) -> None:
     result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "out", "--layout", "denseflow")
     assert result.exit_code == 2
     assert result.output.strip() == "Error: Run/v_Run_g01_c01: u: frame 1 twice (flow_x_00001.jpg, x_00001.jpg)"
+
+
+@pytest.mark.parametrize("frame, damage, expected", [
+    ("flow_x_00002.jpg", lambda p: p.write_bytes(p.read_bytes()[:300]), "a JPEG cut short (no end marker): copy the frame again"),
+    ("img_00003.jpg", lambda p: p.write_bytes(p.read_bytes()[:300]), "a JPEG cut short (no end marker): copy the frame again"),
+    ("img_00002.jpg", lambda p: p.write_bytes(cv2.imencode(".png", np.zeros((24, 32, 3), np.uint8))[1].tobytes()),
+     "not a JPEG file"),
+])
+def test_a_frame_cut_short_or_not_a_jpeg_is_named_and_nothing_is_written(tmp_path: Path, frame: str, damage,
+                                                                           expected: str) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 3})
+    damage(frames / "Run" / "v_Run_g01_c01" / frame)  # OpenCV decodes both, with grey rows or as PNG
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "mmaction")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {frames / 'Run' / 'v_Run_g01_c01' / frame}: {expected}"
+    assert not (tmp_path / "shards").exists()
+
+
+def test_an_rgb_frame_of_another_size_after_the_first_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 3})
+    write_jpeg(frames / "Run" / "v_Run_g01_c01" / "img_00003.jpg", np.full((30, 40, 3), 9, np.uint8))
+    result = invoke("import-frames", "--frames", frames, "--out", tmp_path / "shards", "--layout", "mmaction")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: Run/v_Run_g01_c01: RGB frame Run/v_Run_g01_c01/img_00003.jpg is 40x30, the "
+                                     "flow is 32x24: the shard format needs one size (pass --no-rgb to import the flow "
+                                     "alone)")
+    assert not (tmp_path / "shards").exists()
+
+
+def test_export_of_a_run_that_has_not_finished_is_refused_instead_of_dropping_its_videos(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2, "Run/v_Run_g02_c01": 2})
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction",
+                  "--videos-per-shard", "1").exit_code == 0
+    m = json.loads((shards / "manifest.json").read_text())  # what a run killed after its first shard leaves
+    m.update(complete=False, shards=m["shards"][:1])
+    (shards / "manifest.json").write_text(json.dumps(m))
+    (shards / "shard-00001.h5").unlink()
+    result = invoke("export-frames", shards, "--out", tmp_path / "exported")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"Error: {shards} is incomplete (manifest.json says the run has not finished): "
+                                     "rerun the same flowprep extract command to finish it, then export (flowprep "
+                                     f"verify {shards} says what is missing)")
+    assert not (tmp_path / "exported").exists()

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +172,40 @@ def test_bad_input_is_one_clear_line(shards: Path, tmp_path: Path) -> None:
     msg = preview(str(shards), "MoveRight/v_MoveRight_g01_c01", "--out", out)
     assert "the manifest lists MoveRight/v_MoveRight_g01_c01 in shard-00000.h5, but" in msg
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_damaged_flow_chunk_or_jpeg_frame_is_one_line_naming_the_shard_and_the_video(shards: Path, tmp_path: Path) -> None:
+    shard, vid = shards / "shard-00000.h5", "MoveRight/v_MoveRight_g01_c01"
+    with h5py.File(shard, "r") as f:
+        chunk = f[f"videos/{vid}/flow"].id.get_chunk_info(1)
+        jpeg = f[f"videos/{vid}/rgb"][0].tobytes()
+    good = shard.read_bytes()
+    start = good.index(jpeg[-64:]) + 64 - len(jpeg)  # the frame's end is unique; its header is not
+    for offset, what in ((chunk.byte_offset + 4, f"{shard}: the flow of {vid} cannot be read ("),
+                         (start, f"{shard}: rgb[0] of {vid} is not a {W}x{H} JPEG; the shard is damaged")):
+        data = bytearray(good)
+        data[offset:offset + 8] = b"\xff" * 8  # below HDF5, as a disk damages a file
+        shard.write_bytes(bytes(data))
+        res = CliRunner().invoke(main, ["preview", str(shards), vid, "--out", str(tmp_path / "x.png")])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+        assert res.output.startswith(f"Error: {what}") and res.output.strip().count("\n") == 0, res.output
+        assert res.output.strip().endswith(f"(flowprep verify {shards} names it, a rerun of flowprep extract with "
+                                           "--check repairs it)")
+        assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_full_disk_is_one_line_exit_75_and_leaves_no_picture_cut_short(shards: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "fill").write_bytes(b"\0" * (60 << 10))  # a few kB left: each picture starts, none fits
+        for name in ("x.gif", "x.mp4", "x.png"):
+            res = CliRunner().invoke(main, ["preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
+                                            str(disk / name)])
+            assert res.exit_code == 75 and isinstance(res.exception, SystemExit), (name, res.output)
+            assert res.output.startswith(f"Error: disk full ({disk}): ") and res.output.strip().count("\n") == 0
+            assert not (disk / name).exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

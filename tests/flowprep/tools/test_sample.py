@@ -1,5 +1,6 @@
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -154,3 +155,24 @@ def test_the_sample_is_the_same_bytes_whatever_the_number_of_cores(sample: Path,
     assert any(str(p).endswith(".avi") for p in videos) and any(str(p).endswith(".mp4") for p in videos)
     differ = [str(p) for p in videos if (tmp_path / p).read_bytes() != (sample / p).read_bytes()]
     assert differ == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_full_disk_is_one_line_exit_75_and_the_rerun_with_force_makes_the_sample(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "fill").write_bytes(b"\0" * (1000 << 10))  # room for a few videos (a 4 kB page each), not all
+        args = ["sample", "--out", str(disk / "s"), "--classes", "MoveUp,MoveDown", "--videos-per-class", "4",
+                "--clips-per-group", "1", "--size", "64x32", "--frames", "6", "--no-val"]
+        res = subprocess.run([sys.executable, "-m", "flowprep", *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 75 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines()[-1].startswith(f"Error: disk full ({disk / 's'}): ")
+        assert res.stderr.strip().endswith("rerun the same command with --force")
+        (disk / "fill").unlink()
+        again = CliRunner().invoke(main, [*args, "--force"])
+        assert again.exit_code == 0, again.output
+        assert len(list((disk / "s" / "videos").rglob("*.*"))) == 8 and (disk / "s" / "sample.json").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

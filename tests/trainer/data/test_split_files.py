@@ -216,3 +216,42 @@ def test_lists_find_videos_whose_names_are_spelled_in_the_other_unicode_form(mak
     same = tmp_path / "same.txt"  # a list in the shards' own spelling still matches exactly
     same.write_text(nfd("Judo/Judo_café_1.avi 2\n"))
     assert [r.video_id for r in read_video_list(same, index)] == [nfd("Judo/Judo_café_1")]
+
+
+@pytest.mark.parametrize("role", ["val", "test"])
+def test_a_video_listed_twice_in_a_scored_list_is_one_line_naming_both_places(tiny_shards, tmp_path: Path,
+                                                                              role: str) -> None:
+    idx = index_shards(tiny_shards.root)
+    first, second = tiny_shards.train_list.read_text().splitlines()[:2]
+    ucf = tmp_path / "list.txt"
+    ucf.write_text(f"{first}\n\n{second}\n{first}  \n")  # a blank line and trailing spaces too
+    with pytest.raises(DataError) as e:
+        read_video_list(ucf, idx, role=role)
+    vid = first.split()[0].rsplit(".", 1)[0]
+    assert str(e.value) == (f"{ucf}:4: {vid} is listed twice (first at {ucf}:1); expected each video once in a "
+                            "validation or test list (twice would count it twice in the scores)")
+    # a training list may repeat a video on purpose (oversampling): each listing is a sample
+    assert [r.video_id for r in read_video_list(ucf, idx, role="train")].count(vid) == 2
+
+
+def test_an_hmdb51_test_video_tagged_twice_in_the_split_files_of_a_glob_is_named(make_tiny_shards, tmp_path: Path) -> None:
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=2, class_names=["brush_hair", "cartwheel"],
+                            id_format="{cls}/{cls}_clip_{g}")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("brush_hair_clip_1.avi 2\nbrush_hair_clip_2.avi 1\n"
+                                                         "brush_hair_clip_1.avi 2\n")
+    (splits / "cartwheel_test_split1.txt").write_text("cartwheel_clip_1.avi 2\n")
+    with pytest.raises(DataError, match=r"brush_hair_test_split1.txt:3: brush_hair/brush_hair_clip_1 is listed twice "
+                                        r"\(first at .*brush_hair_test_split1.txt:1\)"):
+        read_video_list(splits / "*_test_split1.txt", index_shards(tiny.root), role="test")
+
+
+def test_a_list_that_is_not_utf8_names_the_file_and_the_line(tiny_shards, tmp_path: Path) -> None:
+    idx = index_shards(tiny_shards.root)
+    first = tiny_shards.train_list.read_text().splitlines()[0]
+    latin1 = tmp_path / "trainlist.txt"
+    latin1.write_bytes(f"{first}\nJump/caf\xe9.avi 1\n".encode("latin-1"))  # saved by an editor as Latin-1
+    with pytest.raises(DataError) as e:
+        read_video_list(latin1, idx)
+    assert str(e.value) == f"{latin1}:2: not UTF-8 text (byte 0xe9); save the list as UTF-8"
