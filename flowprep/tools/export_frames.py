@@ -47,6 +47,7 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     try:
         for manifest in manifests:
             for entry in manifest["shards"]:
+                _check_against_manifest(shards, entry)
                 with h5py.File(shards / entry["name"], "r") as f:
                     for vid in entry["videos"]:
                         _export_video(f[f"{fmt.VIDEOS_GROUP}/{vid}"], out / vid, params)
@@ -65,6 +66,24 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
                 out.rmdir()
         raise
     return len(lines)
+
+
+def _check_against_manifest(shards: Path, entry: dict) -> None:
+    """A shard that is missing, or whose size or sha256 is not the manifest's, is damaged: exporting it would
+    copy its damage (a JPEG frame's bytes go out as stored) and rerunning the export would not help."""
+    from flowprep.extract.manifest import file_digest
+
+    path = shards / entry["name"]
+    if not path.is_file():
+        problem = "is missing"
+    elif path.stat().st_size != entry["size"]:
+        problem = f"holds {path.stat().st_size} bytes, the manifest says {entry['size']}"
+    elif file_digest(path) != entry["sha256"]:
+        problem = "is damaged (its sha256 differs from the manifest)"
+    else:
+        return
+    raise FramesError(f"{path} {problem}: the same flowprep extract command with --check repairs it (flowprep verify "
+                      f"{shards} names the videos), then export")
 
 
 def _export_video(g: h5py.Group, folder: Path, params: list[int]) -> None:
@@ -93,8 +112,9 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int) ->
     RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
     '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
     classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
-    removed. Exit status 2: SHARDS is not a finished flowprep output or --out is not empty; 75: reading a
-    shard or writing a frame failed (one line).
+    removed. Each shard is checked against the manifest's size and sha256 first. Exit status 2: SHARDS is not
+    a finished flowprep output, a shard is missing or damaged, or --out is not empty; 75: reading a shard or
+    writing a frame failed (one line).
     """
     try:
         n = export_frames(shards, out, layout=layout, quality=quality)

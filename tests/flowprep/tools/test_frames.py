@@ -130,15 +130,27 @@ def test_export_then_import_gives_back_the_flow_up_to_jpeg_loss(ucf_tree: Path, 
             assert a[f"videos/{vid}"].attrs["label"] == b[f"videos/{vid}"].attrs["label"]
 
 
-def test_export_of_a_damaged_shard_is_one_line_and_exit_75(ucf_tree: Path, tmp_path: Path) -> None:
+def test_export_of_a_damaged_or_missing_shard_is_one_line_saying_how_to_repair_it_and_writes_nothing(
+    ucf_tree: Path, tmp_path: Path
+) -> None:
     shards = tmp_path / "shards"
     assert invoke("extract", "--videos", ucf_tree, "--out", shards, "--method", "farneback", "--workers", "2",
                   "--no-progress").exit_code == 0
-    with open(shards / "shard-00000.h5", "r+b") as f:
-        f.write(b"\0" * 512)
-    result = invoke("export-frames", shards, "--out", tmp_path / "frames")
-    assert result.exit_code == 75 and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1 and result.output.strip().endswith("rerun the same command")
+    shard = shards / "shard-00000.h5"
+    good = shard.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) - 1000] ^= 0xFF  # one flipped bit of data: a JPEG frame would go out as stored
+    for content, problem in ((bytes(damaged), "is damaged (its sha256 differs from the manifest)"),
+                             (good[: len(good) // 2], f"holds {len(good) // 2} bytes, the manifest says {len(good)}"),
+                             (None, "is missing")):
+        shard.unlink()
+        if content is not None:
+            shard.write_bytes(content)
+        result = invoke("export-frames", shards, "--out", tmp_path / "frames")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output.strip() == (f"Error: {shard} {problem}: the same flowprep extract command with --check "
+                                         f"repairs it (flowprep verify {shards} names the videos), then export")
+        assert not (tmp_path / "frames").exists()
 
 
 def mmaction(root: Path, videos: dict[str, int]) -> Path:
