@@ -46,6 +46,24 @@ def test_sigterm_raises_terminated_once_ctrl_c_each_time_and_the_handlers_are_re
     assert stopping.stopped() is None
 
 
+def test_in_a_stop_flag_block_a_signal_sets_the_flag_a_second_ctrl_c_raises_and_a_second_sigterm_is_ignored() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with stopping.stop_flag() as flag:
+        assert flag.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # nothing raised: the loop asks the flag
+        os.kill(os.getpid(), signal.SIGTERM)  # SLURM's, then torchrun's: still the first one
+        assert (flag.signum, flag.name, flag.exit_code) == (signal.SIGTERM, "SIGTERM", 143)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with stopping.stop_flag() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert (flag.name, flag.exit_code) == ("SIGINT", 130)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
 def test_a_stop_signal_whose_exception_a_finalizer_swallowed_is_raised_again_when_asked() -> None:
     class SignalledWhileCollected:
