@@ -102,7 +102,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def max_over_processes(value: int, *, device: torch.device) -> int:
     """The largest ``value`` of all processes: one all-reduce of one number (``value`` when not distributed).
-    On gloo loopback it costs about 0.1 ms (tests/trainer/test_distributed.py prints it)."""
+    ``trainer fit`` asks it once per training step; on gloo loopback, 2 processes on 2 busy CPU cores, a call
+    took about 1.2 ms (a tiny resnet18 step there takes tens of ms, a GPU step of resnet50 at batch 32 ~100 ms)."""
     if not (dist.is_available() and dist.is_initialized()):
         return value
     t = torch.tensor([value], dtype=torch.int64, device=device)
