@@ -18,9 +18,10 @@ CPython drops an exception raised while a finalizer or weakref callback runs ("E
 in ..."), so a signal's exception can be lost; the signal is also remembered, and the run asks
 ``raise_if_stopped()`` at the points it would otherwise go on (each finished video, a dead worker).
 
-The worker processes ignore SIGINT (``ignore_ctrl_c``, their initializer; ``ignore_stop_signals`` also
-SIGTERM, for the trainer's DataLoader workers): Ctrl-C reaches the whole process group, SLURM's SIGTERM
-every process of the step, and a worker that died of it would be taken for a crash; the main process ends them.
+The worker processes ignore SIGINT (``ignore_ctrl_c``, their initializer; ``ignore_stop_signals``, the
+trainer's DataLoader workers', also a SIGTERM that their parent did not send): Ctrl-C reaches the whole
+process group, SLURM's SIGTERM every process of the step, and a worker that died of it would be taken for a
+crash; the main process ends them.
 """
 
 from __future__ import annotations

@@ -201,7 +201,8 @@ def main() -> None:
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
               help="Mixed precision on CUDA (auto = bf16 where supported, else fp16 with loss scaling).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its checkpoint.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in RUN_DIR from its checkpoint.pt (mid-epoch after a SIGTERM or Ctrl-C).")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Leave after this many epochs (for time-limited job slots); continue with --resume.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bar on rank 0.")

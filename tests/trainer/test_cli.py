@@ -53,7 +53,11 @@ def test_help_explains_every_command() -> None:
     assert top.exit_code == 0 and all(c in top.output for c in ("fit", "evaluate", "fuse", "torchrun"))
     text = " ".join(top.output.split())  # as wrapped for any terminal width
     assert "Exit status: 0 done; 1 unusable data" in text and "a damaged shard" in text and "2 usage error" in text
+    assert "130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it" in text
     fit = _invoke("fit", "--help")
+    fit_text = " ".join(fit.output.split())
+    assert "saves RUN_DIR/checkpoint.pt there, and exits 143 (SIGTERM) or 130 (Ctrl-C)" in fit_text
+    assert "--resume continues that epoch at its next batch" in fit_text
     for opt in ("--stream", "--shards", "--train-list", "--val-list", "--out", "--arch", "--pretrained", "--epochs",
                 "--batch-size", "--lr", "--flow-length", "--crop-size", "--workers", "--device", "--seed", "--resume"):
         assert opt in fit.output, opt
