@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from flowprep import exits
-from flowprep.stopping import StopFlag, Stopped
+from flowprep.stopping import StopFlag, Stopped, stop_flag
 from trainer import checkpoint as ck
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from trainer.data.errors import DataError
@@ -121,6 +122,40 @@ def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_bitwise_state_of_an_
 
     fit(**_configs(tiny_shards, run, resume=True, workers=resume_workers))
     _assert_same_run(straight, run)
+
+
+def test_a_second_ctrl_c_while_the_stop_is_saved_leaves_at_once_and_the_last_checkpoint_intact(
+    tiny_shards, tmp_path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    fit(**_configs(tiny_shards, run, epochs=1, val=False))
+    before = (run / ck.LAST).read_bytes()
+
+    stepped = []
+
+    def ctrl_c_in_step(optimizer, args, kwargs) -> None:
+        stepped.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: the run stops after this step
+
+    real_fsync = os.fsync
+
+    def ctrl_c_while_saving(fd: int) -> None:  # the checkpoint's temporary file is written by now
+        real_fsync(fd)
+        if stepped:  # not the lock's fsync before training
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", ctrl_c_while_saving)
+    hook = register_optimizer_step_post_hook(ctrl_c_in_step)
+    try:
+        with stop_flag() as flag, pytest.raises(KeyboardInterrupt) as interrupted:
+            fit(**_configs(tiny_shards, run, epochs=2, resume=True, val=False), stop=flag)
+    finally:
+        hook.remove()
+    names = [entry.name for entry in interrupted.traceback]
+    assert flag.signum == signal.SIGINT and stepped == [1] and names[-2:] == ["ctrl_c_while_saving", "handler"]
+    assert "_save_stopped" in names and "save_checkpoint" in names
+    assert (run / ck.LAST).read_bytes() == before  # epoch 1's, whole
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # no temporary file left
 
 
 @pytest.mark.slow

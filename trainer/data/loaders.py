@@ -4,8 +4,8 @@ Each training item is drawn from torch's RNG seeded by (run seed, epoch, dataset
 flips do not depend on the worker count, the worker order or a ``--resume``. An epoch resumed part-way
 (``EpochSampler.set_epoch(epoch, first_batch=S)``) skips the indices of its first S batches, unread.
 
-The workers ignore SIGINT and SIGTERM (``flowprep.stopping.ignore_stop_signals``): ``trainer fit`` finishes
-its step and saves first, and then ends them.
+The workers ignore SIGINT, and SIGTERM unless their parent sends it (``flowprep.stopping.ignore_stop_signals``):
+``trainer fit`` finishes its step and saves first, and then ends them.
 """
 
 from __future__ import annotations
