@@ -158,7 +158,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     ignored, the parent's join at exit would wait for ever. Python's handlers do not see who sent a signal,
     so SIGTERM is blocked and a thread takes it with ``sigwaitinfo``, which does (``si_pid``); threads started
     later inherit the block. torch's own SIGTERM handler in a worker would end it whoever sent it, and the main
-    process would then stop with "DataLoader worker ... is killed by signal" wherever it stood."""
+    process would then stop with "DataLoader worker ... is killed by signal" wherever it stood: as it still does
+    for a SIGTERM that reaches a worker between its fork and this function (milliseconds, when workers start)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):  # not Linux: torch's handler stays
         return
