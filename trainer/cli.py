@@ -90,6 +90,7 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BusyError as e:  # another live fit holds RUN_DIR: exit 4, retry later
             raise BusyOutput(str(e)) from None
         except stopping.Stopped as e:  # SIGTERM or Ctrl-C, at a step boundary, after fit saved it
+            e.__traceback__ = None  # as above: let the loader workers go now
             if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole torchrun
                 click.echo(f"\n{e}", err=True)
             sys.exit(e.exit_code)
