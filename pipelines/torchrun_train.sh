@@ -8,7 +8,10 @@
 # Without SLURM, run the same on every node, with the same RDZV_ID and RDZV_HOST (any one of them):
 #   NNODES=2 RDZV_HOST=node0.example.org RDZV_ID=ucf101-temporal bash pipelines/torchrun_train.sh temporal
 #
-# Requeued or rerun, it continues from RUN_DIR/checkpoint.pt (--resume is added when it exists).
+# Requeued or rerun, it continues from RUN_DIR/checkpoint.pt (--resume is added when it exists). On SIGTERM
+# (preemption, scancel, the time limit) the ranks finish their step and save it first, mid-epoch: the rerun
+# continues at the next batch. SLURM requeues a preempted job itself (--requeue); torchrun then exits 1, not
+# the ranks' 143, so nothing here requeues on exit statuses.
 # Uses the Apptainer image in FLOWPREP_SIF when set, else the venv in FLOWPREP_VENV.
 #
 #SBATCH --job-name=trainer-fit
@@ -18,6 +21,7 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --time=24:00:00
 #SBATCH --output=trainer-fit-%j.log
+#SBATCH --requeue
 
 set -euo pipefail
 

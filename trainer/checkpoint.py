@@ -5,7 +5,9 @@ A checkpoint is one ``torch.save`` dict::
     {"format": "trainer-checkpoint", "format_version": 1,
      "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ...,
      "epoch": last finished epoch (0-based), "best_acc": float, "best_loss": float (its validation loss),
-     "rng": rng_state(),
+     "rng": [rng_state() of each process],
+     "partial_epoch": None, or, written when a stop signal ended the run mid-epoch, each process's
+                      engine.EpochSums of the epoch in progress as a dict (steps done, running sums),
      "config": {"model": {...}, "data": {...}, "optim": {...}, "run": {...}},
      "classes": [class names]}
 
@@ -13,7 +15,8 @@ No flow quantization factors: a network's flow input is in pixels / ``transforms
 bound of the shards, which are always dequantized with their own ``scale_factor``/``add_offset`` (checkpoints
 written before this kept the training shards' factors, which nothing read; they still load).
 
-``RUN_DIR/checkpoint.pt`` is the latest epoch, ``RUN_DIR/best.pt`` the best on the validation list.
+``RUN_DIR/checkpoint.pt`` is the latest epoch (or the step a stop signal ended the run at), ``RUN_DIR/best.pt``
+the best on the validation list.
 """
 
 from __future__ import annotations

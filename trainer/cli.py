@@ -4,7 +4,10 @@ fusion from scores.
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
 stderr, also for a damaged shard read in a loader worker), 2 a usage error, 4 another live fit holds RUN_DIR,
 75 the environment failed (disk full, I/O error, any unexpected error: one line, the traceback in
-trainer-error.log beside the output; a rerun continues), 130 interrupted.
+trainer-error.log beside the output; a rerun continues), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
+a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next training step on either, saves
+RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume`` continues the same epoch at
+its next batch. A second Ctrl-C leaves at once (130).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Callable
 import click
 
 from flowprep.errors import BusyOutput, FiniteFloat, OutPath, environment_failure
-from flowprep import exits
+from flowprep import exits, stopping
 from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
 from trainer import options
@@ -61,7 +64,8 @@ ERROR_LOG = "trainer-error.log"
 def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Expected failures (bad data, checkpoints, devices) become one line and exit 1; a failed environment
     (disk full, I/O error) or anything unexpected one line and exit 75, the traceback in ERROR_LOG beside
-    the output (RUN_DIR for fit); Ctrl-C one line and exit 130."""
+    the output (RUN_DIR for fit); Ctrl-C one line and exit 130; fit stopped by a signal, after saving, its one
+    line and exit 130 or 143."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -85,6 +89,11 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except BusyError as e:  # another live fit holds RUN_DIR: exit 4, retry later
             raise BusyOutput(str(e)) from None
+        except stopping.Stopped as e:  # SIGTERM or Ctrl-C, at a step boundary, after fit saved it
+            e.__traceback__ = None  # as above: let the loader workers go now
+            if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole torchrun
+                click.echo(f"\n{e}", err=True)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: {_rerun(fn.__name__, kwargs)}", err=True)
             sys.exit(exits.INTERRUPTED.code)
@@ -130,8 +139,9 @@ def main() -> None:
     are not its shard's, a list naming unknown videos; 2 usage error; 4 another live fit holds RUN_DIR (its
     lock names the host and pid); 75 the environment failed (disk full, I/O
     error, anything unexpected: one line, the traceback in trainer-error.log beside the output; rerun, fit with
-    --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted. Lists hold 'path [label]' per line; the
-    path may contain spaces, the label is the last token when it is an integer.
+    --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first
+    finishes its training step and saves it, rerun with --resume to continue. Lists hold 'path [label]' per
+    line; the path may contain spaces, the label is the last token when it is an integer.
     """
 
 
@@ -192,7 +202,8 @@ def main() -> None:
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
               help="Mixed precision on CUDA (auto = bf16 where supported, else fp16 with loss scaling).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its checkpoint.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in RUN_DIR from its checkpoint.pt (mid-epoch after a SIGTERM or Ctrl-C).")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Leave after this many epochs (for time-limited job slots); continue with --resume.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bar on rank 0.")
@@ -203,6 +214,11 @@ def fit(ctx: click.Context, **o: Any) -> None:
     --val-list.
 
     Runs as one process, or one per GPU under torchrun (gloo on CPU, nccl on CUDA; only rank 0 writes).
+
+    SIGTERM (SLURM preemption, scancel, docker stop) or Ctrl-C: the run finishes its training step (all
+    processes at the same one), saves RUN_DIR/checkpoint.pt there, and exits 143 (SIGTERM) or 130 (Ctrl-C)
+    with one line; --resume continues that epoch at its next batch, as if never stopped. A signal during
+    validation stops the run once the epoch is saved. A second Ctrl-C leaves at once.
     """
     from trainer.checkpoint import LAST
     from trainer.fit import fit as run_fit
@@ -225,8 +241,9 @@ def fit(ctx: click.Context, **o: Any) -> None:
                         schedule=o["schedule"], warmup_epochs=o["warmup_epochs"], step_size=o["step_size"],
                         gamma=o["gamma"], stream_loss_weight=o["stream_loss_weight"])
     run = RunConfig(out=o["out"], device=o["device"], seed=o["seed"], amp=o["amp"], resume=o["resume"])
-    stats = run_fit(model=model, data=data, optim=optim, run=run, stop_after=o["stop_after"],
-                    show_progress=o["progress"])
+    with stopping.stop_flag() as stop:  # SIGTERM and Ctrl-C: stop at the next step, save, exit 143 / 130
+        stats = run_fit(model=model, data=data, optim=optim, run=run, stop_after=o["stop_after"],
+                        show_progress=o["progress"], stop=stop)
     if not stats and int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"{o['out']}: all {o['epochs']} epochs were already done", err=True)
 

@@ -100,6 +100,17 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def max_over_processes(value: int, *, device: torch.device) -> int:
+    """The largest ``value`` of all processes: one all-reduce of one number (``value`` when not distributed).
+    ``trainer fit`` asks it once per training step; on gloo loopback, 2 processes on 2 busy CPU cores, a call
+    took about 1.2 ms (a tiny resnet18 step there takes tens of ms, a GPU step of resnet50 at batch 32 ~100 ms)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def broadcast_buffers(module: torch.nn.Module, *, src: int = 0) -> None:
     """Give every process rank ``src``'s buffers (BatchNorm running statistics drift apart per rank)."""
     if dist.is_available() and dist.is_initialized():

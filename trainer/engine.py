@@ -12,6 +12,7 @@ output's; ``evaluate`` also reports each stream's video accuracy and scores.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Union
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from flowprep.stopping import StopFlag
 from trainer import distributed
 from trainer.data.batches import SharedBatchLoader
 from trainer.data.datasets import VideoEvalDataset
@@ -40,29 +42,51 @@ def _main_output(output: Output) -> Tensor:
     return output["fused"] if isinstance(output, dict) else output
 
 
+@dataclasses.dataclass
+class EpochSums:
+    """A training epoch so far, on this process: the steps done and the sums its metrics are made of."""
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    wait: float = 0.0  # seconds blocked on the loader
+    elapsed: float = 0.0  # seconds of the epoch (a stopped and resumed epoch: both parts, not the time between)
+
+
 def train_one_epoch(
     model: nn.Module, criterion: Callable[[Output, Tensor], Tensor], optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
     loader: torch.utils.data.DataLoader | SharedBatchLoader, prepare: BatchPreparer, epoch: int, *,
-    max_grad_norm: float | None = None, show_progress: bool = True,
-) -> dict[str, Any]:
+    max_grad_norm: float | None = None, show_progress: bool = True, sums: EpochSums | None = None,
+    stop: StopFlag | None = None,
+) -> dict[str, Any] | None:
     """Train for one pass over ``loader``; the scheduler steps once per iteration.
 
     ``criterion``: cross-entropy on the logits (``nn.CrossEntropyLoss()``), or the joint stream's ``JointLoss``.
     ``epoch`` (1-based) names the progress bar and a divergence. Returns this process's ``samples`` and the
     all-process ``loss``, ``acc``, ``samples_per_s``, ``data_wait_frac`` (fraction of the epoch spent blocked on
     the loader) and ``lr`` (at the end).
+
+    ``sums``, updated after every step: a resumed epoch passes its checkpoint's, and ``loader`` then starts at
+    batch ``sums.steps`` (``loaders.EpochSampler``); the metrics cover the whole epoch. ``stop``: asked before
+    every step, all processes alike (one all-reduce of one number); once set, returns None, ``sums`` as they
+    stand after the last step done.
     """
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    wait = 0.0
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True, leave=False)
-    start = time.perf_counter()
+    sums = EpochSums() if sums is None else sums
+    done = sums.steps  # before this call
+    bar = tqdm(total=done + len(loader), initial=done, desc=f"epoch {epoch}", disable=not show_progress,
+               dynamic_ncols=True, leave=False)
+    start = time.perf_counter() - sums.elapsed
     it = iter(loader)
     while True:
+        if _stop_agreed(stop, prepare.device):
+            bar.close()
+            return None
         t0 = time.perf_counter()
         batch = next(it, None)
-        wait += time.perf_counter() - t0
+        sums.wait += time.perf_counter() - t0
         if batch is None:
             break
         x, scale, target = batch
@@ -83,30 +107,44 @@ def train_one_epoch(
         # .item() waits for the step: the wait measured above is then time the device had nothing to do.
         batch_loss = loss.item()
         if not math.isfinite(batch_loss):
-            raise FloatingPointError(f"loss is {batch_loss} at epoch {epoch}, iteration {bar.n}")
+            raise FloatingPointError(f"loss is {batch_loss} at epoch {epoch}, iteration {sums.steps}")
         n = target.shape[0]
-        loss_sum += batch_loss * n
-        correct += int((_main_output(output).argmax(dim=1) == target).sum().item())
-        seen += n
+        sums.steps += 1
+        sums.loss_sum += batch_loss * n
+        sums.correct += int((_main_output(output).argmax(dim=1) == target).sum().item())
+        sums.seen += n
+        sums.elapsed = time.perf_counter() - start
         bar.update(1)
         bar.set_postfix(loss=f"{batch_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
-    elapsed = time.perf_counter() - start
+    sums.elapsed = time.perf_counter() - start
 
-    totals = torch.tensor([loss_sum, correct, seen, wait, elapsed], dtype=torch.float64, device=prepare.device)
+    totals = torch.tensor([sums.loss_sum, sums.correct, sums.seen, sums.wait, sums.elapsed], dtype=torch.float64,
+                          device=prepare.device)
     distributed.all_reduce_sum(totals)
     loss_sum_all, correct_all, seen_all, wait_all, elapsed_all = totals.tolist()
     world = distributed.world_size()
     return {
         "loss": loss_sum_all / max(seen_all, 1),
         "acc": correct_all / max(seen_all, 1),
-        "samples": seen,
+        "samples": sums.seen,
         "samples_total": int(seen_all),
         # Processes run in lockstep (DDP), so the mean wall time is the epoch's wall time.
         "samples_per_s": seen_all / max(elapsed_all / world, 1e-9),
         "data_wait_frac": wait_all / max(elapsed_all, 1e-9),
         "lr": optimizer.param_groups[0]["lr"],
     }
+
+
+def _stop_agreed(stop: StopFlag | None, device: torch.device) -> bool:
+    """Whether to stop before the next step. A signal reaches the processes at slightly different moments, so
+    they agree first: all stop if one has it (and all name the same signal, the highest number: SIGTERM)."""
+    if stop is None:
+        return False
+    signum = distributed.max_over_processes(stop.signum or 0, device=device)
+    if signum:
+        stop.signum = signum  # the same on every process
+    return bool(signum)
 
 
 def _heads(output: Output, *, stream: str, fused_kind: str) -> dict[str, tuple[Tensor, str]]:

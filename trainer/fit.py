@@ -1,7 +1,8 @@
 """``trainer fit``: train one stream (or both jointly, with their fusion) on the shards, checkpoint every
 epoch, keep the best on validation.
 
-RUN_DIR/checkpoint.pt   latest epoch (model, optimizer, scheduler, scaler, epoch, RNG states, configs)
+RUN_DIR/checkpoint.pt   latest epoch (model, optimizer, scheduler, scaler, epoch, RNG states, configs), or the
+                        step where a stop signal ended the run
 RUN_DIR/best.pt         best validation video accuracy so far, ties to the lower validation loss (only with a
                         validation list)
 RUN_DIR/metrics.jsonl   one JSON line per epoch
@@ -9,6 +10,14 @@ RUN_DIR/metrics.jsonl   one JSON line per epoch
 ``--resume`` continues bit for bit as if never interrupted, with any number of workers: each training
 sample's augmentation is drawn from its own seed (run seed, epoch, dataset index), and the
 checkpoint holds every process's RNG state (dropout, shuffling).
+
+SIGTERM (SLURM preemption, scancel, docker stop, a deleted pod) and Ctrl-C (``stop``, a
+``flowprep.stopping.StopFlag`` that ``trainer fit`` passes in) do not end the run where they find it: the
+training loop asks the flag before each step, all processes alike, and then saves checkpoint.pt with the
+batches done in the epoch and each process's running sums of it, and raises ``flowprep.stopping.Stopped``
+(exit status 143 or 130). ``--resume`` continues that epoch at its next batch (the sampler's order for the
+epoch skips the batches done, unread), so the run is the same as one never stopped, and the epoch's metrics
+line covers the whole epoch. A signal during validation stops the run after it, once the epoch is saved.
 
 The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.data.joint_datasets`` items (a flow stack
 and its centre RGB frame, one crop and flip for both) with ``losses.JointLoss``; its validation accuracy,
@@ -35,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from flowprep.extract.lock import OutputLock
+from flowprep.stopping import StopFlag, Stopped
 from trainer import checkpoint as ckpt_io
 from trainer import distributed
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
@@ -44,7 +54,7 @@ from trainer.data.loaders import make_train_loader, make_val_loader
 from trainer.data.shards import ShardIndex, VideoRecord, index_shards
 from trainer.data.transforms import BatchPreparer
 from trainer.distributed import amp_dtype_for
-from trainer.engine import evaluate, train_one_epoch
+from trainer.engine import EpochSums, evaluate, train_one_epoch
 from trainer.models.build import build_model, init_streams
 from trainer.models.losses import JointLoss
 
@@ -93,18 +103,19 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 def fit(
     *, model: ModelConfig, data: DataConfig, optim: OptimConfig, run: RunConfig, stop_after: int | None = None,
-    show_progress: bool = True,
+    show_progress: bool = True, stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Train ``model.stream`` as configured; ``model.num_classes`` is replaced by the shards' class count.
 
     ``stop_after``: leave after this many epochs in this invocation (a time-limited job slot); the run
     continues with ``run.resume``. Returns the last epoch's metrics (``{}`` if nothing was left to do).
+    ``stop``: once set (``flowprep.stopping.stop_flag()``), the run saves at the next step and raises ``Stopped``.
     """
     device = distributed.resolve_device(run.device, local_rank=distributed.local_rank_from_env())
     dist = distributed.init_distributed(device)
     try:
         with _run_dir_lock(Path(run.out), dist) as lock:
-            return _fit(model, data, optim, run, device, dist, stop_after, show_progress and dist.is_main, lock)
+            return _fit(model, data, optim, run, device, dist, stop_after, show_progress and dist.is_main, lock, stop)
     finally:
         distributed.cleanup()
 
@@ -132,6 +143,7 @@ class _Progress:
     best_acc: float = -1.0
     best_loss: float = math.inf  # the validation loss of best_acc's epoch
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    sums: EpochSums = dataclasses.field(default_factory=EpochSums)  # the epoch in progress, on this process
 
     def is_best(self, acc: float, loss: float) -> bool:
         """Record a validation result; True if it is the best so far.
@@ -148,6 +160,7 @@ class _Progress:
 def _fit(
     model_cfg: ModelConfig, data: DataConfig, optim: OptimConfig, run: RunConfig, device: torch.device,
     dist: distributed.DistInfo, stop_after: int | None, show_progress: bool, lock: OutputLock | None,
+    stop: StopFlag | None,
 ) -> dict[str, Any]:
     out = _check_run_dir(run)
     seed_everything(run.seed + dist.rank)
@@ -171,7 +184,8 @@ def _fit(
                   if val_records else None)
 
     optimizer = torch.optim.SGD(ddp.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, len(train_loader)))
+    steps = len(train_loader)  # per epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, steps))
     scaler = torch.amp.GradScaler(device.type, enabled=prepare.amp_dtype == torch.float16)
     criterion = (JointLoss(fused_output=net.fusion.output, stream_weight=optim.stream_loss_weight)
                  if model_cfg.stream == "joint" else nn.CrossEntropyLoss())
@@ -186,19 +200,27 @@ def _fit(
     end_epoch = optim.epochs if stop_after is None else min(optim.epochs, progress.epoch + stop_after)
     stats: dict[str, Any] = {}
     for epoch in range(progress.epoch, end_epoch):
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch, first_batch=progress.sums.steps)  # a resumed epoch goes on after its last step
         stats = train_one_epoch(ddp, criterion, optimizer, scheduler, scaler, train_loader, prepare, epoch + 1,
-                                max_grad_norm=optim.max_grad_norm, show_progress=show_progress)
+                                max_grad_norm=optim.max_grad_norm, show_progress=show_progress, sums=progress.sums,
+                                stop=stop)
+        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes)}
+        if stats is None:  # a stop signal: every process stopped after the same step
+            assert stop is not None and stop.signum is not None
+            if lock is not None:
+                lock.check()
+            _save_stopped(out, state, progress, dist)
+            raise Stopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.sums.steps}/{steps}; "
+                          "checkpoint saved: rerun with --resume to continue", exit_code=stop.exit_code)
         stats = {"epoch": epoch + 1, **stats, **_sampling_stats(stats.pop("samples"), sampler)}
         is_best = False
         if val_loader is not None:
             val = _validate(net, val_loader, prepare, num_classes=model_cfg.num_classes)
             stats.update(val)
             is_best = progress.is_best(val["val_acc"], val["val_loss"])
-        progress.epoch = epoch + 1
+        progress.epoch, progress.sums = epoch + 1, EpochSums()
         progress.history.append(stats)
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes)}
         if lock is not None:
             lock.check()  # a run whose lock was taken over (its host went silent) must not write on
         _save_epoch(out, state, progress, stats, is_best=is_best, dist=dist)
@@ -241,19 +263,28 @@ def _build_network(model_cfg: ModelConfig, *, fresh: bool, classes: list[str], p
 def _restore(resumed: dict[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
              dist: distributed.DistInfo) -> _Progress:
-    """Load a checkpoint's weights, optimizer, scheduler, scaler and this process's RNG states; its progress."""
+    """Load a checkpoint's weights, optimizer, scheduler, scaler and this process's RNG states; its progress (with
+    this process's sums of an epoch stopped part-way)."""
     net.load_state_dict(resumed["model"])
     optimizer.load_state_dict(resumed["optimizer"])
     scheduler.load_state_dict(resumed["scheduler"])
     scaler.load_state_dict(resumed["scaler"])
     progress = _Progress(epoch=resumed["epoch"], best_acc=resumed["best_acc"], history=list(resumed["history"]),
                          best_loss=resumed.get("best_loss", math.inf))  # absent from checkpoints before it was kept
-    rngs = resumed["rng"]
+    rngs, partial = resumed["rng"], resumed.get("partial_epoch")  # partial: None after a whole epoch
     if len(rngs) == dist.world_size:
         ckpt_io.set_rng_state(rngs[dist.rank])
-    elif dist.is_main:
+        if partial:
+            progress.sums = EpochSums(**partial[dist.rank])
+        return progress
+    if partial:  # the stopped epoch's steps on every process, its sums on rank 0 (the metrics count every sample)
+        total = {k: sum(p[k] for p in partial) for k in partial[0]} if dist.is_main else {}
+        progress.sums = EpochSums(**{**total, "steps": partial[0]["steps"]})
+    if dist.is_main:
         warnings.warn(f"--resume: the checkpoint holds RNG states of {len(rngs)} processes, this run has "
-                      f"{dist.world_size}: continuing from freshly seeded RNGs (not bit-exact)", stacklevel=3)
+                      f"{dist.world_size}: continuing from freshly seeded RNGs (not bit-exact"
+                      f"{'; the rest of the stopped epoch comes from the new split of its samples' if partial else ''})",
+                      stacklevel=3)
     return progress
 
 
@@ -277,6 +308,18 @@ def _validate(net: nn.Module, loader: DataLoader, prepare: BatchPreparer, *, num
     return stats
 
 
+def _save_stopped(out: Path, state: dict[str, Any], progress: _Progress, dist: distributed.DistInfo) -> None:
+    """checkpoint.pt at the step where a stop signal ended the run: each process's sums of the epoch in progress
+    besides its RNG states (rank 0 writes). best.pt and metrics.jsonl stay as the last whole epoch left them."""
+    rngs = distributed.all_gather_object(ckpt_io.rng_state())
+    partial = distributed.all_gather_object(dataclasses.asdict(progress.sums))
+    if dist.is_main:
+        state = {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
+                 "rng": rngs, "history": progress.history, "partial_epoch": partial}
+        ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
+    distributed.barrier()
+
+
 def _save_epoch(out: Path, state: dict[str, Any], progress: _Progress, stats: dict[str, Any], *, is_best: bool,
                 dist: distributed.DistInfo) -> None:
     """best.pt, checkpoint.pt, the epoch's line of metrics.jsonl and its summary; rank 0 writes.
@@ -287,7 +330,7 @@ def _save_epoch(out: Path, state: dict[str, Any], progress: _Progress, stats: di
     rngs = distributed.all_gather_object(ckpt_io.rng_state())
     if dist.is_main:
         state = {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
-                 "rng": rngs, "history": progress.history}
+                 "rng": rngs, "history": progress.history, "partial_epoch": None}
         if is_best:
             ckpt_io.save_checkpoint(state, out / ckpt_io.BEST)
         ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)

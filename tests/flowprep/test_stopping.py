@@ -46,6 +46,47 @@ def test_sigterm_raises_terminated_once_ctrl_c_each_time_and_the_handlers_are_re
     assert stopping.stopped() is None
 
 
+def test_in_a_stop_flag_block_a_signal_sets_the_flag_a_second_ctrl_c_raises_and_a_second_sigterm_is_ignored() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with stopping.stop_flag() as flag:
+        assert flag.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # nothing raised: the loop asks the flag
+        os.kill(os.getpid(), signal.SIGTERM)  # SLURM's, then torchrun's: still the first one
+        assert (flag.signum, flag.name, flag.exit_code) == (signal.SIGTERM, "SIGTERM", 143)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with stopping.stop_flag() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert (flag.name, flag.exit_code) == ("SIGINT", 130)
+
+
+def test_loader_workers_ignore_ctrl_c_and_a_sigterm_from_others_but_end_on_their_parents() -> None:
+    """As SLURM signals every process of a step: the DataLoader workers keep serving while the trainer finishes its
+    step; the parent's own SIGTERM (torch's and multiprocessing's last resort) still ends them, or the parent's
+    join at exit would wait for ever."""
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader(range(40), batch_size=2, num_workers=2, persistent_workers=True,
+                                         worker_init_fn=stopping.ignore_stop_signals)
+    it = iter(loader)
+    assert [next(it).tolist() for _ in range(2)] == [[0, 1], [2, 3]]  # one from each worker: both initialized
+    workers = it._workers
+    subprocess.run(["kill", "-TERM", *(str(w.pid) for w in workers)], check=True)  # sent by another process
+    for w in workers:
+        os.kill(w.pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert [w.is_alive() for w in workers] == [True, True]
+    assert [next(it).tolist() for _ in range(3)] == [[4, 5], [6, 7], [8, 9]]
+    for w in workers:
+        w.terminate()  # the parent's SIGTERM
+        w.join(timeout=10)
+    assert [w.exitcode for w in workers] == [0, 0]
+    it._shutdown_workers()
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
 def test_a_stop_signal_whose_exception_a_finalizer_swallowed_is_raised_again_when_asked() -> None:
     class SignalledWhileCollected:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,7 +53,11 @@ def test_help_explains_every_command() -> None:
     assert top.exit_code == 0 and all(c in top.output for c in ("fit", "evaluate", "fuse", "torchrun"))
     text = " ".join(top.output.split())  # as wrapped for any terminal width
     assert "Exit status: 0 done; 1 unusable data" in text and "a damaged shard" in text and "2 usage error" in text
+    assert "130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it" in text
     fit = _invoke("fit", "--help")
+    fit_text = " ".join(fit.output.split())
+    assert "saves RUN_DIR/checkpoint.pt there, and exits 143 (SIGTERM) or 130 (Ctrl-C)" in fit_text
+    assert "--resume continues that epoch at its next batch" in fit_text
     for opt in ("--stream", "--shards", "--train-list", "--val-list", "--out", "--arch", "--pretrained", "--epochs",
                 "--batch-size", "--lr", "--flow-length", "--crop-size", "--workers", "--device", "--seed", "--resume"):
         assert opt in fit.output, opt
@@ -294,8 +299,13 @@ def test_a_full_disk_stops_fit_in_one_line_with_exit_75_and_the_resumed_run_fini
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def _stop_line(signal_name: str, epoch: int | str, step: int | str, steps: int | str) -> str:
+    return (f"stopped by {signal_name} at epoch {epoch}, step {step}/{steps}; checkpoint saved: rerun with --resume "
+            "to continue")
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_fit_and_its_loader_workers_in_one_line_with_exit_130(tiny_shards, tmp_path) -> None:
+def test_ctrl_c_stops_fit_at_the_next_step_saves_it_and_exits_130_in_one_line(tiny_shards, tmp_path) -> None:
     run = tmp_path / "run"
     args = [sys.executable, "-m", "trainer", *map(str, _fit_args(tiny_shards, run)), "--epochs", "100", "--workers", "2"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -305,7 +315,7 @@ def test_ctrl_c_stops_fit_and_its_loader_workers_in_one_line_with_exit_130(tiny_
         while not (run / "checkpoint.pt").is_file():  # the first epoch is saved
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)  # the loader workers get it too
+        os.killpg(proc.pid, signal.SIGINT)  # the loader workers get it too, and ignore it
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -313,8 +323,80 @@ def test_ctrl_c_stops_fit_and_its_loader_workers_in_one_line_with_exit_130(tiny_
             proc.communicate()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert [line for line in stderr.splitlines() if line.strip()] == [
-        f"interrupted: rerun the same command with --resume to continue from {run / 'checkpoint.pt'}"]
+    (line,) = [line for line in stderr.splitlines() if line.strip()]
+    match = re.fullmatch(_stop_line("SIGINT", r"(\d+)", r"(\d+)", 2), line)  # 2 steps per epoch
+    assert match, line
+    epoch, step = int(match[1]), int(match[2])
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == epoch - 1 and saved["scheduler"]["last_epoch"] == 2 * (epoch - 1) + step
+    assert saved["partial_epoch"][0]["steps"] == step
+
+
+# Run as `python -c` with `trainer fit`'s arguments: the process waits inside optimizer step K (counted over the
+# run) until the test has sent its signal, so that the signal arrives at a known step, mid-step.
+_WAIT_IN_STEP = """
+import os, sys, time
+from torch.optim.optimizer import register_optimizer_step_post_hook
+k, at, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+steps = 0
+def hook(optimizer, args, kwargs):
+    global steps
+    steps += 1
+    if steps == k:
+        open(at, "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
+register_optimizer_step_post_hook(hook)
+from trainer.cli import main
+main(sys.argv[4:], prog_name="trainer")
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_fit_and_its_workers_mid_epoch_saves_the_step_exits_143_and_resume_gives_the_uninterrupted_run(
+    tiny_shards, tmp_path
+) -> None:
+    """As SLURM preempts a job (SIGTERM to every process of the step, loader workers included), in step 1 of epoch
+    2 of 2: the run finishes that step, saves, exits 143 with one line; --resume (other worker count) ends with the
+    weights of a run never stopped, bit for bit, and the same metrics."""
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert _invoke(*_fit_args(tiny_shards, straight), "--epochs", "2").exit_code == 0
+    at, go = tmp_path / "in-step", tmp_path / "signal-sent"
+    args = [sys.executable, "-c", _WAIT_IN_STEP, "3", str(at), str(go),
+            *map(str, _fit_args(tiny_shards, run)), "--epochs", "2", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not at.is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.2)  # the loader workers have it too by now
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [_stop_line("SIGTERM", 2, 1, 2)]
+    assert "epoch 1: loss" in stdout and "epoch 2" not in stdout
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["partial_epoch"][0]["steps"] == 1 and saved["scheduler"]["last_epoch"] == 3
+
+    result = _invoke(*_fit_args(tiny_shards, run), "--epochs", "2", "--workers", "1", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "epoch 2: loss" in result.stdout and "epoch 1:" not in result.stdout
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (straight, run))
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    timing = ("samples_per_s", "data_wait_frac")
+    ma, mb = ([{k: v for k, v in json.loads(line).items() if k not in timing}
+               for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (straight, run))
+    assert ma == mb and len(ma) == 2
 
 
 def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_exit_4_and_debris_goes_after(

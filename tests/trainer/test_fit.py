@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from flowprep import exits
+from flowprep.stopping import StopFlag, Stopped, stop_flag
 from trainer import checkpoint as ck
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from trainer.data.errors import DataError
@@ -58,6 +63,99 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(straight_and_resumed) ->
     assert [m["epoch"] for m in ma] == [m["epoch"] for m in mb] == [1, 2]
     for x, y in zip(ma, mb):
         assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """The same weights (bitwise), optimizer and scheduler state, and the same metrics but for the timing."""
+    ca, cb = ck.load_checkpoint(a / ck.LAST), ck.load_checkpoint(b / ck.LAST)
+    assert ca["epoch"] == cb["epoch"] and ca["partial_epoch"] is cb["partial_epoch"] is None
+    assert ca["model"].keys() == cb["model"].keys()
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert ca["scheduler"] == cb["scheduler"]
+    ma, mb = _metrics(a), _metrics(b)
+    assert [m["epoch"] for m in ma] == [m["epoch"] for m in mb]
+    for x, y in zip(ma, mb):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+def _stop_after_steps(flag: StopFlag, steps: int):
+    """Set ``flag`` as SIGTERM would, during optimizer step ``steps`` (counted over the whole run)."""
+    done = 0
+
+    def hook(optimizer, args, kwargs) -> None:
+        nonlocal done
+        done += 1
+        if done == steps:
+            flag.set(signal.SIGTERM)
+
+    return register_optimizer_step_post_hook(hook)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("steps", "workers", "resume_workers"), [(3, 0, 0), (1, 2, 1), (2, 1, 0)],
+                         ids=["epoch2-step1-no-workers", "epoch1-step1-workers", "epoch1-step2-before-validation"])
+def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_bitwise_state_of_an_uninterrupted_run(
+    straight_and_resumed, tiny_shards, tmp_path, steps, workers, resume_workers
+) -> None:
+    """2 steps per epoch. Stopped after optimizer step 3 (epoch 2, step 1), 1 (epoch 1, step 1; the shared batch
+    ring of 2 workers, resumed with 1) or 2 (epoch 1's last step, before its validation)."""
+    straight, run = straight_and_resumed[0], tmp_path / "run"
+    flag = StopFlag()
+    hook = _stop_after_steps(flag, steps)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            fit(**_configs(tiny_shards, run, workers=workers), stop=flag)
+    finally:
+        hook.remove()
+    epoch, step = divmod(steps - 1, 2)
+    assert str(stopped.value) == (f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}/2; checkpoint saved: "
+                                  "rerun with --resume to continue")
+    assert stopped.value.exit_code == exits.TERMINATED_CODE == 143
+    saved = ck.load_checkpoint(run / ck.LAST)
+    assert saved["epoch"] == epoch and saved["scheduler"]["last_epoch"] == steps
+    (sums,) = saved["partial_epoch"]  # one process
+    assert sums["steps"] == step + 1 and sums["seen"] == 3 * (step + 1) and sums["elapsed"] > 0
+    assert len(_metrics(run)) == epoch and not (run / ck.BEST).exists() or epoch == 1
+
+    fit(**_configs(tiny_shards, run, resume=True, workers=resume_workers))
+    _assert_same_run(straight, run)
+
+
+def test_a_second_ctrl_c_while_the_stop_is_saved_leaves_at_once_and_the_last_checkpoint_intact(
+    tiny_shards, tmp_path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    fit(**_configs(tiny_shards, run, epochs=1, val=False))
+    before = (run / ck.LAST).read_bytes()
+
+    stepped = []
+
+    def ctrl_c_in_step(optimizer, args, kwargs) -> None:
+        stepped.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: the run stops after this step
+
+    real_fsync = os.fsync
+
+    def ctrl_c_while_saving(fd: int) -> None:  # the checkpoint's temporary file is written by now
+        real_fsync(fd)
+        if stepped:  # not the lock's fsync before training
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", ctrl_c_while_saving)
+    hook = register_optimizer_step_post_hook(ctrl_c_in_step)
+    try:
+        with stop_flag() as flag, pytest.raises(KeyboardInterrupt) as interrupted:
+            fit(**_configs(tiny_shards, run, epochs=2, resume=True, val=False), stop=flag)
+    finally:
+        hook.remove()
+    names = [entry.name for entry in interrupted.traceback]
+    assert flag.signum == signal.SIGINT and stepped == [1] and names[-2:] == ["ctrl_c_while_saving", "handler"]
+    assert "_save_stopped" in names and "save_checkpoint" in names
+    assert (run / ck.LAST).read_bytes() == before  # epoch 1's, whole
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # no temporary file left
 
 
 @pytest.mark.slow

@@ -23,9 +23,10 @@ that epoch's own DistributedSampler order), so the workers prepare the first bat
 epoch e ends instead of idling, and no epoch starts with a wait for one worker to read a whole batch
 (the time to read 64 temporal items; what this did to the data wait of short epochs on a GPU is in
 BENCHMARKS.md, "Training on a GPU"). ``SharedBatchLoader.__iter__`` yields one
-epoch, ``sampler.epoch``; if the stream is not at that epoch's start (a first epoch, a resume, an epoch
-abandoned part-way), it starts a new iteration there, and a new ``iter()`` on persistent workers first
-waits until they have passed every task of the old one, so no writer is left behind.
+epoch, ``sampler.epoch``, from its ``sampler.first_batch`` (not 0 when a stopped epoch is resumed); if the
+stream is not there (a first epoch, a resume, an epoch abandoned part-way), it starts a new iteration there,
+and a new ``iter()`` on persistent workers first waits until they have passed every task of the old one, so
+no writer is left behind.
 
 A batch's tensors on the CPU are views of its slot: valid until the next batch is requested.
 """
@@ -115,9 +116,10 @@ class BatchRing:
 
 class EpochBatches(Sampler):
     """Yields (epoch, g, [index, ...]) for the batches of a DistributedSampler's epoch ``sampler.epoch`` (as set
-    when the DataLoader's iteration starts), then of the following epochs, without end: the workers run on
-    into the next epoch instead of idling at its start. g numbers the stream's batches from 0. ``len()`` is
-    one epoch's batches."""
+    when the DataLoader's iteration starts) from its ``sampler.first_batch`` (0 unless the sampler has one,
+    ``loaders.EpochSampler``), then of the following epochs, without end: the workers run on into the next
+    epoch instead of idling at its start. g numbers the stream's batches from 0. ``len()`` is one epoch's
+    batches."""
 
     def __init__(self, sampler: DistributedSampler, *, batch_size: int, drop_last: bool) -> None:
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
@@ -125,6 +127,10 @@ class EpochBatches(Sampler):
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
+
+    @property
+    def first_batch(self) -> int:
+        return getattr(self.sampler, "first_batch", 0)
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -140,11 +146,12 @@ class EpochBatches(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int, list[int]]]:
         if len(self) == 0:
             return
-        g = 0
+        g, first = 0, self.first_batch
         for epoch in itertools.count(self.epoch):
-            for keys in self.batches(epoch):
+            for keys in self.batches(epoch)[first:]:
                 yield epoch, g, keys
                 g += 1
+            first = 0
 
 
 class RingBatches(Dataset):
@@ -168,7 +175,7 @@ class RingBatches(Dataset):
 class SharedBatchLoader:
     """Iterates a DataLoader over ``RingBatches`` and yields (x, params, labels) like a collating DataLoader:
     x on ``device`` when it is CUDA (copied asynchronously from the pinned ring), else views of the ring;
-    params and labels as small CPU copies. ``len()`` is the number of batches."""
+    params and labels as small CPU copies. ``len()`` is the number of batches left in the epoch."""
 
     def __init__(self, loader: DataLoader, ring: BatchRing, *, device: torch.device) -> None:
         workers, prefetch = loader.num_workers, loader.prefetch_factor or 0
@@ -183,25 +190,27 @@ class SharedBatchLoader:
         # Unregistered when this loader goes away (the ring stays alive until then: the finalizer holds it).
         self._unpin = weakref.finalize(self, ring.unpin) if self.pinned else None
         self._stream: Iterator[tuple[int, int, int, int]] | None = None  # the DataLoader's, across epochs
-        self._start_epoch = self._consumed = 0
+        self._start = (0, 0)  # (epoch, batch) where the stream started
+        self._consumed = 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return max(0, len(self.loader) - self.loader.sampler.first_batch)  # type: ignore[union-attr]
 
     def __iter__(self) -> Iterator[Batch]:
-        """One epoch, ``sampler.epoch``: its batches continue the running stream when that is where the stream
-        stands (the previous epoch was read to its end), else the stream restarts there."""
+        """One epoch, ``sampler.epoch``, from ``sampler.first_batch``: its batches continue the running stream
+        when that is where the stream stands (the previous epoch was read to its end), else the stream restarts
+        there."""
         batches: EpochBatches = self.loader.sampler  # type: ignore[assignment]
-        epoch, per_epoch = batches.epoch, len(batches)
+        epoch, first, per_epoch = batches.epoch, batches.first_batch, len(batches)
         if per_epoch == 0:
             return
-        if self._stream is None or self._position() != (epoch, 0):
+        if self._stream is None or self._position() != (epoch, first):
             # A new iter() on persistent workers first waits until they have passed every task of the old one.
-            self._stream, self._start_epoch, self._consumed = iter(self.loader), epoch, 0
+            self._stream, self._start, self._consumed = iter(self.loader), (epoch, first), 0
         cuda = self.device.type == "cuda"
         copies: deque[torch.cuda.Event] = deque()  # one per batch handed out, oldest first
         try:
-            for _ in range(per_epoch):
+            for _ in range(per_epoch - first):
                 # The DataLoader is about to dispatch a batch into the slot of the batch HELD back: its copy
                 # must be done (on the CPU the step that used it returned before this call).
                 while len(copies) > HELD - 1:
@@ -224,7 +233,9 @@ class SharedBatchLoader:
     def _position(self) -> tuple[int, int]:
         """(epoch, batch within it) of the stream's next batch."""
         per_epoch = len(self.loader)
-        return self._start_epoch + self._consumed // per_epoch, self._consumed % per_epoch
+        start_epoch, first = self._start
+        done = first + self._consumed
+        return start_epoch + done // per_epoch, done % per_epoch
 
     def close(self) -> None:
         """Unregister the pinned ring now (also done when the loader is garbage collected)."""

@@ -1,7 +1,11 @@
 """The DataLoaders of ``trainer fit``: seeded training samples per (epoch, index), validation videos per rank.
 
 Each training item is drawn from torch's RNG seeded by (run seed, epoch, dataset index), so the crops and
-flips do not depend on the worker count, the worker order or a ``--resume``.
+flips do not depend on the worker count, the worker order or a ``--resume``. An epoch resumed part-way
+(``EpochSampler.set_epoch(epoch, first_batch=S)``) skips the indices of its first S batches, unread.
+
+The workers ignore SIGINT, and SIGTERM unless their parent sends it (``flowprep.stopping.ignore_stop_signals``):
+``trainer fit`` finishes its step and saves first, and then ends them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from flowprep.stopping import ignore_stop_signals
 from trainer.config import DataConfig, ModelConfig
 from trainer.data.batches import BatchRing, EpochBatches, RingBatches, SharedBatchLoader, ring_slots
 from trainer.data.datasets import FlowStackDataset, FrameDataset, VideoEvalDataset
@@ -19,18 +24,33 @@ from trainer.data.transforms import TRAIN_PARAMS
 from trainer.distributed import DistInfo
 
 
-class _EpochKeys(Sampler):
-    """Yields (epoch, index) so that a dataset in a persistent worker knows which epoch it serves."""
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler that also knows where the epoch in progress starts: ``set_epoch(epoch,
+    first_batch=S)`` for an epoch resumed after S batches of ``batch_size``. The loaders skip those batches'
+    indices; iterating the sampler itself still gives the whole epoch."""
 
-    def __init__(self, sampler: DistributedSampler) -> None:
+    def __init__(self, dataset: Dataset, *, batch_size: int, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.batch_size, self.first_batch = batch_size, 0
+
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.first_batch = first_batch
+
+
+class _EpochKeys(Sampler):
+    """Yields (epoch, index) so that a dataset in a persistent worker knows which epoch it serves; from the
+    epoch's ``first_batch`` on."""
+
+    def __init__(self, sampler: EpochSampler) -> None:
         self.sampler = sampler
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(0, len(self.sampler) - self.sampler.first_batch * self.sampler.batch_size)
 
     def __iter__(self):
-        epoch = self.sampler.epoch
-        return ((epoch, i) for i in self.sampler)
+        epoch, skip = self.sampler.epoch, self.sampler.first_batch * self.sampler.batch_size
+        return ((epoch, i) for i in list(self.sampler)[skip:])
 
 
 class _SeededSamples(Dataset):
@@ -75,20 +95,22 @@ def _ring_parts(model: ModelConfig, data: DataConfig,
 def make_train_loader(
     model: ModelConfig, data: DataConfig, records: list[VideoRecord], *, frame_size: tuple[int, int] | None,
     dist: DistInfo, seed: int, device: torch.device,
-) -> tuple[DataLoader | SharedBatchLoader, DistributedSampler]:
-    """The training loader and its sampler (``set_epoch`` each epoch).
+) -> tuple[DataLoader | SharedBatchLoader, EpochSampler]:
+    """The training loader and its sampler (``set_epoch`` each epoch; ``len(loader)``: the batches left in it).
 
     With workers and ``data.shared_batches`` (the default), workers write whole batches into a ring of
     reused shared buffers (trainer/data/batches.py) and batches arrive with x already on a CUDA device;
     otherwise a plain DataLoader collates items keyed by (epoch, index). Both give the same batches.
     """
     ds = train_dataset(model, data, records, frame_size=frame_size)
-    sampler = DistributedSampler(ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
+    sampler = EpochSampler(ds, batch_size=data.batch_size, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                           seed=seed)
     drop_last = len(sampler) >= data.batch_size  # a last batch of 1 breaks BatchNorm
     common = dict(
         num_workers=data.workers,
         persistent_workers=data.workers > 0,  # no re-fork, no HDF5 re-open, no cold prefetch each epoch
         generator=torch.Generator().manual_seed(seed),  # worker base seeds: not drawn from the global RNG
+        worker_init_fn=ignore_stop_signals,
     )
     items = _SeededSamples(ds, seed=seed)
     if data.workers and data.shared_batches:
@@ -122,4 +144,5 @@ def make_val_loader(
     return DataLoader(
         ds, batch_size=max(1, data.batch_size // data.val_samples), num_workers=data.workers,
         sampler=list(range(dist.rank, len(ds), dist.world_size)), pin_memory=pin_memory,
+        worker_init_fn=ignore_stop_signals,
     )

@@ -184,8 +184,29 @@ def test_the_stream_goes_on_across_epochs_and_restarts_where_it_must(tiny_shards
     where = []
     for epoch in (0, 1, 2, 1):  # the last one: as after a resume from epoch 1
         _assert_same(_epoch(ring, sampler, epoch), _epoch(plain, plain_sampler, epoch))
-        where.append((ring._start_epoch, ring._consumed))  # the iteration's first epoch, batches read from it
+        where.append((ring._start[0], ring._consumed))  # the iteration's first epoch, batches read from it
     assert where == [(0, 4), (0, 8), (0, 12), (1, 4)]
+
+
+def test_an_epoch_resumed_after_some_batches_gives_the_rest_of_its_batches_and_the_stream_goes_on(tiny_shards) -> None:
+    """EpochSampler.set_epoch(epoch, first_batch=S), as fit resumes a stopped epoch: both loaders give the epoch's
+    batches from S on (the first S not even asked for), and the ring then runs on into the next epoch in the same
+    DataLoader iteration."""
+    (ring, sampler), (plain, plain_sampler) = _loaders(tiny_shards, stream="temporal", device_crop=True)
+    whole = _epoch(plain, plain_sampler, 1)
+    assert len(whole) == len(plain) == 4
+    for loader, s in ((ring, sampler), (plain, plain_sampler)):
+        s.set_epoch(1, first_batch=3)
+        assert len(loader) == 1
+        got = [(tuple(x) if isinstance(x, tuple) else (x,), p.clone(), y.clone()) for x, p, y in loader]
+        _assert_same([(tuple(t.clone() for t in x), p, y) for x, p, y in got], whole[3:])
+    assert [i for _, i in plain.batch_sampler.sampler] == list(plain_sampler)[9:]  # the keys asked for: the last 3
+    assert next(iter(ring.loader.sampler))[2] == list(sampler)[9:]
+    _assert_same(_epoch(ring, sampler, 2), _epoch(plain, plain_sampler, 2))
+    assert (ring._start, ring._consumed) == ((1, 3), 5)  # one iteration, from epoch 1's batch 3 on
+    for loader, s in ((ring, sampler), (plain, plain_sampler)):
+        s.set_epoch(3, first_batch=4)  # stopped after the epoch's last step: nothing left to read
+        assert len(loader) == 0 and list(loader) == []
 
 
 def _fit_cli(ts, out, *extra: str):
