@@ -9,7 +9,9 @@ A checkpoint is one ``torch.save`` dict::
      "partial_epoch": None, or, written when a stop signal ended the run mid-epoch, each process's
                       engine.EpochSums of the epoch in progress as a dict (steps done, running sums),
      "config": {"model": {...}, "data": {...}, "optim": {...}, "run": {...}},
-     "classes": [class names]}
+     "classes": [class names],
+     "videos": {"train": [video ids], "val": [video ids]}}  (what it saw and was chosen on: trainer evaluate
+                      refuses a test list holding any of them; absent from checkpoints written before it)
 
 No flow quantization factors: a network's flow input is in pixels / ``transforms.FLOW_NORM_PX`` whatever the
 bound of the shards, which are always dequantized with their own ``scale_factor``/``add_offset`` (checkpoints

@@ -154,16 +154,31 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str
     return path
 
 
-def load_stream(path: str | Path, *, classes: list[str], prepare: BatchPreparer) -> tuple[torch.nn.Module, dict, Path]:
+def load_stream(path: str | Path, *, classes: list[str], prepare: BatchPreparer,
+                test: list | None = None) -> tuple[torch.nn.Module, dict, Path]:
     """The network of a RUN_DIR (its best.pt, else checkpoint.pt) or checkpoint file, checked against
-    ``prepare.stream`` (spatial, temporal or joint) and ``classes``, on ``prepare``'s device and memory format."""
+    ``prepare.stream`` (spatial, temporal or joint) and ``classes``, on ``prepare``'s device and memory format,
+    and against ``test`` (records): none of them may be a video it was trained or chosen on."""
     file = ckpt_io.resolve_checkpoint(path)
     ckpt = ckpt_io.load_checkpoint(file)
     ckpt_io.check_compatible(ckpt, path=file, stream=prepare.stream, classes=classes)
+    _check_held_out(ckpt, file, test or [])
     net = build_model(from_dict(ModelConfig, ckpt["config"]["model"]), pretrained=None)
     net.load_state_dict(ckpt["model"])
     net.to(prepare.device, memory_format=torch.channels_last if prepare.channels_last else torch.preserve_format)
     return net.eval(), ckpt["config"], file
+
+
+def _check_held_out(ckpt: dict, file: Path, test: list) -> None:
+    """A test video that the checkpoint was trained on, or whose validation chose it, says nothing about held-out
+    videos: refused. Checkpoints that predate the record (no ``videos``) are not checked."""
+    seen = ckpt.get("videos") or {}
+    ids = {r.video_id for r in test}
+    for role, what in (("train", "trained on"), ("val", "chosen on (its validation list)")):
+        shared = ids.intersection(seen.get(role, ()))
+        if shared:
+            raise DataError(f"--test-list shares {len(shared)} videos with those {file} was {what} (e.g. {min(shared)}); "
+                            "test on videos the model has not seen")
 
 
 def video_scores(
@@ -220,7 +235,7 @@ def run_evaluate(
             continue
         prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for("auto", device),
                                            channels_last=device.type == "cuda")
-        net, config, file = load_stream(path, classes=list(index.classes), prepare=prepare)
+        net, config, file = load_stream(path, classes=list(index.classes), prepare=prepare, test=test)
         checkpoints[stream] = str(file)
         kw = dict(num_classes=len(index.classes), samples=samples, crops=crops, batch_size=batch_size,
                   workers=workers, show_progress=show_progress)

@@ -197,6 +197,8 @@ def _fit(
         _write_metrics(out / METRICS, progress.history)  # fresh run: empty; resumed: exactly the checkpoint's epochs
 
     configs = {"model": to_dict(model_cfg), "data": to_dict(data), "optim": to_dict(optim), "run": to_dict(run)}
+    # The videos the network saw and was chosen on: trainer evaluate refuses a test list that holds any of them.
+    videos = {"train": sorted({r.video_id for r in train_records}), "val": sorted({r.video_id for r in val_records})}
     end_epoch = optim.epochs if stop_after is None else min(optim.epochs, progress.epoch + stop_after)
     stats: dict[str, Any] = {}
     for epoch in range(progress.epoch, end_epoch):
@@ -205,7 +207,7 @@ def _fit(
                                 max_grad_norm=optim.max_grad_norm, show_progress=show_progress, sums=progress.sums,
                                 stop=stop)
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes)}
+                 "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes), "videos": videos}
         if stats is None:  # a stop signal: every process stopped after the same step
             assert stop is not None and stop.signum is not None
             if lock is not None:
@@ -235,6 +237,10 @@ def _read_data(stream: str, data: DataConfig) -> tuple[ShardIndex, list[VideoRec
     if stream in ("spatial", "joint") and not index.has_rgb:
         raise DataError(f"the {stream} stream needs RGB frames, but the shards in {data.shards} were made "
                         "with --no-rgb")
+    shared = {r.video_id for r in train_records} & {r.video_id for r in val_records}
+    if shared:
+        raise DataError(f"--val-list {data.val_list} shares {len(shared)} videos with --train-list {data.train_list} "
+                        f"(e.g. {min(shared)}); the validation videos that choose best.pt must be held out of training")
     return index, train_records, val_records
 
 

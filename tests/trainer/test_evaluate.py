@@ -204,6 +204,23 @@ def test_evaluate_refuses_test_videos_for_fusion_fitting(tiny_shards, runs, tmp_
                      device=CPU, out=tmp_path / "r.json", workers=0, show_progress=False)
 
 
+def test_evaluate_refuses_a_test_list_holding_videos_the_checkpoint_was_trained_or_chosen_on(tiny_shards, runs,
+                                                                                            tmp_path) -> None:
+    old = ck.load_checkpoint(runs["temporal"] / ck.BEST)
+    train = [line.split()[0].rsplit(".", 1)[0] for line in tiny_shards.train_list.read_text().splitlines()]
+    val = [line.split()[0].rsplit(".", 1)[0] for line in tiny_shards.val_list.read_text().splitlines()]
+    file = ck.save_checkpoint({**old, "videos": {"train": sorted(train), "val": sorted(val)}}, tmp_path / "run" / ck.BEST)
+    kw = dict(shards=str(tiny_shards.root), spatial=None, temporal=str(file.parent), device=CPU, samples=1,
+              out=tmp_path / "r.json", workers=0, show_progress=False)
+    with pytest.raises(DataError) as e:
+        run_evaluate(test_list=str(tiny_shards.train_list), **kw)
+    assert str(e.value) == (f"--test-list shares 6 videos with those {file} was trained on (e.g. {min(train)}); "
+                            "test on videos the model has not seen")
+    with pytest.raises(DataError, match=r"shares 3 videos with those .* was chosen on \(its validation list\)"):
+        run_evaluate(test_list=str(tiny_shards.val_list), **kw)
+    assert run_evaluate(test_list=str(tiny_shards.test_list), **kw)["num_videos"] == 3  # held out: scored
+
+
 def test_evaluate_checks_the_checkpoint_stream_and_classes(tiny_shards, runs, tmp_path) -> None:
     with pytest.raises(ck.CheckpointError, match="is a spatial stream checkpoint, expected temporal"):
         run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,

@@ -203,6 +203,25 @@ def test_spatial_stream_needs_rgb(make_tiny_shards, tmp_path) -> None:
         fit(**_configs(shards, tmp_path / "run", stream="spatial"))
 
 
+def test_a_validation_list_that_shares_videos_with_the_training_list_is_refused_before_anything_is_written(
+    tiny_shards, tmp_path
+) -> None:
+    cfg = _configs(tiny_shards, tmp_path / "run")
+    cfg["data"] = DataConfig(**{**cfg["data"].__dict__, "val_list": str(tiny_shards.train_list)})
+    with pytest.raises(DataError, match=r"--val-list .* shares 6 videos with --train-list .*\(e\.g\. .*\); the validation "
+                                        "videos that choose best.pt must be held out of training"):
+        fit(**cfg)
+    assert not (tmp_path / "run" / ck.LAST).exists()
+
+
+def test_the_checkpoint_records_the_videos_it_was_trained_and_chosen_on(tiny_shards, tmp_path) -> None:
+    fit(**_configs(tiny_shards, tmp_path / "run", epochs=1))
+    videos = ck.load_checkpoint(tmp_path / "run" / ck.LAST)["videos"]
+    listed = lambda path: sorted(line.split()[0].rsplit(".", 1)[0] for line in path.read_text().splitlines())  # noqa: E731
+    assert videos == {"train": listed(tiny_shards.train_list), "val": listed(tiny_shards.val_list)}
+    assert ck.load_checkpoint(tmp_path / "run" / ck.BEST)["videos"] == videos
+
+
 def test_spatial_stream_trains_one_epoch(tiny_shards, tmp_path) -> None:
     stats = fit(**_configs(tiny_shards, tmp_path / "run", stream="spatial", epochs=1))
     assert stats["samples_total"] == 6 and 0.0 <= stats["val_acc"] <= 1.0
