@@ -14,9 +14,11 @@ validation videos.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -246,7 +248,8 @@ def run_evaluate(
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(scores_path(out), **bundle)
+    with _replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **bundle)
     results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
     results.update(samples=samples, crops=crops, checkpoints=checkpoints, **own_fusion)
     _write_json(out, results)
@@ -311,4 +314,17 @@ def load_scores(path: str | Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    with _replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary file that replaces ``path`` once written: results and scores are whole or absent (a killed or
+    failed evaluate leaves neither a file cut short, which a rerun would take as done, nor its temporary)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

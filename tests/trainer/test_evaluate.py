@@ -221,6 +221,27 @@ def test_evaluate_refuses_a_test_list_holding_videos_the_checkpoint_was_trained_
     assert run_evaluate(test_list=str(tiny_shards.test_list), **kw)["num_videos"] == 3  # held out: scored
 
 
+def test_a_full_disk_while_saving_leaves_the_previous_results_and_scores_whole(tiny_shards, runs, tmp_path,
+                                                                              monkeypatch) -> None:
+    import errno
+
+    kw = dict(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
+              temporal=str(runs["temporal"]), samples=1, device=CPU, out=tmp_path / "r.json", workers=0,
+              show_progress=False)
+    run_evaluate(**kw)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix in (".json", ".npz")}
+
+    def savez_on_a_full_disk(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", savez_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_evaluate(**kw)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix in (".json", ".npz")} == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_evaluate_checks_the_checkpoint_stream_and_classes(tiny_shards, runs, tmp_path) -> None:
     with pytest.raises(ck.CheckpointError, match="is a spatial stream checkpoint, expected temporal"):
         run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
