@@ -444,9 +444,14 @@ def test_torchrun_two_cpu_processes_feature_fusion_without_stream_losses(tiny_sh
     """With --stream-loss-weight 0 the stream heads still take part in every step, so DDP (which fails on a
     parameter that gets no gradient) runs the feature fusion, whose MLP bypasses those heads."""
     out = tmp_path / "run"
+    val = tmp_path / "val1.txt"  # one validation video, held out of training: 11 left, 6 per rank (one padded)
+    val.write_text(tiny_shards.val_list.read_text().splitlines()[0] + "\n")
+    train = tmp_path / "train11.txt"
+    train.write_text("".join(line + "\n" for line in tiny_shards.all_list.read_text().splitlines()
+                             if line.split()[0] != val.read_text().split()[0]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "trainer", "fit", "--stream", "joint", "--fusion", "feature", "--stream-loss-weight", "0",
-           "--shards", tiny_shards.root, "--train-list", tiny_shards.all_list, "--val-list", tiny_shards.val_list,
+           "--shards", tiny_shards.root, "--train-list", train, "--val-list", val,
            "--out", out, "--arch", "resnet18", "--crop-size", "16", "--flow-length", L, "--epochs", "1",
            "--batch-size", "3", "--workers", "0", "--val-samples", "2", "--device", "cpu", "--no-progress"]
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300,
