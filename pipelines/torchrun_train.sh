@@ -10,8 +10,8 @@
 #
 # Requeued or rerun, it continues from RUN_DIR/checkpoint.pt (--resume is added when it exists). On SIGTERM
 # (preemption, scancel, the time limit) the ranks finish their step and save it first, mid-epoch: the rerun
-# continues at the next batch. SLURM requeues a preempted job itself (--requeue); torchrun then exits 1, not
-# the ranks' 143, so nothing here requeues on exit statuses.
+# continues at the next batch. SLURM requeues a preempted job itself (--requeue). torchrun exits 1 whatever its
+# ranks' statuses; the job exits with theirs (the most final one, see the end), e.g. 143 after that save.
 # Uses the Apptainer image in FLOWPREP_SIF when set, else the venv in FLOWPREP_VENV.
 #
 #SBATCH --job-name=trainer-fit
@@ -69,6 +69,11 @@ if [[ -f "$RUN_DIR/checkpoint.pt" ]]; then
     RESUME=(--resume)
 fi
 
+# torchrun exits 1 whatever its processes' statuses; each leaves its own in RUN_DIR/.exit-status/rank-N, and
+# this job exits with the most final of them (FINAL_FIRST in trainer/cli.py): 143 after a preemption's save,
+# 75 for a full disk (rerun: it resumes), 4 busy, 1 bad data (do not rerun).
+rm -rf "$RUN_DIR/.exit-status"
+set +e
 ${LAUNCH[@]+"${LAUNCH[@]}"} "${TORCHRUN[@]}" \
     --nnodes "$NNODES" \
     --nproc-per-node "$NPROC_PER_NODE" \
@@ -93,3 +98,14 @@ ${LAUNCH[@]+"${LAUNCH[@]}"} "${TORCHRUN[@]}" \
     --device cuda \
     --no-progress \
     ${RESUME[@]+"${RESUME[@]}"}
+status=$?
+set -e
+if ((status != 0)); then
+    for code in 2 1 4 75 143 130; do  # FINAL_FIRST
+        if grep -qsx "$code" "$RUN_DIR"/.exit-status/rank-*; then
+            status=$code
+            break
+        fi
+    done
+fi
+exit "$status"

@@ -65,10 +65,22 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Expected failures (bad data, checkpoints, devices) become one line and exit 1; a failed environment
     (disk full, I/O error) or anything unexpected one line and exit 75, the traceback in ERROR_LOG beside
     the output (RUN_DIR for fit); Ctrl-C one line and exit 130; fit stopped by a signal, after saving, its one
-    line and exit 130 or 143."""
+    line and exit 130 or 143. Under torchrun, fit also leaves its status in RUN_DIR/.exit-status/rank-N."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        status = _exit_status_file(fn.__name__, kwargs)
+        _record_exit_status(status, None)  # an earlier run's goes
+        try:
+            return one_line(*args, **kwargs)
+        except click.ClickException as e:
+            _record_exit_status(status, e.exit_code)
+            raise
+        except SystemExit as e:
+            _record_exit_status(status, e.code)
+            raise
+
+    def one_line(*args: Any, **kwargs: Any) -> Any:
         from trainer.checkpoint import CheckpointError
         from trainer.data.errors import DataError
         from trainer.distributed import DeviceError
@@ -105,6 +117,38 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         raise click.ClickException(message)
 
     return wrapper
+
+
+EXIT_STATUS_DIR = ".exit-status"  # RUN_DIR/.exit-status/rank-N: each torchrun process's exit status
+
+
+def _exit_status_file(command: str, options: dict[str, Any]) -> Path | None:
+    """Where a process of a torchrun ``fit`` leaves its exit status: torchrun itself exits 1 whatever its
+    workers' statuses (143 after a preemption's save, 75 for a full disk, 4 busy), and
+    pipelines/torchrun_train.sh exits with the most final of them instead (``FINAL_FIRST``)."""
+    if command != "fit" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    return Path(options["out"]) / EXIT_STATUS_DIR / f"rank-{os.environ.get('RANK', '0')}"
+
+
+# The order in which torchrun_train.sh picks a status among its processes': a final one (bad data, a usage error)
+# over busy, over a failed environment, over a stop signal; tested against the script.
+FINAL_FIRST = (exits.USAGE.code, exits.SOME_INPUTS_FAILED.code, exits.BUSY.code, exits.RETRY.code,
+               exits.TERMINATED_CODE, exits.INTERRUPTED.code)
+
+
+def _record_exit_status(path: Path | None, code: object) -> None:
+    """Write ``code`` (None: remove the file) where ``_exit_status_file`` says, if anywhere."""
+    if path is None or code == 0:
+        return
+    try:
+        if code is None:
+            path.unlink(missing_ok=True)
+        elif isinstance(code, int):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{code}\n")
+    except OSError:  # a full disk or a lost mount: the job then shows torchrun's own status, nothing else is lost
+        return
 
 
 def _log_folder(command: str, options: dict[str, Any]) -> Path:

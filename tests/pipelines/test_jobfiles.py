@@ -349,6 +349,33 @@ def test_torchrun_script_launches_one_torchrun_per_node(tmp_path) -> None:
     assert bad.returncode == 2 and "expected spatial or temporal" in bad.stderr
 
 
+@pytest.mark.parametrize(("ranks", "expected"), [
+    ({"rank-0": "143", "rank-1": "143"}, 143),  # preempted: both ranks saved and stopped; requeue / rerun resumes
+    ({"rank-0": "143", "rank-1": "1"}, 1),  # rank 1's data error, then torchrun's SIGTERM to rank 0: do not rerun
+    ({"rank-0": "75"}, 75),  # a full disk on rank 0 (rank 1 killed by torchrun, no status): rerun
+    ({}, 1),  # no process left a status (killed outright): torchrun's own
+])
+def test_torchrun_script_exits_with_its_processes_most_final_status_not_torchruns_1(tmp_path, ranks, expected) -> None:
+    from trainer.cli import EXIT_STATUS_DIR, FINAL_FIRST
+
+    text = (PIPELINES / "torchrun_train.sh").read_text()
+    assert f"for code in {' '.join(map(str, FINAL_FIRST))}; do" in text and f"/{EXIT_STATUS_DIR}/rank-*" in text
+    run_dir = tmp_path / "runs" / "temporal"
+    stale = run_dir / EXIT_STATUS_DIR / "rank-3"  # an earlier job's: removed before the launch
+    stale.parent.mkdir(parents=True)
+    stale.write_text("2\n")
+    writes = "".join(f"printf '{code}\\n' > {shlex.quote(str(run_dir / EXIT_STATUS_DIR / name))}\n"
+                     for name, code in ranks.items())
+    write_stub(tmp_path / "venv" / "bin" / "torchrun", f"mkdir -p {shlex.quote(str(run_dir / EXIT_STATUS_DIR))}\n"
+               f"{writes}exit 1\n")  # as torchrun does when any worker failed
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "FLOWPREP_VENV": str(tmp_path / "venv"),
+           "DATA": str(tmp_path), "NNODES": "1", "RDZV_HOST": "localhost", "RDZV_ID": "t"}
+    run = subprocess.run(["bash", str(PIPELINES / "torchrun_train.sh"), "temporal"], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == expected, run.stderr
+    assert not stale.exists()
+
+
 # --- Kubernetes --------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from trainer import checkpoint as ck
+from trainer.cli import EXIT_STATUS_DIR
 from trainer import distributed
 
 
@@ -120,9 +121,13 @@ def test_when_one_of_two_processes_gets_sigterm_mid_epoch_both_stop_at_the_same_
     saved = ck.load_checkpoint(run / "checkpoint.pt")
     assert saved["epoch"] == 1 and saved["scheduler"]["last_epoch"] == 3
     assert [p["steps"] for p in saved["partial_epoch"]] == [1, 1] and [p["seen"] for p in saved["partial_epoch"]] == [3, 3]
+    # torchrun's 1 hides the ranks' 143: each leaves it for pipelines/torchrun_train.sh to exit with
+    statuses = {p.name: p.read_text() for p in (run / EXIT_STATUS_DIR).iterdir()}
+    assert statuses == {"rank-0": "143\n", "rank-1": "143\n"}
 
     resumed = _torchrun(tiny_shards, run, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list((run / EXIT_STATUS_DIR).iterdir()) == []  # a run that ends well removes its rank's status
     a, b = ck.load_checkpoint(straight / "checkpoint.pt"), ck.load_checkpoint(run / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 2
     for k in a["model"]:
