@@ -70,7 +70,7 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         status = _exit_status_file(fn.__name__, kwargs)
-        _record_exit_status(status, None)  # an earlier run's goes
+        _record_exit_status(status, 0)  # an earlier run's goes
         try:
             return one_line(*args, **kwargs)
         except click.ClickException as e:
@@ -138,15 +138,15 @@ FINAL_FIRST = (exits.USAGE.code, exits.SOME_INPUTS_FAILED.code, exits.BUSY.code,
 
 
 def _record_exit_status(path: Path | None, code: object) -> None:
-    """Write ``code`` (None: remove the file) where ``_exit_status_file`` says, if anywhere."""
-    if path is None or code == 0:
+    """Leave a failing ``code`` where ``_exit_status_file`` says, if anywhere; success (0, None) leaves none."""
+    if path is None:
         return
     try:
-        if code is None:
-            path.unlink(missing_ok=True)
-        elif isinstance(code, int):
+        if isinstance(code, int) and code != 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{code}\n")
+        else:
+            path.unlink(missing_ok=True)
     except OSError:  # a full disk or a lost mount: the job then shows torchrun's own status, nothing else is lost
         return
 

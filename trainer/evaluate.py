@@ -14,17 +14,15 @@ validation videos.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from flowprep.extract.manifest import replacing, write_json_atomic
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
 from trainer.data.datasets import VideoEvalDataset
@@ -248,7 +246,7 @@ def run_evaluate(
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:
+    with replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:  # whole or absent, as the results
         np.savez_compressed(f, **bundle)
     results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
     results.update(samples=samples, crops=crops, checkpoints=checkpoints, **own_fusion)
@@ -314,17 +312,5 @@ def load_scores(path: str | Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    with _replacing(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-@contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A temporary file that replaces ``path`` once written: results and scores are whole or absent (a killed or
-    failed evaluate leaves neither a file cut short, which a rerun would take as done, nor its temporary)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Whole or absent: a killed or failed evaluate leaves no results cut short, which a rerun would take as done."""
+    write_json_atomic(path, obj, indent=2)

@@ -314,15 +314,21 @@ def _validate(net: nn.Module, loader: DataLoader, prepare: BatchPreparer, *, num
     return stats
 
 
+def _with_progress(state: dict[str, Any], progress: _Progress, rngs: list[Any], *,
+                   partial: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A checkpoint: ``state`` (weights, optimizer, configs) with the run's progress and every process's RNG
+    state; ``partial``: each process's sums of an epoch stopped part-way, None after a whole epoch."""
+    return {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
+            "rng": rngs, "history": progress.history, "partial_epoch": partial}
+
+
 def _save_stopped(out: Path, state: dict[str, Any], progress: _Progress, dist: distributed.DistInfo) -> None:
     """checkpoint.pt at the step where a stop signal ended the run: each process's sums of the epoch in progress
     besides its RNG states (rank 0 writes). best.pt and metrics.jsonl stay as the last whole epoch left them."""
     rngs = distributed.all_gather_object(ckpt_io.rng_state())
     partial = distributed.all_gather_object(dataclasses.asdict(progress.sums))
     if dist.is_main:
-        state = {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
-                 "rng": rngs, "history": progress.history, "partial_epoch": partial}
-        ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
+        ckpt_io.save_checkpoint(_with_progress(state, progress, rngs, partial=partial), out / ckpt_io.LAST)
     distributed.barrier()
 
 
@@ -335,8 +341,7 @@ def _save_epoch(out: Path, state: dict[str, Any], progress: _Progress, stats: di
     is rewritten from the checkpoint's history on --resume."""
     rngs = distributed.all_gather_object(ckpt_io.rng_state())
     if dist.is_main:
-        state = {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
-                 "rng": rngs, "history": progress.history, "partial_epoch": None}
+        state = _with_progress(state, progress, rngs, partial=None)
         if is_best:
             ckpt_io.save_checkpoint(state, out / ckpt_io.BEST)
         ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)

@@ -108,13 +108,9 @@ class Assembly:
                 problem = f"listed {names.count(entry['name'])} times in the manifest"
             elif planned.get(entry["name"]) != entry["videos"]:
                 problem = "the manifest lists other videos than the plan puts there"
-            elif not path.is_file():
-                problem = "missing"
-            elif path.stat().st_size != entry["size"]:
-                problem = f"{path.stat().st_size} bytes, the manifest says {entry['size']}"
-            elif check and mf.file_digest(path) != entry["sha256"]:
-                problem = "sha256 differs from the manifest"
             else:
+                problem = mf.shard_file_problem(path, entry, digest=check)
+            if problem is None:
                 continue
             self.forget(entry)
             forgotten.add(entry["name"])

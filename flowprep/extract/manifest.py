@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from flowprep.format import (  # noqa: F401  (the names of docs/shard-format.md; callers use them from here too)
     FAILURES,
@@ -66,16 +67,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` to ``path`` so that readers see the old or the new file, never a partial one."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write, synced and renamed over ``path`` when the block
+    ends: readers see the old file or the new one, never a partial one, and a block that fails (a full disk,
+    Ctrl-C) leaves neither a new file nor its temporary."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: Any, *, indent: int = 1) -> None:
+    """Write ``obj`` to ``path`` so that readers see the old or the new file, never a partial one."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
 def _structure_problem(m: dict[str, Any]) -> str | None:
@@ -214,6 +225,19 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def shard_file_problem(path: Path, entry: dict[str, Any], *, digest: bool = True) -> str | None:
+    """Why the shard file ``path`` is not the one its manifest ``entry`` lists (missing, another size, and with
+    ``digest`` another sha256, which reads every byte), or None."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry["size"]:
+        return f"{size} bytes, the manifest says {entry['size']}"
+    if digest and file_digest(path) != entry["sha256"]:
+        return "sha256 differs from the manifest"
+    return None
 
 
 def failure_paths(path: Path) -> set[str]:

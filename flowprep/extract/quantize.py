@@ -19,8 +19,8 @@ class NonFiniteFlow(ValueError):
 def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
     """Clip ``flow`` (any shape, float) to [-bound, bound] and map it to uint8 (0 -> -B, 255 -> +B).
 
-    +-inf clip like any value beyond the bound; NaN raises ``NonFiniteFlow`` (stored as any code it would
-    read back as a motion that was never measured)."""
+    +-inf clip like any value beyond the bound; NaN raises ``NonFiniteFlow``: any code stored for it would read
+    back as a motion that was never measured."""
     scale, offset = scale_and_offset(bound)
     f = np.ascontiguousarray(flow, dtype=np.float32)
     if f.size == 0:

@@ -71,19 +71,13 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
 def _check_against_manifest(shards: Path, entry: dict) -> None:
     """A shard that is missing, or whose size or sha256 is not the manifest's, is damaged: exporting it would
     copy its damage (a JPEG frame's bytes go out as stored) and rerunning the export would not help."""
-    from flowprep.extract.manifest import file_digest
+    from flowprep.extract.manifest import shard_file_problem
 
     path = shards / entry["name"]
-    if not path.is_file():
-        problem = "is missing"
-    elif path.stat().st_size != entry["size"]:
-        problem = f"holds {path.stat().st_size} bytes, the manifest says {entry['size']}"
-    elif file_digest(path) != entry["sha256"]:
-        problem = "is damaged (its sha256 differs from the manifest)"
-    else:
-        return
-    raise FramesError(f"{path} {problem}: the same flowprep extract command with --check repairs it (flowprep verify "
-                      f"{shards} names the videos), then export")
+    problem = shard_file_problem(path, entry)
+    if problem is not None:
+        raise FramesError(f"{path}: {problem}: the same flowprep extract command with --check repairs it (flowprep "
+                          f"verify {shards} names the videos), then export")
 
 
 def _export_video(g: h5py.Group, folder: Path, params: list[int]) -> None:

@@ -304,6 +304,14 @@ def _stop_line(signal_name: str, epoch: int | str, step: int | str, steps: int |
             "to continue")
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` exists; fails (with the process's output) if ``proc`` ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_fit_at_the_next_step_saves_it_and_exits_130_in_one_line(tiny_shards, tmp_path) -> None:
     run = tmp_path / "run"
@@ -311,10 +319,7 @@ def test_ctrl_c_stops_fit_at_the_next_step_saves_it_and_exits_130_in_one_line(ti
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as a terminal's foreground job
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoint.pt").is_file():  # the first epoch is saved
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
+        _wait_for(run / "checkpoint.pt", proc)  # the first epoch is saved
         os.killpg(proc.pid, signal.SIGINT)  # the loader workers get it too, and ignore it
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -368,10 +373,7 @@ def test_sigterm_to_fit_and_its_workers_mid_epoch_saves_the_step_exits_143_and_r
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while not at.is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
+        _wait_for(at, proc)
         os.killpg(proc.pid, signal.SIGTERM)
         time.sleep(0.2)  # the loader workers have it too by now
         go.touch()

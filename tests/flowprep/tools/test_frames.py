@@ -140,15 +140,15 @@ def test_export_of_a_damaged_or_missing_shard_is_one_line_saying_how_to_repair_i
     good = shard.read_bytes()
     damaged = bytearray(good)
     damaged[len(good) - 1000] ^= 0xFF  # one flipped bit of data: a JPEG frame would go out as stored
-    for content, problem in ((bytes(damaged), "is damaged (its sha256 differs from the manifest)"),
-                             (good[: len(good) // 2], f"holds {len(good) // 2} bytes, the manifest says {len(good)}"),
-                             (None, "is missing")):
+    for content, problem in ((bytes(damaged), "sha256 differs from the manifest"),
+                             (good[: len(good) // 2], f"{len(good) // 2} bytes, the manifest says {len(good)}"),
+                             (None, "missing")):
         shard.unlink()
         if content is not None:
             shard.write_bytes(content)
         result = invoke("export-frames", shards, "--out", tmp_path / "frames")
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-        assert result.output.strip() == (f"Error: {shard} {problem}: the same flowprep extract command with --check "
+        assert result.output.strip() == (f"Error: {shard}: {problem}: the same flowprep extract command with --check "
                                          f"repairs it (flowprep verify {shards} names the videos), then export")
         assert not (tmp_path / "frames").exists()
 
