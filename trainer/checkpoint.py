@@ -67,25 +67,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(s, device=i)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def save_checkpoint(state: dict[str, Any], path: str | Path, *more: str | Path) -> Path:
+    """Write ``state`` to ``path`` (then to each of ``more``, in order) atomically: a reader sees the old file or
+    the new one, never half. Serialized once for all of them; returns the last path written."""
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}
     # Serialized in memory first: torch.save into a file turns a full disk into "unexpected pos" (a RuntimeError
     # without the errno); our own write raises OSError(ENOSPC), which the command line reports as such.
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a partial file would hold the space a rerun needs
-        raise
+    for p in (path, *more):
+        path = Path(p)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file would hold the space a rerun needs
+            raise
     return path
 
 

@@ -170,6 +170,12 @@ def _fit(
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (--amp none)
     resumed = _load_resumed(out / ckpt_io.LAST, model_cfg) if run.resume else None
+    if resumed is not None and resumed["epoch"] >= optim.epochs:
+        # Nothing left to train (a rerun of a finished job): no network, loaders or optimizer to build, which take
+        # seconds; metrics.jsonl becomes exactly the checkpoint's epochs, as below.
+        if dist.is_main:
+            _write_metrics(out / METRICS, list(resumed["history"]))
+        return {}
     prepare = BatchPreparer.for_shards(index, device=device, stream=model_cfg.stream,
                                        amp_dtype=amp_dtype_for(run.amp, device),
                                        channels_last=run.channels_last and device.type == "cuda")
@@ -342,9 +348,8 @@ def _save_epoch(out: Path, state: dict[str, Any], progress: _Progress, stats: di
     rngs = distributed.all_gather_object(ckpt_io.rng_state())
     if dist.is_main:
         state = _with_progress(state, progress, rngs, partial=None)
-        if is_best:
-            ckpt_io.save_checkpoint(state, out / ckpt_io.BEST)
-        ckpt_io.save_checkpoint(state, out / ckpt_io.LAST)
+        # best.pt first (see above); one serialization for both files
+        ckpt_io.save_checkpoint(state, *([out / ckpt_io.BEST] if is_best else []), out / ckpt_io.LAST)
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(stats, sort_keys=True) + "\n")
         print(_summary(stats), flush=True)

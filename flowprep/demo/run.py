@@ -161,7 +161,8 @@ def format_table(summary: dict[str, Any]) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True,
               help="Folder for everything the demo makes; a rerun continues in it.")
-@click.option("--quick", is_flag=True, help="Fewer videos, Farneback flow, a smaller crop (about half the time); for tests.")
+@click.option("--quick", is_flag=True,
+              help="Fewer videos, Farneback flow, smaller crops, fewer epochs (about a third of the time); for tests.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of training.")
 @click.option("--seeds", default=None, metavar="0-4",
               help="Run the demo once per seed (each into --out/seed-N, quietly) and write the table of all of them "

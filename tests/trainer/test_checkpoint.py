@@ -29,6 +29,18 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
 
 
+def test_one_save_writes_best_then_last_from_one_serialization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: (calls.append(1), real_save(obj, f)))
+    last = ck.save_checkpoint(_state(), tmp_path / ck.BEST, tmp_path / ck.LAST)
+    assert last == tmp_path / ck.LAST and len(calls) == 1
+    assert (tmp_path / ck.BEST).read_bytes() == last.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ck.BEST, ck.LAST])
+    # checkpoint.pt, the commit point of an epoch, is written last (trainer/fit.py _save_epoch)
+    assert (tmp_path / ck.BEST).stat().st_mtime_ns <= last.stat().st_mtime_ns
+
+
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = ck.save_checkpoint(_state(), tmp_path / "checkpoint.pt")
     before = path.read_bytes()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -194,7 +195,11 @@ def test_run_dir_and_resume_mistakes(tiny_shards, tmp_path) -> None:
         fit(**_configs(tiny_shards, run, epochs=1, val=False))
     with pytest.raises(ck.CheckpointError, match="holds a temporal resnet18 network .* ask for temporal resnet34"):
         fit(**_configs(tiny_shards, run, epochs=2, resume=True, arch="resnet34", val=False))
-    assert fit(**_configs(tiny_shards, run, epochs=1, resume=True, val=False)) == {}  # nothing left to do
+    metrics = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text("")  # cut short by a crash between the checkpoint and the metrics
+    with mock.patch("trainer.fit._build_network", side_effect=AssertionError("built a network")):
+        assert fit(**_configs(tiny_shards, run, epochs=1, resume=True, val=False)) == {}  # nothing left to do
+    assert (run / "metrics.jsonl").read_text() == metrics  # rewritten from the checkpoint
 
 
 def test_spatial_stream_needs_rgb(make_tiny_shards, tmp_path) -> None:
