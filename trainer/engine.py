@@ -158,8 +158,8 @@ def _heads(output: Output, *, stream: str, fused_kind: str) -> dict[str, tuple[T
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: torch.utils.data.DataLoader, prepare: BatchPreparer, *, num_classes: int | None = None,
-    show_progress: bool = False,
-) -> dict[str, Any]:
+    show_progress: bool = False, stop: StopFlag | None = None,
+) -> dict[str, Any] | None:
     """Accuracy of ``model`` over ``loader``, its batches prepared by ``prepare``.
 
     Clip batches ``(x, scale, label)`` give ``loss`` and ``clip_acc``. Video batches from
@@ -171,6 +171,9 @@ def evaluate(
     The joint stream (``prepare.stream == "joint"``: x a tuple (rgb, flow), a TwoStream model): loss, accuracies
     and ``scores`` are the fused output's (a fusion that outputs probabilities is averaged as is, logits through
     softmax), and video batches add ``scores_spatial``/``scores_temporal`` and ``video_acc_spatial``/``video_acc_temporal``.
+
+    ``stop``: asked before every batch, all processes alike (as in ``train_one_epoch``; a process that has run out of
+    batches goes on asking until the one with the most has done its last); once set, returns None.
     """
     model.eval()
     device, stream = prepare.device, prepare.stream
@@ -187,7 +190,16 @@ def evaluate(
         scores = {name: torch.zeros(len(loader.dataset), num_classes, dtype=torch.float64, device=device)
                   for name in names}
         labels = torch.zeros(len(loader.dataset), dtype=torch.float64, device=device)
-    for batch in tqdm(loader, desc="eval", disable=not show_progress, dynamic_ncols=True, leave=False):
+    # Processes may hold different numbers of batches (no padding duplicates): with a stop flag, every process
+    # takes part in as many agreements as the one with the most.
+    rounds = len(loader) if stop is None else distributed.max_over_processes(len(loader), device=device)
+    batches = iter(loader)
+    for _ in tqdm(range(rounds), desc="eval", disable=not show_progress, dynamic_ncols=True, leave=False):
+        if _stop_agreed(stop, device):
+            return None
+        batch = next(batches, None)
+        if batch is None:  # this process's videos are done; the others' are not
+            continue
         x, scale, target = batch[:3]
         video = len(batch) == 4
         if video:

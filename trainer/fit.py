@@ -17,7 +17,9 @@ training loop asks the flag before each step, all processes alike, and then save
 batches done in the epoch and each process's running sums of it, and raises ``flowprep.stopping.Stopped``
 (exit status 143 or 130). ``--resume`` continues that epoch at its next batch (the sampler's order for the
 epoch skips the batches done, unread), so the run is the same as one never stopped, and the epoch's metrics
-line covers the whole epoch. A signal during validation stops the run after it, once the epoch is saved.
+line covers the whole epoch. Validation asks the flag before each batch too: a signal there saves the epoch's
+training as done (with the RNG states it ended with) and --resume validates it again from the start, so a
+long validation pass does not outlast a scheduler's grace period and lose the epoch.
 
 The joint stream trains ``TwoStream(spatial, temporal, fusion)`` on ``trainer.data.joint_datasets`` items (a flow stack
 and its centre RGB frame, one crop and flip for both) with ``losses.JointLoss``; its validation accuracy,
@@ -35,7 +37,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -215,16 +217,15 @@ def _fit(
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "config": configs, "classes": list(index.classes), "videos": videos}
         if stats is None:  # a stop signal: every process stopped after the same step
-            assert stop is not None and stop.signum is not None
-            if lock is not None:
-                lock.check()
-            _save_stopped(out, state, progress, dist)
-            raise Stopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.sums.steps}/{steps}; "
-                          "checkpoint saved: rerun with --resume to continue", exit_code=stop.exit_code)
+            _stop(out, state, progress, dist, lock, stop, f"at epoch {epoch + 1}, step {progress.sums.steps}/{steps}")
         stats = {"epoch": epoch + 1, **stats, **_sampling_stats(stats.pop("samples"), sampler)}
         is_best = False
         if val_loader is not None:
-            val = _validate(net, val_loader, prepare, num_classes=model_cfg.num_classes)
+            trained = ckpt_io.rng_state()  # validation draws a loader seed: a stop in it saves the state before
+            val = _validate(net, val_loader, prepare, num_classes=model_cfg.num_classes, stop=stop)
+            if val is None:  # a stop signal during validation: saved as the epoch's last step, validated on --resume
+                ckpt_io.set_rng_state(trained)
+                _stop(out, state, progress, dist, lock, stop, f"in the validation of epoch {epoch + 1}")
             stats.update(val)
             is_best = progress.is_best(val["val_acc"], val["val_loss"])
         progress.epoch, progress.sums = epoch + 1, EpochSums()
@@ -308,12 +309,16 @@ def _sampling_stats(samples: int, sampler: DistributedSampler) -> dict[str, Any]
             "overlap_samples": sum(len(r) for r in per_rank) - len(set().union(*map(set, per_rank)))}
 
 
-def _validate(net: nn.Module, loader: DataLoader, prepare: BatchPreparer, *, num_classes: int) -> dict[str, Any]:
-    """The epoch's validation metrics (``val_acc``: video accuracy; the joint stream's is the fused output's)."""
+def _validate(net: nn.Module, loader: DataLoader, prepare: BatchPreparer, *, num_classes: int,
+              stop: StopFlag | None) -> dict[str, Any] | None:
+    """The epoch's validation metrics (``val_acc``: video accuracy; the joint stream's is the fused output's); None
+    when a stop signal came first."""
     # The unwrapped network with rank 0's buffers: exactly the weights the checkpoint will hold, and no
     # DDP collectives inside forward (processes may get different numbers of validation batches).
     distributed.broadcast_buffers(net)
-    val = evaluate(net, loader, prepare, num_classes=num_classes)
+    val = evaluate(net, loader, prepare, num_classes=num_classes, stop=stop)
+    if val is None:
+        return None
     stats = {"val_loss": val["loss"], "val_clip_acc": val["clip_acc"], "val_acc": val["video_acc"]}
     if prepare.stream == "joint":
         stats.update(val_acc_spatial=val["video_acc_spatial"], val_acc_temporal=val["video_acc_temporal"])
@@ -326,6 +331,17 @@ def _with_progress(state: dict[str, Any], progress: _Progress, rngs: list[Any], 
     state; ``partial``: each process's sums of an epoch stopped part-way, None after a whole epoch."""
     return {**state, "epoch": progress.epoch, "best_acc": progress.best_acc, "best_loss": progress.best_loss,
             "rng": rngs, "history": progress.history, "partial_epoch": partial}
+
+
+def _stop(out: Path, state: dict[str, Any], progress: _Progress, dist: distributed.DistInfo,
+          lock: OutputLock | None, stop: StopFlag | None, where: str) -> NoReturn:
+    """Save the run where a stop signal ended it (``_save_stopped``) and raise ``Stopped`` with its exit code."""
+    assert stop is not None and stop.signum is not None
+    if lock is not None:
+        lock.check()
+    _save_stopped(out, state, progress, dist)
+    raise Stopped(f"stopped by {stop.name} {where}; checkpoint saved: rerun with --resume to continue",
+                  exit_code=stop.exit_code)
 
 
 def _save_stopped(out: Path, state: dict[str, Any], progress: _Progress, dist: distributed.DistInfo) -> None:

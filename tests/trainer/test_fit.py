@@ -125,6 +125,37 @@ def test_a_run_stopped_by_a_signal_mid_epoch_resumes_to_the_bitwise_state_of_an_
     _assert_same_run(straight, run)
 
 
+@pytest.mark.slow
+def test_a_signal_during_validation_stops_at_the_next_batch_and_the_resumed_run_validates_that_epoch_again(
+    straight_and_resumed, tiny_shards, tmp_path
+) -> None:
+    """3 validation videos, one per batch: SIGTERM in the first batch's forward pass of epoch 1's validation stops
+    the run before the second (a long validation would otherwise outlast the scheduler's grace period)."""
+    straight, run = straight_and_resumed[0], tmp_path / "run"
+    flag, validated = StopFlag(), []
+
+    def in_validation(module, args, output) -> None:
+        if not module.training and isinstance(module, torch.nn.Linear):  # the head: once per forward pass
+            validated.append(1)
+            flag.set(signal.SIGTERM)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(in_validation)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            fit(**_configs(tiny_shards, run), stop=flag)
+    finally:
+        hook.remove()
+    assert len(validated) == 1  # the second validation batch was not run
+    assert str(stopped.value) == ("stopped by SIGTERM in the validation of epoch 1; checkpoint saved: rerun with "
+                                  "--resume to continue") and stopped.value.exit_code == 143
+    saved = ck.load_checkpoint(run / ck.LAST)
+    assert saved["epoch"] == 0 and saved["partial_epoch"][0]["steps"] == 2  # both steps of epoch 1 done
+    assert _metrics(run) == [] and not (run / ck.BEST).exists()
+
+    fit(**_configs(tiny_shards, run, resume=True))
+    _assert_same_run(straight, run)
+
+
 def test_a_second_ctrl_c_while_the_stop_is_saved_leaves_at_once_and_the_last_checkpoint_intact(
     tiny_shards, tmp_path, monkeypatch
 ) -> None:
