@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from flowprep.format import VIDEO_EXTENSIONS, video_id as video_id_of
-from flowprep.extract.labels import read_labels
+from flowprep.extract.labels import check_utf8, read_labels
 from flowprep.extract.writer import VideoMeta
 
 _LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
@@ -74,6 +74,10 @@ def _is_utf8(path: str) -> bool:
 def read_class_index(path: str | Path) -> list[str]:
     """Class names from a UCF-101 ``classInd.txt`` ("<1-based index> <name>" per line), by index."""
     path = Path(path)
+    try:
+        check_utf8(path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("{"):  # Something-Something v2's labels JSON: {"Class name": "index", ...}
         try:
