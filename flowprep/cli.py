@@ -16,7 +16,7 @@ import click
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 from flowprep import stopping
-from flowprep.errors import BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import Bound, BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import decode, manifest, reader, runner
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
@@ -194,7 +194,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
               help="Worker processes, one video each (OpenCV single-threaded in each; with --engine torch they "
                    "decode, encode and write while the flow process computes).  "
                    f"[default: all cores available to this process, here {runner.default_workers()}]")
-@click.option("--bound", type=FiniteFloat(min=0, min_open=True), default=FlowConfig.bound,
+@click.option("--bound", type=Bound(), default=FlowConfig.bound,
               help="Clip flow to +-BOUND pixels, then quantize to uint8 (step 2*BOUND/255 px). 20 is the "
                    "bound of the common two-stream toolkits; larger motions are rare at 25-30 fps.")
 @click.option("--videos-per-shard", type=click.IntRange(min=1), default=StorageConfig.videos_per_shard,

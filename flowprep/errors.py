@@ -29,6 +29,24 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Bound(FiniteFloat):
+    """``--bound``: a positive finite number the shards can store (``scale_factor`` and ``add_offset`` are float32;
+    ``--bound 1e308`` stored infinity, ``--bound 1e-50`` zero, and the shards passed verify)."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        from flowprep.format import scale_and_offset
+
+        number = super().convert(value, param, ctx)
+        try:
+            scale_and_offset(number)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return number
+
+
 class OutPath(click.Path):
     """``click.Path`` for an output that may not exist yet: the nearest existing path above it must be a folder.
 

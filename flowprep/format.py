@@ -89,6 +89,10 @@ def video_id(path: str) -> str:
     return str(posix.with_suffix("")) if posix.suffix.lower() in VIDEO_EXTENSIONS else str(posix)
 
 
+MAX_BOUND = 3.4028234663852886e38  # the largest float32
+MIN_BOUND = 1.1754943508222875e-38 * 255 / 2  # scale_factor is then the smallest normal float32
+
+
 def scale_and_offset(bound: float) -> tuple[float, float]:
     """(scale_factor, add_offset) of flow clipped to +-bound and stored as uint8: ``f = q * scale_factor + add_offset``.
 
@@ -96,6 +100,9 @@ def scale_and_offset(bound: float) -> tuple[float, float]:
     """
     if not bound > 0:
         raise ValueError(f"bound must be > 0, got {bound}")
+    if not MIN_BOUND <= bound <= MAX_BOUND:  # the attributes are float32: it would store 0 or infinity
+        raise ValueError(f"{bound:g} cannot be stored: the shards hold scale_factor (2*bound/255) and add_offset "
+                         f"(-bound) as 32-bit floats, so the bound must be from {MIN_BOUND:.3g} to {MAX_BOUND:.3g}")
     return 2.0 * bound / 255.0, -float(bound)
 
 

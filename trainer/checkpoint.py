@@ -23,6 +23,7 @@ the best on the validation list.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -101,13 +102,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # an I/O error: the environment's (exit 75)
+            raise
+        # torch's zip reader on a file cut short below 64 KiB (a copy that stopped): a damaged file, not the disk
+        raise CheckpointError(f"cannot read checkpoint {path}: not a whole zip archive (cut short?)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a trainer checkpoint (expected format {FORMAT_NAME!r})")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format_version {ckpt.get('format_version')}, expected {FORMAT_VERSION}"
         )
+    config = ckpt.get("config")
+    if not (isinstance(ckpt.get("model"), dict) and isinstance(config, dict) and isinstance(config.get("model"), dict)
+            and isinstance(ckpt.get("classes"), list)):
+        raise CheckpointError(f"{path} is not a whole trainer checkpoint: it lacks its model weights, config or classes")
     return ckpt
+
+
+def load_weights(net: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """``net.load_state_dict`` of a checkpoint's weights; weights that do not fit the network its config describes
+    (an edited file, or one of another version) are a one-line ``CheckpointError``, not a crash."""
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = " ".join(str(e).split())
+        raise CheckpointError(f"{path}: its weights do not fit the network its config describes "
+                              f"({first[:300]}{' ...' if len(first) > 300 else ''})") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

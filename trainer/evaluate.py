@@ -164,7 +164,7 @@ def load_stream(path: str | Path, *, classes: list[str], prepare: BatchPreparer,
     ckpt_io.check_compatible(ckpt, path=file, stream=prepare.stream, classes=classes)
     _check_held_out(ckpt, file, test or [])
     net = build_model(from_dict(ModelConfig, ckpt["config"]["model"]), pretrained=None)
-    net.load_state_dict(ckpt["model"])
+    ckpt_io.load_weights(net, ckpt, file)
     net.to(prepare.device, memory_format=torch.channels_last if prepare.channels_last else torch.preserve_format)
     return net.eval(), ckpt["config"], file
 

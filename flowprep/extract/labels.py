@@ -14,6 +14,7 @@ video), one line each. Files are read as UTF-8 with or without a byte order mark
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import unicodedata
@@ -70,11 +71,24 @@ def read_labels(paths: list[Path], *, labels: bool = True, kind: str | None = No
     (kind,) = kinds
     table = LabelTable(kind, {}, [])
     for path in paths:
+        check_utf8(path)
         before = (len(table.rows), len(table.problems))
         {"csv": _generic, "kinetics": _kinetics, "ssv2": _ssv2}[kind](path, table, labels)
         if (len(table.rows), len(table.problems)) == before:
             table.problems.append(f"{path.name}: lists no videos (an empty file, or a header alone)")
     return table
+
+
+def check_utf8(path: Path) -> None:
+    """ValueError naming the file and line of its first byte that is not UTF-8 (a file saved as Latin-1 or
+    UTF-16): Python's UnicodeDecodeError names neither."""
+    data = path.read_bytes()
+    body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{body[e.start]:02x}); save it as UTF-8") from None
 
 
 def _add(table: LabelTable, key: str, row: LabelRow) -> None:

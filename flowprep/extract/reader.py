@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from flowprep.format import VIDEO_EXTENSIONS, video_id as video_id_of
-from flowprep.extract.labels import read_labels
+from flowprep.extract.labels import check_utf8, read_labels
 from flowprep.extract.writer import VideoMeta
 
 _LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
@@ -62,9 +62,22 @@ def find_videos(root: str | Path, *, warn: Callable[[str], None] | None = None) 
     return sorted(found)
 
 
+def _is_utf8(path: str) -> bool:
+    """Whether a name read from the file system was UTF-8 (Python keeps other bytes as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_class_index(path: str | Path) -> list[str]:
     """Class names from a UCF-101 ``classInd.txt`` ("<1-based index> <name>" per line), by index."""
     path = Path(path)
+    try:
+        check_utf8(path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("{"):  # Something-Something v2's labels JSON: {"Class name": "index", ...}
         try:
@@ -131,6 +144,10 @@ def plan_videos(
     if odd:
         raise DatasetError(f"video path {odd[0]!r} contains a tab or line break, which no list file can name: "
                            f"rename it ({len(odd)} such path(s))")
+    undecodable = [s for s in sources if not _is_utf8(s)]
+    if undecodable:  # the shards, manifest and list files hold video ids as UTF-8 text
+        raise DatasetError(f"video path {os.fsencode(undecodable[0])!r} is not UTF-8, so no shard or list file can name it: rename "
+                           f"it ({len(undecodable)} such path(s))")
     problems: list[str] = []
     if labels:
         names = _names_from_labels(sources, [Path(p) for p in labels], problems, warn)

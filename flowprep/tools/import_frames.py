@@ -16,7 +16,7 @@ import flowprep
 from flowprep import exits
 from flowprep import format as fmt
 from flowprep.config import FlowConfig, StorageConfig
-from flowprep.errors import BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
 from flowprep.extract import verify as verify_mod
@@ -162,7 +162,7 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
                    "the folder holding the video's, also in train/<Class>/<video>/; top-level video folders need "
                    "UCF-101 names); twostreamfusion: u/<video>/frame000001.jpg, v/..., jpegs_256/... with UCF-101 "
                    "names.")
-@click.option("--bound", type=FiniteFloat(min=0, min_open=True), default=FlowConfig.bound,
+@click.option("--bound", type=Bound(), default=FlowConfig.bound,
               help="The bound the frames were made with: gray value g stands for g * 2B/255 - B pixels.")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "

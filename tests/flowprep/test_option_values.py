@@ -75,3 +75,18 @@ def test_the_defaults_and_the_documented_choices_of_the_flow_parameters_are_acce
 def test_the_tools_refuse_non_finite_numbers_too(tmp_path: Path, args: list[str]) -> None:
     result = invoke(*[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2 and "is not a finite number" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", [["extract", "--videos", "{tmp}"], ["import-frames", "--frames", "{tmp}",
+                                                                        "--layout", "mmaction"]])
+@pytest.mark.parametrize("bound", ["1e308", "1e-50"])
+def test_a_bound_the_shards_cannot_store_as_float32_is_a_usage_error(
+    tmp_path: Path, command: list[str], bound: str
+) -> None:
+    out = tmp_path / "out"  # it was written: scale_factor inf or 0 in every shard, and verify said OK
+    result = invoke(*[a.format(tmp=tmp_path) for a in command], "--out", str(out), "--bound", bound)
+    assert result.exit_code == 2, result.output
+    assert (f"Invalid value for '--bound': {float(bound):g} cannot be stored: the shards hold scale_factor "
+            "(2*bound/255) and add_offset (-bound) as 32-bit floats, so the bound must be from 1.5e-36 to 3.4e+38"
+            in " ".join(result.output.split()))
+    assert not out.exists()

@@ -74,6 +74,35 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         ck.load_checkpoint(future)
 
 
+def test_a_checkpoint_cut_short_is_a_checkpoint_error_not_an_environment_failure(tmp_path: Path) -> None:
+    """torch's zip reader raises OSError(EINVAL) on a file cut short below 64 KiB: it read as a crash of the
+    environment (exit 75, rerun), which no rerun fixes."""
+    path = ck.save_checkpoint(_state(model={"w": torch.zeros(300_000)}), tmp_path / "checkpoint.pt")  # 1.2 MB
+    path.write_bytes(path.read_bytes()[:10_000])  # (cut below 5 KB or above 64 KiB, torch says RuntimeError)
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load_checkpoint(path)
+    assert str(e.value) == f"cannot read checkpoint {path}: not a whole zip archive (cut short?)"
+
+
+@pytest.mark.parametrize("missing", ["model", "config", "classes"])
+def test_a_checkpoint_without_its_weights_config_or_classes_is_a_checkpoint_error(tmp_path: Path, missing: str) -> None:
+    state = _state()
+    del state[missing]  # it crashed later as an unexpected KeyError (exit 75)
+    path = ck.save_checkpoint(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load_checkpoint(path)
+    assert str(e.value) == f"{path} is not a whole trainer checkpoint: it lacks its model weights, config or classes"
+
+
+def test_weights_that_do_not_fit_the_network_are_a_one_line_checkpoint_error(tmp_path: Path) -> None:
+    path = ck.save_checkpoint(_state(), tmp_path / "checkpoint.pt")
+    with pytest.raises(ck.CheckpointError) as e:  # the network has weight and bias; the checkpoint holds w
+        ck.load_weights(torch.nn.Linear(3, 2), ck.load_checkpoint(path), path)
+    assert str(e.value).startswith(f"{path}: its weights do not fit the network its config describes (Error(s) in "
+                                   "loading state_dict for Linear: Missing key(s) in state_dict: ")
+    assert "\n" not in str(e.value)
+
+
 def test_rng_state_round_trip() -> None:
     state = ck.rng_state()
     first = (random.random(), np.random.rand(), torch.rand(3))

@@ -87,8 +87,10 @@ def _shard_bound(path: Path, f: h5py.File) -> float:
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise DataError(f"{path}: no flow bound in the root attribute params ({type(e).__name__}: {e}); expected a "
                         "flowprep shard (docs/shard-format.md)") from None
-    if not bound > 0:
-        raise DataError(f"{path}: the root attribute params says flow bound {bound}; expected a bound > 0")
+    try:
+        scale_and_offset(bound)  # > 0, and storable as float32 (an older flowprep let --bound 1e308 through)
+    except ValueError as e:
+        raise DataError(f"{path}: the root attribute params says flow bound {bound:g}; {e}") from None
     return bound
 
 

@@ -67,6 +67,6 @@ def init_streams(net: TwoStream, cfg: ModelConfig, *, classes: list[str]) -> dic
         ckpt = ckpt_io.load_checkpoint(file)
         ckpt_io.check_compatible(ckpt, path=file, stream=stream, arch=cfg.arch, classes=classes,
                                  flow_length=cfg.flow_length if stream == "temporal" else None)
-        getattr(net, stream).load_state_dict(ckpt["model"])
+        ckpt_io.load_weights(getattr(net, stream), ckpt, file)
         loaded[stream] = str(file)
     return loaded

@@ -150,6 +150,22 @@ def test_label_files_saved_with_a_byte_order_mark_and_crlf_read_like_any_other(t
             "-VtLx-mcPds_000012_000022": (0, "air drumming"), "0347ZoDXyP0_000095_000105": (1, "abseiling")}
 
 
+@pytest.mark.parametrize("option", ["--labels", "--class-index"])
+def test_a_label_file_saved_as_latin1_is_one_line_naming_file_and_line_and_exit_2(tmp_path: Path, option: str) -> None:
+    """The class index crashed as 'unexpected UnicodeDecodeError' with exit 75 (rerun to resume); a labels file was
+    exit 2 with Python's text, which named neither the file nor the line."""
+    root = touch(tmp_path / "v", "caf\u00e9/a.mp4")
+    label_file = tmp_path / "labels.txt"
+    label_file.write_bytes("path,label\na.mp4,caf\u00e9\n".encode("latin-1") if option == "--labels" else
+                          "1 caf\u00e9\n".encode("latin-1"))
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", root, "--out", out, option, label_file)
+    assert result.exit_code == 2, result.output
+    line = 2 if option == "--labels" else 1
+    assert result.output.strip() == f"Error: {label_file}:{line}: not UTF-8 text (byte 0xe9); save it as UTF-8"
+    assert not out.exists()
+
+
 def test_a_labels_file_with_a_header_alone_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
     root = touch(tmp_path / "v", "a.mp4")
     header = tmp_path / "labels.csv"

@@ -470,6 +470,16 @@ def test_a_video_name_with_a_line_break_is_refused_in_one_line(ucf_tree: Path, t
     assert "contains a tab or line break, which no list file can name" in result.output
 
 
+def test_a_video_name_that_is_not_utf8_is_refused_in_one_line(ucf_tree: Path, tmp_path: Path) -> None:
+    shutil.copy(ucf_tree / "Jump" / "v_Jump_g00.mp4", os.fsencode(ucf_tree / "Run") + b"/caf\xe9.mp4")  # Latin-1
+    out = tmp_path / "out"
+    result = subprocess.run([str(FLOWPREP), *extract_args(ucf_tree, out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == exits.USAGE.code, result.stdout + result.stderr
+    assert result.stderr.strip() == ("Error: video path b'Run/caf\\xe9.mp4' is not UTF-8, so no shard or list file can "
+                                     "name it: rename it (1 such path(s))")
+    assert not (out / "manifest.json").exists()
+
+
 def test_a_video_name_with_spaces_is_extracted(ucf_tree: Path, tmp_path: Path) -> None:
     write_video(ucf_tree / "air drumming" / "v_air drumming_g01.mp4", random_frames(4, 48, 64))
     out = tmp_path / "out"

@@ -116,6 +116,15 @@ def test_an_edited_scale_factor_is_named_by_video_and_attribute(out: Path) -> No
     assert any(p.startswith(f"shard-00001.h5: video {video}: flow scale_factor/add_offset 0.5/") for p in problems), problems
 
 
+def test_a_run_bound_that_float32_cannot_hold_is_a_problem_not_a_crash(out: Path) -> None:
+    """What an older extract --bound 1e308 wrote (infinite scale_factors); verify crashed with a ValueError."""
+    edit_manifest(out, lambda m: m["params"]["flow"].update(bound=1e308))
+    problems = verify_output(out).problems
+    assert ("shard-00000.h5: video Jump/v_Jump_g00: the run's bound 1e+308 cannot be stored: the shards hold "
+            "scale_factor (2*bound/255) and add_offset (-bound) as 32-bit floats, so the bound must be from 1.5e-36 "
+            "to 3.4e+38") in problems, problems
+
+
 def test_truncated_shard(out: Path) -> None:
     shard = out / "shard-00000.h5"
     data = shard.read_bytes()

@@ -177,6 +177,21 @@ def test_a_video_with_edited_flow_quantization_is_refused_naming_shard_video_and
     assert len(read_video_list(others, idx)) == 11
 
 
+def test_a_shard_whose_params_bound_float32_cannot_hold_is_refused_in_one_line(make_tiny_shards) -> None:
+    """An older flowprep extract took --bound 1e308 and stored infinite scale_factors; indexing raised ValueError."""
+    ts = make_tiny_shards()
+    for shard in sorted(ts.root.glob("shard-*.h5")):
+        with h5py.File(shard, "r+") as f:
+            params = json.loads(f.attrs["params"])
+            params["flow"]["bound"] = 1e308
+            f.attrs["params"] = json.dumps(params)
+    with pytest.raises(DataError) as e:
+        index_shards(ts.root)
+    assert one_line(e).endswith("shard-00000.h5: the root attribute params says flow bound 1e+308; 1e+308 cannot be "
+                                "stored: the shards hold scale_factor (2*bound/255) and add_offset (-bound) as 32-bit "
+                                "floats, so the bound must be from 1.5e-36 to 3.4e+38")
+
+
 # ---------------------------------------------------------------- read_video_list
 
 
