@@ -146,8 +146,8 @@ def plan_videos(
                            f"rename it ({len(odd)} such path(s))")
     undecodable = [s for s in sources if not _is_utf8(s)]
     if undecodable:  # the shards, manifest and list files hold video ids as UTF-8 text
-        raise DatasetError(f"video path {os.fsencode(undecodable[0])!r} is not UTF-8, so no shard or list file can name it: rename "
-                           f"it ({len(undecodable)} such path(s))")
+        raise DatasetError(f"video path {os.fsencode(undecodable[0])!r} is not UTF-8, so no shard or list file can "
+                           f"name it: rename it ({len(undecodable)} such path(s))")
     problems: list[str] = []
     if labels:
         names = _names_from_labels(sources, [Path(p) for p in labels], problems, warn)
