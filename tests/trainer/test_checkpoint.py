@@ -84,6 +84,20 @@ def test_a_checkpoint_cut_short_is_a_checkpoint_error_not_an_environment_failure
     assert str(e.value) == f"cannot read checkpoint {path}: not a whole zip archive (cut short?)"
 
 
+def test_a_flipped_bit_in_the_weights_is_a_damaged_checkpoint_not_other_weights(tmp_path: Path) -> None:
+    """torch.load does not check the zip records' CRC-32s: the flipped bit loaded as a changed weight."""
+    w = torch.arange(300_000, dtype=torch.float32)
+    path = ck.save_checkpoint(_state(model={"w": w}), tmp_path / "checkpoint.pt")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the weights' record (1.2 MB of the file's ~1.2 MB)
+    path.write_bytes(data)
+    assert not torch.equal(torch.load(path, weights_only=False)["model"]["w"], w)  # what torch alone gives
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load_checkpoint(path)
+    assert str(e.value) == (f"checkpoint {path} is damaged: its record archive/data/0 fails its CRC-32 check (a "
+                            "flipped bit or a torn copy); use another copy or checkpoint")
+
+
 @pytest.mark.parametrize("missing", ["model", "config", "classes"])
 def test_a_checkpoint_without_its_weights_config_or_classes_is_a_checkpoint_error(tmp_path: Path, missing: str) -> None:
     state = _state()
