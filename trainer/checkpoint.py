@@ -124,8 +124,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _check_crcs(path: Path) -> None:
     """A checkpoint is a zip archive whose records carry CRC-32s that torch.load does not check: a flipped bit in
-    the weights (a bad disk, a torn copy) would load as other weights without a word. Reading it once to check
-    them costs about a millisecond per MB."""
+    the weights (a bad disk, a torn copy) would load as other weights without a word."""
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
