@@ -199,7 +199,7 @@ def _fit(
                  if model_cfg.stream == "joint" else nn.CrossEntropyLoss())
     progress = _Progress()
     if resumed is not None:
-        progress = _restore(resumed, net, optimizer, scheduler, scaler, dist)
+        progress = _restore(resumed, out / ckpt_io.LAST, net, optimizer, scheduler, scaler, dist)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out / METRICS, progress.history)  # fresh run: empty; resumed: exactly the checkpoint's epochs
@@ -273,12 +273,12 @@ def _build_network(model_cfg: ModelConfig, *, fresh: bool, classes: list[str], p
     return net
 
 
-def _restore(resumed: dict[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer,
+def _restore(resumed: dict[str, Any], path: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
              dist: distributed.DistInfo) -> _Progress:
     """Load a checkpoint's weights, optimizer, scheduler, scaler and this process's RNG states; its progress (with
     this process's sums of an epoch stopped part-way)."""
-    net.load_state_dict(resumed["model"])
+    ckpt_io.load_weights(net, resumed, path)
     optimizer.load_state_dict(resumed["optimizer"])
     scheduler.load_state_dict(resumed["scheduler"])
     scaler.load_state_dict(resumed["scaler"])

@@ -231,6 +231,11 @@ def test_run_dir_and_resume_mistakes(tiny_shards, tmp_path) -> None:
     with mock.patch("trainer.fit._build_network", side_effect=AssertionError("built a network")):
         assert fit(**_configs(tiny_shards, run, epochs=1, resume=True, val=False)) == {}  # nothing left to do
     assert (run / "metrics.jsonl").read_text() == metrics  # rewritten from the checkpoint
+    edited = ck.load_checkpoint(run / ck.LAST)
+    edited["model"].pop("fc.bias")  # weights that do not fit the network its config describes: not a crash (75)
+    ck.save_checkpoint(edited, run / ck.LAST)
+    with pytest.raises(ck.CheckpointError, match=r"checkpoint.pt: its weights do not fit the network .*fc\.bias"):
+        fit(**_configs(tiny_shards, run, epochs=2, resume=True, val=False))
 
 
 def test_spatial_stream_needs_rgb(make_tiny_shards, tmp_path) -> None:
