@@ -129,6 +129,7 @@ def joblib_backend(
     except ImportError:
         raise BackendError("--backend dask needs dask.distributed: pip install 'flowprep[dask]'") from None
     try:
+        _check_address(scheduler)
         client = distributed.Client(scheduler, timeout=connect_timeout, set_as_default=True)
     except ValueError as e:  # distributed's own address parsing
         raise BackendUsageError(f"expected --scheduler like tcp://HOST:PORT, got {scheduler!r} ({e})") from None
@@ -149,6 +150,26 @@ def joblib_backend(
         raise RetriableError(f"lost the Dask cluster at {scheduler}: {' '.join(str(exc).split())}") from exc
     finally:
         client_log.setLevel(level)
+
+
+def _check_address(scheduler: str) -> None:
+    """What distributed only finds out by trying: a port no scheduler can listen on (a 10 s connection timeout,
+    then exit 3, which schedulers retry), or tls:// without the Dask config's TLS credentials (a TypeError).
+    ValueError: the CLI makes it a usage error."""
+    import dask
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    from distributed.security import Security
+
+    scheme, location = parse_address(scheduler)
+    if scheme in ("tcp", "tls", "ws", "wss"):
+        _, port = parse_host_port(location)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is not in 1..65535")
+    if (scheme in ("tls", "wss") and not dask.config.get("distributed.client.security-loader", None)
+            and Security().get_connection_args("client").get("ssl_context") is None):
+        raise ValueError(f"{scheme}:// needs TLS credentials in the Dask config (distributed.comm.tls.ca-file and "
+                         "distributed.comm.tls.client.cert/key, e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE)")
 
 
 def _dask_backend(client: "Client") -> ParallelBackendBase:

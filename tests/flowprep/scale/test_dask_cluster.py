@@ -109,6 +109,11 @@ def test_unreachable_scheduler_is_a_clear_error() -> None:
         ("loky", "tcp://127.0.0.1:8786", "only used with --backend dask"),
         ("spark", None, "expected a backend in"),
         ("dask", "no-port-here", "expected --scheduler like tcp://HOST:PORT"),
+        # at once, not after a 10 s connection timeout and exit 3 (retried by schedulers)
+        ("dask", "tcp://127.0.0.1:99999", "port 99999 is not in 1..65535"),
+        ("dask", "tcp://127.0.0.1:0", "port 0 is not in 1..65535"),
+        # not a TypeError out of distributed (exit 75, "rerun to resume")
+        ("dask", "tls://127.0.0.1:8786", "tls:// needs TLS credentials in the Dask config"),
     ],
 )
 def test_bad_arguments(backend: str, scheduler: str | None, message: str) -> None:
