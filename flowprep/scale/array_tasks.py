@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -96,10 +97,9 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise TaskError(f"expected an integer in ${name}, got {raw!r}") from None
+    if not re.fullmatch(r"[+-]?[0-9]+", raw):  # int() also reads "1_0" (10) and non-ASCII digits
+        raise TaskError(f"expected an integer in ${name}, got {raw!r}")
+    return int(raw)
 
 
 def _shown(env: Mapping[str, str], names: Iterable[str]) -> str:
@@ -126,7 +126,8 @@ def _slurm(env: Mapping[str, str], task_count: int | None) -> tuple[int, int, st
         return task_id, task_count, f"SLURM array ({shown}; IDs are task indexes with --task-count)"
     lo = _env_int(env, "SLURM_ARRAY_TASK_MIN")
     hi = _env_int(env, "SLURM_ARRAY_TASK_MAX")
-    step = _env_int(env, "SLURM_ARRAY_TASK_STEP") or 1
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP")
+    step = 1 if step is None else step
     total = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
     if lo is None or hi is None:
         if total is None:

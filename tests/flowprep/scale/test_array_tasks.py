@@ -231,6 +231,12 @@ def test_explicit_flags_win_over_the_scheduler() -> None:
         ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "0"}, None, None,
          r"the task count must be at least 1, got 0 from SLURM array"),
         (slurm(2, lo=0, hi=12, step=4, count=4), None, None, "not on the array's range"),
+        # what int() reads but no scheduler writes: "1_0" would be task 10, "\u0661" (Arabic-Indic one) task 1
+        ({"SLURM_ARRAY_TASK_ID": "1_0", "SLURM_ARRAY_TASK_COUNT": "40"}, None, None, r"integer in \$SLURM_ARRAY_TASK_ID"),
+        ({"JOB_COMPLETION_INDEX": "\u0661"}, None, 4, r"integer in \$JOB_COMPLETION_INDEX"),
+        # a step of 0 is no range (it was read as a step of 1)
+        ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "7",
+          "SLURM_ARRAY_TASK_STEP": "0"}, None, None, "not on the array's range"),
     ],
 )
 def test_detect_task_errors(env, task_index, task_count, message) -> None:
