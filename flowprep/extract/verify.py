@@ -243,7 +243,9 @@ def format_report(report: VerifyReport) -> str:
         )
     if not report.complete and report.task_count is not None:  # else no manifest part was read: said above
         lines.append(f"incomplete: {done} of {report.num_videos} videos" + (" (in the parts present)" if report.missing_tasks else ""))
-    if any(p.split(":", 1)[0] in report.shards for p in report.problems):
+    # a video in two shards, or tasks of different listings, need a new --out (said above): --check does not help
+    repairable = [p for p in report.problems if p.split(":", 1)[0] in report.shards and " is also in " not in p]
+    if repairable and not any("planned from different input listings" in p for p in report.problems):
         lines.append("to repair damaged or missing shards: rerun the same flowprep extract command with --check")
     summary = f"{report.num_extracted} videos in {len(report.shards)} shard(s), {report.num_failed} failed"
     lines.append(("OK: " if report.ok else "NOT OK: ") + summary)

@@ -28,7 +28,7 @@ from flowprep.errors import ERROR_LOG
 from flowprep.config import DecodeConfig, FlowConfig, StorageConfig, TVL1Params
 from flowprep.extract.flow import FlowEstimator, estimator_for, to_gray
 from flowprep.extract.lock import OutputLock
-from flowprep.extract.verify import verify_output
+from flowprep.extract.verify import format_report, verify_output
 from flowprep.extract.worker import OutputError, VideoJob, extract_video
 from flowprep.extract.writer import VideoMeta
 
@@ -526,6 +526,8 @@ def test_verify_names_array_tasks_that_planned_from_different_listings(ucf_tree:
     report = verify_output(out)
     assert not report.ok
     assert any("planned from different input listings (task(s) 0; task(s) 1)" in p for p in report.problems)
+    # the way out is a new --out: a rerun with --check repairs damaged shards, not a split that changed
+    assert "--check" not in format_report(report)
 
 
 def test_a_tiny_video_does_not_change_the_flow_of_the_next_videos_of_a_worker() -> None:
