@@ -210,6 +210,24 @@ def check_compatible(out: Path, mine: dict[str, Any]) -> tuple[dict[str, Any] | 
     return own, note
 
 
+def start_part(out: Path, mine: dict[str, Any]) -> None:
+    """Write this task's fresh manifest part, then run ``check_compatible`` again; on a conflict remove it.
+
+    Tasks of different runs (another task count, other parameters) hold different locks, so two of them
+    starting at the same instant could both pass ``check_compatible`` before either had written its part
+    and then write into one ``--out`` (a task 0 of 4 and a task 0 of 8 even write the same shard names).
+    Each writes its part before it checks again, so the later of the two always sees the other and
+    refuses, before it has changed anything else.
+    """
+    path = out / manifest_name(task_index=mine["task"]["index"], task_count=mine["task"]["count"])
+    write_json_atomic(path, mine)
+    try:
+        check_compatible(out, mine)
+    except RunConflict:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def inputs_digest(weights: list[tuple[str, int]]) -> str:
     """sha256 of the whole input listing (relative path and size of every video) a task planned from.
 

@@ -160,6 +160,8 @@ def run_extract(
         if lock.took_over:
             summary.notes.append(f"took over the lock of a run that is gone ({describe_holder(lock.took_over)})")
         existing, set_aside = mf.check_compatible(out, fresh)
+        if existing is None:
+            mf.start_part(out, fresh)  # another run's task starting at this instant: one of the two refuses
         if set_aside:
             summary.repaired.append(set_aside)
         manifest = existing or fresh

@@ -125,6 +125,29 @@ def test_array_tasks_with_different_indexes_share_one_out(ucf_tree: Path, tmp_pa
     assert task0.exit_code == exits.BUSY.code and "is being written by another run" in task0.output
 
 
+def test_of_two_runs_with_other_task_counts_starting_at_one_instant_one_refuses(
+        ucf_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # task 0 of 2 passes its check of --out; before it writes anything, a single run (another lock, another
+    # task count) starts in a real second process, passes its own check and finishes
+    from flowprep.extract import manifest as mf
+
+    out, real_check, other = tmp_path / "out", mf.check_compatible, []
+
+    def check_then_let_the_other_run_start(*args, **kwargs):
+        result = real_check(*args, **kwargs)
+        if not other:
+            other.append(subprocess.run([str(FLOWPREP), *extract_args(ucf_tree, out)], capture_output=True, text=True))
+        return result
+
+    monkeypatch.setattr(mf, "check_compatible", check_then_let_the_other_run_start)
+    task0 = invoke(*extract_args(ucf_tree, out, "--task-index", "0", "--task-count", "2"))
+    assert other[0].returncode == 0, other[0].stderr
+    assert task0.exit_code == exits.USAGE.code, task0.output
+    assert "holds a run split into 1 task(s); this run has 2: use another --out" in task0.output
+    assert not list(out.glob("manifest-*")) and not list(out.glob("task*"))  # the refused task left nothing
+    assert verify_output(out).ok  # the other run's output, intact
+
+
 def test_a_lock_of_another_host_counts_until_its_heartbeat_is_stale(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json.lock"
     other = {"host": "node-17.cluster", "pid": 4242, "pid_start": "1", "started": "2026-11-30T01:02:03+00:00",
