@@ -185,7 +185,7 @@ def main(ctx: click.Context, out: Path, quick: bool, seed: int, seeds: str | Non
     \b
     Makes a sample of 8 motion classes with random appearance, extracts optical flow, trains a
     spatial (RGB frame) and a temporal (optical flow) ResNet-18 on the CPU, tests both and their
-    fusion, and prints top-1 accuracy against chance. About 4-5 minutes on 2 cores.
+    fusion, and prints top-1 accuracy against chance. About 6 minutes on 2 cores.
     A rerun continues where the last one stopped (finished steps are reused).
     Exit status: 0 done, 2 usage (e.g. --out holds another demo), else the failed command's status
     (1 if it was killed).

@@ -10,7 +10,7 @@ What is checked where:
 - tests/flowprep/demo/test_demo.py runs the reduced demo end to end and checks its result (temporal far above
   chance, spatial near it, fusion within one test video of the better stream).
 - Not checked by the suite: that today's code still trains to exactly the recorded numbers (that takes a full
-  demo, ~4 min on 2 cores, and exact figures can differ between CPUs). After a change to the sample,
+  demo, ~6 min on 2 cores, and exact figures can differ between CPUs). After a change to the sample,
   extraction or training, rerun ``make demo`` and ``--seeds 0-4`` and refresh the records (docs/images/README.md).
 """
 
@@ -72,3 +72,20 @@ def test_recorded_seeds_meet_the_bar():
         assert row["temporal"] >= 0.85 and abs(row["spatial"] - 1 / 8) <= 0.10, row
         assert row["fused_minus_better_videos"] >= -1, row
         assert row["fused"] >= max(row["spatial"], row["temporal"]) - 1 / 32 - 1e-9, row
+
+
+def test_readme_quotes_the_recorded_demo_times():
+    # README's timing paragraph is the record's: the commit it ran and each command's wall time
+    summary = _record("demo-summary.json")
+    wall = {}
+    for c in summary["commands"]:
+        name = " ".join(c["command"].split()[:2])
+        if name == "trainer fit":
+            name += " " + c["command"].split("--stream ")[1].split()[0]
+        wall[name] = wall.get(name, 0.0) + c["wall_s"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert f"fresh clone of commit {summary['code'][:7]} " in text
+    assert (f"the demo itself {summary['wall_s']:.0f} s ({summary['cpu_s']:.0f} s of CPU in its commands): "
+            f"sample {wall['flowprep sample']:.0f} s, extraction {wall['flowprep extract']:.0f} s, the two fits side "
+            f"by side {wall['trainer fit spatial']:.0f} s and {wall['trainer fit temporal']:.0f} s (one thread each), "
+            f"evaluation {wall['trainer evaluate']:.0f} s, previews {wall['flowprep preview']:.0f} s.") in text
