@@ -18,6 +18,7 @@ from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageCo
 from flowprep import stopping
 from flowprep.errors import Bound, BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import decode, manifest, reader, runner
+from flowprep.extract import flow as flow_mod
 from flowprep.extract import verify as verify_mod
 from flowprep.scale import array_tasks, dask_cluster
 from flowprep.torchflow.service import ANSWER_TIMEOUT_S, FLOW_BATCH, TIMEOUT_ENV
@@ -278,6 +279,8 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         flow = FlowConfig(method=method, bound=bound, tvl1=_method_params(TVL1Params, "tvl1", method_kwargs),
                           farneback=_method_params(FarnebackParams, "farneback", method_kwargs), engine=engine,
                           device=device)
+        if method == "tvl1":
+            flow_mod.check_tvl1_params(flow.tvl1)  # extreme values: NaN flow for every video, refused here
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     decode = DecodeConfig(size=size, short_side=short_side, frame_step=frame_step)

@@ -75,6 +75,25 @@ class FlowEstimator:
         return flow.transpose(2, 0, 1)  # (H, W, 2) -> (2, H, W), a view: the caller stacks (copies)
 
 
+def check_tvl1_params(params: TVL1Params) -> None:
+    """Raise ``ValueError`` when these TV-L1 parameters give NaN flow (checked on one small pair, before a run).
+
+    OpenCV (and the torch port) compute in float32: a theta under float32's smallest normal number
+    (~1.2e-38), a tau or gamma near its largest (~3.4e38), or a tau / theta beyond it, turn every flow
+    field into NaN. Each video would then fail on its own and the run end with exit 1, blaming the files.
+    """
+    y, x = np.mgrid[0:48, 0:48].astype(np.float32)
+    prev = (127 + 60 * np.sin(x / 3) * np.cos(y / 4)).astype(np.uint8)
+    nxt = (127 + 60 * np.sin((x - 1) / 3) * np.cos(y / 4)).astype(np.uint8)
+    flow = FlowEstimator(method="tvl1", tvl1=params)(prev, nxt)
+    if not np.isfinite(flow).all():
+        shown = ", ".join(f"{k.rstrip('_')} {v:g}" for k, v in
+                          (("tau", params.tau), ("lambda", params.lambda_), ("theta", params.theta),
+                           ("gamma", params.gamma)))
+        raise ValueError(f"TV-L1 with {shown} gives NaN flow (it computes in float32, where these values "
+                         "overflow or underflow): use values nearer the defaults")
+
+
 class TorchTVL1:
     """TV-L1 by the PyTorch port (flowprep/torchflow/tvl1.py) inside a worker: all the pairs of a chunk in one batch.
 

@@ -58,6 +58,38 @@ def test_a_flow_parameter_opencv_cannot_use_is_refused_before_any_video(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "shown"),
+    [
+        (["--tvl1-theta", "1e-40"], "theta 1e-40"),  # under float32's smallest normal number
+        (["--tvl1-tau", "3e38"], "tau 3e+38"),
+        (["--tvl1-gamma", "1e39"], "gamma 1e+39"),
+        (["--tvl1-tau", "1e30", "--tvl1-theta", "1e-30"], "tau 1e+30, lambda 0.15, theta 1e-30"),  # tau/theta
+    ],
+)
+def test_tvl1_values_that_overflow_float32_are_refused_before_any_video(
+    tmp_path: Path, extra: list[str], shown: str
+) -> None:
+    # each is a finite positive number, but OpenCV's float32 arithmetic turns every flow field into NaN: every video
+    # failed on its own and the run ended with exit 1, as if the files were bad
+    videos = tmp_path / "videos" / "A"
+    videos.mkdir(parents=True)
+    (videos / "a.avi").write_bytes(b"not read: the parameters are refused first")
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", str(tmp_path / "videos"), "--out", str(out), "--method", "tvl1", *extra)
+    assert result.exit_code == 2, result.output
+    assert "Error: TV-L1 with tau " in result.output and shown in result.output and "gives NaN flow" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_tvl1_values_far_from_the_defaults_that_stay_finite_are_accepted(tmp_path: Path) -> None:
+    from flowprep.config import TVL1Params
+    from flowprep.extract.flow import check_tvl1_params
+
+    for params in (TVL1Params(), TVL1Params(theta=1e-30), TVL1Params(lambda_=1e30, theta=1e30, nscales=1, warps=1)):
+        check_tvl1_params(params)  # no error
+
+
 def test_the_defaults_and_the_documented_choices_of_the_flow_parameters_are_accepted() -> None:
     text = " ".join(invoke("extract", "--help").output.split())
     assert "--tvl1-median-filtering INTEGER RANGE median filter size applied to the flow (1 = none, 3 or 5)" in text
