@@ -116,8 +116,10 @@ def environment_failure(exc: BaseException, out: Path, *, action: str = "rerun t
     import traceback
 
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and exc.strerror not in text:
-        text = f"{exc.strerror}: {text}"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        strerror = " ".join(str(exc.strerror).split())  # h5py's holds HDF5's whole message, line breaks and all
+        if strerror not in text:
+            text = f"{strerror}: {text}"
     cause = environment_cause(exc)
     if cause:
         text = f"{cause} ({out}): {text}"

@@ -11,6 +11,7 @@ import click
 import cv2
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 import flowprep
 from flowprep import exits
@@ -64,11 +65,17 @@ def _video_arrays(video: FrameVideo) -> Iterator[np.ndarray]:
 
 
 def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: float, classes: Sequence[str] | None = None,
-                  rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0, unlabelled: bool = False) -> dict:
-    """Write the frames under ``root`` as shards into ``out`` (nothing is written when a video has a problem).
+                  rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0, unlabelled: bool = False,
+                  progress: bool = False, notes: list[str] | None = None) -> dict:
+    """Write the frames under ``root`` as shards into ``out``; resumable, like ``flowprep extract``.
 
     Returns the manifest. ``classes`` (a class index's order) else the sorted class names found;
-    ``unlabelled``: label -1 and no class name for every video (test frames).
+    ``unlabelled``: label -1 and no class name for every video (test frames). Problems found by the scan
+    write nothing. Each shard is listed in the manifest (``complete`` false) once it is whole, so a rerun of
+    the same import after a crash, a kill or a frame that turned out bad while writing keeps the finished
+    shards (checked by size; a missing one is imported again) and goes on; what the failing shard had
+    written is removed. A rerun of a finished import changes nothing. ``notes`` gets what a rerun kept or
+    repaired, one line each.
     """
     from flowprep.extract.lock import SUFFIX, OutputLock
 
@@ -91,42 +98,88 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
         "versions": {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "h5py": h5py.__version__,
                      "numpy": np.__version__},
     }
+    notes = notes if notes is not None else []
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []  # removed again when the import fails (frames of another size, disk full ...)
+    manifest_path, manifest, tmp = out / fmt.SINGLE_MANIFEST, None, None
     try:
         with OutputLock(out / (fmt.SINGLE_MANIFEST + SUFFIX)):
-            if fmt.manifest_paths(out):
-                raise FramesError(f"{out} already holds a flowprep output: use another --out")
-            manifest = mf.new_manifest(task_index=0, task_count=1, params=params, classes=classes, num_videos=len(videos),
-                                       videos_sha256=mf.videos_digest([v.video_id for v in videos]))
-            for number, start in enumerate(range(0, len(videos), videos_per_shard)):
-                name = fmt.shard_name(number)
+            fresh = mf.new_manifest(task_index=0, task_count=1, params=params, classes=classes, num_videos=len(videos),
+                                    videos_sha256=mf.videos_digest([v.video_id for v in videos]))
+            manifest = _earlier_import(out, fresh, notes)
+            done = {s["name"] for s in manifest["shards"]}
+            plan = [(fmt.shard_name(n), videos[s:s + videos_per_shard])
+                    for n, s in enumerate(range(0, len(videos), videos_per_shard))]
+            bar = tqdm(total=len(videos), unit="video", desc="import", disable=not progress, dynamic_ncols=True)
+            bar.update(sum(len(batch) for name, batch in plan if name in done))
+            for name, batch in plan:
+                if name in done:
+                    continue
                 tmp, final = out / (name + ".tmp"), out / name
                 tmp.unlink(missing_ok=True)
-                batch = videos[start:start + videos_per_shard]
-                written += [tmp, final]
                 with h5py.File(tmp, "x") as f:
                     write_file_attrs(f, params)
                     for video in batch:
                         _write_video(f, video, label.get(video.class_name, -1), bound=bound, rgb=rgb, fps=fps)
+                        bar.update(1)
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
                 os.replace(tmp, final)
+                tmp = None
                 manifest["shards"].append({"name": name, "size": final.stat().st_size,
                                            "sha256": mf.file_digest(final), "videos": [v.video_id for v in batch]})
-            manifest["complete"] = True
-            mf.write_json_atomic(out / fmt.SINGLE_MANIFEST, manifest)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created:
-            try:
-                out.rmdir()
-            except OSError:
-                pass
+                mf.write_json_atomic(manifest_path, manifest)  # listed once whole: a rerun keeps it
+            bar.close()
+            if not manifest["complete"]:  # (a rerun of a finished import writes nothing)
+                manifest["complete"] = True
+                mf.write_json_atomic(manifest_path, manifest)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if manifest is None:  # refused before writing (another output, a busy lock)
+            raise
+        if not manifest["shards"]:  # nothing finished: leave nothing behind
+            manifest_path.unlink(missing_ok=True)
+            if created:
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
+        elif isinstance(exc, FramesError):  # a frame found bad while writing: say what the rerun goes on from
+            raise FramesError(f"{exc} ({len(manifest['shards'])} finished shard(s) are kept: fix it and rerun the same "
+                              "command to go on)") from exc
         raise
     return manifest
+
+
+def _earlier_import(out: Path, fresh: dict, notes: list[str]) -> dict:
+    """The manifest to go on from: the earlier run's when ``out`` holds this same import (its listed shards that are
+    missing or of another size dropped, to be imported again), else ``fresh``; another output is refused."""
+    paths = fmt.manifest_paths(out)
+    if not paths:
+        return fresh
+    try:
+        earlier = mf.read_part(paths[0]) if paths == [out / fmt.SINGLE_MANIFEST] else None
+    except mf.ManifestError as exc:
+        raise FramesError(f"{out}: {exc}: use another --out") from exc
+    same = earlier is not None and all(earlier[k] == fresh[k] for k in ("params", "classes", "num_videos",
+                                                                           "videos_sha256"))
+    if not same:
+        raise FramesError(f"{out} already holds a flowprep output (not this import of these frames with these "
+                          "options): use another --out")
+    kept = []
+    for entry in earlier["shards"]:
+        problem = mf.shard_file_problem(out / entry["name"], entry, digest=False)
+        if problem is None:
+            kept.append(entry)
+        else:
+            notes.append(f"repair: {entry['name']} {problem}: imported again")
+    if len(kept) < len(earlier["shards"]):
+        earlier["complete"] = False
+    elif not earlier["complete"]:
+        notes.append(f"resume: {len(kept)} shard(s) of an earlier run kept")
+    earlier["shards"] = kept
+    return earlier
 
 
 def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, rgb: bool, fps: float) -> None:
@@ -174,29 +227,37 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
               help="Videos per HDF5 shard.")
 @click.option("--fps", type=FiniteFloat(min=0, min_open=True), default=25.0,
               help="Frame rate to record (frames do not carry one).")
+@click.option("--progress/--no-progress", default=None, show_default=False,
+              help="Show a progress bar over videos (on stderr).  [default: when stderr is a terminal]")
 def import_frames_command(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
-                  no_rgb: bool, videos_per_shard: int, fps: float) -> None:
+                  no_rgb: bool, videos_per_shard: int, fps: float, progress: bool | None) -> None:
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
     frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
-    count); then nothing is written and the exit status is 2, as for a frame of another size or one that is
-    not a whole JPEG (found while writing; what was written is removed). 75: the disk filled up or an I/O
-    error (one line; rerun into a new --out). 4: another import holds --out.
+    count); then nothing is written and the exit status is 2. A frame of another size or one that is not
+    a whole JPEG is found while writing: exit 2, and the shards finished before it are kept. Rerun the same
+    command (after fixing the frame, or after a crash, a kill or a full disk: 75) and it goes on from the
+    finished shards; a rerun of a finished import changes nothing. 4: another import holds --out.
     """
+    notes: list[str] = []
     try:
         classes = reader.read_class_index(class_index) if class_index else None
         manifest = import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
-                                            videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled)
+                                 videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled,
+                                 progress=sys.stderr.isatty() if progress is None else progress, notes=notes)
     except (FramesError, reader.DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
-    except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (nothing is listed until complete)
-        raise environment_failure(exc, out, action="rerun the same command into a new --out") from exc
+    except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (finished shards are kept)
+        raise environment_failure(exc, out, action="rerun the same command to go on") from exc
+    for line in notes:
+        click.echo(line)
     report = verify_mod.verify_output(out)
     click.echo(f"{manifest['num_videos']} videos imported into {len(manifest['shards'])} shard(s) in {out}; verify: "
                + ("OK" if report.ok else "NOT OK"))
     if not report.ok:
         click.echo(verify_mod.format_report(report))
         sys.exit(exits.RETRY.code)
+

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -331,3 +334,131 @@ def test_export_of_a_run_that_has_not_finished_is_refused_instead_of_dropping_it
                                      "rerun the same flowprep extract command to finish it, then export (flowprep "
                                      f"verify {shards} says what is missing)")
     assert not (tmp_path / "exported").exists()
+
+
+# --- a long import resumes (UCF-101's frames: millions of JPEGs) ------------------------------------------------------
+
+
+def _four_videos(tmp_path: Path) -> Path:
+    return mmaction(tmp_path / "rawframes", {f"Run/v_Run_g0{i}_c01": 3 for i in range(1, 5)})
+
+
+def _flow_of(out: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    for entry in json.loads((out / "manifest.json").read_text())["shards"]:
+        with h5py.File(out / entry["name"], "r") as f:
+            for vid in entry["videos"]:
+                arrays[vid] = f[f"videos/{vid}/flow"][:]
+                arrays[vid + "/rgb"] = np.concatenate([np.frombuffer(b.tobytes(), np.uint8) for b in f[f"videos/{vid}/rgb"]])
+    return arrays
+
+
+def test_an_import_killed_after_its_first_shard_goes_on_from_it_and_equals_one_run(tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    frames = _four_videos(tmp_path)
+    one_run = tmp_path / "one-run"
+    assert invoke("import-frames", "--frames", frames, "--out", one_run, "--layout", "mmaction",
+                  "--videos-per-shard", "2").exit_code == 0
+    out = tmp_path / "shards"
+    # a real process, killed with SIGKILL while it writes the first video of its second shard
+    code = ("import os, signal, sys; from flowprep.tools import import_frames as m; real = m._write_video\n"
+            "def write(f, video, *a, **k):\n"
+            "    if video.video_id.endswith('g03_c01'): os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    real(f, video, *a, **k)\n"
+            "m._write_video = write\n"
+            "from flowprep.cli import main; main(sys.argv[1:])")
+    killed = subprocess.run([sys.executable, "-c", code, "import-frames", "--frames", str(frames), "--out", str(out),
+                             "--layout", "mmaction", "--videos-per-shard", "2"], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "manifest.json.lock", "shard-00000.h5",
+                                                      "shard-00001.h5.tmp"]
+    first = (out / "shard-00000.h5").stat()
+    assert not verify_output(out).ok  # an import cut short says so
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "resume: 1 shard(s) of an earlier run kept"
+    assert "4 videos imported into 2 shard(s)" in result.output and "verify: OK" in result.output
+    again = (out / "shard-00000.h5").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # kept, not written again
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.h5", "shard-00001.h5"]
+    a, b = _flow_of(one_run), _flow_of(out)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_bad_frame_found_while_writing_keeps_the_finished_shards_and_the_fixed_rerun_goes_on(tmp_path: Path) -> None:
+    frames = _four_videos(tmp_path)
+    bad = frames / "Run" / "v_Run_g04_c01" / "flow_x_00002.jpg"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:300])
+    out = tmp_path / "shards"
+    args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2"]
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"Error: {bad}: a JPEG cut short (no end marker): copy the frame again (1 finished "
+                                     "shard(s) are kept: fix it and rerun the same command to go on)")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.h5"]
+    bad.write_bytes(good)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "resume: 1 shard(s) of an earlier run kept" in result.output and "verify: OK" in result.output
+
+
+def test_a_rerun_of_a_finished_import_changes_nothing_and_another_import_is_refused(tmp_path: Path) -> None:
+    frames = _four_videos(tmp_path)
+    out = tmp_path / "shards"
+    args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2"]
+    assert invoke(*args).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    result = invoke(*args)
+    assert result.exit_code == 0 and "4 videos imported into 2 shard(s)" in result.output, result.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    (out / "shard-00001.h5").unlink()  # a lost shard is imported again
+    result = invoke(*args)
+    assert result.exit_code == 0 and result.output.splitlines()[0] == "repair: shard-00001.h5 missing: imported again"
+    assert verify_output(out).ok
+    other = invoke(*args, "--bound", "12")
+    assert other.exit_code == 2
+    assert other.output.strip() == (f"Error: {out} already holds a flowprep output (not this import of these frames "
+                                    "with these options): use another --out")
+    assert verify_output(out).ok
+
+
+def test_progress_is_shown_when_asked_and_not_in_a_log_by_default(tmp_path: Path) -> None:
+    frames = _four_videos(tmp_path)
+    shown = invoke("import-frames", "--frames", frames, "--out", tmp_path / "a", "--layout", "mmaction", "--progress")
+    assert shown.exit_code == 0 and "import: 100%" in shown.output and "4/4" in shown.output
+    quiet = invoke("import-frames", "--frames", frames, "--out", tmp_path / "b", "--layout", "mmaction")
+    assert quiet.exit_code == 0 and "import:" not in quiet.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_full_disk_during_an_import_is_75_and_the_rerun_after_freeing_space_goes_on(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = tmp_path / "rawframes"
+    for k in range(1, 5):  # noise: ~445 kB per shard of two videos, whatever the compression
+        folder = frames / "Run" / f"v_Run_g0{k}_c01"
+        for i in range(1, 4):
+            write_jpeg(folder / f"flow_x_{i:05d}.jpg", rng.integers(0, 256, (120, 160), dtype=np.uint8))
+            write_jpeg(folder / f"flow_y_{i:05d}.jpg", rng.integers(0, 256, (120, 160), dtype=np.uint8))
+        for i in range(1, 5):
+            write_jpeg(folder / f"img_{i:05d}.jpg", rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "fill").write_bytes(b"\0" * (1448 << 10))  # room for the first shard, not for the second
+        out = disk / "shards"
+        args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2"]
+        full = invoke(*args)
+        assert full.exit_code == 75, full.output
+        assert full.output.startswith(f"Error: disk full ({out}): ") and full.output.strip().count("\n") == 0
+        assert "rerun the same command to go on" in full.output
+        assert sorted(p.name for p in out.iterdir()) == ["flowprep-error.log", "manifest.json", "shard-00000.h5"]
+        (disk / "fill").unlink()
+        again = invoke(*args)
+        assert again.exit_code == 0, again.output
+        assert "resume: 1 shard(s) of an earlier run kept" in again.output and "verify: OK" in again.output
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
