@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import click
 import cv2
 import h5py
+from tqdm import tqdm
 
 from flowprep import format as fmt
 from flowprep.errors import OutPath, RunError, environment_failure
 from flowprep.tools.frames import FramesError
 
 
-def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmaction", quality: int = 95) -> int:
+def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmaction", quality: int = 95,
+                  progress: bool = False) -> int:
     """Write every video of a shard folder as mmaction2 rawframes; returns the number of videos.
 
     ``OUT/<video_id>/img_00001.jpg`` (the stored JPEG bytes), ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``
@@ -44,6 +47,8 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     classes = manifests[0].get("classes") or []
     lines, params = [], [cv2.IMWRITE_JPEG_QUALITY, quality]
     created = not out.exists()
+    bar = tqdm(total=sum(len(e["videos"]) for m in manifests for e in m["shards"]), unit="video", desc="export",
+               disable=not progress, dynamic_ncols=True)
     try:
         for manifest in manifests:
             for entry in manifest["shards"]:
@@ -53,6 +58,8 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
                         _export_video(f[f"{fmt.VIDEOS_GROUP}/{vid}"], out / vid, params)
                         g = f[f"{fmt.VIDEOS_GROUP}/{vid}"]
                         lines.append(f"{vid} {int(g.attrs['num_frames'])} {int(g.attrs['label'])}")
+                        bar.update(1)
+        bar.close()
         out.mkdir(parents=True, exist_ok=True)
         (out / "rawframes.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if classes:
@@ -100,7 +107,9 @@ def _export_video(g: h5py.Group, folder: Path, params: list[int]) -> None:
 @click.option("--layout", type=click.Choice(["mmaction"]), default="mmaction",
               help="mmaction2 rawframes: OUT/<video_id>/{img,flow_x,flow_y}_00001.jpg and OUT/rawframes.txt.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, help="JPEG quality of the flow frames.")
-def export_frames_command(shards: Path, out: Path, layout: str, quality: int) -> None:
+@click.option("--progress/--no-progress", default=None, show_default=False,
+              help="Show a progress bar over videos (on stderr).  [default: when stderr is a terminal]")
+def export_frames_command(shards: Path, out: Path, layout: str, quality: int, progress: bool | None) -> None:
     """Write the shards of SHARDS as JPEG frames, so that mmaction2 configs can read them.
 
     RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
@@ -111,7 +120,8 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int) ->
     writing a frame failed (one line).
     """
     try:
-        n = export_frames(shards, out, layout=layout, quality=quality)
+        n = export_frames(shards, out, layout=layout, quality=quality,
+                          progress=sys.stderr.isatty() if progress is None else progress)
     except (FramesError, fmt.ManifestError) as exc:
         raise RunError(str(exc)) from exc
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable

@@ -425,12 +425,16 @@ def test_a_rerun_of_a_finished_import_changes_nothing_and_another_import_is_refu
     assert verify_output(out).ok
 
 
-def test_progress_is_shown_when_asked_and_not_in_a_log_by_default(tmp_path: Path) -> None:
+def test_import_and_export_show_progress_when_asked_and_not_in_a_log_by_default(tmp_path: Path) -> None:
     frames = _four_videos(tmp_path)
     shown = invoke("import-frames", "--frames", frames, "--out", tmp_path / "a", "--layout", "mmaction", "--progress")
     assert shown.exit_code == 0 and "import: 100%" in shown.output and "4/4" in shown.output
     quiet = invoke("import-frames", "--frames", frames, "--out", tmp_path / "b", "--layout", "mmaction")
     assert quiet.exit_code == 0 and "import:" not in quiet.output
+    exported = invoke("export-frames", tmp_path / "a", "--out", tmp_path / "c", "--progress")
+    assert exported.exit_code == 0 and "export: 100%" in exported.output and "4/4" in exported.output
+    quiet = invoke("export-frames", tmp_path / "a", "--out", tmp_path / "d")
+    assert quiet.exit_code == 0 and "export:" not in quiet.output
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
