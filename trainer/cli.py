@@ -244,7 +244,9 @@ def main() -> None:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto = cuda when available.")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
-              help="Mixed precision on CUDA (auto = bf16 where supported, else fp16 with loss scaling).")
+              help="Mixed precision (autocast) of the forward pass. CUDA: auto = bf16 where supported, else fp16 "
+                   "with loss scaling. CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16 (fast only "
+                   "on CPUs with AVX-512 BF16 or AMX); fp16 is refused (usage error).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue the run in RUN_DIR from its checkpoint.pt (mid-epoch after a SIGTERM or Ctrl-C).")
@@ -272,6 +274,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
         raise click.UsageError(f"--resume: no checkpoint at {last}")
     if not o["resume"] and os.path.isfile(last):
         raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")
+    options.amp(o["amp"], o["device"])
     joint = options.joint_options(ctx, o)
     first = "spatial" if o["stream"] == "joint" else o["stream"]  # joint: dropout is the spatial stream's
     dropout = DEFAULT_DROPOUT[first] if o["dropout"] is None else o["dropout"]

@@ -277,8 +277,32 @@ def test_learning_rate_schedules() -> None:
     assert [step(i) for i in (0, 39, 40, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
-def test_mixed_precision_only_on_cuda() -> None:
+def test_mixed_precision_on_the_cpu_is_float32_unless_bf16_is_asked_for_and_fp16_is_refused_there() -> None:
     assert amp_dtype_for("auto", torch.device("cpu")) is None
-    assert amp_dtype_for("fp16", torch.device("cpu")) is None
+    assert amp_dtype_for("none", torch.device("cpu")) is None
+    assert amp_dtype_for("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="--amp bf16"):
+        amp_dtype_for("fp16", torch.device("cpu"))
     assert amp_dtype_for("none", torch.device("cuda", 0)) is None
     assert amp_dtype_for("fp16", torch.device("cuda", 0)) is torch.float16
+
+
+@pytest.mark.parametrize("amp", ["bf16", "auto"])
+def test_amp_bf16_runs_the_forward_pass_on_the_cpu_in_bfloat16_and_auto_leaves_it_in_float32(
+        tiny_shards, tmp_path, amp) -> None:
+    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}  # training / validation: conv outputs' dtypes
+
+    def record(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            seen[module.training].add(output.dtype)
+
+    configs = _configs(tiny_shards, tmp_path / "run", epochs=1)
+    configs["run"] = RunConfig(out=str(tmp_path / "run"), device="cpu", amp=amp)
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        stats = fit(**configs)
+    finally:
+        handle.remove()
+    expected = torch.bfloat16 if amp == "bf16" else torch.float32
+    assert seen == {True: {expected}, False: {expected}}
+    assert stats["samples_total"] == 6 and ck.load_checkpoint(tmp_path / "run" / ck.LAST)["config"]["run"]["amp"] == amp

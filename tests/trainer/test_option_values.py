@@ -36,3 +36,23 @@ def test_an_out_below_a_file_is_a_usage_error_not_a_traceback(tmp_path: Path, co
     result = CliRunner().invoke(main, [*args, "--shards", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert f"cannot be created: {tmp_path / 'a-file'} is not a folder" in result.output
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_amp_fp16_on_the_cpu_is_a_usage_error_that_names_bf16(tmp_path: Path, device: str, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto: this machine has no CUDA
+    (tmp_path / "train.txt").write_text("A/x.avi 1\n")
+    result = CliRunner().invoke(main, ["fit", "--stream", "spatial", "--shards", str(tmp_path), "--train-list",
+                                       str(tmp_path / "train.txt"), "--out", str(tmp_path / "run"), "--amp", "fp16",
+                                       "--device", device])
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert line == "Error: --amp fp16 needs a CUDA device; on the CPU use --amp bf16 (or none)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_help_says_what_amp_does_on_the_cpu() -> None:
+    text = " ".join(CliRunner().invoke(main, ["fit", "--help"]).output.split())
+    assert "CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16" in text and "fp16 is refused" in text
