@@ -237,7 +237,8 @@ def main() -> None:
               help="Workers write training batches into a ring of reused shared buffers, pinned on CUDA (no fresh "
                    "memory per batch); off: torch's default collate, for comparison. Needs --workers >= 1.")
 @click.option("--val-samples", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Frames / stacks per validation video (centre crop).")
+              help="Uniformly spaced frames / stacks per validation video (centre crop); capped, with a note, at the "
+                   "most distinct frames / stacks a validation video has (more would only repeat them).")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Randomly mirror half the training samples (flow: u negated). Turn it off when a mirror changes "
                    "the class, e.g. moving left vs right or clockwise vs counter-clockwise.")
@@ -312,7 +313,9 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
 @_list_format
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
-              help="Uniformly spaced frames / flow stacks per video.")
+              help="Uniformly spaced frames / flow stacks per video; capped, with a note on stderr, at the most "
+                   "distinct frames / stacks a listed video has (more would only repeat them, in every video). A "
+                   "shorter video repeats some of its own.")
 @click.option("--crops", type=click.Choice(["1", "10"]), default="1", show_default=True,
               help="Centre crop, or 4 corners + centre and their flips (flow flips negate u).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")

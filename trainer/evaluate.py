@@ -14,6 +14,7 @@ validation videos.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +184,19 @@ def _check_held_out(ckpt: dict, file: Path, test: list) -> None:
 
 def video_scores(
     net: torch.nn.Module, config: dict, records: list, prepare: BatchPreparer, *, num_classes: int, samples: int,
-    crops: int, batch_size: int, workers: int, show_progress: bool,
+    crops: int, batch_size: int, workers: int, show_progress: bool, role: str = "test",
 ) -> dict[str, np.ndarray]:
     """(num_videos, K) scores averaged over each video's samples x crops: ``{stream: softmax scores}`` for one
-    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model."""
+    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model. ``samples`` above
+    the most distinct frames / stacks of ``records`` is capped there, with one line on stderr (``role``: whose
+    videos they are)."""
     stream = config["model"]["stream"]
     kw = dict(samples=samples, crops=crops, flow_length=config["model"]["flow_length"],
               crop_size=config["data"]["crop_size"])
     ds = JointEvalDataset(records, **kw) if stream == "joint" else VideoEvalDataset(records, stream=stream, **kw)
+    capped = ds.capped("--samples", f"{role} ({stream} stream)")
+    if capped:
+        print(capped, file=sys.stderr, flush=True)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=prepare.device.type == "cuda")
     res = evaluate(net, loader, prepare, num_classes=num_classes, show_progress=show_progress)
     if stream != "joint":
@@ -241,7 +247,8 @@ def run_evaluate(
                   workers=workers, show_progress=show_progress)
         bundle.update(video_scores(net, config, test, prepare, **kw))  # joint: "spatial", "temporal" and "fused"
         if val:
-            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, prepare, **kw).items()})
+            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, prepare, role="validation",
+                                                                  **kw).items()})
         if stream == "joint":
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
     out = Path(out)

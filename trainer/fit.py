@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
@@ -190,6 +191,9 @@ def _fit(
                                               seed=run.seed, device=device)
     val_loader = (make_val_loader(model_cfg, data, val_records, dist=dist, pin_memory=device.type == "cuda")
                   if val_records else None)
+    capped = val_loader.dataset.capped("--val-samples", "validation") if val_loader is not None else None
+    if capped and dist.is_main:
+        print(capped, file=sys.stderr, flush=True)
 
     optimizer = torch.optim.SGD(ddp.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     steps = len(train_loader)  # per epoch

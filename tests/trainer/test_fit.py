@@ -269,6 +269,20 @@ def test_spatial_stream_trains_one_epoch(tiny_shards, tmp_path) -> None:
     assert ck.load_checkpoint(tmp_path / "run" / ck.LAST)["config"]["model"]["stream"] == "spatial"
 
 
+def test_val_samples_beyond_the_distinct_stacks_of_the_validation_videos_are_capped_with_one_note(
+        tiny_shards, tmp_path, capsys) -> None:
+    import dataclasses
+
+    runs = {}
+    for n in (10, 1000):  # 12 frames, L = 2: 10 distinct stacks per validation video
+        configs = _configs(tiny_shards, tmp_path / str(n), epochs=1)
+        configs["data"] = dataclasses.replace(configs["data"], val_samples=n)
+        runs[n] = fit(**configs)
+        assert capsys.readouterr().err == ("" if n == 10 else "--val-samples 1000: the validation videos have at "
+                                           "most 10 distinct flow stacks of 2 fields; scoring 10 per video\n")
+    assert {k: v for k, v in runs[10].items() if k not in TIMING} == {k: v for k, v in runs[1000].items() if k not in TIMING}
+
+
 def test_learning_rate_schedules() -> None:
     cos = lr_lambda(OptimConfig(epochs=10, lr=0.1, warmup_epochs=1, warmup_factor=0.1), iters_per_epoch=10)
     assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55)  # linear warmup over 10 iterations
