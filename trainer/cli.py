@@ -229,7 +229,9 @@ def main() -> None:
 @click.option("--temporal-init", type=click.Path(exists=True), default=None,
               help="Joint: start the temporal stream from this temporal RUN_DIR (its best.pt) or checkpoint.")
 @click.option("--flow-length", type=click.IntRange(min=1), default=10, show_default=True,
-              help="L, flow fields per temporal sample (2L input channels).")
+              help="L, flow fields per temporal sample (2L input channels). A video shorter than L+1 frames repeats "
+                   "its last field to fill the stack (as other toolkits pad); fit and evaluate say how many videos "
+                   "of each list are that short, in one line on stderr.")
 @click.option("--crop-size", type=click.IntRange(min=8), default=224, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
               help="DataLoader processes per training process.")

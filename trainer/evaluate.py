@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from flowprep.extract.manifest import replacing, write_json_atomic
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
-from trainer.data.datasets import VideoEvalDataset
+from trainer.data.datasets import VideoEvalDataset, short_for_stacks
 from trainer.data.errors import DataError
 from trainer.data.joint_datasets import JointEvalDataset
 from trainer.data.lists import read_video_list
@@ -187,13 +187,16 @@ def video_scores(
     crops: int, batch_size: int, workers: int, show_progress: bool, role: str = "test",
 ) -> dict[str, np.ndarray]:
     """(num_videos, K) scores averaged over each video's samples x crops: ``{stream: softmax scores}`` for one
-    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model. ``samples`` above
-    the most distinct frames / stacks of ``records`` is capped there, with one line on stderr (``role``: whose
-    videos they are)."""
+    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model. One line on stderr
+    each (``role``: whose videos they are) for flow stacks longer than some videos (padded) and for ``samples``
+    above the most distinct frames / stacks of ``records`` (capped there)."""
     stream = config["model"]["stream"]
     kw = dict(samples=samples, crops=crops, flow_length=config["model"]["flow_length"],
               crop_size=config["data"]["crop_size"])
     ds = JointEvalDataset(records, **kw) if stream == "joint" else VideoEvalDataset(records, stream=stream, **kw)
+    short = short_for_stacks(records, ds.flow_length, role) if stream != "spatial" else None
+    if short:
+        print(short, file=sys.stderr, flush=True)
     capped = ds.capped("--samples", f"{role} ({stream} stream)")
     if capped:
         print(capped, file=sys.stderr, flush=True)

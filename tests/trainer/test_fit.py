@@ -283,6 +283,20 @@ def test_val_samples_beyond_the_distinct_stacks_of_the_validation_videos_are_cap
     assert {k: v for k, v in runs[10].items() if k not in TIMING} == {k: v for k, v in runs[1000].items() if k not in TIMING}
 
 
+@pytest.mark.parametrize("stream", ["temporal", "joint", "spatial"])
+def test_videos_shorter_than_a_flow_stack_are_counted_in_one_line_per_list(make_tiny_shards, tmp_path, capsys,
+                                                                           stream) -> None:
+    # class-major g01..g04: g01-g02 train, g03 val; with L = 4, fewer than 5 frames pads the stack
+    shards = make_tiny_shards(num_frames=[4, 12, 12, 12, 12, 5, 3, 12, 12, 12, 12, 4])
+    configs = _configs(shards, tmp_path / "run", epochs=1)
+    configs["model"] = ModelConfig(stream=stream, num_classes=1, arch="resnet18", flow_length=4, dropout=0.5,
+                                   **({"fusion": "average", "temporal_dropout": 0.5} if stream == "joint" else {}))
+    fit(**configs)
+    notes = ["1 of 6 training videos has fewer than 5 frames: their stacks repeat the last flow field",
+             "1 of 3 validation videos has fewer than 5 frames: their stacks repeat the last flow field"]
+    assert capsys.readouterr().err.splitlines() == ([] if stream == "spatial" else notes)
+
+
 def test_learning_rate_schedules() -> None:
     cos = lr_lambda(OptimConfig(epochs=10, lr=0.1, warmup_epochs=1, warmup_factor=0.1), iters_per_epoch=10)
     assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55)  # linear warmup over 10 iterations

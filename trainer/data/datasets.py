@@ -153,6 +153,18 @@ class FlowStackDataset(_ShardDataset):
         return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy), dtype=torch.float32), rec.label
 
 
+def short_for_stacks(records: list[VideoRecord], flow_length: int, role: str) -> str | None:
+    """One line when some of ``records`` (the ``role`` list's videos) have fewer than ``flow_length + 1`` frames,
+    so that their flow stacks are padded with the last field (``FlowStackDataset``); None when none has."""
+    videos = {r.video_id: r.num_frames for r in records}  # a list may repeat a video: count it once
+    short = sum(n < flow_length + 1 for n in videos.values())
+    if not short:
+        return None
+    have = "has" if short == 1 else "have"
+    return (f"{short} of {len(videos)} {role} videos {have} fewer than {flow_length + 1} frames: their stacks repeat "
+            f"the last flow field")
+
+
 def _check_has_flow(records: list[VideoRecord]) -> None:
     short = [r.video_id for r in records if r.num_frames < 2]
     if short:
