@@ -123,7 +123,7 @@ def ceiling(stream: str, *, arch: str, batch: int, crop: int, window: tuple[int,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     prepare = BatchPreparer(device=device, stream=stream, scale_factor=2 * BOUND / 255, add_offset=-BOUND,
-                            amp_dtype=amp_dtype_for("bf16", device), channels_last=cuda)
+                            amp_dtype=amp_dtype_for("bf16" if cuda else "none", device), channels_last=cuda)
     rates = []
     for ep in range(4):
         s = train_one_epoch(net, torch.nn.CrossEntropyLoss(), opt, sched, scaler, [b] * steps, prepare, ep,

@@ -2,7 +2,8 @@
 fusion from scores.
 
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
-stderr, also for a damaged shard read in a loader worker), 2 a usage error, 4 another live fit holds RUN_DIR,
+stderr, also for a damaged shard read in a loader worker), 2 a usage error or an output that cannot be written
+(permission denied, one line naming the folder, as for ``flowprep extract``), 4 another live fit holds RUN_DIR,
 75 the environment failed (disk full, I/O error, any unexpected error: one line, the traceback in
 trainer-error.log beside the output; a rerun continues), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
 a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next training step on either, saves
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import BusyOutput, FiniteFloat, OutPath, environment_failure
+from flowprep.errors import BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep import exits, stopping
 from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
@@ -62,7 +63,8 @@ ERROR_LOG = "trainer-error.log"
 
 
 def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures (bad data, checkpoints, devices) become one line and exit 1; a failed environment
+    """Expected failures (bad data, checkpoints, devices) become one line and exit 1; permission denied on the
+    output one line and exit 2 (``_unwritable_output``); a failed environment
     (disk full, I/O error) or anything unexpected one line and exit 75, the traceback in ERROR_LOG beside
     the output (RUN_DIR for fit); Ctrl-C one line and exit 130; fit stopped by a signal, after saving, its one
     line and exit 130 or 143. Under torchrun, fit also leaves its status in RUN_DIR/.exit-status/rank-N."""
@@ -110,8 +112,10 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"\ninterrupted: {_rerun(fn.__name__, kwargs)}", err=True)
             sys.exit(exits.INTERRUPTED.code)
         except Exception as e:  # disk full, I/O error, a lost peer, a bug: one line, retriable
-            failure = environment_failure(e, _log_folder(fn.__name__, kwargs), action=_rerun(fn.__name__, kwargs),
-                                          log_name=ERROR_LOG, unsaved="traceback not saved")
+            unwritable = _unwritable_output(e, fn.__name__, kwargs) if isinstance(e, PermissionError) else None
+            failure = (RunError(unwritable) if unwritable else  # a rerun fails the same way: exit 2, as extract
+                       environment_failure(e, _log_folder(fn.__name__, kwargs), action=_rerun(fn.__name__, kwargs),
+                                           log_name=ERROR_LOG, unsaved="traceback not saved"))
             e.__traceback__ = None  # as above: let the loader workers go now
             raise failure from None
         raise click.ClickException(message)
@@ -151,6 +155,24 @@ def _record_exit_status(path: Path | None, code: object) -> None:
         return
 
 
+def _unwritable_output(exc: PermissionError, command: str, options: dict[str, Any]) -> str | None:
+    """The line for a permission error on the command's output, as ``flowprep extract`` words it (exit 2: not a
+    failed environment, a rerun fails the same way); None when the file denied is not the output's. The output is
+    RUN_DIR and everything in it for fit, the results file and the files named after it beside it for evaluate and
+    fuse, and for all three the folders above it that had to be created."""
+    if exc.filename is None:
+        return None
+    denied = Path(os.path.abspath(os.fsdecode(exc.filename)))
+    out = Path(os.path.abspath(options["out"]))
+    if command == "fit":
+        ours = denied == out or out in denied.parents
+    else:
+        ours = denied.parent == out.parent and denied.name.startswith(out.stem)
+    if not (ours or denied in out.parents):
+        return None
+    return f"cannot write into {_log_folder(command, options)}: permission denied ({os.fsdecode(exc.filename)})"
+
+
 def _log_folder(command: str, options: dict[str, Any]) -> Path:
     out = Path(options["out"])
     return out if command == "fit" else out.parent
@@ -180,7 +202,8 @@ def main() -> None:
 
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
     video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
-    are not its shard's, a list naming unknown videos; 2 usage error; 4 another live fit holds RUN_DIR (its
+    are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the results' folder)
+    cannot be written: permission denied; 4 another live fit holds RUN_DIR (its
     lock names the host and pid); 75 the environment failed (disk full, I/O
     error, anything unexpected: one line, the traceback in trainer-error.log beside the output; rerun, fit with
     --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first
@@ -229,7 +252,9 @@ def main() -> None:
 @click.option("--temporal-init", type=click.Path(exists=True), default=None,
               help="Joint: start the temporal stream from this temporal RUN_DIR (its best.pt) or checkpoint.")
 @click.option("--flow-length", type=click.IntRange(min=1), default=10, show_default=True,
-              help="L, flow fields per temporal sample (2L input channels).")
+              help="L, flow fields per temporal sample (2L input channels). A video shorter than L+1 frames repeats "
+                   "its last field to fill the stack (as other toolkits pad); fit and evaluate say how many videos "
+                   "of each list are that short, in one line on stderr.")
 @click.option("--crop-size", type=click.IntRange(min=8), default=224, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
               help="DataLoader processes per training process.")
@@ -237,14 +262,17 @@ def main() -> None:
               help="Workers write training batches into a ring of reused shared buffers, pinned on CUDA (no fresh "
                    "memory per batch); off: torch's default collate, for comparison. Needs --workers >= 1.")
 @click.option("--val-samples", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Frames / stacks per validation video (centre crop).")
+              help="Uniformly spaced frames / stacks per validation video (centre crop); capped, with a note, at the "
+                   "most distinct frames / stacks a validation video has (more would only repeat them).")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Randomly mirror half the training samples (flow: u negated). Turn it off when a mirror changes "
                    "the class, e.g. moving left vs right or clockwise vs counter-clockwise.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto = cuda when available.")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
-              help="Mixed precision on CUDA (auto = bf16 where supported, else fp16 with loss scaling).")
+              help="Mixed precision (autocast) of the forward pass. CUDA: auto = bf16 where supported, else fp16 "
+                   "with loss scaling. CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16 (fast only "
+                   "on CPUs with AVX-512 BF16 or AMX); fp16 is refused (usage error).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue the run in RUN_DIR from its checkpoint.pt (mid-epoch after a SIGTERM or Ctrl-C).")
@@ -272,6 +300,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
         raise click.UsageError(f"--resume: no checkpoint at {last}")
     if not o["resume"] and os.path.isfile(last):
         raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")
+    options.amp(o["amp"], o["device"])
     joint = options.joint_options(ctx, o)
     first = "spatial" if o["stream"] == "joint" else o["stream"]  # joint: dropout is the spatial stream's
     dropout = DEFAULT_DROPOUT[first] if o["dropout"] is None else o["dropout"]
@@ -309,7 +338,9 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
 @_list_format
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
-              help="Uniformly spaced frames / flow stacks per video.")
+              help="Uniformly spaced frames / flow stacks per video; capped, with a note on stderr, at the most "
+                   "distinct frames / stacks a listed video has (more would only repeat them, in every video). A "
+                   "shorter video repeats some of its own.")
 @click.option("--crops", type=click.Choice(["1", "10"]), default="1", show_default=True,
               help="Centre crop, or 4 corners + centre and their flips (flow flips negate u).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")

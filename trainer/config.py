@@ -15,6 +15,7 @@ STREAMS: tuple[str, ...] = ("spatial", "temporal", "joint")  # joint: TwoStream(
 JOINT_FUSIONS: tuple[str, ...] = ("average", "weighted", "learned", "feature")  # trainer.models.build.build_fusion
 SCHEDULES: tuple[str, ...] = ("cosine", "step")
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
+AMP_FP16_ON_CPU = "--amp fp16 needs a CUDA device; on the CPU use --amp bf16 (or none)"  # trainer.distributed.amp_dtype_for
 
 # Dropout before the classifier as in the two-stream paper (0.5 spatial, 0.7 temporal in TSN's recipe).
 DEFAULT_DROPOUT = {"spatial": 0.5, "temporal": 0.7}
@@ -137,7 +138,7 @@ class RunConfig:
     out: str
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
-    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 where supported, else fp16; CUDA only
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # CUDA: auto = bf16 where supported, else fp16; CPU: auto = none, bf16, no fp16
     channels_last: bool = True  # applied on CUDA only (faster convolutions on tensor cores)
     resume: bool = False
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.config import AMP_FP16_ON_CPU
+
 
 class DeviceError(RuntimeError):
     """The requested device, or the memory a run needs on it or its host, is not available on this machine."""
@@ -49,9 +51,20 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
 
 
 def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only; ``auto`` prefers bf16 (no loss scaling needed) where supported."""
-    if device.type != "cuda" or mode == "none":
+    """The forward pass's autocast dtype, None for float32.
+
+    On CUDA ``auto`` prefers bf16 (no loss scaling needed) where supported, else fp16. On the CPU ``auto`` is
+    float32 (the runs stay bit-exact, and bf16 is only fast on CPUs with AVX-512 BF16 or AMX), ``bf16`` is
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``, and ``fp16`` is refused (ValueError; ``trainer fit`` says so
+    as a usage error before this): torch's CPU autocast in fp16 covers few ops and is slow, and there is no
+    loss scaling on the CPU to go with it.
+    """
+    if mode == "none":
         return None
+    if device.type != "cuda":
+        if mode == "fp16":
+            raise ValueError(AMP_FP16_ON_CPU)
+        return torch.bfloat16 if mode == "bf16" else None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]

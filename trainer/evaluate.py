@@ -14,6 +14,7 @@ validation videos.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from flowprep.extract.manifest import replacing, write_json_atomic
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
-from trainer.data.datasets import VideoEvalDataset
+from trainer.data.datasets import VideoEvalDataset, short_for_stacks
 from trainer.data.errors import DataError
 from trainer.data.joint_datasets import JointEvalDataset
 from trainer.data.lists import read_video_list
@@ -183,14 +184,22 @@ def _check_held_out(ckpt: dict, file: Path, test: list) -> None:
 
 def video_scores(
     net: torch.nn.Module, config: dict, records: list, prepare: BatchPreparer, *, num_classes: int, samples: int,
-    crops: int, batch_size: int, workers: int, show_progress: bool,
+    crops: int, batch_size: int, workers: int, show_progress: bool, role: str = "test",
 ) -> dict[str, np.ndarray]:
     """(num_videos, K) scores averaged over each video's samples x crops: ``{stream: softmax scores}`` for one
-    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model."""
+    stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model. One line on stderr
+    each (``role``: whose videos they are) for flow stacks longer than some videos (padded) and for ``samples``
+    above the most distinct frames / stacks of ``records`` (capped there)."""
     stream = config["model"]["stream"]
     kw = dict(samples=samples, crops=crops, flow_length=config["model"]["flow_length"],
               crop_size=config["data"]["crop_size"])
     ds = JointEvalDataset(records, **kw) if stream == "joint" else VideoEvalDataset(records, stream=stream, **kw)
+    short = short_for_stacks(records, ds.flow_length, role) if stream != "spatial" else None
+    if short:
+        print(short, file=sys.stderr, flush=True)
+    capped = ds.capped("--samples", f"{role} ({stream} stream)")
+    if capped:
+        print(capped, file=sys.stderr, flush=True)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=prepare.device.type == "cuda")
     res = evaluate(net, loader, prepare, num_classes=num_classes, show_progress=show_progress)
     if stream != "joint":
@@ -241,7 +250,8 @@ def run_evaluate(
                   workers=workers, show_progress=show_progress)
         bundle.update(video_scores(net, config, test, prepare, **kw))  # joint: "spatial", "temporal" and "fused"
         if val:
-            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, prepare, **kw).items()})
+            bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, prepare, role="validation",
+                                                                  **kw).items()})
         if stream == "joint":
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
     out = Path(out)

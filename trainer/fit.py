@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
@@ -50,6 +51,7 @@ from flowprep.stopping import StopFlag, Stopped
 from trainer import checkpoint as ckpt_io
 from trainer import distributed
 from trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, from_dict, to_dict
+from trainer.data.datasets import short_for_stacks
 from trainer.data.errors import DataError
 from trainer.data.lists import read_video_list
 from trainer.data.loaders import make_train_loader, make_val_loader
@@ -167,6 +169,11 @@ def _fit(
     out = _check_run_dir(run)
     seed_everything(run.seed + dist.rank)
     index, train_records, val_records = _read_data(model_cfg.stream, data)
+    if model_cfg.stream != "spatial" and dist.is_main:  # stacks of L fields: say once if some videos are shorter
+        for role, records in (("training", train_records), ("validation", val_records)):
+            short = short_for_stacks(records, model_cfg.flow_length, role)
+            if short:
+                print(short, file=sys.stderr, flush=True)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(index.classes))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
@@ -190,6 +197,9 @@ def _fit(
                                               seed=run.seed, device=device)
     val_loader = (make_val_loader(model_cfg, data, val_records, dist=dist, pin_memory=device.type == "cuda")
                   if val_records else None)
+    capped = val_loader.dataset.capped("--val-samples", "validation") if val_loader is not None else None
+    if capped and dist.is_main:
+        print(capped, file=sys.stderr, flush=True)
 
     optimizer = torch.optim.SGD(ddp.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     steps = len(train_loader)  # per epoch

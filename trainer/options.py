@@ -1,6 +1,7 @@
 """Checks of the command line's options that click's types cannot make: usage errors (exit 2), one line each.
 
-Kept apart from trainer/cli.py's command definitions; like them, they import no torch.
+Kept apart from trainer/cli.py's command definitions; like them, they import no torch (``amp`` does, only to resolve
+``--device auto`` when ``--amp fp16`` asks).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import click
 
-from trainer.config import DEFAULT_DROPOUT
+from trainer.config import AMP_FP16_ON_CPU, DEFAULT_DROPOUT
 
 DEFAULT = (None, click.core.ParameterSource.DEFAULT)
 
@@ -40,6 +41,19 @@ def spatial_weight(ctx: click.Context, param: click.Parameter, value: str | None
     if not 0.0 <= alpha <= 1.0:
         raise click.BadParameter(f"expected a number in [0, 1] or 'auto', got {value!r}")
     return alpha
+
+
+def amp(mode: str, device: str) -> None:
+    """``trainer fit``: ``--amp fp16`` on the CPU (``--device cpu``, or ``auto`` without a CUDA device) is a usage
+    error naming bf16 (``trainer.distributed.amp_dtype_for``), instead of a run in float32 without a word."""
+    if mode != "fp16" or device == "cuda":
+        return
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    raise click.UsageError(AMP_FP16_ON_CPU)
 
 
 def joint_options(ctx: click.Context, o: dict[str, Any]) -> dict[str, Any]:

@@ -182,6 +182,35 @@ def test_evaluate_one_stream_single_crop(tiny_shards, runs, tmp_path) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["t.confusion-temporal.png", "t.json", "t.scores.npz"]
 
 
+def test_more_samples_than_any_video_has_score_every_distinct_frame_and_stack_once_and_say_so(
+        tiny_shards, runs, tmp_path, capsys) -> None:
+    kw = dict(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), crops=1, device=CPU, workers=0,
+              show_progress=False)
+    run_evaluate(spatial=str(runs["spatial"]), temporal=str(runs["temporal"]), samples=1000, out=tmp_path / "huge.json", **kw)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "--samples 1000: the test (spatial stream) videos have at most 12 distinct frames; scoring 12 per video",
+        "--samples 1000: the test (temporal stream) videos have at most 10 distinct flow stacks of 2 fields; "
+        "scoring 10 per video"]
+    run_evaluate(spatial=str(runs["spatial"]), temporal=None, samples=12, out=tmp_path / "spatial.json", **kw)
+    run_evaluate(spatial=None, temporal=str(runs["temporal"]), samples=10, out=tmp_path / "temporal.json", **kw)
+    assert capsys.readouterr().err == ""  # 12 frames, 10 stacks of L = 2: nothing to cap
+    huge = load_scores(tmp_path / "huge.scores.npz")
+    assert np.array_equal(huge["spatial"], load_scores(tmp_path / "spatial.scores.npz")["spatial"])
+    assert np.array_equal(huge["temporal"], load_scores(tmp_path / "temporal.scores.npz")["temporal"])
+
+
+def test_test_and_validation_videos_shorter_than_a_flow_stack_are_counted_in_one_line_each(make_tiny_shards, runs,
+                                                                                            tmp_path, capsys) -> None:
+    shards = make_tiny_shards(num_frames=[12, 12, 2, 2, 12, 12, 12, 12, 12, 12, 12, 2])  # g03 val, g04 test; L = 2
+    run_evaluate(shards=str(shards.root), test_list=str(shards.test_list), spatial=str(runs["spatial"]),
+                 temporal=str(runs["temporal"]), fusion="learned", val_list=str(shards.val_list), samples=2, crops=1,
+                 device=CPU, out=tmp_path / "r.json", workers=0, show_progress=False)
+    assert capsys.readouterr().err.splitlines() == [
+        "2 of 3 test videos have fewer than 3 frames: their stacks repeat the last flow field",
+        "1 of 3 validation videos has fewer than 3 frames: their stacks repeat the last flow field"]
+
+
 def test_evaluation_dequantizes_with_the_shards_factors_not_the_checkpoints(make_tiny_shards, runs, tmp_path):
     """A network's flow input is in pixels / FLOW_NORM_PX whatever the bound: a model trained on bound-12 shards
     scores bound-20 shards, dequantized with their own factors; the factors older checkpoints kept change nothing."""

@@ -269,6 +269,34 @@ def test_spatial_stream_trains_one_epoch(tiny_shards, tmp_path) -> None:
     assert ck.load_checkpoint(tmp_path / "run" / ck.LAST)["config"]["model"]["stream"] == "spatial"
 
 
+def test_val_samples_beyond_the_distinct_stacks_of_the_validation_videos_are_capped_with_one_note(
+        tiny_shards, tmp_path, capsys) -> None:
+    import dataclasses
+
+    runs = {}
+    for n in (10, 1000):  # 12 frames, L = 2: 10 distinct stacks per validation video
+        configs = _configs(tiny_shards, tmp_path / str(n), epochs=1)
+        configs["data"] = dataclasses.replace(configs["data"], val_samples=n)
+        runs[n] = fit(**configs)
+        assert capsys.readouterr().err == ("" if n == 10 else "--val-samples 1000: the validation videos have at "
+                                           "most 10 distinct flow stacks of 2 fields; scoring 10 per video\n")
+    assert {k: v for k, v in runs[10].items() if k not in TIMING} == {k: v for k, v in runs[1000].items() if k not in TIMING}
+
+
+@pytest.mark.parametrize("stream", ["temporal", "joint", "spatial"])
+def test_videos_shorter_than_a_flow_stack_are_counted_in_one_line_per_list(make_tiny_shards, tmp_path, capsys,
+                                                                           stream) -> None:
+    # class-major g01..g04: g01-g02 train, g03 val; with L = 4, fewer than 5 frames pads the stack
+    shards = make_tiny_shards(num_frames=[4, 12, 12, 12, 12, 5, 3, 12, 12, 12, 12, 4])
+    configs = _configs(shards, tmp_path / "run", epochs=1)
+    configs["model"] = ModelConfig(stream=stream, num_classes=1, arch="resnet18", flow_length=4, dropout=0.5,
+                                   **({"fusion": "average", "temporal_dropout": 0.5} if stream == "joint" else {}))
+    fit(**configs)
+    notes = ["1 of 6 training videos has fewer than 5 frames: their stacks repeat the last flow field",
+             "1 of 3 validation videos has fewer than 5 frames: their stacks repeat the last flow field"]
+    assert capsys.readouterr().err.splitlines() == ([] if stream == "spatial" else notes)
+
+
 def test_learning_rate_schedules() -> None:
     cos = lr_lambda(OptimConfig(epochs=10, lr=0.1, warmup_epochs=1, warmup_factor=0.1), iters_per_epoch=10)
     assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55)  # linear warmup over 10 iterations
@@ -277,8 +305,32 @@ def test_learning_rate_schedules() -> None:
     assert [step(i) for i in (0, 39, 40, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
-def test_mixed_precision_only_on_cuda() -> None:
+def test_mixed_precision_on_the_cpu_is_float32_unless_bf16_is_asked_for_and_fp16_is_refused_there() -> None:
     assert amp_dtype_for("auto", torch.device("cpu")) is None
-    assert amp_dtype_for("fp16", torch.device("cpu")) is None
+    assert amp_dtype_for("none", torch.device("cpu")) is None
+    assert amp_dtype_for("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="--amp bf16"):
+        amp_dtype_for("fp16", torch.device("cpu"))
     assert amp_dtype_for("none", torch.device("cuda", 0)) is None
     assert amp_dtype_for("fp16", torch.device("cuda", 0)) is torch.float16
+
+
+@pytest.mark.parametrize("amp", ["bf16", "auto"])
+def test_amp_bf16_runs_the_forward_pass_on_the_cpu_in_bfloat16_and_auto_leaves_it_in_float32(
+        tiny_shards, tmp_path, amp) -> None:
+    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}  # training / validation: conv outputs' dtypes
+
+    def record(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            seen[module.training].add(output.dtype)
+
+    configs = _configs(tiny_shards, tmp_path / "run", epochs=1)
+    configs["run"] = RunConfig(out=str(tmp_path / "run"), device="cpu", amp=amp)
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        stats = fit(**configs)
+    finally:
+        handle.remove()
+    expected = torch.bfloat16 if amp == "bf16" else torch.float32
+    assert seen == {True: {expected}, False: {expected}}
+    assert stats["samples_total"] == 6 and ck.load_checkpoint(tmp_path / "run" / ck.LAST)["config"]["run"]["amp"] == amp

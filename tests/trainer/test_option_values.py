@@ -3,6 +3,10 @@ status of damaged data) or, worse, training NaN weights without a word (--lr inf
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,62 @@ def test_an_out_below_a_file_is_a_usage_error_not_a_traceback(tmp_path: Path, co
     result = CliRunner().invoke(main, [*args, "--shards", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert f"cannot be created: {tmp_path / 'a-file'} is not a folder" in result.output
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_amp_fp16_on_the_cpu_is_a_usage_error_that_names_bf16(tmp_path: Path, device: str, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto: this machine has no CUDA
+    (tmp_path / "train.txt").write_text("A/x.avi 1\n")
+    result = CliRunner().invoke(main, ["fit", "--stream", "spatial", "--shards", str(tmp_path), "--train-list",
+                                       str(tmp_path / "train.txt"), "--out", str(tmp_path / "run"), "--amp", "fp16",
+                                       "--device", device])
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert line == "Error: --amp fp16 needs a CUDA device; on the CPU use --amp bf16 (or none)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_help_says_what_amp_does_on_the_cpu() -> None:
+    text = " ".join(CliRunner().invoke(main, ["fit", "--help"]).output.split())
+    assert "CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16" in text and "fp16 is refused" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["run_dir", "above_run_dir", "results_folder"])
+def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit_2_not_a_retry(
+        tiny_shards, tmp_path: Path, where: str) -> None:
+    """Permission denied on --out will not fix itself on a rerun: exit 2, as flowprep extract, not 75 (retry)."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    common = ["--shards", tiny_shards.root, "--workers", "0", "--device", "cpu", "--no-progress"]
+    if where == "results_folder":
+        import torch
+
+        from trainer import checkpoint as ck
+        from trainer.config import DataConfig, ModelConfig, to_dict
+        from trainer.models.build import build_model
+
+        cfg = ModelConfig(stream="temporal", num_classes=3, arch="resnet18", flow_length=2)
+        data = DataConfig(shards="unused", train_list="unused", crop_size=16)
+        torch.manual_seed(0)
+        state = {"model": build_model(cfg, pretrained=None).state_dict(), "epoch": 1, "classes": tiny_shards.classes,
+                 "config": {"model": to_dict(cfg), "data": to_dict(data)}}  # an untrained network, as fit saves it
+        ck.save_checkpoint(state, tmp_path / "run" / ck.BEST)
+        out, folder, denied = locked / "r.json", locked, locked / "r.scores.npz.tmp"  # written after the scoring
+        args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "run", "--samples", "1"]
+    else:
+        out = locked if where == "run_dir" else locked / "run"
+        folder, denied = out, (out / "run.lock" if where == "run_dir" else out)
+        args = ["fit", "--stream", "temporal", "--train-list", tiny_shards.train_list, "--epochs", "1", "--arch",
+                "resnet18", "--crop-size", "16", "--flow-length", "2"]
+    cmd = [sys.executable, "-m", "trainer", *map(str, [*args, *common, "--out", out])]
+    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"Error: cannot write into {folder}: permission denied ({denied})"
+    assert sorted(locked.iterdir()) == []

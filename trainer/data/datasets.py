@@ -153,6 +153,18 @@ class FlowStackDataset(_ShardDataset):
         return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor((sx, sy), dtype=torch.float32), rec.label
 
 
+def short_for_stacks(records: list[VideoRecord], flow_length: int, role: str) -> str | None:
+    """One line when some of ``records`` (the ``role`` list's videos) have fewer than ``flow_length + 1`` frames,
+    so that their flow stacks are padded with the last field (``FlowStackDataset``); None when none has."""
+    videos = {r.video_id: r.num_frames for r in records}  # a list may repeat a video: count it once
+    short = sum(n < flow_length + 1 for n in videos.values())
+    if not short:
+        return None
+    have = "has" if short == 1 else "have"
+    return (f"{short} of {len(videos)} {role} videos {have} fewer than {flow_length + 1} frames: their stacks repeat "
+            f"the last flow field")
+
+
 def _check_has_flow(records: list[VideoRecord]) -> None:
     short = [r.video_id for r in records if r.num_frames < 2]
     if short:
@@ -162,7 +174,12 @@ def _check_has_flow(records: list[VideoRecord]) -> None:
 class VideoEvalDataset(Dataset):
     """Video-level testing: ``samples`` frames / stacks uniformly spaced over the video, 1 or 10 crops.
 
-    Positions are ``np.linspace`` over the valid frames (spatial) or stack starts (temporal), rounded.
+    Positions are ``np.linspace`` over the valid frames (spatial) or stack starts (temporal), rounded; a video
+    with fewer distinct positions than ``samples`` repeats some of them. ``samples`` is capped at the most
+    distinct positions any of ``records`` has (``self.samples``; ``requested`` keeps the number asked for): more
+    would only repeat frames in every video, at a cost in memory and time that grows with it (an item holds
+    ``samples * crops`` views, and the network sees them in one batch), while every video keeps one number of
+    samples so that videos batch together. A cap below ``requested`` is told by ``capped``.
     Crops: the centre crop, or 4 corners + centre and their horizontal flips (flow flips negate u), at
     the scale of "short side resized to crop_size*256/224". Item: (x uint8 (samples*crops, C, S, S),
     scale float32 (samples*crops, 2), label, index), crops varying fastest. A temporal item with 25
@@ -179,16 +196,31 @@ class VideoEvalDataset(Dataset):
             raise DataError("expected at least one video record, got an empty list")
         if stream == "temporal":
             _check_has_flow(records)
-        self.records, self.stream, self.samples, self.crops = list(records), stream, samples, crops
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.records, self.stream, self.crops = list(records), stream, crops
         self.flow_length, self.crop_size = flow_length, crop_size
+        self.requested = samples
+        self.samples = min(samples, max(self._last(r) + 1 for r in self.records))
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _last(self, rec: VideoRecord) -> int:
+        """The last frame index (spatial) or stack start (temporal) of one video."""
+        return rec.num_frames - 1 if self.stream == "spatial" else max(rec.num_frames - 1 - self.flow_length, 0)
+
     def positions(self, rec: VideoRecord) -> np.ndarray:
         """Frame indices (spatial) or stack starts (temporal) for one video."""
-        last = rec.num_frames - 1 if self.stream == "spatial" else max(rec.num_frames - 1 - self.flow_length, 0)
-        return np.rint(np.linspace(0, last, self.samples)).astype(np.int64)
+        return np.rint(np.linspace(0, self._last(rec), self.samples)).astype(np.int64)
+
+    def capped(self, option: str, role: str) -> str | None:
+        """One line when ``samples`` was capped (see the class), naming ``option`` and the list's ``role``."""
+        if self.samples == self.requested:
+            return None
+        what = "frames" if self.stream == "spatial" else f"flow stacks of {self.flow_length} fields"
+        return (f"{option} {self.requested}: the {role} videos have at most {self.samples} distinct {what}; "
+                f"scoring {self.samples} per video")
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int, int]:
         rec, L, pos = self.records[i], self.flow_length, self.positions(self.records[i])

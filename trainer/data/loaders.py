@@ -142,7 +142,7 @@ def make_val_loader(
                               flow_length=model.flow_length, crop_size=data.crop_size)
     # Each process scores its own videos (no padding duplicates); engine.evaluate sums the score rows.
     return DataLoader(
-        ds, batch_size=max(1, data.batch_size // data.val_samples), num_workers=data.workers,
+        ds, batch_size=max(1, data.batch_size // ds.samples), num_workers=data.workers,
         sampler=list(range(dist.rank, len(ds), dist.world_size)), pin_memory=pin_memory,
         worker_init_fn=ignore_stop_signals,
     )

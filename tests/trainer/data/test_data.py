@@ -137,6 +137,28 @@ def test_video_eval_positions_crops_and_flips(tiny_shards) -> None:
     np.testing.assert_allclose(x[:, (c + 2) % 3].float().mean((1, 2)), [10, 70, 115, 175], atol=6)
 
 
+def test_samples_beyond_the_most_distinct_frames_or_stacks_a_video_has_are_capped_there(make_tiny_shards) -> None:
+    ts = make_tiny_shards(num_classes=1, videos_per_class=2, num_frames=[4, 12])
+    idx = index_shards(ts.root)
+    recs = [idx.videos[v] for v in ts.video_ids]
+    L, S = 3, 16
+    temporal = VideoEvalDataset(recs, stream="temporal", samples=1000, flow_length=L, crop_size=S)
+    assert (temporal.requested, temporal.samples) == (1000, 9)  # stack starts 0..8 of the 12-frame video
+    np.testing.assert_array_equal(temporal.positions(recs[1]), np.arange(9))
+    np.testing.assert_array_equal(temporal.positions(recs[0]), np.zeros(9))  # one (padded) stack, as before
+    assert temporal[1][0].shape == (9, 2 * L, S, S) and temporal[0][0].shape == (9, 2 * L, S, S)  # they batch
+    assert temporal.capped("--samples", "test") == ("--samples 1000: the test videos have at most 9 distinct flow "
+                                                    "stacks of 3 fields; scoring 9 per video")
+    spatial = VideoEvalDataset(recs, stream="spatial", samples=1000, crop_size=S)
+    assert spatial.samples == 12 and spatial[0][0].shape == (12, 3, S, S)
+    assert spatial.capped("--val-samples", "validation") == ("--val-samples 1000: the validation videos have at most "
+                                                             "12 distinct frames; scoring 12 per video")
+    for samples in (5, 9):  # at or below the cap: the positions of before, no note
+        ev = VideoEvalDataset(recs, stream="temporal", samples=samples, flow_length=L, crop_size=S)
+        assert ev.samples == samples and ev.capped("--samples", "test") is None
+        np.testing.assert_array_equal(ev.positions(recs[1]), np.rint(np.linspace(0, 8, samples)))
+
+
 def test_datasets_reject_bad_arguments(tiny_shards) -> None:
     recs = read_video_list(tiny_shards.test_list, index_shards(tiny_shards.root))
     with pytest.raises(DataError, match="empty list"):
