@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -66,7 +67,7 @@ def _video_arrays(video: FrameVideo) -> Iterator[np.ndarray]:
 
 def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: float, classes: Sequence[str] | None = None,
                   rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0, unlabelled: bool = False,
-                  progress: bool = False, notes: list[str] | None = None) -> dict:
+                  progress: bool = False, notes: list[str] | None = None, workers: int = 1) -> dict:
     """Write the frames under ``root`` as shards into ``out``; resumable, like ``flowprep extract``.
 
     Returns the manifest. ``classes`` (a class index's order) else the sorted class names found;
@@ -75,7 +76,8 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     the same import after a crash, a kill or a frame that turned out bad while writing keeps the finished
     shards (checked by size; a missing one is imported again) and goes on; what the failing shard had
     written is removed. A rerun of a finished import changes nothing. ``notes`` gets what a rerun kept or
-    repaired, one line each.
+    repaired, one line each. ``workers`` processes write one shard each at a time (the shards are the same
+    whatever their number; the manifest lists them in name order).
     """
     from flowprep.extract.lock import SUFFIX, OutputLock
 
@@ -101,7 +103,7 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     notes = notes if notes is not None else []
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path, manifest, tmp = out / fmt.SINGLE_MANIFEST, None, None
+    manifest_path, manifest = out / fmt.SINGLE_MANIFEST, None
     try:
         with OutputLock(out / (fmt.SINGLE_MANIFEST + SUFFIX)):
             fresh = mf.new_manifest(task_index=0, task_count=1, params=params, classes=classes, num_videos=len(videos),
@@ -110,32 +112,25 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
             done = {s["name"] for s in manifest["shards"]}
             plan = [(fmt.shard_name(n), videos[s:s + videos_per_shard])
                     for n, s in enumerate(range(0, len(videos), videos_per_shard))]
+            todo = [ShardJob(str(out), name, batch, [label.get(v.class_name, -1) for v in batch], params, bound, rgb,
+                             fps, os.getpid()) for name, batch in plan if name not in done]
             bar = tqdm(total=len(videos), unit="video", desc="import", disable=not progress, dynamic_ncols=True)
-            bar.update(sum(len(batch) for name, batch in plan if name in done))
-            for name, batch in plan:
-                if name in done:
+            bar.update(len(videos) - sum(len(job.videos) for job in todo))
+            failure: BaseException | None = None
+            for entry in _write_shards(todo, workers=max(1, min(workers, len(todo)))):
+                if isinstance(entry, BaseException):  # the shards listed so far stay listed
+                    failure = entry
                     continue
-                tmp, final = out / (name + ".tmp"), out / name
-                tmp.unlink(missing_ok=True)
-                with h5py.File(tmp, "x") as f:
-                    write_file_attrs(f, params)
-                    for video in batch:
-                        _write_video(f, video, label.get(video.class_name, -1), bound=bound, rgb=rgb, fps=fps)
-                        bar.update(1)
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, final)
-                tmp = None
-                manifest["shards"].append({"name": name, "size": final.stat().st_size,
-                                           "sha256": mf.file_digest(final), "videos": [v.video_id for v in batch]})
+                manifest["shards"] = sorted(manifest["shards"] + [entry], key=lambda e: e["name"])
                 mf.write_json_atomic(manifest_path, manifest)  # listed once whole: a rerun keeps it
+                bar.update(len(entry["videos"]))
             bar.close()
+            if failure is not None:
+                raise failure
             if not manifest["complete"]:  # (a rerun of a finished import writes nothing)
                 manifest["complete"] = True
                 mf.write_json_atomic(manifest_path, manifest)
     except BaseException as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
         if manifest is None:  # refused before writing (another output, a busy lock)
             raise
         if not manifest["shards"]:  # nothing finished: leave nothing behind
@@ -150,6 +145,65 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
                               "command to go on)") from exc
         raise
     return manifest
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard for a worker process to write: ``out/name`` from ``videos`` (and their ``labels``)."""
+
+    out: str
+    name: str
+    videos: list[FrameVideo]
+    labels: list[int]
+    params: dict
+    bound: float
+    rgb: bool
+    fps: float
+    run_pid: int  # the import's process: a worker whose parent died (kill -9) leaves the shard unnamed
+
+
+def _write_shards(jobs: list[ShardJob], *, workers: int) -> Iterator[dict | BaseException]:
+    """Each job's manifest entry as it is finished (in any order), or the error that stopped it: after an error
+    the jobs not started are dropped, those running finish. One worker: in this process."""
+    if workers == 1:
+        for job in jobs:
+            try:
+                yield write_shard(job)
+            except Exception as exc:
+                yield exc
+                return
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    from flowprep import stopping
+
+    with parallel_config("loky", initializer=stopping.ignore_ctrl_c):
+        try:
+            yield from Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(write_shard)(j) for j in jobs)
+        except Exception as exc:  # joblib cancels the jobs not started; what the running ones finish is unnamed
+            yield exc
+
+
+def write_shard(job: ShardJob) -> dict:
+    """Write one shard as ``<name>.tmp``, fsync it, rename it; its manifest entry."""
+    out = Path(job.out)
+    tmp, final = out / (job.name + ".tmp"), out / job.name
+    tmp.unlink(missing_ok=True)
+    try:
+        with h5py.File(tmp, "x") as f:
+            write_file_attrs(f, job.params)
+            for video, label in zip(job.videos, job.labels):
+                _write_video(f, video, label, bound=job.bound, rgb=job.rgb, fps=job.fps)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.getpid() != job.run_pid and os.getppid() != job.run_pid:
+        return {}  # the import was killed: a rerun writes this shard again (and removes the .tmp)
+    os.replace(tmp, final)
+    return {"name": job.name, "size": final.stat().st_size, "sha256": mf.file_digest(final),
+            "videos": [v.video_id for v in job.videos]}
 
 
 def _earlier_import(out: Path, fresh: dict, notes: list[str]) -> dict:
@@ -227,10 +281,13 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
               help="Videos per HDF5 shard.")
 @click.option("--fps", type=FiniteFloat(min=0, min_open=True), default=25.0,
               help="Frame rate to record (frames do not carry one).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, show_default=False,
+              help="Processes writing shards side by side (one shard each at a time).  [default: one per CPU core]")
 @click.option("--progress/--no-progress", default=None, show_default=False,
-              help="Show a progress bar over videos (on stderr).  [default: when stderr is a terminal]")
+              help="Show a progress bar over videos (on stderr), moving as shards finish.  [default: when stderr is "
+                   "a terminal]")
 def import_frames_command(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
-                  no_rgb: bool, videos_per_shard: int, fps: float, progress: bool | None) -> None:
+                  no_rgb: bool, videos_per_shard: int, fps: float, workers: int | None, progress: bool | None) -> None:
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
@@ -245,7 +302,8 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
         classes = reader.read_class_index(class_index) if class_index else None
         manifest = import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
                                  videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled,
-                                 progress=sys.stderr.isatty() if progress is None else progress, notes=notes)
+                                 progress=sys.stderr.isatty() if progress is None else progress, notes=notes,
+                                 workers=workers or len(os.sched_getaffinity(0)))
     except (FramesError, reader.DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:

@@ -66,3 +66,10 @@ def test_tvl1_gpu_smoke_measures_opencv_per_core_the_solver_per_batch_and_the_pi
     row = res["pipeline"]  # the whole flowprep extract through one flow process
     assert (row["pairs"], row["workers"], [s["device"] for s in row["flow_processes"]]) == (8, 2, ["cpu"])
     assert row["pairs_per_s_wall"] > 0 and row["vs_solver_best"] > 0 and 0 < row["solver_busy_fraction"][0] <= 1
+
+
+def test_import_frames_benchmark_smoke_measures_one_worker_and_one_per_core(tmp_path) -> None:
+    res = _run("benchmarks.import_frames", tmp_path)
+    assert res["setup"]["pairs"] == 16 and res["setup"]["smoke"] is True
+    assert "workers_1" in res["pairs_per_s"] and all(rate > 0 for rate in res["pairs_per_s"].values())
+    assert res["decode_only_pairs_per_s"] > 0 and not (tmp_path / "work").exists()

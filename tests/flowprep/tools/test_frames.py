@@ -370,7 +370,8 @@ def test_an_import_killed_after_its_first_shard_goes_on_from_it_and_equals_one_r
             "m._write_video = write\n"
             "from flowprep.cli import main; main(sys.argv[1:])")
     killed = subprocess.run([sys.executable, "-c", code, "import-frames", "--frames", str(frames), "--out", str(out),
-                             "--layout", "mmaction", "--videos-per-shard", "2"], capture_output=True, text=True)
+                             "--layout", "mmaction", "--videos-per-shard", "2", "--workers", "1"], capture_output=True,
+                            text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "manifest.json.lock", "shard-00000.h5",
                                                       "shard-00001.h5.tmp"]
@@ -393,7 +394,8 @@ def test_a_bad_frame_found_while_writing_keeps_the_finished_shards_and_the_fixed
     good = bad.read_bytes()
     bad.write_bytes(good[:300])
     out = tmp_path / "shards"
-    args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2"]
+    args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2",
+            "--workers", "1"]
     result = invoke(*args)
     assert result.exit_code == 2
     assert result.output.strip() == (f"Error: {bad}: a JPEG cut short (no end marker): copy the frame again (1 finished "
@@ -454,7 +456,8 @@ def test_a_full_disk_during_an_import_is_75_and_the_rerun_after_freeing_space_go
     try:
         (disk / "fill").write_bytes(b"\0" * (1448 << 10))  # room for the first shard, not for the second
         out = disk / "shards"
-        args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2"]
+        args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2",
+                "--workers", "1"]
         full = invoke(*args)
         assert full.exit_code == 75, full.output
         assert full.output.startswith(f"Error: disk full ({out}): ") and full.output.strip().count("\n") == 0
@@ -466,3 +469,25 @@ def test_a_full_disk_during_an_import_is_75_and_the_rerun_after_freeing_space_go
         assert "resume: 1 shard(s) of an earlier run kept" in again.output and "verify: OK" in again.output
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_worker_processes_write_the_shards_and_manifest_of_one_process_and_a_bad_frame_stops_them(tmp_path: Path) -> None:
+    frames = mmaction(tmp_path / "rawframes", {f"Run/v_Run_g0{i}_c01": 3 for i in range(1, 7)})
+    args = ["--frames", frames, "--layout", "mmaction", "--videos-per-shard", "2"]
+    one = invoke("import-frames", *args, "--out", tmp_path / "one", "--workers", "1")
+    three = invoke("import-frames", *args, "--out", tmp_path / "three", "--workers", "3")
+    assert one.exit_code == 0 and three.exit_code == 0, three.output
+    assert (tmp_path / "one" / "manifest.json").read_bytes() == (tmp_path / "three" / "manifest.json").read_bytes()
+    for name in ("shard-00000.h5", "shard-00001.h5", "shard-00002.h5"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+    bad = frames / "Run" / "v_Run_g05_c01" / "flow_y_00003.jpg"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:200])
+    out = tmp_path / "stopped"
+    stopped = invoke("import-frames", *args, "--out", out, "--workers", "3")
+    assert stopped.exit_code == 2 and f"Error: {bad}: a JPEG cut short (no end marker)" in stopped.output
+    assert "Traceback" not in stopped.output and not (out / "shard-00002.h5").exists()
+    bad.write_bytes(good)
+    again = invoke("import-frames", *args, "--out", out, "--workers", "3")
+    assert again.exit_code == 0 and "verify: OK" in again.output, again.output
+    assert (out / "manifest.json").read_bytes() == (tmp_path / "one" / "manifest.json").read_bytes()
