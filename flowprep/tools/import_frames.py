@@ -185,25 +185,48 @@ def _write_shards(jobs: list[ShardJob], *, workers: int) -> Iterator[dict | Base
 
 
 def write_shard(job: ShardJob) -> dict:
-    """Write one shard as ``<name>.tmp``, fsync it, rename it; its manifest entry."""
+    """Write one shard as ``<name>.tmp``, fsync it, rename it; its manifest entry.
+
+    A worker whose import was killed (kill -9: the worker is re-parented) starts no shard and renames none, and
+    touches ``<name>.tmp`` only while it is still its own file (the rerun's worker writes one of that name too).
+    It then returns ``{}``, which nobody reads.
+    """
+    if _orphaned(job):
+        return {}
     out = Path(job.out)
     tmp, final = out / (job.name + ".tmp"), out / job.name
     tmp.unlink(missing_ok=True)
+    inode = None
     try:
         with h5py.File(tmp, "x") as f:
+            inode = os.stat(tmp).st_ino
             write_file_attrs(f, job.params)
             for video, label in zip(job.videos, job.labels):
+                if _orphaned(job):
+                    return {}  # its .tmp stays: the rerun's worker replaces it
                 _write_video(f, video, label, bound=job.bound, rgb=job.rgb, fps=job.fps)
         with open(tmp, "rb") as fh:
+            if _orphaned(job) or os.fstat(fh.fileno()).st_ino != inode:
+                return {}
             os.fsync(fh.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if inode is not None and _same_file(tmp, inode) and not _orphaned(job):
+            tmp.unlink()
         raise
-    if os.getpid() != job.run_pid and os.getppid() != job.run_pid:
-        return {}  # the import was killed: a rerun writes this shard again (and removes the .tmp)
     os.replace(tmp, final)
     return {"name": job.name, "size": final.stat().st_size, "sha256": mf.file_digest(final),
             "videos": [v.video_id for v in job.videos]}
+
+
+def _orphaned(job: ShardJob) -> bool:
+    return os.getpid() != job.run_pid and os.getppid() != job.run_pid
+
+
+def _same_file(path: Path, inode: int) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except FileNotFoundError:
+        return False
 
 
 def _earlier_import(out: Path, fresh: dict, notes: list[str]) -> dict:

@@ -491,3 +491,27 @@ def test_worker_processes_write_the_shards_and_manifest_of_one_process_and_a_bad
     again = invoke("import-frames", *args, "--out", out, "--workers", "3")
     assert again.exit_code == 0 and "verify: OK" in again.output, again.output
     assert (out / "manifest.json").read_bytes() == (tmp_path / "one" / "manifest.json").read_bytes()
+
+
+def test_a_shard_job_of_an_import_that_was_killed_writes_and_renames_nothing(tmp_path: Path) -> None:
+    # loky's workers outlive an import killed with SIGKILL and hold queued shards; the rerun writes the same names
+    import subprocess
+    import sys
+
+    from flowprep.tools import import_frames as imp
+    from flowprep.tools.frames import scan
+
+    frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 3})
+    videos, _ = scan(frames, "mmaction")
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / "shard-00000.h5.tmp").write_bytes(b"the rerun's file")
+    job = imp.ShardJob(str(out), "shard-00000.h5", videos, [0], {"flow": {}}, 20.0, True, 25.0, run_pid=gone)
+    assert imp.write_shard(job) == {}
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.h5.tmp"]
+    assert (out / "shard-00000.h5.tmp").read_bytes() == b"the rerun's file"
+    mine = imp.ShardJob(str(out), "shard-00000.h5", videos, [0], {"flow": {}}, 20.0, True, 25.0, run_pid=os.getpid())
+    assert imp.write_shard(mine)["videos"] == ["Run/v_Run_g01_c01"]
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.h5"]
