@@ -35,6 +35,7 @@ class VerifyReport:
     shards: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    command: str = "extract"  # the flowprep command that made the output: "import-frames" for imported frames
 
     @property
     def ok(self) -> bool:
@@ -103,7 +104,10 @@ def _check_shard(path: Path, entry: dict, classes: list[str], params: dict[str, 
     except OSError as exc:
         return problems + [f"cannot be opened as HDF5 ({' '.join(str(exc).split())})"]
     with f:
-        return problems + _check_contents(f, entry, classes, params, read_all=damaged)
+        try:
+            return problems + _check_contents(f, entry, classes, params, read_all=damaged)
+        except (KeyError, RuntimeError, OSError, ValueError) as exc:  # h5py on damaged metadata (a B-tree, a heap)
+            return problems + [f"its HDF5 structure cannot be read ({' '.join(str(exc).split())[:200]})"]
 
 
 def _check_contents(f: h5py.File, entry: dict, classes: list[str], params: dict[str, Any], *, read_all: bool) -> list[str]:
@@ -189,6 +193,8 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
             f"the tasks planned from different input listings ({groups}): the videos changed between task "
             "starts, so some videos may be in no task or in two; extract again into a new --out")
     params = parts[0][1]["params"]
+    if params.get("flow", {}).get("method") == "imported":
+        report.command = "import-frames"
     seen: dict[str, str] = {}
     complete = not report.missing_tasks
     shard_bar = tqdm(total=sum(len(m["shards"]) for _, m in parts), unit="shard", disable=not progress, desc="verify")
@@ -246,7 +252,9 @@ def format_report(report: VerifyReport) -> str:
     # a video in two shards, or tasks of different listings, need a new --out (said above): --check does not help
     repairable = [p for p in report.problems if p.split(":", 1)[0] in report.shards and " is also in " not in p]
     if repairable and not any("planned from different input listings" in p for p in report.problems):
-        lines.append("to repair damaged or missing shards: rerun the same flowprep extract command with --check")
+        lines.append("to repair damaged or missing shards: rerun the same flowprep " +
+                     ("extract command with --check" if report.command == "extract" else
+                      f"{report.command} command (it checks every finished shard)"))
     summary = f"{report.num_extracted} videos in {len(report.shards)} shard(s), {report.num_failed} failed"
     lines.append(("OK: " if report.ok else "NOT OK: ") + summary)
     return "\n".join(lines)

@@ -74,7 +74,8 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     ``unlabelled``: label -1 and no class name for every video (test frames). Problems found by the scan
     write nothing. Each shard is listed in the manifest (``complete`` false) once it is whole, so a rerun of
     the same import after a crash, a kill or a frame that turned out bad while writing keeps the finished
-    shards (checked by size; a missing one is imported again) and goes on; what the failing shard had
+    shards (checked by sha256, as the import's own verify reads them all anyway; one missing or damaged is imported
+    again) and goes on; what the failing shard had
     written is removed. A rerun of a finished import changes nothing. ``notes`` gets what a rerun kept or
     repaired, one line each. ``workers`` processes write one shard each at a time (the shards are the same
     whatever their number; the manifest lists them in name order).
@@ -231,7 +232,8 @@ def _same_file(path: Path, inode: int) -> bool:
 
 def _earlier_import(out: Path, fresh: dict, notes: list[str]) -> dict:
     """The manifest to go on from: the earlier run's when ``out`` holds this same import (its listed shards that are
-    missing or of another size dropped, to be imported again), else ``fresh``; another output is refused."""
+    missing or damaged, by size or sha256, dropped, to be imported again), else ``fresh``; another output is
+    refused."""
     paths = fmt.manifest_paths(out)
     if not paths:
         return fresh
@@ -246,7 +248,7 @@ def _earlier_import(out: Path, fresh: dict, notes: list[str]) -> dict:
                           "options): use another --out")
     kept = []
     for entry in earlier["shards"]:
-        problem = mf.shard_file_problem(out / entry["name"], entry, digest=False)
+        problem = mf.shard_file_problem(out / entry["name"], entry)
         if problem is None:
             kept.append(entry)
         else:

@@ -66,6 +66,25 @@ def test_flipped_byte(out: Path) -> None:
     assert report.problems[0] == "shard-00001.h5: sha256 differs from the manifest (the file is corrupted or was modified)"
 
 
+def test_a_byte_flipped_anywhere_in_a_shards_hdf5_metadata_is_a_problem_never_a_crash(out: Path) -> None:
+    # flipped in an object header or heap, h5py raised KeyError or RuntimeError: verify crashed (exit 75, "run
+    # verify again", which finds the same) instead of saying the shard is damaged
+    shard = out / "shard-00001.h5"
+    data = shard.read_bytes()
+    for position in range(0, 4096, 97):  # the superblock, object headers and heaps of a small shard
+        damaged = bytearray(data)
+        damaged[position] ^= 0xFF
+        shard.write_bytes(bytes(damaged))
+        result = CliRunner().invoke(main, ["verify", str(out)])
+        assert result.exit_code == 1, (position, result.output)
+        assert "problem: shard-00001.h5: sha256 differs from the manifest" in result.output, position
+    shard.write_bytes(data)
+    damaged = bytearray(data)
+    damaged[800] ^= 0xFF  # an object header of this shard (found by the loop above)
+    shard.write_bytes(bytes(damaged))
+    assert any(p.startswith("shard-00001.h5: its HDF5 structure cannot be read (") for p in verify_output(out).problems)
+
+
 def test_a_damaged_flow_chunk_is_named_by_video_and_field(out: Path) -> None:
     shard = out / "shard-00001.h5"
     with h5py.File(shard, "r") as f:

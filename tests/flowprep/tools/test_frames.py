@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from flowprep import format as fmt
 from flowprep.cli import main
-from flowprep.extract.verify import verify_output
+from flowprep.extract.verify import format_report, verify_output
 
 
 def invoke(*args) -> object:
@@ -515,3 +515,21 @@ def test_a_shard_job_of_an_import_that_was_killed_writes_and_renames_nothing(tmp
     mine = imp.ShardJob(str(out), "shard-00000.h5", videos, [0], {"flow": {}}, 20.0, True, 25.0, run_pid=os.getpid())
     assert imp.write_shard(mine)["videos"] == ["Run/v_Run_g01_c01"]
     assert sorted(p.name for p in out.iterdir()) == ["shard-00000.h5"]
+
+
+def test_a_rerun_imports_again_a_shard_damaged_at_the_same_size(tmp_path: Path) -> None:
+    frames = _four_videos(tmp_path)
+    out = tmp_path / "shards"
+    args = ["import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--videos-per-shard", "2"]
+    assert invoke(*args).exit_code == 0
+    shard = out / "shard-00001.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte: the size the manifest lists, another sha256
+    shard.write_bytes(bytes(data))
+    report = verify_output(out)
+    assert not report.ok and ("to repair damaged or missing shards: rerun the same flowprep import-frames command (it "
+                              "checks every finished shard)") in format_report(report)
+    repaired = invoke(*args)
+    assert repaired.exit_code == 0, repaired.output
+    assert repaired.output.splitlines()[0] == "repair: shard-00001.h5 sha256 differs from the manifest: imported again"
+    assert verify_output(out).ok
