@@ -87,27 +87,37 @@ def load_video(root: str | Path, video_id: str, *, frames: int | None = None) ->
     except OSError as exc:
         raise PreviewError(f"{path} cannot be opened as HDF5 ({' '.join(str(exc).split())}){damaged}") from None
     with f:
-        if f"videos/{video_id}/flow" not in f:
-            raise PreviewError(f"expected /videos/{video_id}/flow in {path}, as its manifest says; it is not there")
-        g = f["videos"][video_id]
-        ds = g["flow"]
-        idx = pick_fields(ds.shape[0], frames)
         try:
-            q = ds[idx.tolist()] if len(idx) < ds.shape[0] else ds[:]
-        except (OSError, RuntimeError) as exc:  # a chunk its filter cannot inflate
-            raise PreviewError(f"{path}: the flow of {video_id} cannot be read ({' '.join(str(exc).split())}){damaged}"
+            return _read_video(f, path, video_id, frames, damaged)
+        except PreviewError:
+            raise
+        except (KeyError, RuntimeError, OSError, ValueError) as exc:  # h5py on damaged metadata (a header, a heap)
+            raise PreviewError(f"{path}: {video_id} cannot be read ({' '.join(str(exc).split())[:200]}){damaged}"
                                ) from None
-        flow = dequantize(q, ds.attrs["scale_factor"], ds.attrs["add_offset"])
-        rgb = None
-        if "rgb" in g:
-            frames = []
-            for i in idx:
-                frame = cv2.imdecode(g["rgb"][i], cv2.IMREAD_COLOR)
-                if frame is None or frame.shape[:2] != q.shape[2:]:
-                    raise PreviewError(f"{path}: rgb[{i}] of {video_id} is not a {q.shape[3]}x{q.shape[2]} JPEG{damaged}")
-                frames.append(frame[..., ::-1])  # the JPEGs hold RGB pictures; OpenCV decodes them in BGR order
-            rgb = np.stack(frames)
-        meta = (str(g.attrs["class_name"]), float(g.attrs["fps"]), float(ds.attrs["bound"]))
+
+
+def _read_video(f: h5py.File, path: Path, video_id: str, frames: int | None, damaged: str) -> PreviewVideo:
+    if f"videos/{video_id}/flow" not in f:
+        raise PreviewError(f"expected /videos/{video_id}/flow in {path}, as its manifest says; it is not there")
+    g = f["videos"][video_id]
+    ds = g["flow"]
+    idx = pick_fields(ds.shape[0], frames)
+    try:
+        q = ds[idx.tolist()] if len(idx) < ds.shape[0] else ds[:]
+    except (OSError, RuntimeError) as exc:  # a chunk its filter cannot inflate
+        raise PreviewError(f"{path}: the flow of {video_id} cannot be read ({' '.join(str(exc).split())}){damaged}"
+                           ) from None
+    flow = dequantize(q, ds.attrs["scale_factor"], ds.attrs["add_offset"])
+    rgb = None
+    if "rgb" in g:
+        frames = []
+        for i in idx:
+            frame = cv2.imdecode(g["rgb"][i], cv2.IMREAD_COLOR)
+            if frame is None or frame.shape[:2] != q.shape[2:]:
+                raise PreviewError(f"{path}: rgb[{i}] of {video_id} is not a {q.shape[3]}x{q.shape[2]} JPEG{damaged}")
+            frames.append(frame[..., ::-1])  # the JPEGs hold RGB pictures; OpenCV decodes them in BGR order
+        rgb = np.stack(frames)
+    meta = (str(g.attrs["class_name"]), float(g.attrs["fps"]), float(ds.attrs["bound"]))
     return PreviewVideo(video_id, meta[0], idx, flow, rgb, meta[1], meta[2])
 
 
