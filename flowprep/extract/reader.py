@@ -159,7 +159,7 @@ def plan_videos(
     elif layout == "ssv2":
         raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
     else:
-        names = _names_from_folders(sources, layout or "folders", root, warn)
+        names = _names_from_folders(sources, layout, root, warn)
     found = sort_classes({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
@@ -186,7 +186,7 @@ def plan_videos(
     return classes, videos
 
 
-def _names_from_folders(sources: list[str], layout: str, root: str | Path,
+def _names_from_folders(sources: list[str], layout: str | None, root: str | Path,
                         warn: Callable[[str], None]) -> dict[str, str]:
     loose = [s for s in sources if "/" not in s]
     if loose:
@@ -201,7 +201,7 @@ def _names_from_folders(sources: list[str], layout: str, root: str | Path,
             names.update({s: "" for s in test})
         return names
     tops = {s.split("/", 1)[0] for s in sources}
-    if layout == "folders" and tops <= _SPLIT_NAMES:
+    if layout is None and tops <= _SPLIT_NAMES:  # the default, not a --layout folders that says so
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
                            "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
                            "by these names anyway")

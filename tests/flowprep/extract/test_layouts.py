@@ -64,6 +64,16 @@ def test_kinetics_split_and_label_folders_with_spaces(tmp_path: Path) -> None:
         plan_videos(root)
 
 
+def test_top_level_split_folders_are_classes_when_layout_folders_says_so(tmp_path: Path) -> None:
+    """The refusal of train/ and val/ as classes names --layout folders as the way to take them anyway."""
+    root = touch(tmp_path / "by-split", "train/a.mp4", "val/b.mp4")
+    with pytest.raises(DatasetError, match=r"or --layout folders to label them by these names anyway$"):
+        plan_videos(root)
+    classes, metas = plan_videos(root, layout="folders")
+    assert classes == ["train", "val"]
+    assert [(m.video_id, m.label) for m in metas] == [("train/a", 0), ("val/b", 1)]
+
+
 KINETICS_CSV = """label,youtube_id,time_start,time_end,split
 "air drumming",-VtLx-mcPds,12,22,train
 abseiling,0347ZoDXyP0,95,105,train
