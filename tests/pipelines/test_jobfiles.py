@@ -480,6 +480,21 @@ def test_documented_commands_use_flags_that_exist(doc: str, expected: set[str]) 
         check(inv)
 
 
+def test_every_test_the_docs_name_exists_and_fails_only_where_they_say_so() -> None:
+    """A doc that calls a behaviour a known bug names its test, marked to fail; once fixed, both must change."""
+    sources = {p: p.read_text() for p in (ROOT / "tests").rglob("test_*.py")}
+    docs = [ROOT / "README.md", *sorted(PIPELINES.glob("*.md")), *sorted((ROOT / "docs").glob("*.md"))]
+    for doc in docs:
+        text = " ".join(doc.read_text().split())
+        for m in re.finditer(r"`(test_\w+)`", text):
+            defined = [src for src in sources.values() if re.search(rf"^def {m.group(1)}\(", src, re.M)]
+            assert len(defined) == 1, f"{doc.name} names {m.group(1)}, defined in {len(defined)} test files"
+            marked = re.search(rf"xfail[^\n]*\n(@[^\n]*\n)*def {m.group(1)}\(", defined[0]) is not None
+            said = "marked to fail" in text[m.start():m.end() + 200] or "known bug" in text[m.start() - 200:m.start()]
+            assert said == marked, (f"{doc.name} says {m.group(1)} is {'' if said else 'not '}a known bug marked to "
+                                    f"fail; the test is {'' if marked else 'not '}marked xfail")
+
+
 def test_ucf101_recipe_trains_both_streams_and_selects_on_validation_only() -> None:
     invs = shell_invocations(markdown_code((PIPELINES / "ucf101.md").read_text()), "ucf101.md")
     fits = [inv for inv in invs if inv.command == "fit" and "..." not in inv.args]
