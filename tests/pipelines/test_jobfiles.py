@@ -510,6 +510,34 @@ def test_ucf101_recipe_trains_both_streams_and_selects_on_validation_only() -> N
         assert split_file in text
 
 
+def test_ucf101_recipe_drops_the_videos_failed_now_and_keeps_one_repaired_since(tmp_path) -> None:
+    """Step 4 of ucf101.md: a video that failed, was replaced and was extracted on the rerun stays in the lists."""
+    from media import random_frames, write_video
+
+    videos = tmp_path / "UCF-101"
+    for name in ("Jump/v_Jump_g01_c01.avi", "Run/v_Run_g01_c01.avi", "Run/v_Run_g02_c01.avi"):
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(b"not a video")
+    extract = ["extract", "--videos", str(videos), "--out", str(tmp_path / "shards"), "--method", "farneback",
+               "--workers", "1", "--no-progress"]
+    write_video(videos / "Jump/v_Jump_g01_c01.avi", random_frames(4, 32, 32), codec="mpeg4")
+    assert CliRunner().invoke(flowprep_cli, extract).exit_code == 1  # the two Run videos fail
+    write_video(videos / "Run/v_Run_g01_c01.avi", random_frames(4, 32, 32, seed=1), codec="mpeg4")  # replaced
+    assert CliRunner().invoke(flowprep_cli, extract).exit_code == 1  # retried as its file changed: extracted
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train01.txt").write_text("Jump/v_Jump_g01_c01.avi 1\nRun/v_Run_g01_c01.avi 2\n")
+    (splits / "val01.txt").write_text("Run/v_Run_g02_c01.avi 2\n")
+    (splits / "test01.txt").write_text("Jump/v_Jump_g01_c01.avi\n")
+    (step,) = [block for block in re.findall(r"```bash\n(.*?)```", (PIPELINES / "ucf101.md").read_text(), re.S)
+               if "failed.txt" in block]
+    run = subprocess.run(["bash", "-e", "-c", step], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (splits / "train01.txt").read_text() == "Jump/v_Jump_g01_c01.avi 1\nRun/v_Run_g01_c01.avi 2\n"
+    assert (splits / "val01.txt").read_text() == ""
+    assert (splits / "test01.txt").read_text() == "Jump/v_Jump_g01_c01.avi\n"
+
+
 # --- exit statuses: the job files retry exactly the retriable ones of flowprep.exits -------------------
 
 
