@@ -211,6 +211,19 @@ def test_the_official_test_files_among_the_labels_extract_their_videos_unlabelle
     assert {m.video_id: m.label for m in metas} == {"-VtLx-mcPds_000012_000022": 0, "aaaaaaaaaaa_000001_000011": -1}
 
 
+def test_the_ssv2_labels_file_given_as_labels_is_one_line_that_names_it_a_class_index(tmp_path: Path) -> None:
+    """README's SSv2 command takes four JSON files: three lists of videos (--labels) and the class index."""
+    ssv2 = touch(tmp_path / "20bn-something-something-v2", "78687.webm")
+    index = tmp_path / "something-something-v2-labels.json"
+    index.write_text(json.dumps({"Holding something next to something": "0", "Putting something, something and "
+                                 "something on the table": "1"}, indent=1))
+    result = invoke("extract", "--videos", ssv2, "--out", tmp_path / "out", "--layout", "ssv2", "--labels", index)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: {index}: expected a JSON list of videos, got dict (Something-Something's labels file "
+        "{class name: index} is a class index: flowprep extract --class-index)"]
+
+
 def test_kinetics_test_clips_in_a_split_folder_are_unlabelled_not_a_class_named_test(tmp_path: Path) -> None:
     root = touch(tmp_path / "k400", "train/air drumming/-VtLx-mcPds_000012_000022.mp4", "test/aaaaaaaaaaa_000001_000011.mp4")
     notes = []
