@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -160,9 +161,13 @@ def plan_videos(
         raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
     else:
         names = _names_from_folders(sources, layout, root, warn)
-    found = sort_classes({n for n in names.values() if n})
     if class_index is not None:
         classes = read_class_index(class_index)
+        # a folder name macOS wrote decomposed (NFD) is the index's class typed composed (NFC), and the other way round
+        spelling = {unicodedata.normalize("NFC", c): c for c in classes}
+        names = {s: spelling.get(unicodedata.normalize("NFC", n), n) for s, n in names.items()}
+    found = sort_classes({n for n in names.values() if n})
+    if class_index is not None:
         for c in found:
             if c not in classes:
                 of = [s for s in sources if names.get(s) == c]

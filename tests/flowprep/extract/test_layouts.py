@@ -274,3 +274,16 @@ def test_a_labels_file_in_composed_unicode_finds_files_named_in_decomposed_unico
     kin_root = touch(tmp_path / "kin", unicodedata.normalize("NFD", "abcdefghijé_000010_000020.mp4"))
     _, metas = plan_videos(kin_root, labels=[kinetics])
     assert [m.class_name for m in metas] == ["x"]
+
+
+def test_class_folders_in_decomposed_unicode_are_the_class_index_names_typed_composed(tmp_path: Path) -> None:
+    """A dataset copied from macOS (NFD folder names) with a classInd.txt typed elsewhere (NFC)."""
+    import unicodedata
+
+    root = touch(tmp_path / "any", unicodedata.normalize("NFD", "Café/a.mp4"), "Zoo/b.mp4")
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 Zoo\n2 Café\n")
+    classes, metas = plan_videos(root, class_index=index)
+    assert classes == ["Zoo", "Café"]
+    assert {m.video_id: (m.label, m.class_name) for m in metas} == {  # the id stays the name on disk
+        unicodedata.normalize("NFD", "Café/a"): (1, "Café"), "Zoo/b": (0, "Zoo")}
