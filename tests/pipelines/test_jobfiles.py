@@ -538,6 +538,36 @@ def test_ucf101_recipe_drops_the_videos_failed_now_and_keeps_one_repaired_since(
     assert (splits / "test01.txt").read_text() == "Jump/v_Jump_g01_c01.avi\n"
 
 
+def test_hmdb51_recipe_unpacks_the_action_archives_into_action_folders_only(tmp_path) -> None:
+    """Step 1 of hmdb51.md with a stub unrar: hmdb51_org.rar holds one .rar per action, each <action>/<video>.avi."""
+    contents = {"hmdb51_org.rar": ["brush_hair.rar", "cartwheel.rar"], "test_train_splits.rar":
+                ["testTrainMulti_7030_splits/brush_hair_test_split1.txt"], "brush_hair.rar": ["brush_hair/a_0.avi"],
+                "cartwheel.rar": ["cartwheel/b_0.avi"]}
+    bin_dir, data = tmp_path / "bin", tmp_path / "hmdb51"
+    bin_dir.mkdir()
+    (bin_dir / "unrar").write_text(f"""#!{sys.executable}
+import json, pathlib, sys
+_, command, archive, *dest = sys.argv
+assert command == "x" and pathlib.Path(archive).is_file(), sys.argv
+for name in json.loads({json.dumps(json.dumps(contents))})[pathlib.Path(archive).name]:
+    target = pathlib.Path(dest[0] if dest else ".") / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(name)
+""")
+    (bin_dir / "unrar").chmod(0o755)
+    data.mkdir()
+    for archive in ("hmdb51_org.rar", "test_train_splits.rar"):  # the two downloads
+        (data / archive).write_text(archive)
+    (step,) = [block for block in re.findall(r"```bash\n(.*?)```", (PIPELINES / "hmdb51.md").read_text(), re.S)
+               if "unrar" in block]
+    run = subprocess.run(["bash", "-e", "-c", step.replace("/shared/hmdb51", str(data))], capture_output=True,
+                         text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.relative_to(data / "videos").as_posix() for p in (data / "videos").rglob("*") if p.is_file()) == [
+        "brush_hair/a_0.avi", "cartwheel/b_0.avi"]
+    assert (data / "testTrainMulti_7030_splits" / "brush_hair_test_split1.txt").is_file()
+
+
 # --- exit statuses: the job files retry exactly the retriable ones of flowprep.exits -------------------
 
 
