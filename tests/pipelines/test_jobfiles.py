@@ -495,6 +495,19 @@ def test_every_test_the_docs_name_exists_and_fails_only_where_they_say_so() -> N
                                     f"fail; the test is {'' if marked else 'not '}marked xfail")
 
 
+def test_no_documented_fit_validates_on_videos_of_its_training_list() -> None:
+    """UCF-101 has no validation split: it is held out of trainlist01.txt (ucf101.md step 2), and fit refuses a
+    --val-list that shares videos with --train-list, so an example that trains on trainlist01.txt itself fails."""
+    fits = [inv for inv in shell_invocations(markdown_code((ROOT / "README.md").read_text()), "README.md")
+            if inv.command == "fit" and option_value(inv, "--val-list")]
+    assert len(fits) >= 3
+    help_lines = [line.split() for line in trainer_cli.help.splitlines() if "trainer fit" in line and "--val-list" in line]
+    assert help_lines
+    train_lists = [option_value(inv, "--train-list") for inv in fits] + [
+        words[words.index("--train-list") + 1] for words in help_lines]
+    assert not [t for t in train_lists if re.fullmatch(r"(.*/)?trainlist0\d\.txt", t)], train_lists
+
+
 def test_ucf101_recipe_trains_both_streams_and_selects_on_validation_only() -> None:
     invs = shell_invocations(markdown_code((PIPELINES / "ucf101.md").read_text()), "ucf101.md")
     fits = [inv for inv in invs if inv.command == "fit" and "..." not in inv.args]
