@@ -210,6 +210,9 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
                            "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
                            "by these names anyway")
+    if len(tops) == 1 and all(s.count("/") >= 2 for s in sources):  # UCF-101.rar unpacks into UCF-101/<Class>/
+        warn(f"note: every video sits under the one folder {next(iter(tops))!r}, so all get that one class; if it "
+             f"holds the class folders, give --videos {Path(root) / next(iter(tops))}")
     return {s: s.split("/", 1)[0] for s in sources}
 
 

@@ -287,3 +287,17 @@ def test_class_folders_in_decomposed_unicode_are_the_class_index_names_typed_com
     assert classes == ["Zoo", "Café"]
     assert {m.video_id: (m.label, m.class_name) for m in metas} == {  # the id stays the name on disk
         unicodedata.normalize("NFD", "Café/a"): (1, "Café"), "Zoo/b": (0, "Zoo")}
+
+
+def test_videos_all_under_one_folder_of_class_folders_get_a_note_naming_the_videos_folder_to_give(tmp_path: Path) -> None:
+    """`unrar x UCF101.rar` makes UCF-101/<Class>/<video>.avi: --videos one level up gives one class, 'UCF-101'."""
+    root = touch(tmp_path / "data", "UCF-101/Archery/v_Archery_g01_c01.avi", "UCF-101/Biking/v_Biking_g01_c01.avi")
+    notes = []
+    classes, _ = plan_videos(root, warn=notes.append)
+    assert classes == ["UCF-101"]
+    assert notes == [f"note: every video sits under the one folder 'UCF-101', so all get that one class; if it holds "
+                     f"the class folders, give --videos {root / 'UCF-101'}"]
+    notes.clear()
+    assert plan_videos(root / "UCF-101", warn=notes.append)[0] == ["Archery", "Biking"] and notes == []
+    assert plan_videos(touch(tmp_path / "one", "Archery/a.avi", "Archery/b.avi"), warn=notes.append)[0] == ["Archery"]
+    assert notes == []  # one class folder holding its videos: nothing to say
