@@ -200,6 +200,13 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
     if layout == "kinetics":  # <split>/<label>/<video> or <label>/<video>: the folder holding the video
         names = {s: s.rsplit("/", 2)[-2] for s in sources}
         test = [s for s in sources if s.count("/") == 1 and names[s].lower() in _SPLIT_NAMES]
+        labelled = sorted({s.split("/")[0] for s in test if s.split("/")[0].lower() not in ("test", "testing")})
+        if labelled:  # train/<clip>: a flat download (the clips' labels are in the official CSVs), not a test split
+            flat = [s for s in test if s.split("/")[0] in labelled]
+            raise DatasetError(f"{len(flat)} video(s) sit in {', '.join(f'{d}/' for d in labelled)} without label folders, "
+                               f"e.g. {flat[0]!r}: training and validation clips need their labels, from "
+                               "<split>/<label>/<clip> folders or from the official CSVs (--labels train.csv --labels "
+                               "validate.csv; only test/<clip> is extracted unlabelled)")
         if test:  # test/<video>: Kinetics' test clips come without labels, in no label folders
             warn(f"note: {len(test)} video(s) sit in split folders without label folders "
                  f"({', '.join(sorted({s.split('/')[0] for s in test}))}/<video>): extracting them unlabelled (label -1)")

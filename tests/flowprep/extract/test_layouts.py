@@ -235,6 +235,18 @@ def test_kinetics_test_clips_in_a_split_folder_are_unlabelled_not_a_class_named_
                      "unlabelled (label -1)"]
 
 
+def test_kinetics_training_clips_in_a_split_folder_without_label_folders_are_refused_not_extracted_unlabelled(
+    tmp_path: Path,
+) -> None:
+    """A flat download (train/<clip>.mp4, its labels in train.csv) with --layout kinetics: hours of flow for
+    clips no list can train on; the line says where their labels come from."""
+    root = touch(tmp_path / "k400", "train/-VtLx-mcPds_000012_000022.mp4", "train/bbbbbbbbbbb_000002_000012.mp4",
+                 "test/aaaaaaaaaaa_000001_000011.mp4")
+    with pytest.raises(DatasetError, match=r"^2 video\(s\) sit in train/ without label folders, e\.g\. "
+                                           r"'train/-VtLx-mcPds_000012_000022\.mp4': .*--labels train\.csv"):
+        plan_videos(root, layout="kinetics")
+
+
 def test_class_numbers_as_labels_keep_their_order(tmp_path: Path) -> None:
     root = touch(tmp_path / "v", *(f"clip{i}.mp4" for i in range(12)))
     labels = tmp_path / "labels.csv"
