@@ -508,6 +508,25 @@ def test_no_documented_fit_validates_on_videos_of_its_training_list() -> None:
     assert not [t for t in train_lists if re.fullmatch(r"(.*/)?trainlist0\d\.txt", t)], train_lists
 
 
+def test_links_between_the_docs_reach_their_files_and_headings() -> None:
+    """Relative links and their #anchors, with GitHub's heading ids (lower case, punctuation dropped, spaces to -)."""
+    def anchors(doc: Path) -> set[str]:
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", doc.read_text(), re.M)}
+
+    docs = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "BENCHMARKS.md", *sorted(PIPELINES.glob("*.md")),
+            *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for doc in docs:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", doc.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path = (doc.parent / target) if target else doc
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
+                broken.append(f"{doc.relative_to(ROOT)}: {target}#{anchor}")
+    assert not broken, broken
+
+
 def test_ucf101_recipe_trains_both_streams_and_selects_on_validation_only() -> None:
     invs = shell_invocations(markdown_code((PIPELINES / "ucf101.md").read_text()), "ucf101.md")
     fits = [inv for inv in invs if inv.command == "fit" and "..." not in inv.args]
