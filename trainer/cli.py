@@ -195,7 +195,7 @@ def main() -> None:
     """Train and evaluate two-stream networks on flowprep shards.
 
     \b
-    trainer fit --stream temporal --shards OUT --train-list trainlist01.txt --val-list val.txt --out runs/t
+    trainer fit --stream temporal --shards OUT --train-list train01.txt --val-list val01.txt --out runs/t
     trainer evaluate --shards OUT --test-list testlist01.txt --spatial runs/s --temporal runs/t --out res.json
     trainer fit --stream joint --fusion learned --spatial-init runs/s --temporal-init runs/t ... --out runs/j
     Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...

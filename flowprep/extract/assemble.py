@@ -145,6 +145,7 @@ class Assembly:
                 self.reopen(shard, listed)
             self.manifest["failures"].remove(failure)
             del self.failed[failure["path"]]
+            self.logged.discard(failure["path"])  # failing again is another time: logged and shown with its error
             failed_path(self.work_file(shard, n)).unlink(missing_ok=True)
             why = "its file changed" if changed else "--retry-failed"
             retried.append(f"{failure['path']} ({why}; it failed with: {failure['error']})")

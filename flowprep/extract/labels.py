@@ -53,7 +53,7 @@ def _nfc(key: str) -> str:
 def detect(path: Path) -> str:
     """The kind of a label file, from its content."""
     head = path.read_text(encoding="utf-8-sig", errors="replace").lstrip()[:4096]
-    if head.startswith("["):
+    if head.startswith(("[", "{")):  # "{": SSv2's labels file by mistake; _ssv2 says what it is
         return "ssv2"
     first = head.splitlines()[0] if head else ""
     return "kinetics" if "youtube_id" in first and "time_start" in first else "csv"
@@ -142,6 +142,10 @@ def _ssv2(path: Path, table: LabelTable, labels: bool) -> None:
         items = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of videos, got {type(items).__name__}"
+                         + (" (Something-Something's labels file {class name: index} is a class index: flowprep "
+                            "extract --class-index)" if isinstance(items, dict) else ""))
     for i, item in enumerate(items):
         where = f"{path.name}[{i}]"
         if not labels and isinstance(item, dict) and "id" in item and "template" not in item:

@@ -58,6 +58,12 @@ def videos_digest(sources: list[str]) -> str:
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()
 
 
+def labels_digest(labels: list[tuple[str, int, str]]) -> str:
+    """sha256 of this task's (video id, label, class name) triples: a resume must label its videos as before (a
+    changed --labels file would leave the finished videos with the old labels and the others with the new)."""
+    return hashlib.sha256("\n".join(f"{v}\t{label}\t{name}" for v, label, name in labels).encode()).hexdigest()
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -206,6 +212,9 @@ def check_compatible(out: Path, mine: dict[str, Any]) -> tuple[dict[str, Any] | 
             for key in ("num_videos", "videos_sha256"):
                 if part[key] != mine[key]:
                     raise RunConflict(f"{out} holds a run of a different video list ({key} differs): use another --out")
+            if part.get("labels_sha256", mine.get("labels_sha256")) != mine.get("labels_sha256"):  # older runs: none
+                raise RunConflict(f"{out} holds a run that labelled its videos otherwise (--labels, --class-index or "
+                                  "--unlabelled changed since): use another --out")
             own = part
     return own, note
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -159,10 +160,14 @@ def plan_videos(
     elif layout == "ssv2":
         raise DatasetError("--layout ssv2 needs --labels (the official train/validation JSON), or --unlabelled")
     else:
-        names = _names_from_folders(sources, layout or "folders", root, warn)
-    found = sort_classes({n for n in names.values() if n})
+        names = _names_from_folders(sources, layout, root, warn)
     if class_index is not None:
         classes = read_class_index(class_index)
+        # a folder name macOS wrote decomposed (NFD) is the index's class typed composed (NFC), and the other way round
+        spelling = {unicodedata.normalize("NFC", c): c for c in classes}
+        names = {s: spelling.get(unicodedata.normalize("NFC", n), n) for s, n in names.items()}
+    found = sort_classes({n for n in names.values() if n})
+    if class_index is not None:
         for c in found:
             if c not in classes:
                 of = [s for s in sources if names.get(s) == c]
@@ -186,7 +191,7 @@ def plan_videos(
     return classes, videos
 
 
-def _names_from_folders(sources: list[str], layout: str, root: str | Path,
+def _names_from_folders(sources: list[str], layout: str | None, root: str | Path,
                         warn: Callable[[str], None]) -> dict[str, str]:
     loose = [s for s in sources if "/" not in s]
     if loose:
@@ -195,16 +200,26 @@ def _names_from_folders(sources: list[str], layout: str, root: str | Path,
     if layout == "kinetics":  # <split>/<label>/<video> or <label>/<video>: the folder holding the video
         names = {s: s.rsplit("/", 2)[-2] for s in sources}
         test = [s for s in sources if s.count("/") == 1 and names[s].lower() in _SPLIT_NAMES]
+        labelled = sorted({s.split("/")[0] for s in test if s.split("/")[0].lower() not in ("test", "testing")})
+        if labelled:  # train/<clip>: a flat download (the clips' labels are in the official CSVs), not a test split
+            flat = [s for s in test if s.split("/")[0] in labelled]
+            raise DatasetError(f"{len(flat)} video(s) sit in {', '.join(f'{d}/' for d in labelled)} without label folders, "
+                               f"e.g. {flat[0]!r}: training and validation clips need their labels, from "
+                               "<split>/<label>/<clip> folders or from the official CSVs (--labels train.csv --labels "
+                               "validate.csv; only test/<clip> is extracted unlabelled)")
         if test:  # test/<video>: Kinetics' test clips come without labels, in no label folders
             warn(f"note: {len(test)} video(s) sit in split folders without label folders "
                  f"({', '.join(sorted({s.split('/')[0] for s in test}))}/<video>): extracting them unlabelled (label -1)")
             names.update({s: "" for s in test})
         return names
     tops = {s.split("/", 1)[0] for s in sources}
-    if layout == "folders" and tops <= _SPLIT_NAMES:
+    if layout is None and tops <= _SPLIT_NAMES:  # the default, not a --layout folders that says so
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
                            "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
                            "by these names anyway")
+    if len(tops) == 1 and all(s.count("/") >= 2 for s in sources):  # UCF-101.rar unpacks into UCF-101/<Class>/
+        warn(f"note: every video sits under the one folder {next(iter(tops))!r}, so all get that one class; if it "
+             f"holds the class folders, give --videos {Path(root) / next(iter(tops))}")
     return {s: s.split("/", 1)[0] for s in sources}
 
 

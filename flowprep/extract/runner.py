@@ -156,6 +156,7 @@ def run_extract(
         )
         if inputs_sha256 is not None:
             fresh["inputs_sha256"] = inputs_sha256
+        fresh["labels_sha256"] = mf.labels_digest([(v.video_id, v.label, v.class_name) for s in shards for v in s.videos])
         summary = RunSummary(out=out, num_videos=len(videos))
         if lock.took_over:
             summary.notes.append(f"took over the lock of a run that is gone ({describe_holder(lock.took_over)})")

@@ -38,6 +38,9 @@ from flowprep.extract.labels import ROLES
 
 LAYOUTS = ("denseflow", "mmaction", "twostreamfusion")
 _UCF_NAME = re.compile(r"^v_(?P<cls>.+)_g\d+_c\d+$")
+# UCF-101's folder HandstandPushups holds videos named v_HandStandPushups_gNN_cNN; its classInd.txt and lists spell the
+# class (and the ids, <folder>/<video>) as the folder does, so a class read from such a name is the folder's
+_UCF_FOLDER_OF = {"HandStandPushups": "HandstandPushups"}
 _NUMBERED = re.compile(r"^(?P<prefix>[a-z_]*?)(?P<n>\d+)\.jpe?g$", re.IGNORECASE)
 _KINDS = {  # layout -> {file prefix: kind}
     "denseflow": {"flow_x_": "u", "flow_y_": "v", "x_": "u", "y_": "v", "img_": "rgb"},
@@ -81,8 +84,13 @@ def _class_of(folder: str, name: str) -> str | None:
     parent = folder.rsplit("/", 2)[-2] if "/" in folder else None
     if parent is not None and parent.lower() not in _SPLIT_NAMES:
         return parent
+    return _ucf_class(name)
+
+
+def _ucf_class(name: str) -> str | None:
+    """The class in a UCF-101 name (``v_<Class>_g01_c01``), spelled as UCF-101's folder of the video."""
     m = _UCF_NAME.match(name)
-    return m.group("cls") if m else None
+    return _UCF_FOLDER_OF.get(m.group("cls"), m.group("cls")) if m else None
 
 
 def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = False,
@@ -139,8 +147,8 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = 
             continue
         cls = _class_of(folder, name)
         if unlabelled:
-            cls, ucf = "", _UCF_NAME.match(name)
-            video_id = folder if "/" in folder or not ucf else f"{ucf.group('cls')}/{name}"
+            cls, ucf = "", _ucf_class(name)
+            video_id = folder if "/" in folder or not ucf else f"{ucf}/{name}"
         elif cls is None:
             problems.append(f"{folder}: cannot tell its class (expected <Class>/<video>/ or a UCF-101 name v_<Class>_gNN_cNN)")
             continue

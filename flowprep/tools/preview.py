@@ -265,6 +265,7 @@ def preview_command(
     Flow colouring: hue = direction (right red, down yellow-green, left cyan, up violet),
     brightness = magnitude, full at --max-flow; see the colour wheel on the right.
     VIDEO_ID is the path under the videos folder without extension, e.g. MoveLeft/v_MoveLeft_g01_c01.
+    An id that starts with '-' (Kinetics' YouTube ids) goes last, after '--': ... --out x.png -- -VtLx-mcPds_000012_000022
     Exit status 1: bad input (folder, video id, a damaged shard; one line); 75: writing --out failed (disk
     full, I/O error; one line, nothing left behind).
     """

@@ -77,6 +77,8 @@ def plan_clips(
         raise ValueError(f"expected an even frame size of at least 32x32 (yuv420p), got {width}x{height}")
     if frames < 2 or videos_per_class < 1 or clips_per_group < 1:
         raise ValueError(f"expected frames >= 2 and counts >= 1, got {frames}, {videos_per_class}, {clips_per_group}")
+    if fps < 1:  # PyAV encodes a rate of 0 as 24 fps without a word, and a negative one fails in the encoder
+        raise ValueError(f"expected --fps >= 1, got {fps}")
     if videos_per_class <= clips_per_group:
         raise ValueError(
             f"{videos_per_class} videos per class in groups of {clips_per_group} make 1 group; "

@@ -107,9 +107,10 @@ def _resolve(path: Path, entries: list[SplitEntry], index: ShardIndex, *, labell
         if has_label and entry.label != rec.label:
             raise DataError(
                 f"{path}:{entry.where.rsplit(':', 1)[-1]}: {rec.video_id} has label {entry.label + 1} (1-based) but "
-                f"the shards say {rec.label + 1} ({rec.class_name}); expected the class order of the shards"
+                f"the shards say {rec.label + 1} ({rec.class_name}); expected the class order of the shards (their "
+                "--class-index, else the sorted class names): leave the labels out of the list (the shards' are used)"
             )
-        if entry.class_name is not None and entry.class_name != rec.class_name:
+        if entry.class_name is not None and _nfc(entry.class_name) != _nfc(rec.class_name):  # macOS folders: NFD
             raise DataError(f"{entry.where}: {rec.video_id} is {entry.class_name!r} there but {rec.class_name!r} in "
                             "the shards")
         if listed is not None:

@@ -64,6 +64,16 @@ def test_kinetics_split_and_label_folders_with_spaces(tmp_path: Path) -> None:
         plan_videos(root)
 
 
+def test_top_level_split_folders_are_classes_when_layout_folders_says_so(tmp_path: Path) -> None:
+    """The refusal of train/ and val/ as classes names --layout folders as the way to take them anyway."""
+    root = touch(tmp_path / "by-split", "train/a.mp4", "val/b.mp4")
+    with pytest.raises(DatasetError, match=r"or --layout folders to label them by these names anyway$"):
+        plan_videos(root)
+    classes, metas = plan_videos(root, layout="folders")
+    assert classes == ["train", "val"]
+    assert [(m.video_id, m.label) for m in metas] == [("train/a", 0), ("val/b", 1)]
+
+
 KINETICS_CSV = """label,youtube_id,time_start,time_end,split
 "air drumming",-VtLx-mcPds,12,22,train
 abseiling,0347ZoDXyP0,95,105,train
@@ -201,6 +211,19 @@ def test_the_official_test_files_among_the_labels_extract_their_videos_unlabelle
     assert {m.video_id: m.label for m in metas} == {"-VtLx-mcPds_000012_000022": 0, "aaaaaaaaaaa_000001_000011": -1}
 
 
+def test_the_ssv2_labels_file_given_as_labels_is_one_line_that_names_it_a_class_index(tmp_path: Path) -> None:
+    """README's SSv2 command takes four JSON files: three lists of videos (--labels) and the class index."""
+    ssv2 = touch(tmp_path / "20bn-something-something-v2", "78687.webm")
+    index = tmp_path / "something-something-v2-labels.json"
+    index.write_text(json.dumps({"Holding something next to something": "0", "Putting something, something and "
+                                 "something on the table": "1"}, indent=1))
+    result = invoke("extract", "--videos", ssv2, "--out", tmp_path / "out", "--layout", "ssv2", "--labels", index)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: {index}: expected a JSON list of videos, got dict (Something-Something's labels file "
+        "{class name: index} is a class index: flowprep extract --class-index)"]
+
+
 def test_kinetics_test_clips_in_a_split_folder_are_unlabelled_not_a_class_named_test(tmp_path: Path) -> None:
     root = touch(tmp_path / "k400", "train/air drumming/-VtLx-mcPds_000012_000022.mp4", "test/aaaaaaaaaaa_000001_000011.mp4")
     notes = []
@@ -210,6 +233,18 @@ def test_kinetics_test_clips_in_a_split_folder_are_unlabelled_not_a_class_named_
                                                    "test/aaaaaaaaaaa_000001_000011": -1}
     assert notes == ["note: 1 video(s) sit in split folders without label folders (test/<video>): extracting them "
                      "unlabelled (label -1)"]
+
+
+def test_kinetics_training_clips_in_a_split_folder_without_label_folders_are_refused_not_extracted_unlabelled(
+    tmp_path: Path,
+) -> None:
+    """A flat download (train/<clip>.mp4, its labels in train.csv) with --layout kinetics: hours of flow for
+    clips no list can train on; the line says where their labels come from."""
+    root = touch(tmp_path / "k400", "train/-VtLx-mcPds_000012_000022.mp4", "train/bbbbbbbbbbb_000002_000012.mp4",
+                 "test/aaaaaaaaaaa_000001_000011.mp4")
+    with pytest.raises(DatasetError, match=r"^2 video\(s\) sit in train/ without label folders, e\.g\. "
+                                           r"'train/-VtLx-mcPds_000012_000022\.mp4': .*--labels train\.csv"):
+        plan_videos(root, layout="kinetics")
 
 
 def test_class_numbers_as_labels_keep_their_order(tmp_path: Path) -> None:
@@ -251,3 +286,30 @@ def test_a_labels_file_in_composed_unicode_finds_files_named_in_decomposed_unico
     kin_root = touch(tmp_path / "kin", unicodedata.normalize("NFD", "abcdefghijé_000010_000020.mp4"))
     _, metas = plan_videos(kin_root, labels=[kinetics])
     assert [m.class_name for m in metas] == ["x"]
+
+
+def test_class_folders_in_decomposed_unicode_are_the_class_index_names_typed_composed(tmp_path: Path) -> None:
+    """A dataset copied from macOS (NFD folder names) with a classInd.txt typed elsewhere (NFC)."""
+    import unicodedata
+
+    root = touch(tmp_path / "any", unicodedata.normalize("NFD", "Café/a.mp4"), "Zoo/b.mp4")
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 Zoo\n2 Café\n")
+    classes, metas = plan_videos(root, class_index=index)
+    assert classes == ["Zoo", "Café"]
+    assert {m.video_id: (m.label, m.class_name) for m in metas} == {  # the id stays the name on disk
+        unicodedata.normalize("NFD", "Café/a"): (1, "Café"), "Zoo/b": (0, "Zoo")}
+
+
+def test_videos_all_under_one_folder_of_class_folders_get_a_note_naming_the_videos_folder_to_give(tmp_path: Path) -> None:
+    """`unrar x UCF101.rar` makes UCF-101/<Class>/<video>.avi: --videos one level up gives one class, 'UCF-101'."""
+    root = touch(tmp_path / "data", "UCF-101/Archery/v_Archery_g01_c01.avi", "UCF-101/Biking/v_Biking_g01_c01.avi")
+    notes = []
+    classes, _ = plan_videos(root, warn=notes.append)
+    assert classes == ["UCF-101"]
+    assert notes == [f"note: every video sits under the one folder 'UCF-101', so all get that one class; if it holds "
+                     f"the class folders, give --videos {root / 'UCF-101'}"]
+    notes.clear()
+    assert plan_videos(root / "UCF-101", warn=notes.append)[0] == ["Archery", "Biking"] and notes == []
+    assert plan_videos(touch(tmp_path / "one", "Archery/a.avi", "Archery/b.avi"), warn=notes.append)[0] == ["Archery"]
+    assert notes == []  # one class folder holding its videos: nothing to say

@@ -541,6 +541,22 @@ def test_retry_failed_tries_unchanged_failed_videos_again(ucf_tree: Path, tmp_pa
     assert verify_output(out).num_failed == 1
 
 
+def test_a_retried_video_that_fails_again_is_shown_and_logged_with_its_new_error(ucf_tree: Path, tmp_path: Path) -> None:
+    bad = ucf_tree / "Run" / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    out = tmp_path / "out"
+    assert invoke(*extract_args(ucf_tree, out)).exit_code == exits.SOME_INPUTS_FAILED.code
+    write_video(bad, random_frames(6, 48, 64, seed=5))
+    bad.write_bytes(bad.read_bytes()[:2000])  # replaced by a copy cut short: another error
+    again = invoke(*extract_args(ucf_tree, out))
+    assert again.exit_code == exits.SOME_INPUTS_FAILED.code
+    (now,) = verify_output(out).failures
+    assert now["error"].startswith("truncated:")
+    assert f"skipped {ucf_tree / 'Run' / 'bad.mp4'}: {now['error']}" in again.output
+    logged = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["error"] for f in logged][-1] == now["error"] and len(logged) == 2
+
+
 def test_verify_names_array_tasks_that_planned_from_different_listings(ucf_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert invoke(*extract_args(ucf_tree, out, "--task-index", "0", "--task-count", "2")).exit_code == 0

@@ -186,6 +186,25 @@ def test_a_different_run_in_out_is_refused(ucf_tree: Path, tmp_path: Path) -> No
                     flow=FlowConfig(method="farneback"), progress=False)
 
 
+def test_a_rerun_that_labels_the_videos_otherwise_is_refused(tmp_path: Path) -> None:
+    """A corrected --labels file on a rerun would keep the finished videos' old labels and give the rest new ones."""
+    videos = tmp_path / "clips"
+    for i, name in enumerate(("a.mp4", "b.mp4", "c.mp4")):
+        write_video(videos / name, random_frames(4, 32, 32, seed=i))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.mp4,jump\nb.mp4,run\nc.mp4,run\n")
+    classes, metas = plan_videos(videos, labels=[labels])
+    out = tmp_path / "out"
+    run = dict(videos_root=videos, out=out, classes=classes, flow=FlowConfig(method="farneback"), workers=1,
+               progress=False)
+    run_extract(videos=metas, **run)
+    assert run_extract(videos=metas, **run).reused == 3  # the same labels: resumed
+    labels.write_text("path,label\na.mp4,run\nb.mp4,jump\nc.mp4,run\n")  # the same classes, two videos swapped
+    classes, metas = plan_videos(videos, labels=[labels])
+    with pytest.raises(RunConflict, match=r"labelled its videos otherwise \(--labels, --class-index or --unlabelled"):
+        run_extract(videos=metas, **run)
+
+
 def test_array_task_names_and_manifest_parts(ucf_tree: Path, tmp_path: Path) -> None:
     classes, metas = plan_videos(ucf_tree)
     out = tmp_path / "out"

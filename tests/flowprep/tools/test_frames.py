@@ -70,6 +70,23 @@ def test_twostreamfusion_frames_become_shards_that_ucf_lists_select(tmp_path: Pa
     assert {e.video_id for e in fmt.read_list(listing)} == listed
 
 
+def test_ucf101_handstand_pushups_named_with_a_capital_s_import_into_their_class_folder(tmp_path: Path) -> None:
+    """UCF-101's folder HandstandPushups holds v_HandStandPushups_gNN_cNN.avi; classInd.txt and the lists use the
+    folder's spelling (trainlist01.txt: 'HandstandPushups/v_HandStandPushups_g08_c01.avi 37')."""
+    frames = twostreamfusion(tmp_path / "tsf", {"v_HandStandPushups_g08_c01": 3, "v_HandstandWalking_g01_c01": 3})
+    (tmp_path / "classInd.txt").write_text("1 HandstandPushups\n2 HandstandWalking\n")
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "twostreamfusion",
+                    "--class-index", tmp_path / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    listing = tmp_path / "trainlist.txt"
+    listing.write_text("HandstandPushups/v_HandStandPushups_g08_c01.avi 1\nHandstandWalking/v_HandstandWalking_g01_c01.avi 2\n")
+    m = json.loads((out / "manifest.json").read_text())
+    assert {v for s in m["shards"] for v in s["videos"]} == {e.video_id for e in fmt.read_list(listing)}
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        assert f["videos/HandstandPushups/v_HandStandPushups_g08_c01"].attrs["class_name"] == "HandstandPushups"
+
+
 def test_a_bound_of_12_dequantizes_with_12(tmp_path: Path) -> None:
     frames = twostreamfusion(tmp_path / "tsf", {"v_A_g01_c01": 2})
     out = tmp_path / "shards"

@@ -143,6 +143,21 @@ def test_cli_preview_through_the_flowprep_group(shards: Path, tmp_path: Path) ->
     assert "2 frame pairs" in res.output and (tmp_path / "x.png").stat().st_size > 0
 
 
+def test_a_video_id_that_starts_with_a_dash_previews_as_the_help_says(tmp_path: Path) -> None:
+    """Kinetics ids such as -VtLx-mcPds_000012_000022 read as an option where the usage line puts VIDEO_ID."""
+    root = tmp_path / "shards"
+    write_shards(root, {"-VtLx-mcPds_000012_000022": (constant_flow(2.0, 0.0), frames())})
+    out = tmp_path / "x.png"
+    as_usage = CliRunner().invoke(main, ["preview", str(root), "-VtLx-mcPds_000012_000022", "--out", str(out)])
+    assert as_usage.exit_code == 2 and "No such option" in as_usage.output
+    help_text = CliRunner().invoke(main, ["preview", "--help"]).output
+    (advice,) = [line for line in help_text.splitlines() if "starts with '-'" in line]
+    args = advice.split(": ... ", 1)[1].split()
+    res = CliRunner().invoke(main, ["preview", str(root), *[str(out) if a == "x.png" else a for a in args]])
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_size > 0
+
+
 def test_bad_input_is_one_clear_line(shards: Path, tmp_path: Path) -> None:
     # A real process once: exit status 1 and one line on stderr, no traceback.
     res = subprocess.run(

@@ -120,6 +120,8 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
         (["--size", "63"], "expected an even frame size of at least 32x32"),
         (["--size", "big"], "expected N or WxH"),
         (["--videos-per-class", "1"], "expected at least 2 groups per class"),
+        (["--fps", "0"], "expected --fps >= 1, got 0"),  # was written as 24 fps, sample.json saying 0
+        (["--fps", "-5"], "expected --fps >= 1, got -5"),  # was the encoder's 'avcodec_open2("mpeg4", {}) returned 22'
     ):
         res = CliRunner().invoke(main, ["sample", "--out", str(tmp_path / "y"), *bad])
         assert res.exit_code == 2 and msg in res.output, res.output

@@ -220,8 +220,11 @@ def test_list_errors_name_the_file_line_and_video(tiny_shards, tmp_path) -> None
     with pytest.raises(DataError, match=r"list\.txt: the video list is empty"):
         read_video_list(bad, idx)
     bad.write_text("Expand/v_Expand_g01_c01.avi 1\n")  # Expand is class 2 (1-based)
-    with pytest.raises(DataError, match=r"list\.txt:1: Expand/v_Expand_g01_c01 has label 1 \(1-based\) but the shards say 2"):
-        read_video_list(bad, idx)
+    with pytest.raises(DataError, match=r"list\.txt:1: Expand/v_Expand_g01_c01 has label 1 \(1-based\) but the shards say 2"
+                                        r" \(Expand\); .*: leave the labels out of the list \(the shards' are used\)$"):
+        read_video_list(bad, idx)  # a list numbered by classInd.txt, shards extracted without --class-index
+    bad.write_text("Expand/v_Expand_g01_c01.avi\n")  # the way out the line gives
+    assert [r.label for r in read_video_list(bad, idx)] == [1]
     bad.write_text("Expand/v_Expand_g01_c01.avi 2\nDrift/v_Drift_g01_c01.avi\n")
     with pytest.raises(DataError, match=r"list\.txt:2: some lines have labels and some do not"):
         read_video_list(bad, idx)

@@ -218,6 +218,21 @@ def test_lists_find_videos_whose_names_are_spelled_in_the_other_unicode_form(mak
     assert [r.video_id for r in read_video_list(same, index)] == [nfd("Judo/Judo_café_1")]
 
 
+def test_a_class_name_in_the_other_unicode_form_is_the_same_class(make_tiny_shards, tmp_path: Path) -> None:
+    # Kinetics class folders copied from macOS (NFD) extracted with --layout kinetics; the official CSVs are NFC
+    import unicodedata
+
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=1, class_names=[unicodedata.normalize("NFD", "café"), "judo"],
+                            id_format="{g}x{cls[0]}_000010_000020")
+    kinetics = tmp_path / "train.csv"
+    kinetics.write_text("label,youtube_id,time_start,time_end,split\ncafé,1xc,10,20,train\njudo,1xj,10,20,train\n")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n1xc_000010_000020.mp4,café\n")
+    index = index_shards(tiny.root)
+    assert [r.label for r in read_video_list(kinetics, index)] == [0, 1]
+    assert [r.label for r in read_video_list(csv, index)] == [0]
+
+
 @pytest.mark.parametrize("role", ["val", "test"])
 def test_a_video_listed_twice_in_a_scored_list_is_one_line_naming_both_places(tiny_shards, tmp_path: Path,
                                                                               role: str) -> None:
