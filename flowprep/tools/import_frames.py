@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -84,6 +85,11 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
 
     root, out = Path(root), Path(out)
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled)
+    if classes is not None:  # a folder name macOS wrote decomposed (NFD) is the index's class typed composed (NFC)
+        spelling = {unicodedata.normalize("NFC", c): c for c in classes}
+        for v in videos:
+            if v.class_name:
+                v.class_name = spelling.get(unicodedata.normalize("NFC", v.class_name), v.class_name)
     found = sort_classes({v.class_name for v in videos if v.class_name})
     classes = list(classes) if classes is not None else found
     problems += [f"{v.video_id}: class {v.class_name!r} is not in the class index" for v in videos

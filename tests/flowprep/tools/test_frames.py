@@ -550,3 +550,17 @@ def test_a_rerun_imports_again_a_shard_damaged_at_the_same_size(tmp_path: Path) 
     assert repaired.exit_code == 0, repaired.output
     assert repaired.output.splitlines()[0] == "repair: shard-00001.h5 sha256 differs from the manifest: imported again"
     assert verify_output(out).ok
+
+
+def test_class_folders_in_decomposed_unicode_import_as_the_class_index_names_typed_composed(tmp_path: Path) -> None:
+    # frames copied from macOS (NFD folder names), classInd.txt typed elsewhere (NFC): as extract --class-index takes them
+    import unicodedata
+
+    cafe = unicodedata.normalize("NFD", "Café")
+    frames = mmaction(tmp_path / "rawframes", {f"{cafe}/v_a": 2, "Zoo/v_b": 2})
+    (tmp_path / "classInd.txt").write_text("1 Zoo\n2 Café\n", encoding="utf-8")
+    out = tmp_path / "shards"
+    result = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction", "--class-index",
+                    tmp_path / "classInd.txt")
+    assert result.exit_code == 0, result.output
+    assert labels_of(out) == {f"{cafe}/v_a": (1, "Café"), "Zoo/v_b": (0, "Zoo")}  # the id stays the name on disk
