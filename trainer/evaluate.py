@@ -185,11 +185,12 @@ def _check_held_out(ckpt: dict, file: Path, test: list) -> None:
 def video_scores(
     net: torch.nn.Module, config: dict, records: list, prepare: BatchPreparer, *, num_classes: int, samples: int,
     crops: int, batch_size: int, workers: int, show_progress: bool, role: str = "test",
+    scored: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """(num_videos, K) scores averaged over each video's samples x crops: ``{stream: softmax scores}`` for one
     stream, ``{"spatial", "temporal", "fused"}`` (its heads and its fusion) for a joint model. One line on stderr
     each (``role``: whose videos they are) for flow stacks longer than some videos (padded) and for ``samples``
-    above the most distinct frames / stacks of ``records`` (capped there)."""
+    above the most distinct frames / stacks of ``records`` (capped there; ``scored[stream]`` gets the number scored)."""
     stream = config["model"]["stream"]
     kw = dict(samples=samples, crops=crops, flow_length=config["model"]["flow_length"],
               crop_size=config["data"]["crop_size"])
@@ -200,6 +201,8 @@ def video_scores(
     capped = ds.capped("--samples", f"{role} ({stream} stream)")
     if capped:
         print(capped, file=sys.stderr, flush=True)
+    if scored is not None:
+        scored[stream] = ds.samples
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=prepare.device.type == "cuda")
     res = evaluate(net, loader, prepare, num_classes=num_classes, show_progress=show_progress)
     if stream != "joint":
@@ -238,7 +241,7 @@ def run_evaluate(
         "labels": np.array([r.label for r in test], dtype=np.int64),
         "val_video_ids": np.array([r.video_id for r in val]), "val_labels": np.array([r.label for r in val], dtype=np.int64),
     }
-    checkpoints, own_fusion = {}, {}
+    checkpoints, own_fusion, scored = {}, {}, {}
     for stream, path in (("spatial", spatial), ("temporal", temporal), ("joint", joint)):
         if path is None:
             continue
@@ -248,7 +251,7 @@ def run_evaluate(
         checkpoints[stream] = str(file)
         kw = dict(num_classes=len(index.classes), samples=samples, crops=crops, batch_size=batch_size,
                   workers=workers, show_progress=show_progress)
-        bundle.update(video_scores(net, config, test, prepare, **kw))  # joint: "spatial", "temporal" and "fused"
+        bundle.update(video_scores(net, config, test, prepare, scored=scored, **kw))  # joint: its heads and "fused"
         if val:
             bundle.update({f"val_{k}": v for k, v in video_scores(net, config, val, prepare, role="validation",
                                                                   **kw).items()})
@@ -259,7 +262,8 @@ def run_evaluate(
     with replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:  # whole or absent, as the results
         np.savez_compressed(f, **bundle)
     results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
-    results.update(samples=samples, crops=crops, checkpoints=checkpoints, **own_fusion)
+    # samples_scored: per stream, the samples of the test videos after the cap (VideoEvalDataset), <= samples
+    results.update(samples=samples, samples_scored=scored, crops=crops, checkpoints=checkpoints, **own_fusion)
     _write_json(out, results)
     return results
 

@@ -186,7 +186,10 @@ def test_more_samples_than_any_video_has_score_every_distinct_frame_and_stack_on
         tiny_shards, runs, tmp_path, capsys) -> None:
     kw = dict(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), crops=1, device=CPU, workers=0,
               show_progress=False)
-    run_evaluate(spatial=str(runs["spatial"]), temporal=str(runs["temporal"]), samples=1000, out=tmp_path / "huge.json", **kw)
+    res = run_evaluate(spatial=str(runs["spatial"]), temporal=str(runs["temporal"]), samples=1000,
+                       out=tmp_path / "huge.json", **kw)
+    assert res["samples"] == 1000 and res["samples_scored"] == {"spatial": 12, "temporal": 10}  # results.json says so
+    assert json.loads((tmp_path / "huge.json").read_text())["samples_scored"] == {"spatial": 12, "temporal": 10}
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         "--samples 1000: the test (spatial stream) videos have at most 12 distinct frames; scoring 12 per video",
