@@ -315,6 +315,9 @@ def report(
         cm = confusion_matrix(sc.argmax(axis=1), labels, len(classes))
         title = f"{name}: top-1 {100 * results[name]['top1']:.1f}% on {len(labels)} videos"
         confusion[name] = str(plot_confusion(cm, classes, out.with_name(f"{out.stem}.confusion-{name}.png"), title=title))
+    for name in ("spatial", "temporal", "fused"):  # an earlier evaluation's picture of a stream not scored now
+        if name not in confusion:
+            out.with_name(f"{out.stem}.confusion-{name}.png").unlink(missing_ok=True)
     results.update(confusion=confusion, scores=str(scores_path(out)))
     _write_json(out, results)
     return results

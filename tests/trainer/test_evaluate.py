@@ -172,8 +172,11 @@ def test_evaluate_both_streams_with_fusion_fitted_on_validation(tiny_shards, run
     assert learned["fusion_fitted_on"] == 3 and learned["alpha"] is None and set(learned["fused"]) == {"top1", "top5", "mean_class"}
 
 
-def test_evaluate_one_stream_single_crop(tiny_shards, runs, tmp_path) -> None:
+def test_evaluate_one_stream_single_crop_leaves_no_picture_of_another_stream(tiny_shards, runs, tmp_path) -> None:
     out = tmp_path / "sub" / "t.json"
+    out.parent.mkdir()
+    for name in ("spatial", "fused"):  # an earlier evaluation of both streams into the same --out drew these
+        (out.parent / f"t.confusion-{name}.png").write_bytes(b"\x89PNG earlier")
     res = run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
                        temporal=str(runs["temporal"]), samples=3, crops=1, device=CPU, out=out, workers=0,
                        show_progress=False)
