@@ -75,11 +75,11 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     ``unlabelled``: label -1 and no class name for every video (test frames). Problems found by the scan
     write nothing. Each shard is listed in the manifest (``complete`` false) once it is whole, so a rerun of
     the same import after a crash, a kill or a frame that turned out bad while writing keeps the finished
-    shards (checked by sha256, as the import's own verify reads them all anyway; one missing or damaged is imported
-    again) and goes on; what the failing shard had
-    written is removed. A rerun of a finished import changes nothing. ``notes`` gets what a rerun kept or
-    repaired, one line each. ``workers`` processes write one shard each at a time (the shards are the same
-    whatever their number; the manifest lists them in name order).
+    shards (checked by sha256, as the import's own verify reads them all anyway; one missing or damaged is
+    imported again) and goes on; what the failing shard had written is removed. A rerun of a finished import
+    changes nothing. ``notes`` gets what a rerun kept or repaired, one line each. ``workers`` processes write
+    one shard each at a time (the shards are the same whatever their number; the manifest lists them in name
+    order).
     """
     from flowprep.extract.lock import SUFFIX, OutputLock
 
