@@ -89,6 +89,9 @@ def check_utf8(path: Path) -> None:
     except UnicodeDecodeError as e:
         line = body[:e.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{body[e.start]:02x}); save it as UTF-8") from None
+    if b"\0" in body:  # valid UTF-8, but no list holds one: UTF-16 without a byte order mark (ASCII text, every other byte 0)
+        line = body[:body.index(b"\0")].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8")
 
 
 def _add(table: LabelTable, key: str, row: LabelRow) -> None:

@@ -176,6 +176,19 @@ def test_a_label_file_saved_as_latin1_is_one_line_naming_file_and_line_and_exit_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option", ["--labels", "--class-index"])
+def test_a_label_file_saved_as_utf16_without_a_byte_order_mark_is_one_line_and_exit_2(tmp_path: Path, option: str) -> None:
+    # ASCII text in UTF-16 is valid UTF-8 with a NUL byte after every character: it was read as names holding NULs
+    root = touch(tmp_path / "v", "Zoo/a.mp4")
+    label_file = tmp_path / "labels.txt"
+    label_file.write_bytes(("path,label\nZoo/a.mp4,Zoo\n" if option == "--labels" else "1 Zoo\n").encode("utf-16-le"))
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", root, "--out", out, option, label_file)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: {label_file}:1: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8"
+    assert not out.exists()
+
+
 def test_a_labels_file_with_a_header_alone_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
     root = touch(tmp_path / "v", "a.mp4")
     header = tmp_path / "labels.csv"
