@@ -20,6 +20,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from flowprep.format import video_id
 
@@ -48,6 +49,14 @@ def _nfc(key: str) -> str:
     """One spelling of a name: files copied from macOS keep its decomposed accents (NFD) while a label file
     typed or generated elsewhere is composed (NFC); on Linux those are two names. Keys compare in NFC."""
     return unicodedata.normalize("NFC", key)
+
+
+def index_spelling(classes: Sequence[str]) -> Callable[[str], str]:
+    """``spell(name)``: a class folder's name as the class index spells it when the two differ only in their
+    Unicode form (a folder macOS wrote decomposed, an index typed composed, or the other way round); any other
+    name as it is."""
+    spelling = {_nfc(c): c for c in classes}
+    return lambda name: spelling.get(_nfc(name), name)
 
 
 def detect(path: Path) -> str:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import unicodedata
 from pathlib import Path
 from typing import Callable, Sequence
 
 from flowprep.format import VIDEO_EXTENSIONS, video_id as video_id_of
-from flowprep.extract.labels import check_utf8, read_labels
+from flowprep.extract.labels import check_utf8, index_spelling, read_labels
 from flowprep.extract.writer import VideoMeta
 
 _LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
@@ -163,9 +162,8 @@ def plan_videos(
         names = _names_from_folders(sources, layout, root, warn)
     if class_index is not None:
         classes = read_class_index(class_index)
-        # a folder name macOS wrote decomposed (NFD) is the index's class typed composed (NFC), and the other way round
-        spelling = {unicodedata.normalize("NFC", c): c for c in classes}
-        names = {s: spelling.get(unicodedata.normalize("NFC", n), n) for s, n in names.items()}
+        spell = index_spelling(classes)  # a folder macOS named decomposed (NFD) is the index's class typed composed
+        names = {s: spell(n) for s, n in names.items()}
     found = sort_classes({n for n in names.values() if n})
     if class_index is not None:
         for c in found:

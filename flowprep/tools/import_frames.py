@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,6 +21,7 @@ from flowprep.config import FlowConfig, StorageConfig
 from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
+from flowprep.extract.labels import index_spelling
 from flowprep.extract import verify as verify_mod
 from flowprep.extract.reader import sort_classes
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
@@ -85,11 +85,11 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
 
     root, out = Path(root), Path(out)
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled)
-    if classes is not None:  # a folder name macOS wrote decomposed (NFD) is the index's class typed composed (NFC)
-        spelling = {unicodedata.normalize("NFC", c): c for c in classes}
+    if classes is not None:  # a folder macOS named decomposed (NFD) is the index's class typed composed, as in extract
+        spell = index_spelling(classes)
         for v in videos:
             if v.class_name:
-                v.class_name = spelling.get(unicodedata.normalize("NFC", v.class_name), v.class_name)
+                v.class_name = spell(v.class_name)
     found = sort_classes({v.class_name for v in videos if v.class_name})
     classes = list(classes) if classes is not None else found
     problems += [f"{v.video_id}: class {v.class_name!r} is not in the class index" for v in videos
@@ -218,7 +218,7 @@ def write_shard(job: ShardJob) -> dict:
             os.fsync(fh.fileno())
     except BaseException:
         if inode is not None and _same_file(tmp, inode) and not _orphaned(job):
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
     return {"name": job.name, "size": final.stat().st_size, "sha256": mf.file_digest(final),
