@@ -150,7 +150,7 @@ def plan_videos(
                            f"name it: rename it ({len(undecodable)} such path(s))")
     problems: list[str] = []
     if labels:
-        names = _names_from_labels(sources, [Path(p) for p in labels], problems, warn)
+        names = names_from_labels(sources, [Path(p) for p in labels], problems, warn)
     elif unlabelled or (layout is None and all("/" not in s for s in sources)):
         if not unlabelled:
             warn(f"note: the {len(sources)} videos sit at the top of {root}, in no class folders: extracting them "
@@ -221,8 +221,11 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
     return {s: s.split("/", 1)[0] for s in sources}
 
 
-def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str],
-                       warn: Callable[[str], None]) -> dict[str, str]:
+def names_from_labels(sources: list[str], paths: list[Path], problems: list[str], warn: Callable[[str], None], *,
+                      under: str = "--videos", doing: str = "extracting") -> dict[str, str]:
+    """{source: class name ("" for a row without a label)} from ``--labels`` files; problems (a video not in them, a
+    generic CSV's row naming a video not ``under`` the input folder) are appended, notes go to ``warn``. Also
+    ``import-frames --labels``, whose sources are video folders (``under`` "--frames", ``doing`` "importing")."""
     try:
         table = read_labels(paths, labels=False)  # rows without a label: Kinetics' test CSV, SSv2's test JSON
     except (OSError, ValueError) as exc:
@@ -238,11 +241,11 @@ def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str
         unlabelled += row.class_name is None
         used.add(table.key_of(source))
     if unlabelled:
-        warn(f"note: {unlabelled} video(s) have no label in the labels file(s) (a test split): extracting them "
+        warn(f"note: {unlabelled} video(s) have no label in the labels file(s) (a test split): {doing} them "
              "unlabelled (label -1)")
     missing = sorted(set(table.rows) - used)
     if missing and table.kind == "csv":
-        problems += [f"{table.rows[key].where}: names {key!r}, which is not under --videos" for key in missing]
+        problems += [f"{table.rows[key].where}: names {key!r}, which is not under {under}" for key in missing]
     elif missing:  # Kinetics and SSv2 downloads always miss some videos: say how many
-        warn(f"note: {len(missing)} of the {len(table.rows)} videos in the labels file(s) are not under --videos")
+        warn(f"note: {len(missing)} of the {len(table.rows)} videos in the labels file(s) are not under {under}")
     return names
