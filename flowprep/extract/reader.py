@@ -215,10 +215,24 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
                            "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
                            "by these names anyway")
-    if len(tops) == 1 and all(s.count("/") >= 2 for s in sources):  # UCF-101.rar unpacks into UCF-101/<Class>/
-        warn(f"note: every video sits under the one folder {next(iter(tops))!r}, so all get that one class; if it "
-             f"holds the class folders, give --videos {Path(root) / next(iter(tops))}")
+    note = one_folder_note(sources, root)
+    if note:
+        warn(note)
     return {s: s.split("/", 1)[0] for s in sources}
+
+
+def one_folder_note(paths: Sequence[str], root: str | Path, *, option: str = "--videos", what: str = "video",
+                    so: str = "so all get that one class") -> str | None:
+    """The note for an input folder given one level too high: every path (relative to ``root``, at least
+    ``<top>/<Class>/<video>``) under one top folder, as UCF-101.rar unpacks into UCF-101/<Class>/. It says what
+    that does (``so``) and names the folder to give instead (``option``). None when the paths spread out.
+    ``extract`` (videos: all of that one class) and ``import-frames`` (video folders: ids that start with it)."""
+    tops = {p.split("/", 1)[0] for p in paths}
+    if len(tops) != 1 or not all(p.count("/") >= 2 for p in paths):
+        return None
+    (top,) = tops
+    return (f"note: every {what} sits under the one folder {top!r}, {so}; if it holds the class folders, give "
+            f"{option} {Path(root) / top}")
 
 
 def names_from_labels(sources: list[str], paths: list[Path], problems: list[str], warn: Callable[[str], None], *,

@@ -21,11 +21,14 @@ from flowprep.config import FlowConfig, StorageConfig
 from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
-from flowprep.extract.labels import index_spelling
+from flowprep.extract.labels import ROLES, index_spelling
 from flowprep.extract import verify as verify_mod
 from flowprep.extract.reader import sort_classes
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 from flowprep.tools.frames import LAYOUTS, FramesError, FrameVideo, scan
+
+
+_SPLITS = set().union(*ROLES.values())  # train/, val/, test/ ...: a split folder above the class folders
 
 
 def _read_jpeg(path: Path, mode: int) -> tuple[bytes, np.ndarray]:
@@ -91,6 +94,11 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     if labels and unlabelled:
         raise FramesError("give --labels or --unlabelled, not both")
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled, by_folder=bool(labels))
+    if not (labels or unlabelled) and not any(v.video_id.split("/", 1)[0].lower() in _SPLITS for v in videos):
+        note = reader.one_folder_note([v.video_id for v in videos], root, option="--frames", what="video folder",
+                                      so="so every video id starts with it and lists of <Class>/<video> select none")
+        if note:  # train/<Class>/<video>/ (a split folder above the classes) is a layout of its own: no note
+            notes.append(note)
     if labels:  # the class of each video folder from the file (extract --labels' ids have no class folder)
         names = reader.names_from_labels([v.video_id for v in videos], [Path(p) for p in labels], problems,
                                          notes.append, under="--frames", doing="importing")

@@ -258,6 +258,20 @@ def test_the_round_trip_of_shards_labelled_by_a_file_keeps_their_ids_and_labels(
     assert not (tmp_path / "no").exists()
 
 
+def test_frames_given_one_folder_too_high_get_extracts_note_naming_the_folder_to_give(tmp_path: Path) -> None:
+    # imported without a word once: every id started with "rawframes/", so UCF-101's lists selected no video
+    mmaction(tmp_path / "data" / "rawframes", {"Jump/v_Jump_g01_c01": 2, "Run/v_Run_g01_c01": 2})
+    result = invoke("import-frames", "--frames", tmp_path / "data", "--out", tmp_path / "high", "--layout", "mmaction")
+    assert result.exit_code == 0, result.output
+    assert ("note: every video folder sits under the one folder 'rawframes', so every video id starts with it and "
+            f"lists of <Class>/<video> select none; if it holds the class folders, give --frames "
+            f"{tmp_path / 'data' / 'rawframes'}") in result.output.splitlines()
+    for frames in (tmp_path / "data" / "rawframes", mmaction(tmp_path / "split", {"train/Jump/v_Jump_g01_c01": 2})):
+        result = invoke("import-frames", "--frames", frames, "--out", tmp_path / frames.name / "out", "--layout",
+                        "mmaction")  # the dataset root, and a split folder above the classes: no note
+        assert result.exit_code == 0 and "note:" not in result.output, result.output
+
+
 def test_export_into_a_folder_that_holds_files_is_refused_and_writes_nothing(tmp_path: Path) -> None:
     frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
     shards = tmp_path / "shards"
