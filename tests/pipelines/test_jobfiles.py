@@ -200,13 +200,28 @@ def test_dockerfile_base_user_entrypoint() -> None:
     ins = dockerfile_instructions()
     assert [rest for kw, rest in ins if kw == "FROM"] == ["python:3.11-slim"]
     entrypoints = [json.loads(rest) for kw, rest in ins if kw == "ENTRYPOINT"]
-    assert entrypoints[-1] == ["flowprep"], "ENTRYPOINT must be the exec form [\"flowprep\"]"
+    assert entrypoints[-1][-1] == "flowprep", "ENTRYPOINT must be the exec form ending in \"flowprep\""
     users = [rest for kw, rest in ins if kw == "USER"]
     assert users, "the image must not run as root"
     user = users[-1].split(":")[0]
     assert user.isdigit() and int(user) != 0, f"USER must be a numeric non-root uid (runAsNonRoot checks it), got {user}"
     last_user_at = max(i for i, (kw, _) in enumerate(ins) if kw == "USER")
     assert all(kw != "RUN" for kw, _ in ins[last_user_at:]), "nothing may run as root after USER"
+
+
+def test_dockerfile_runs_flowprep_under_debians_tini_and_the_docs_pass_init_with_an_entrypoint_override() -> None:
+    """flowprep as PID 1 reaped no orphaned process (zombies) and got only the signals it handles; tini, from
+    Debian's packages (the base image's), runs as PID 1 and passes SIGTERM on to flowprep."""
+    ins = dockerfile_instructions()
+    (entrypoint,) = [json.loads(rest) for kw, rest in ins if kw == "ENTRYPOINT"]  # exec form: JSON
+    assert entrypoint == ["/usr/bin/tini", "--", "flowprep"]
+    installs = [i for i, (kw, rest) in enumerate(ins) if kw == "RUN" and "apt-get install" in rest]
+    assert len(installs) == 1 and "tini" in shlex.split(ins[installs[0]][1].replace("&&", " "))
+    assert "apt-get update" in ins[installs[0]][1] and "rm -rf /var/lib/apt/lists/*" in ins[installs[0]][1]
+    assert installs[0] < min(i for i, (kw, _) in enumerate(ins) if kw == "USER"), "apt-get runs as root"
+    code = markdown_code((PIPELINES / "README.md").read_text()) + markdown_code((ROOT / "README.md").read_text())
+    overrides = [line for line in logical_lines(code) if line.lstrip().startswith("docker run") and "--entrypoint" in line]
+    assert overrides and all(" --init " in line for line in overrides), overrides
 
 
 def test_dockerfile_copies_what_pip_install_needs_and_dockerignore_keeps_it() -> None:
