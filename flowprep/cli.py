@@ -305,7 +305,8 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
                 summary = runner.run_extract(videos_root=videos, out=out, videos=metas, classes=classes, flow=flow,
                                              decode=decode, storage=storage, workers=workers, task_index=task.index,
                                              task_count=task.count, backend=jobs_backend, progress=progress,
-                                             inputs_sha256=manifest.inputs_digest(weights), retry_failed=retry_failed,
+                                             inputs_sha256=manifest.inputs_digest(weights), inputs_num_videos=total,
+                                             retry_failed=retry_failed,
                                              check=check, flow_batch=flow_batch, flow_timeout_s=flow_timeout_s)
         except (reader.DatasetError, runner.RunConflict, manifest.ManifestError, dask_cluster.BackendUsageError) as exc:
             raise RunError(str(exc)) from exc
@@ -351,10 +352,11 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
     """Check that OUT is complete and intact: every manifest part, shard size, sha256, video and dataset.
 
     Exit status 0 only when complete and intact, 1 otherwise ("incomplete: N of M videos" after an
-    interrupted run; a damaged shard is named with the video and the field or attribute that is wrong:
-    rerun the same `flowprep extract` command, with --check, to repair it), 2 when OUT is not a readable
-    folder, 75 when reading a file in it failed (I/O error, permission denied; one line). Videos that
-    could not be decoded are listed but do not make it fail.
+    interrupted run; "incomplete: 2 of 4 tasks have not finished (tasks 1, 3); N of M videos done" for an
+    array run; a damaged shard is named with the video and the field or attribute that is wrong: rerun the
+    same `flowprep extract` command, with --check, to repair it), 2 when OUT is not a readable folder, 75
+    when reading a file in it failed (I/O error, permission denied; one line). Videos that could not be
+    decoded are listed but do not make it fail.
     """
     try:
         report = verify_mod.verify_output(out, progress=progress)

@@ -3,7 +3,8 @@
 - generic CSV: ``path,label[,split]`` per row (a header row ``path,label,...`` is optional); ``path`` is
   relative to ``--videos`` (with or without extension), ``label`` a class name;
 - Kinetics-400/600/700: the official CSV ``label,youtube_id,time_start,time_end,split``; a video file is
-  matched by the common name ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4``;
+  matched by the common name ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (times in whole seconds,
+  written ``15`` or ``15.0``);
 - Something-Something v2: the official JSON list of ``{"id", "template", ...}``; a video file is matched by
   its name ``<id>.webm``, its class is the template without brackets ("Putting something on a surface").
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,20 @@ def _generic(path: Path, table: LabelTable, labels: bool) -> None:
             _add(table, video_id(fields[0].strip()), LabelRow(fields[1].strip(), split, where))
 
 
+_WHOLE_SECONDS = re.compile(r"[0-9]+(?:\.0*)?")
+
+
+def _seconds(text: str | None) -> int:
+    """A Kinetics time as the file names write it: whole seconds, given as ``15`` or as ``15.0`` (some mirrors of
+    the CSVs). ``15.5``, ``nan``, ``-5``, ``1e1`` or no number at all is a ValueError; a missing field (a short
+    row) a TypeError."""
+    if text is None:
+        raise TypeError("no such field")
+    if not _WHOLE_SECONDS.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not a whole number of seconds")
+    return int(text.strip().split(".")[0])
+
+
 def _kinetics(path: Path, table: LabelTable, labels: bool) -> None:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -135,9 +151,10 @@ def _kinetics(path: Path, table: LabelTable, labels: bool) -> None:
         for lineno, row in enumerate(reader, 2):
             where = f"{path.name}:{lineno}"
             try:
-                key = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+                key = f"{row['youtube_id']}_{_seconds(row['time_start']):06d}_{_seconds(row['time_end']):06d}"
             except (TypeError, ValueError):
-                table.problems.append(f"{where}: expected integer time_start and time_end, got {row}")
+                table.problems.append(f"{where}: expected whole seconds (12 or 12.0) in time_start and time_end, "
+                                      f"got {row}")
                 continue
             label = (row.get("label") or "").strip()
             if not label and not labels:

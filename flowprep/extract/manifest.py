@@ -268,9 +268,12 @@ def shard_file_problem(path: Path, entry: dict[str, Any], *, digest: bool = True
 
 
 def failure_paths(path: Path) -> set[str]:
-    """Paths already in failures.jsonl; a line a crash cut short does not count (it is logged again)."""
+    """Paths already in failures.jsonl; a line a crash cut short does not count (it is logged again).
+
+    The log is UTF-8 whatever the locale; a line cut inside a character is undecodable like any cut line. Lines
+    end at "\n" only: JSON text may hold U+2028 or U+0085 unescaped, which ``str.splitlines`` would split at."""
     logged = set()
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if path.exists() else []:
         try:
             logged.add(json.loads(line)["path"])
         except json.JSONDecodeError:
@@ -279,12 +282,20 @@ def failure_paths(path: Path) -> set[str]:
 
 
 def append_failure(path: Path, record: dict[str, str]) -> None:
-    """Append one JSON line with a single write(), so that the tasks of an array run do not interleave."""
-    line = json.dumps(record) + "\n"
+    """Append one JSON line with a single write(), so that the tasks of an array run do not interleave.
+
+    Names are written as UTF-8 text (``é``, ``動画``, not ``\\u00e9``), so that grep finds a file name in the log.
+    A name that is not UTF-8 (a lone surrogate: the bytes Python could not decode; extract refuses such paths
+    before planning) is written as JSON escapes instead, so that the log stays valid UTF-8 JSON."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        data = (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        data = (json.dumps(record) + "\n").encode("ascii")
     with open(path, "ab") as f:
         if f.tell() and not _ends_with_newline(path):
-            line = "\n" + line  # end the line a killed run left unfinished
-        f.write(line.encode())
+            data = b"\n" + data  # end the line a killed run left unfinished
+        f.write(data)
 
 
 def _ends_with_newline(path: Path) -> bool:

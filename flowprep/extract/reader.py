@@ -150,7 +150,7 @@ def plan_videos(
                            f"name it: rename it ({len(undecodable)} such path(s))")
     problems: list[str] = []
     if labels:
-        names = _names_from_labels(sources, [Path(p) for p in labels], problems, warn)
+        names = names_from_labels(sources, [Path(p) for p in labels], problems, warn)
     elif unlabelled or (layout is None and all("/" not in s for s in sources)):
         if not unlabelled:
             warn(f"note: the {len(sources)} videos sit at the top of {root}, in no class folders: extracting them "
@@ -215,14 +215,31 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
                            "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
                            "by these names anyway")
-    if len(tops) == 1 and all(s.count("/") >= 2 for s in sources):  # UCF-101.rar unpacks into UCF-101/<Class>/
-        warn(f"note: every video sits under the one folder {next(iter(tops))!r}, so all get that one class; if it "
-             f"holds the class folders, give --videos {Path(root) / next(iter(tops))}")
+    note = one_folder_note(sources, root)
+    if note:
+        warn(note)
     return {s: s.split("/", 1)[0] for s in sources}
 
 
-def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str],
-                       warn: Callable[[str], None]) -> dict[str, str]:
+def one_folder_note(paths: Sequence[str], root: str | Path, *, option: str = "--videos", what: str = "video",
+                    so: str = "so all get that one class") -> str | None:
+    """The note for an input folder given one level too high: every path (relative to ``root``, at least
+    ``<top>/<Class>/<video>``) under one top folder, as UCF-101.rar unpacks into UCF-101/<Class>/. It says what
+    that does (``so``) and names the folder to give instead (``option``). None when the paths spread out.
+    ``extract`` (videos: all of that one class) and ``import-frames`` (video folders: ids that start with it)."""
+    tops = {p.split("/", 1)[0] for p in paths}
+    if len(tops) != 1 or not all(p.count("/") >= 2 for p in paths):
+        return None
+    (top,) = tops
+    return (f"note: every {what} sits under the one folder {top!r}, {so}; if it holds the class folders, give "
+            f"{option} {Path(root) / top}")
+
+
+def names_from_labels(sources: list[str], paths: list[Path], problems: list[str], warn: Callable[[str], None], *,
+                      under: str = "--videos", doing: str = "extracting") -> dict[str, str]:
+    """{source: class name ("" for a row without a label)} from ``--labels`` files; problems (a video not in them, a
+    generic CSV's row naming a video not ``under`` the input folder) are appended, notes go to ``warn``. Also
+    ``import-frames --labels``, whose sources are video folders (``under`` "--frames", ``doing`` "importing")."""
     try:
         table = read_labels(paths, labels=False)  # rows without a label: Kinetics' test CSV, SSv2's test JSON
     except (OSError, ValueError) as exc:
@@ -238,11 +255,11 @@ def _names_from_labels(sources: list[str], paths: list[Path], problems: list[str
         unlabelled += row.class_name is None
         used.add(table.key_of(source))
     if unlabelled:
-        warn(f"note: {unlabelled} video(s) have no label in the labels file(s) (a test split): extracting them "
+        warn(f"note: {unlabelled} video(s) have no label in the labels file(s) (a test split): {doing} them "
              "unlabelled (label -1)")
     missing = sorted(set(table.rows) - used)
     if missing and table.kind == "csv":
-        problems += [f"{table.rows[key].where}: names {key!r}, which is not under --videos" for key in missing]
+        problems += [f"{table.rows[key].where}: names {key!r}, which is not under {under}" for key in missing]
     elif missing:  # Kinetics and SSv2 downloads always miss some videos: say how many
-        warn(f"note: {len(missing)} of the {len(table.rows)} videos in the labels file(s) are not under --videos")
+        warn(f"note: {len(missing)} of the {len(table.rows)} videos in the labels file(s) are not under {under}")
     return names

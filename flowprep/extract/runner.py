@@ -118,6 +118,7 @@ def run_extract(
     chunk_frames: int = 32,
     progress: bool = True,
     inputs_sha256: str | None = None,
+    inputs_num_videos: int | None = None,
     retry_failed: bool = False,
     check: bool = False,
     flow_batch: int = FLOW_BATCH,
@@ -131,7 +132,8 @@ def run_extract(
     with ``BusyError``. A rerun repairs: listed shards that are missing or damaged (size; sha256 with
     ``check``) are extracted again, and failed videos whose file changed (all with ``retry_failed``)
     are tried again. ``inputs_sha256`` records the listing the task planned from (``verify`` compares
-    the tasks' records).
+    the tasks' records); ``inputs_num_videos`` its number of videos, all tasks' together (``verify`` counts
+    what the tasks that never ran would have written).
 
     With ``flow.engine == "torch"`` on local worker processes (``backend`` "loky"), one flow process per
     device solves the flow of every worker (flowprep/torchflow/service.py: batches of up to ``flow_batch``
@@ -156,6 +158,8 @@ def run_extract(
         )
         if inputs_sha256 is not None:
             fresh["inputs_sha256"] = inputs_sha256
+        if inputs_num_videos is not None:
+            fresh["inputs_num_videos"] = inputs_num_videos
         fresh["labels_sha256"] = mf.labels_digest([(v.video_id, v.label, v.class_name) for s in shards for v in s.videos])
         summary = RunSummary(out=out, num_videos=len(videos))
         if lock.took_over:

@@ -27,6 +27,7 @@ class VerifyReport:
     out: str
     complete: bool = False
     num_videos: int = 0  # planned, over the manifest parts present
+    run_num_videos: int | None = None  # planned by all tasks together (inputs_num_videos); None: not recorded
     num_extracted: int = 0
     num_failed: int = 0
     task_count: int | None = None
@@ -183,6 +184,9 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
         if path.name != expected:
             report.problems.append(f"{path.name}: holds task {m['task']['index']} of {m['task']['count']}, expected name {expected}")
     report.missing_tasks = mf.missing_tasks([m for _, m in parts])
+    recorded = {m.get("inputs_num_videos") for _, m in parts} - {None}
+    if len(recorded) == 1 and isinstance(next(iter(recorded)), int):  # parts of older versions do not record it
+        (report.run_num_videos,) = recorded
     listings: dict[str, list[int]] = {}
     for _, m in parts:
         if m.get("inputs_sha256"):
@@ -233,6 +237,24 @@ def verify_output(out: str | Path, *, progress: bool = False) -> VerifyReport:
     return report
 
 
+def _incomplete_line(report: VerifyReport, done: int) -> str:
+    """What is missing: videos for a single run; for an array run, the tasks that have not finished and the
+    videos done out of all tasks' (out of the present tasks' where older parts did not record the total)."""
+    count = report.task_count or 1
+    failed = f" ({report.num_failed} of them failed)" if report.num_failed else ""
+    if count == 1:
+        return f"incomplete: {done} of {report.num_videos} videos"
+    waiting = sorted(set(report.missing_tasks) | set(report.unfinished_tasks))
+    tasks = (f"{len(waiting)} of {count} tasks {'has' if len(waiting) == 1 else 'have'} not finished "
+             f"(task{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))})")
+    if report.run_num_videos is not None:
+        return f"incomplete: {tasks}; {done} of {report.run_num_videos} videos done{failed}"
+    if report.missing_tasks:  # the parts of an older version: how many videos the missing tasks hold is unknown
+        return (f"incomplete: {tasks}; {done} of the {report.num_videos} videos the tasks present planned are done"
+                f"{failed} (manifest parts of older versions do not record how many the missing tasks hold)")
+    return f"incomplete: {tasks}; {done} of {report.num_videos} videos done{failed}"
+
+
 def format_report(report: VerifyReport) -> str:
     lines = [f"problem: {p}" for p in report.problems]
     lines += [f"failed (not extracted): {f['path']}: {f['error']}" for f in report.failures]
@@ -248,7 +270,7 @@ def format_report(report: VerifyReport) -> str:
             "(killed or still running: rerun the same task index to resume it)"
         )
     if not report.complete and report.task_count is not None:  # else no manifest part was read: said above
-        lines.append(f"incomplete: {done} of {report.num_videos} videos" + (" (in the parts present)" if report.missing_tasks else ""))
+        lines.append(_incomplete_line(report, done))
     # a video in two shards, or tasks of different listings, need a new --out (said above): --check does not help
     repairable = [p for p in report.problems if p.split(":", 1)[0] in report.shards and " is also in " not in p]
     if repairable and not any("planned from different input listings" in p for p in report.problems):

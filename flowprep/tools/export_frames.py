@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ from flowprep import format as fmt
 from flowprep.errors import OutPath, RunError, environment_failure
 from flowprep.tools.frames import FramesError
 
+LABELS = "labels.csv"  # path,label rows: what import-frames --labels reads
+
 
 def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmaction", quality: int = 95,
                   progress: bool = False) -> int:
@@ -22,8 +26,11 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
 
     ``OUT/<video_id>/img_00001.jpg`` (the stored JPEG bytes), ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``
     (the uint8 codes as gray JPEGs), ``OUT/rawframes.txt``: ``<video_id> <num_frames> <label>`` per line
-    (0-based labels, mmaction2's rawframe annotation format), and ``OUT/classInd.txt``: the shards' classes
-    in label order ("1 <name>" lines), which ``import-frames --class-index`` takes to keep the labels.
+    (0-based labels, mmaction2's rawframe annotation format), ``OUT/classInd.txt``: the shards' classes
+    in label order ("1 <name>" lines), which ``import-frames --class-index`` takes to keep the label numbers, and
+    ``OUT/labels.csv``: ``path,label`` rows (the video folder, its class name; the generic CSV of
+    ``extract --labels``), which ``import-frames --labels`` takes to keep each video's class and id where the id
+    has no class folder (shards of ``extract --labels``). Unlabelled videos (label -1) are in neither file.
     ``out`` must be new or empty (stale frames of an earlier export would be imported again), and the shards a
     finished run (every manifest part present and complete); when the export fails, what it wrote is removed.
     """
@@ -46,6 +53,9 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
                           f"then export (flowprep verify {shards} says what is missing)")
     classes = manifests[0].get("classes") or []
     lines, params = [], [cv2.IMWRITE_JPEG_QUALITY, quality]
+    rows = io.StringIO()
+    table = csv.writer(rows, lineterminator="\n")
+    table.writerow(["path", "label"])
     created = not out.exists()
     bar = tqdm(total=sum(len(e["videos"]) for m in manifests for e in m["shards"]), unit="video", desc="export",
                disable=not progress, dynamic_ncols=True)
@@ -58,6 +68,8 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
                         _export_video(f[f"{fmt.VIDEOS_GROUP}/{vid}"], out / vid, params)
                         g = f[f"{fmt.VIDEOS_GROUP}/{vid}"]
                         lines.append(f"{vid} {int(g.attrs['num_frames'])} {int(g.attrs['label'])}")
+                        if int(g.attrs["label"]) >= 0:
+                            table.writerow([vid, str(g.attrs["class_name"])])
                         bar.update(1)
         bar.close()
         out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +77,7 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
         if classes:
             (out / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)),
                                               encoding="utf-8")
+            (out / LABELS).write_text(rows.getvalue(), encoding="utf-8")
     except BaseException:
         if out.exists():  # it was new or empty: nothing of the user's is in it
             for child in out.iterdir():
@@ -114,7 +127,8 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
 
     RGB frames are written as stored; flow codes become gray JPEGs (lossy); rawframes.txt lists
     '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
-    classes in label order, for `import-frames --class-index`. When the export fails, what it wrote is
+    classes in label order, for `import-frames --class-index`; labels.csv each labelled video's class, for
+    `import-frames --labels` (ids without class folders, from extract --labels). When the export fails, what it wrote is
     removed. Each shard is checked against the manifest's size and sha256 first. Exit status 2: SHARDS is not
     a finished flowprep output, a shard is missing or damaged, or --out is not empty; 75: reading a shard or
     writing a frame failed (one line).
@@ -127,3 +141,7 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
         raise environment_failure(exc, shards, action="rerun the same command", log=False) from exc
     click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
+    if (out / LABELS).exists():
+        click.echo(f"labels: {out / LABELS} and {out / 'classInd.txt'}; to import the frames with the same labels: "
+                   f"flowprep import-frames --frames {out} --layout {layout} --labels {out / LABELS} --class-index "
+                   f"{out / 'classInd.txt'} --out ...")

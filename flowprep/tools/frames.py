@@ -93,12 +93,14 @@ def _ucf_class(name: str) -> str | None:
     return _UCF_FOLDER_OF.get(m.group("cls"), m.group("cls")) if m else None
 
 
-def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = False,
+def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = False, by_folder: bool = False,
          ) -> tuple[list[FrameVideo], list[str]]:
     """The videos of a frames tree and the problems found (file names only; nothing is decoded).
 
     ``unlabelled``: every class name is "" (label -1); video ids stay as with labels where a UCF-101 name gives
-    one, else the folder's path.
+    one, else the folder's path. ``by_folder`` (labels from a file, ``import-frames --labels``): every video's
+    id is its folder's path, as is (the id ``extract --labels`` gave it), and its class name "" until the
+    labels are looked up.
     """
     root = Path(root)
     if layout not in LAYOUTS:
@@ -146,7 +148,9 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = 
             problems.append(f"{root}: frames at the top of --frames; expected one folder per video")
             continue
         cls = _class_of(folder, name)
-        if unlabelled:
+        if by_folder:
+            cls, video_id = "", folder
+        elif unlabelled:
             cls, ucf = "", _ucf_class(name)
             video_id = folder if "/" in folder or not ucf else f"{ucf}/{name}"
         elif cls is None:
@@ -175,7 +179,7 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = 
         if rgb and len(frames) != len(u) + 1:
             problems.append(where + f"{len(frames)} RGB frames for {len(u)} flow frames, expected {len(u) + 1} "
                                     "(or pass --no-rgb)")
-        if not unlabelled:
+        if not (unlabelled or by_folder):
             video_id = folder if "/" in folder else f"{cls}/{name}"
         videos.append(FrameVideo(video_id, cls, [p for _, p in u], [p for _, p in v], [p for _, p in frames]))
     if not videos and not problems:

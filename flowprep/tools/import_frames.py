@@ -21,11 +21,14 @@ from flowprep.config import FlowConfig, StorageConfig
 from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
-from flowprep.extract.labels import index_spelling
+from flowprep.extract.labels import ROLES, index_spelling
 from flowprep.extract import verify as verify_mod
 from flowprep.extract.reader import sort_classes
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 from flowprep.tools.frames import LAYOUTS, FramesError, FrameVideo, scan
+
+
+_SPLITS = set().union(*ROLES.values())  # train/, val/, test/ ...: a split folder above the class folders
 
 
 def _read_jpeg(path: Path, mode: int) -> tuple[bytes, np.ndarray]:
@@ -68,11 +71,14 @@ def _video_arrays(video: FrameVideo) -> Iterator[np.ndarray]:
 
 def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: float, classes: Sequence[str] | None = None,
                   rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0, unlabelled: bool = False,
-                  progress: bool = False, notes: list[str] | None = None, workers: int = 1) -> dict:
+                  progress: bool = False, notes: list[str] | None = None, workers: int = 1,
+                  labels: Sequence[str | Path] = ()) -> dict:
     """Write the frames under ``root`` as shards into ``out``; resumable, like ``flowprep extract``.
 
     Returns the manifest. ``classes`` (a class index's order) else the sorted class names found;
-    ``unlabelled``: label -1 and no class name for every video (test frames). Problems found by the scan
+    ``unlabelled``: label -1 and no class name for every video (test frames); ``labels``: label files as for
+    ``extract --labels`` (e.g. the labels.csv that export-frames writes), keyed by the video folder's path, which
+    is then the video id as it is. Problems found by the scan
     write nothing. Each shard is listed in the manifest (``complete`` false) once it is whole, so a rerun of
     the same import after a crash, a kill or a frame that turned out bad while writing keeps the finished
     shards (checked by sha256, as the import's own verify reads them all anyway; one missing or damaged is
@@ -84,7 +90,20 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     from flowprep.extract.lock import SUFFIX, OutputLock
 
     root, out = Path(root), Path(out)
-    videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled)
+    notes = notes if notes is not None else []
+    if labels and unlabelled:
+        raise FramesError("give --labels or --unlabelled, not both")
+    videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled, by_folder=bool(labels))
+    if not (labels or unlabelled) and not any(v.video_id.split("/", 1)[0].lower() in _SPLITS for v in videos):
+        note = reader.one_folder_note([v.video_id for v in videos], root, option="--frames", what="video folder",
+                                      so="so every video id starts with it and lists of <Class>/<video> select none")
+        if note:  # train/<Class>/<video>/ (a split folder above the classes) is a layout of its own: no note
+            notes.append(note)
+    if labels:  # the class of each video folder from the file (extract --labels' ids have no class folder)
+        names = reader.names_from_labels([v.video_id for v in videos], [Path(p) for p in labels], problems,
+                                         notes.append, under="--frames", doing="importing")
+        for v in videos:
+            v.class_name = names.get(v.video_id, "")
     if classes is not None:  # a folder macOS named decomposed (NFD) is the index's class typed composed, as in extract
         spell = index_spelling(classes)
         for v in videos:
@@ -107,7 +126,6 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
         "versions": {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "h5py": h5py.__version__,
                      "numpy": np.__version__},
     }
-    notes = notes if notes is not None else []
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     manifest_path, manifest = out / fmt.SINGLE_MANIFEST, None
@@ -305,6 +323,10 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCF-101 classInd.txt (export-frames writes one): labels follow its order.  [default: sorted "
                    "class names, by number when all are numbers]")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="Label file(s) as for extract --labels, e.g. the labels.csv export-frames writes ('path,label' "
+                   "rows, path = the video folder under --frames): classes from the file, video ids the folders' "
+                   "paths as they are.  [default: the class is the folder holding the video's]")
 @click.option("--unlabelled", is_flag=True,
               help="Import without labels: label -1 and no class name (test frames; folders need no class).")
 @click.option("--no-rgb", is_flag=True, help="Import the flow alone (no RGB frames, or RGB frames of another size).")
@@ -317,8 +339,9 @@ def _write_video(f: h5py.File, video: FrameVideo, label: int, *, bound: float, r
 @click.option("--progress/--no-progress", default=None, show_default=False,
               help="Show a progress bar over videos (on stderr), moving as shards finish.  [default: when stderr is "
                    "a terminal]")
-def import_frames_command(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None, unlabelled: bool,
-                  no_rgb: bool, videos_per_shard: int, fps: float, workers: int | None, progress: bool | None) -> None:
+def import_frames_command(frames: Path, out: Path, layout: str, bound: float, class_index: Path | None,
+                          labels: tuple[Path, ...], unlabelled: bool, no_rgb: bool, videos_per_shard: int, fps: float,
+                          workers: int | None, progress: bool | None) -> None:
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
@@ -334,7 +357,7 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
         manifest = import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
                                  videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled,
                                  progress=sys.stderr.isatty() if progress is None else progress, notes=notes,
-                                 workers=workers or len(os.sched_getaffinity(0)))
+                                 workers=workers or len(os.sched_getaffinity(0)), labels=labels)
     except (FramesError, reader.DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:

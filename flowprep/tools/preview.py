@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,7 @@ import cv2
 import h5py
 import numpy as np
 
-from flowprep.errors import FiniteFloat, OutPath, environment_failure
+from flowprep.errors import FiniteFloat, OutPath, RunError, environment_failure
 from flowprep.format import ManifestError, dequantize, manifest_paths, read_manifest, video_id as video_id_of
 from flowprep.tools.hsv import flow_to_rgb, legend
 
@@ -29,6 +30,22 @@ FORMATS = (".png", ".gif", ".mp4")
 
 class PreviewError(ValueError):
     """Bad input (folder, video id): reported to the user as one line."""
+
+
+class OutError(PreviewError):
+    """An --out the command cannot write (a name it does not support, a missing or unwritable folder): a usage
+    error, found before any shard is read."""
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``out`` that cannot become a picture before any work: a suffix other than .png/.gif/.mp4, a folder
+    that does not exist, one this process may not write into."""
+    if out.suffix.lower() not in FORMATS:
+        raise OutError(f"expected --out ending in {', '.join(FORMATS)}, got {out.name}")
+    if not out.parent.is_dir():
+        raise OutError(f"expected an existing folder for --out, got {out.parent}: no such folder")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise OutError(f"cannot write into {out.parent}: permission denied ({out})")
 
 
 @dataclass(frozen=True)
@@ -220,10 +237,7 @@ def write_preview(
 ) -> dict:
     """Render ``video_id`` from the shard folder ``root`` into ``out`` (.png, .gif or .mp4)."""
     out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise PreviewError(f"expected --out ending in {', '.join(FORMATS)}, got {out.name}")
-    if not out.parent.is_dir():
-        raise PreviewError(f"expected an existing folder for --out, got {out.parent}")
+    check_out(out)
     still = out.suffix.lower() == ".png"
     video = load_video(root, video_id, frames=(8 if frames is None else frames) if still else frames)
     max_flow = max_flow or auto_max_flow(video.flow)
@@ -237,6 +251,9 @@ def write_preview(
             write = write_gif if out.suffix.lower() == ".gif" else write_mp4
             write(images, out, fps=fps or min(video.fps, 10.0))
             size = images[0].shape[:2]
+    except PermissionError as exc:  # checked before, unless the folder's permissions changed since
+        out.unlink(missing_ok=True)
+        raise OutError(f"cannot write into {out.parent}: permission denied ({exc.filename or out})") from None
     except BaseException:  # a full disk, Ctrl-C: no picture cut short is left behind
         out.unlink(missing_ok=True)
         raise
@@ -266,11 +283,14 @@ def preview_command(
     brightness = magnitude, full at --max-flow; see the colour wheel on the right.
     VIDEO_ID is the path under the videos folder without extension, e.g. MoveLeft/v_MoveLeft_g01_c01.
     An id that starts with '-' (Kinetics' YouTube ids) goes last, after '--': ... --out x.png -- -VtLx-mcPds_000012_000022
-    Exit status 1: bad input (folder, video id, a damaged shard; one line); 75: writing --out failed (disk
+    Exit status 1: bad input (folder, video id, a damaged shard; one line); 2: an --out it cannot write (another
+    suffix, a missing folder, permission denied; one line, before any work); 75: writing --out failed (disk
     full, I/O error; one line, nothing left behind).
     """
     try:
         info = write_preview(shards, video_id, out, frames=frames, max_flow=max_flow, fps=fps)
+    except OutError as e:
+        raise RunError(str(e)) from None
     except PreviewError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # PyAV's and Pillow's errors writing --out (disk full, I/O error)

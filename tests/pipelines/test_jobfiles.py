@@ -200,13 +200,28 @@ def test_dockerfile_base_user_entrypoint() -> None:
     ins = dockerfile_instructions()
     assert [rest for kw, rest in ins if kw == "FROM"] == ["python:3.11-slim"]
     entrypoints = [json.loads(rest) for kw, rest in ins if kw == "ENTRYPOINT"]
-    assert entrypoints[-1] == ["flowprep"], "ENTRYPOINT must be the exec form [\"flowprep\"]"
+    assert entrypoints[-1][-1] == "flowprep", "ENTRYPOINT must be the exec form ending in \"flowprep\""
     users = [rest for kw, rest in ins if kw == "USER"]
     assert users, "the image must not run as root"
     user = users[-1].split(":")[0]
     assert user.isdigit() and int(user) != 0, f"USER must be a numeric non-root uid (runAsNonRoot checks it), got {user}"
     last_user_at = max(i for i, (kw, _) in enumerate(ins) if kw == "USER")
     assert all(kw != "RUN" for kw, _ in ins[last_user_at:]), "nothing may run as root after USER"
+
+
+def test_dockerfile_runs_flowprep_under_debians_tini_and_the_docs_pass_init_with_an_entrypoint_override() -> None:
+    """flowprep as PID 1 reaped no orphaned process (zombies) and got only the signals it handles; tini, from
+    Debian's packages (the base image's), runs as PID 1 and passes SIGTERM on to flowprep."""
+    ins = dockerfile_instructions()
+    (entrypoint,) = [json.loads(rest) for kw, rest in ins if kw == "ENTRYPOINT"]  # exec form: JSON
+    assert entrypoint == ["/usr/bin/tini", "--", "flowprep"]
+    installs = [i for i, (kw, rest) in enumerate(ins) if kw == "RUN" and "apt-get install" in rest]
+    assert len(installs) == 1 and "tini" in shlex.split(ins[installs[0]][1].replace("&&", " "))
+    assert "apt-get update" in ins[installs[0]][1] and "rm -rf /var/lib/apt/lists/*" in ins[installs[0]][1]
+    assert installs[0] < min(i for i, (kw, _) in enumerate(ins) if kw == "USER"), "apt-get runs as root"
+    code = markdown_code((PIPELINES / "README.md").read_text()) + markdown_code((ROOT / "README.md").read_text())
+    overrides = [line for line in logical_lines(code) if line.lstrip().startswith("docker run") and "--entrypoint" in line]
+    assert overrides and all(" --init " in line for line in overrides), overrides
 
 
 def test_dockerfile_copies_what_pip_install_needs_and_dockerignore_keeps_it() -> None:
@@ -598,6 +613,43 @@ for name in json.loads({json.dumps(json.dumps(contents))})[pathlib.Path(archive)
     assert sorted(p.relative_to(data / "videos").as_posix() for p in (data / "videos").rglob("*") if p.is_file()) == [
         "brush_hair/a_0.avi", "cartwheel/b_0.avi"]
     assert (data / "testTrainMulti_7030_splits" / "brush_hair_test_split1.txt").is_file()
+
+
+def test_hmdb51_recipe_drops_the_failed_videos_from_all_three_lists_as_the_ucf101_recipe_does(tmp_path) -> None:
+    """Step 3 of hmdb51.md as written: the lists from the split files, then the failed videos dropped (the recipe
+    had no such step: its --test-list named the official files, failed videos and all, which the trainer refuses)."""
+    from media import random_frames, write_video
+
+    from trainer.data.lists import read_video_list
+    from trainer.data.shards import index_shards
+
+    videos = tmp_path / "videos"
+    for k, name in enumerate(("brush_hair/a_0.avi", "brush_hair/a_1.avi", "cartwheel/b_1.avi")):
+        write_video(videos / name, random_frames(4, 32, 32, seed=k), codec="mpeg4")
+    (videos / "cartwheel/b_0.avi").write_bytes(b"not a video")  # a test video that fails
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("a_0.avi 1 \r\na_1.avi 2 \r\n")  # as shipped: CRLF
+    (splits / "cartwheel_test_split1.txt").write_text("b_0.avi 2 \r\nb_1.avi 1 \r\n")
+    extract = ["extract", "--videos", str(videos), "--out", str(tmp_path / "shards"), "--layout", "hmdb51",
+               "--method", "farneback", "--workers", "1", "--no-progress"]
+    assert CliRunner().invoke(flowprep_cli, extract).exit_code == 1  # done, one video failed
+    blocks = re.findall(r"```bash\n(.*?)```", (PIPELINES / "hmdb51.md").read_text(), re.S)
+    steps = [b for b in blocks if "splits/trainval1.txt" in b or "failed.txt" in b]
+    assert len(steps) == 2
+    for step in steps:
+        run = subprocess.run(["bash", "-e", "-c", step], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    out = tmp_path / "splits"
+    assert (out / "failed.txt").read_text() == "cartwheel/b_0.avi\n"
+    assert (out / "test1.txt").read_text() == "brush_hair/a_1.avi\n"
+    assert (out / "train1.txt").read_text() + (out / "val1.txt").read_text() in (
+        "brush_hair/a_0.avi\ncartwheel/b_1.avi\n", "cartwheel/b_1.avi\nbrush_hair/a_0.avi\n")
+    index = index_shards(tmp_path / "shards")
+    assert [v.video_id for v in read_video_list(out / "test1.txt", index)] == ["brush_hair/a_1"]  # refused with b_0
+    evaluate = [inv for inv in shell_invocations(markdown_code((PIPELINES / "hmdb51.md").read_text()), "hmdb51.md")
+                if inv.command == "evaluate"]
+    assert [option_value(inv, "--test-list") for inv in evaluate] == ["splits/test1.txt"]
 
 
 # --- exit statuses: the job files retry exactly the retriable ones of flowprep.exits -------------------

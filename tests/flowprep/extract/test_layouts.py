@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from media import random_frames, write_video
 
 from flowprep.cli import main
+from flowprep.extract.labels import read_split
 from flowprep.extract.reader import DatasetError, plan_videos
 from flowprep.extract.verify import verify_output
 
@@ -92,6 +93,28 @@ def test_the_official_kinetics_csv_labels_flat_downloads(tmp_path: Path) -> None
     touch(root, "train/unknown_000001_000002.mp4")
     with pytest.raises(DatasetError, match="train/unknown_000001_000002.mp4: not in the labels file"):
         plan_videos(root, labels=[csv])
+
+
+def test_kinetics_times_written_as_whole_floats_match_the_files_and_other_numbers_are_refused_per_row(
+    tmp_path: Path
+) -> None:
+    # "95.0" (some mirrors of the CSVs) was refused per row: "expected integer time_start and time_end"
+    root = touch(tmp_path / "k400", "train/-VtLx-mcPds_000012_000022.mp4", "train/0347ZoDXyP0_000095_000105.mp4")
+    csv = tmp_path / "train.csv"
+    csv.write_text('label,youtube_id,time_start,time_end,split\n"air drumming",-VtLx-mcPds,12.0,22.0,train\n'
+                   "abseiling,0347ZoDXyP0,95.,105,train\n")
+    classes, metas = plan_videos(root, labels=[csv])
+    assert [(m.source, m.class_name) for m in metas] == [("train/-VtLx-mcPds_000012_000022.mp4", "air drumming"),
+                                                          ("train/0347ZoDXyP0_000095_000105.mp4", "abseiling")]
+    assert [e.stem for e in read_split(csv, role="train")] == ["-VtLx-mcPds_000012_000022", "0347ZoDXyP0_000095_000105"]
+    garbage = ["12.5", "nan", "inf", "-12", "1e1", "1_2", "twelve", ""]
+    csv.write_text("label,youtube_id,time_start,time_end,split\n" +
+                   "".join(f"abseiling,id{i:09d},{t},22,train\n" for i, t in enumerate(garbage)))
+    with pytest.raises(DatasetError) as e:
+        plan_videos(root, labels=[csv])
+    lines = str(e.value).splitlines()
+    assert [line.split(":", 2)[1] for line in lines[:len(garbage)]] == [str(n) for n in range(2, 2 + len(garbage))]
+    assert all("expected whole seconds (12 or 12.0) in time_start and time_end" in line for line in lines[:len(garbage)])
 
 
 def test_something_something_v2_json_and_its_label_index(tmp_path: Path) -> None:

@@ -50,3 +50,22 @@ def test_failures_log_survives_a_cut_line(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert json.loads(lines[-1]) == {"path": "b.avi", "error": "y"} and len(lines) == 3
     assert mf.failure_paths(log) == {"a.avi", "b.avi"}
+
+
+def test_failures_log_stays_valid_utf8_json_for_any_name_and_reads_back_what_it_wrote(tmp_path: Path) -> None:
+    log = tmp_path / "failures.jsonl"
+    names = ["Café/é_動画.avi",  # UTF-8 text, as written
+             "A/bad_\udcff.avi",  # a byte that is not UTF-8, as os.listdir decodes it (surrogateescape)
+             "A/line\u2028sep\x85.avi"]  # line breaks for str.splitlines, not for JSON lines
+    for name in names:
+        mf.append_failure(log, {"path": name, "error": f"{name} is no video"})
+    text = log.read_bytes().decode("utf-8")  # strict: valid UTF-8 throughout
+    lines = text.split("\n")[:-1]
+    assert [json.loads(line)["path"] for line in lines] == names and "Café/é_動画.avi" in lines[0]
+    assert "\\udcff" in lines[1]  # escaped, the only way JSON in UTF-8 can hold it
+    assert mf.failure_paths(log) == set(names)
+    with open(log, "ab") as f:
+        f.write('{"path": "Café/動'.encode()[:-1])  # a crash in the middle of a character
+    assert mf.failure_paths(log) == set(names)
+    mf.append_failure(log, {"path": "Café/動.avi", "error": "x"})
+    assert mf.failure_paths(log) == set(names) | {"Café/動.avi"}

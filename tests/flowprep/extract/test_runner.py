@@ -102,6 +102,35 @@ def test_failures_are_recorded_once_and_the_run_goes_on(ucf_tree: Path, tmp_path
     assert (out / "failures.jsonl").read_text().splitlines() == lines  # no duplicates across resumes
 
 
+def test_failures_jsonl_names_non_ascii_files_as_utf8_text_that_grep_finds_and_a_rerun_reads(
+    ucf_tree: Path, tmp_path: Path
+) -> None:
+    # written as "Caf\\u00e9/bad_\\u00e9_\\u52d5\\u753b.mp4" once: grep for the file's name found nothing
+    name = "Café/bad_é_動画.mp4"
+    (ucf_tree / "Café").mkdir()
+    (ucf_tree / "Café" / "bad_é_動画.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    assert [f["path"] for f in extract(ucf_tree, out, storage=StorageConfig(videos_per_shard=1)).failures] == [name]
+    data = (out / "failures.jsonl").read_bytes()
+    assert name.encode("utf-8") in data and b"\\u" not in data
+    assert [json.loads(line)["path"] for line in data.decode("utf-8").splitlines()] == [name]
+    def killed_after_the_log_line() -> None:  # the manifest does not list the failure yet: the rerun redoes it
+        m = json.loads((out / "manifest.json").read_text())
+        m.update(failures=[], complete=False)
+        (out / "manifest.json").write_text(json.dumps(m))
+
+    killed_after_the_log_line()
+    again = extract(ucf_tree, out, storage=StorageConfig(videos_per_shard=1))
+    assert (again.processed, [f["path"] for f in again.failures]) == (1, [name])
+    assert (out / "failures.jsonl").read_bytes() == data  # read back as the same name: not logged twice
+    # a log an older version wrote (escapes) names the same file too
+    old = json.dumps({"path": name, "error": "not a readable video"}) + "\n"
+    (out / "failures.jsonl").write_text(old, encoding="ascii")
+    killed_after_the_log_line()
+    extract(ucf_tree, out, storage=StorageConfig(videos_per_shard=1))
+    assert (out / "failures.jsonl").read_text(encoding="ascii") == old
+
+
 def test_resume_keeps_finished_work_and_discards_debris(ucf_tree: Path, tmp_path: Path, read_shards,
                                                           monkeypatch) -> None:
     storage = StorageConfig(videos_per_shard=2)

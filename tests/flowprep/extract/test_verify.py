@@ -193,7 +193,10 @@ def test_array_run_names_missing_tasks(tmp_path: Path) -> None:
     report = verify_output(tmp_path / "out")
     assert not report.ok and report.missing_tasks == [1] and report.problems == []
     text = format_report(report)
-    assert "missing manifest parts: task(s) 1 of 3" in text and "incomplete: 3 of 3 videos (in the parts present)" in text
+    assert "missing manifest parts: task(s) 1 of 3" in text
+    # parts without inputs_num_videos (run_extract called without it, as by older versions): the tasks present
+    assert ("incomplete: 1 of 3 tasks has not finished (task 1); 3 of the 3 videos the tasks present planned are "
+            "done (manifest parts of older versions do not record how many the missing tasks hold)") in text
     _extract(videos, tmp_path / "out", metas=metas[2:3], task_index=1, task_count=3)
     assert verify_output(tmp_path / "out").ok
     # Task 2 killed after it wrote its manifest part, before it finished: named, so that it can be rerun.
@@ -204,6 +207,27 @@ def test_array_run_names_missing_tasks(tmp_path: Path) -> None:
     report = verify_output(tmp_path / "out")
     assert not report.ok and report.unfinished_tasks == [2] and report.missing_tasks == [] and report.problems == []
     assert "unfinished tasks: 2 of 3 (killed or still running: rerun the same task index to resume it)" in format_report(report)
+
+
+def test_an_array_run_whose_tasks_never_ran_says_which_tasks_and_how_many_of_all_videos_are_done(
+    tmp_path: Path
+) -> None:
+    # "incomplete: 4 of 4 videos (in the parts present)" once: every video of the tasks that ran, read as done
+    videos = make_ucf_tree(tmp_path / "videos", classes=("A", "B", "C", "D"), per_class=2, frames=4)
+    out = tmp_path / "out"
+    common = ["extract", "--videos", str(videos), "--out", str(out), "--method", "farneback", "--workers", "1",
+              "--videos-per-shard", "1", "--no-progress", "--task-count", "4"]
+    for task in ("0", "2"):
+        ran = CliRunner().invoke(main, [*common, "--task-index", task])
+        assert ran.exit_code == 0, ran.output
+    result = CliRunner().invoke(main, ["verify", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "incomplete: 2 of 4 tasks have not finished (tasks 1, 3); 4 of 8 videos done" in result.output.splitlines()
+    assert json.loads(CliRunner().invoke(main, ["verify", "--json", str(out)]).output)["run_num_videos"] == 8
+    part = out / mf.manifest_name(task_index=2, task_count=4)  # task 2 killed after it wrote its part
+    part.write_text(json.dumps({**json.loads(part.read_text()), "shards": [], "complete": False}))
+    result = CliRunner().invoke(main, ["verify", str(out)])
+    assert "incomplete: 3 of 4 tasks have not finished (tasks 1, 2, 3); 2 of 8 videos done" in result.output.splitlines()
 
 
 def test_not_a_run(tmp_path: Path) -> None:

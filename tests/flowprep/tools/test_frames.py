@@ -213,6 +213,65 @@ def test_the_round_trip_keeps_classes_of_split_folders_and_the_label_order(tmp_p
     assert labels_of(again) == expected and verify_output(again).ok
 
 
+def test_the_round_trip_of_shards_labelled_by_a_file_keeps_their_ids_and_labels(tmp_path: Path) -> None:
+    # extract --labels gives ids without class folders: the export wrote no label beside them, the import of
+    # clipA/ said "cannot tell its class", and one of batch2/clipC/ took "batch2" for its class
+    from media import random_frames, write_video
+
+    from trainer.data.shards import index_shards
+
+    videos = tmp_path / "videos"
+    for k, name in enumerate(["clipA.mp4", "clipB.mp4", "batch2/clipC.mp4"]):
+        write_video(videos / name, random_frames(4, 24, 32, seed=k))
+    csv = tmp_path / "labels.csv"
+    csv.write_text('path,label\nclipA.mp4,"pushing, then pulling"\nclipB.mp4,waving\nbatch2/clipC.mp4,waving\n',
+                   encoding="utf-8")
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 waving\n2 pushing, then pulling\n", encoding="utf-8")  # not sorted
+    shards = tmp_path / "shards"
+    extracted = invoke("extract", "--videos", videos, "--out", shards, "--labels", csv, "--class-index", index,
+                       "--method", "farneback", "--workers", "1", "--no-progress")
+    assert extracted.exit_code == 0, extracted.output
+    frames = tmp_path / "frames"
+    exported = invoke("export-frames", shards, "--out", frames)
+    assert exported.exit_code == 0, exported.output
+    assert (f"labels: {frames / 'labels.csv'} and {frames / 'classInd.txt'}; to import the frames with the same "
+            f"labels: flowprep import-frames --frames {frames} --layout mmaction --labels {frames / 'labels.csv'} "
+            f"--class-index {frames / 'classInd.txt'} --out ...") in exported.output
+    assert (frames / "labels.csv").read_text(encoding="utf-8") == (
+        'path,label\nbatch2/clipC,waving\nclipA,"pushing, then pulling"\nclipB,waving\n')
+    again = tmp_path / "again"
+    imported = invoke("import-frames", "--frames", frames, "--out", again, "--layout", "mmaction", "--labels",
+                      frames / "labels.csv", "--class-index", frames / "classInd.txt", "--workers", "1")
+    assert imported.exit_code == 0, imported.output
+    before, after = index_shards(shards), index_shards(again)
+    assert after.classes == before.classes == ["waving", "pushing, then pulling"]
+    expected = {"clipA": (1, "pushing, then pulling"), "clipB": (0, "waving"), "batch2/clipC": (0, "waving")}
+    for index_ in (before, after):
+        assert {v: (r.label, r.class_name) for v, r in index_.videos.items()} == expected
+    assert verify_output(again).ok
+    # --labels names each folder: one it does not name is a problem, as for extract (nothing is written)
+    (frames / "labels.csv").write_text("path,label\nclipA,waving\n", encoding="utf-8")
+    refused = invoke("import-frames", "--frames", frames, "--out", tmp_path / "no", "--layout", "mmaction", "--labels",
+                     frames / "labels.csv")
+    assert refused.exit_code == 2 and "Error: batch2/clipC: not in the labels file(s) labels.csv" in refused.output
+    assert not (tmp_path / "no").exists()
+
+
+def test_frames_given_one_folder_too_high_get_extracts_note_naming_the_folder_to_give(tmp_path: Path) -> None:
+    # imported without a word once: every id started with "rawframes/", so UCF-101's lists selected no video
+    mmaction(tmp_path / "data" / "rawframes", {"Jump/v_Jump_g01_c01": 2, "Run/v_Run_g01_c01": 2})
+    result = invoke("import-frames", "--frames", tmp_path / "data", "--out", tmp_path / "high", "--layout", "mmaction")
+    assert result.exit_code == 0, result.output
+    assert ("note: every video folder sits under the one folder 'rawframes', so every video id starts with it and "
+            f"lists of <Class>/<video> select none; if it holds the class folders, give --frames "
+            f"{tmp_path / 'data' / 'rawframes'}") in result.output.splitlines()
+    for frames in (tmp_path / "data" / "rawframes", mmaction(tmp_path / "split", {"train/Jump/v_Jump_g01_c01": 2})):
+        result = invoke("import-frames", "--frames", frames, "--out", tmp_path / frames.name / "out", "--layout",
+                        "mmaction")  # the dataset root, and a split folder above the classes: no note
+        assert result.exit_code == 0 and "note:" not in result.output, result.output
+
+
 def test_export_into_a_folder_that_holds_files_is_refused_and_writes_nothing(tmp_path: Path) -> None:
     frames = mmaction(tmp_path / "rawframes", {"Run/v_Run_g01_c01": 2})
     shards = tmp_path / "shards"

@@ -178,15 +178,50 @@ def test_bad_input_is_one_clear_line(shards: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "x.png")
     msg = preview(str(shards), "MoveRight/v_MoveRight_g1_c01", "--out", out)
     assert "unknown video id" in msg and "did you mean MoveRight/v_MoveRight_g01_c01" in msg
-    msg = preview(str(shards), "MoveRight/v_MoveRight_g01_c01", "--out", str(tmp_path / "x.jpg"))
-    assert "expected --out ending in .png, .gif, .mp4" in msg
     assert "expected manifest.json or manifest-*-of-*.json" in preview(str(tmp_path), "A/v_A", "--out", out)
-    msg = preview(str(shards), "A/v_A", "--out", str(tmp_path / "no" / "x.png"))
-    assert "expected an existing folder for --out" in msg
     (shards / "shard-00000.h5").rename(shards / "moved.h5")
     msg = preview(str(shards), "MoveRight/v_MoveRight_g01_c01", "--out", out)
     assert "the manifest lists MoveRight/v_MoveRight_g01_c01 in shard-00000.h5, but" in msg
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("name, says", [
+    ("x.jpg", "expected --out ending in .png, .gif, .mp4, got x.jpg"),
+    ("x", "expected --out ending in .png, .gif, .mp4, got x"),
+    ("no/x.png", "expected an existing folder for --out, got {tmp}/no: no such folder"),
+])
+def test_an_out_preview_cannot_write_is_a_usage_error_of_one_line_before_any_shard_is_read(
+    shards: Path, tmp_path: Path, name: str, says: str
+) -> None:
+    # exit 1 ("bad input") once: an option value the command cannot use is a usage error, as for every command
+    for root in (shards, tmp_path / "no-shards-here"):  # checked first: the shard folder's own error does not win
+        res = CliRunner().invoke(main, ["preview", str(root), "MoveRight/v_MoveRight_g01_c01", "--out",
+                                        str(tmp_path / name)])
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+        assert res.output == f"Error: {says.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "no").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+
+
+def test_an_out_in_a_folder_without_write_permission_is_a_usage_error_of_one_line(shards: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    cmd = [sys.executable, "-m", "flowprep", "preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
+           str(locked / "x.gif")]
+    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr  # was 75 after rendering: "rerun the same command", forever
+    assert res.stderr.strip() == f"Error: cannot write into {locked}: permission denied ({locked / 'x.gif'})"
+    assert list(locked.iterdir()) == []
+
+
+def test_an_out_that_is_a_folder_is_a_usage_error(shards: Path, tmp_path: Path) -> None:
+    (tmp_path / "d.png").mkdir()
+    res = CliRunner().invoke(main, ["preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
+                                    str(tmp_path / "d.png")])
+    assert res.exit_code == 2 and "Invalid value for '--out'" in res.output and "is a directory" in res.output
 
 
 def test_a_damaged_flow_chunk_or_jpeg_frame_is_one_line_naming_the_shard_and_the_video(shards: Path, tmp_path: Path) -> None:
