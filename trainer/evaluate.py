@@ -224,6 +224,8 @@ def run_evaluate(
     """
     if joint is not None and (spatial is not None or temporal is not None):
         raise ValueError("joint is a whole two-stream model: give it without spatial or temporal")
+    out = Path(out)
+    check_writable(out)  # before hours of scoring, not after
     index = index_shards(shards)
     if (spatial is not None or joint is not None) and not index.has_rgb:
         raise DataError(f"the spatial stream needs RGB frames, but the shards in {shards} were made with --no-rgb")
@@ -257,8 +259,6 @@ def run_evaluate(
                                                                   **kw).items()})
         if stream == "joint":
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:  # whole or absent, as the results
         np.savez_compressed(f, **bundle)
     results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
@@ -270,6 +270,16 @@ def run_evaluate(
 
 def scores_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.scores.npz")
+
+
+def check_writable(out: Path) -> None:
+    """Make the results' folder and write into it as the run's first write will (``<stem>.scores.npz.tmp``, removed
+    at once), so that a folder this user may not write (PermissionError, which ``trainer evaluate`` reports as
+    ``cannot write into DIR``, exit 2, as ``fit`` does for RUN_DIR) stops the run before any network is loaded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe = scores_path(out).with_name(scores_path(out).name + ".tmp")  # replacing()'s temporary of the scores
+    probe.touch()
+    probe.unlink()
 
 
 def report(
