@@ -4,11 +4,11 @@ fusion from scores.
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
 stderr, also for a damaged shard read in a loader worker), 2 a usage error or an output that cannot be written
 (permission denied, one line naming the folder, as for ``flowprep extract``), 4 another live fit holds RUN_DIR,
-75 the environment failed (disk full, I/O error, any unexpected error: one line, the traceback in
-trainer-error.log beside the output; a rerun continues), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
-a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next training step on either, saves
-RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume`` continues the same epoch at
-its next batch. A second Ctrl-C leaves at once (130).
+75 the environment failed (disk full, I/O error, ImageNet weights that cannot be downloaded, any unexpected
+error: one line, the traceback in trainer-error.log beside the output; a rerun continues), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM: a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next
+training step on either, saves RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume``
+continues the same epoch at its next batch. A second Ctrl-C leaves at once (130).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import BusyOutput, EnvironmentFailure, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep import exits, stopping
 from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
@@ -86,10 +86,12 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from trainer.checkpoint import CheckpointError
         from trainer.data.errors import DataError
         from trainer.distributed import DeviceError
-        from trainer.models.pretrained import PretrainedError
+        from trainer.models.pretrained import PretrainedError, WeightsDownloadError
 
         try:
             return fn(*args, **kwargs)
+        except WeightsDownloadError as e:  # no network for torchvision's weights: the environment's (75), one line
+            raise EnvironmentFailure(" ".join(str(e).split())) from None
         except (DataError, CheckpointError, DeviceError, PretrainedError) as e:
             message = " ".join(str(e).split())
             # Drop the stack now: it holds the DataLoader iterators, and torch only stops their worker processes
@@ -203,12 +205,13 @@ def main() -> None:
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
     video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
     are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the results' folder)
-    cannot be written: permission denied; 4 another live fit holds RUN_DIR (its
-    lock names the host and pid); 75 the environment failed (disk full, I/O
-    error, anything unexpected: one line, the traceback in trainer-error.log beside the output; rerun, fit with
-    --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first
-    finishes its training step and saves it, rerun with --resume to continue. Lists hold 'path [label]' per
-    line; the path may contain spaces, the label is the last token when it is an integer.
+    cannot be written: permission denied; 4 another live fit holds RUN_DIR (its lock names the host and pid);
+    75 the environment failed (disk full, I/O error, --pretrained imagenet weights that cannot be downloaded:
+    the line names the file and where to put it, anything unexpected: one line, the traceback in
+    trainer-error.log beside the output; rerun, fit with --resume once RUN_DIR/checkpoint.pt exists); 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it, rerun
+    with --resume to continue. Lists hold 'path [label]' per line; the path may contain spaces, the label is
+    the last token when it is an integer.
     """
 
 
@@ -225,7 +228,9 @@ def main() -> None:
               help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
 @click.option("--pretrained", default="none", show_default=True, callback=options.pretrained,
-              help="none, imagenet (torchvision weights; cached or downloadable) or a local ResNet state dict file. "
+              help="none, imagenet (torchvision weights, from the torch hub cache $TORCH_HOME/hub/checkpoints or "
+                   "downloaded into it; offline, put the file there: exit 75 names it) or a local ResNet state dict "
+                   "file. "
                    "The temporal stream's conv1 is initialised from the RGB conv1's channel mean.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Per process.")

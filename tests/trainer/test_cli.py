@@ -423,3 +423,37 @@ def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_
     result = _invoke(*_fit_args(tiny_shards, run))  # the holder is gone: its lock is taken over
     assert result.exit_code == 0, result.output
     assert {p.name for p in run.iterdir()} == {"best.pt", "checkpoint.pt", "metrics.jsonl"}
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_naming_the_file_and_where_it_goes_exit_75(
+    tiny_shards, tmp_path, monkeypatch
+) -> None:
+    """An offline machine (no network in the test: the download raises URLError, as without DNS) with an empty
+    torch hub cache: the environment's failure (75, retry), not bad data (1); the line says which file to put where,
+    and a rerun once it is there uses it without a download."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name  # resnet18-f37072fd.pth
+    run = tmp_path / "run"
+    args = [*_fit_args(tiny_shards, run), "--pretrained", "imagenet"]
+    _one_line_error(_invoke(*args), 75,
+                    f"could not download ImageNet weights {weights} for resnet18 from {weights.url}", "URLError",
+                    f"place the file at {cached} (the torch hub cache, $TORCH_HOME/hub/checkpoints)")
+    assert not cached.exists() and not (run / "checkpoint.pt").exists()
+
+    state = torchvision.models.resnet18(weights=None).state_dict()  # the file torchvision wanted, as if copied in
+    state["layer4.1.conv2.weight"].fill_(0.25)  # far from any random init (~0.02), and one epoch moves it little
+    torch.save(state, cached)
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    trained = torch.load(run / "checkpoint.pt", weights_only=False)["model"]["backbone.layer4.1.conv2.weight"]
+    assert torch.allclose(trained, torch.full_like(trained, 0.25), atol=0.01)
