@@ -301,7 +301,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
     from trainer.fit import fit as run_fit
 
     last = os.path.join(o["out"], LAST)
-    if o["resume"] and not os.path.isfile(last):
+    if o["resume"] and not os.path.lexists(last):  # one that is there but unreadable: load_checkpoint says how
         raise click.UsageError(f"--resume: no checkpoint at {last}")
     if not o["resume"] and os.path.isfile(last):
         raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")

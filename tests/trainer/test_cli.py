@@ -457,3 +457,39 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_naming_the_file
     assert result.exit_code == 0, result.output
     trained = torch.load(run / "checkpoint.pt", weights_only=False)["model"]["backbone.layer4.1.conv2.weight"]
     assert torch.allclose(trained, torch.full_like(trained, 0.25), atol=0.01)
+
+
+@pytest.mark.parametrize("what", ["folder", "empty", pytest.param("no_permission", marks=pytest.mark.slow)])
+def test_resume_from_a_checkpoint_that_cannot_be_read_or_is_damaged_names_it_and_says_which_with_exit_1(
+    tiny_shards, tmp_path, what
+) -> None:
+    """--resume reads RUN_DIR/checkpoint.pt: a folder of that name was '--resume: no checkpoint at' (a usage error),
+    and a file this user may not read 'cannot write into RUN_DIR' (exit 2), although nothing was to be written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    last = run / "checkpoint.pt"
+    args = [*_fit_args(tiny_shards, run), "--resume"]
+    expected = {"folder": f"Error: cannot read checkpoint {last}: it is a folder, not a file",
+                "empty": f"Error: checkpoint {last} is damaged: it is empty (0 bytes; a save or copy that stopped?)",
+                "no_permission": f"Error: cannot read checkpoint {last}: permission denied (unreadable for this user; "
+                                 "the file itself may be intact)"}[what]
+    if what == "folder":
+        last.mkdir()
+    else:
+        last.write_bytes(b"" if what == "empty" else b"PK\x03\x04 a checkpoint of another user")
+    if what != "no_permission":
+        result = _invoke(*args)
+        _one_line_error(result, 1)
+        assert result.stderr.strip() == expected
+        return
+    last.chmod(0)
+    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    else:
+        cmd = []
+    proc = subprocess.run([*cmd, sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == expected
