@@ -95,6 +95,10 @@ def test_bad_lists_exit_1_with_one_line(tiny_shards, tmp_path) -> None:
     empty.write_text("\n")
     args[args.index("--train-list") + 1] = empty
     _one_line_error(_invoke(*args), 1, "empty.txt", "empty")
+    utf16 = tmp_path / "utf16.txt"  # UTF-16 without a byte order mark: the line flowprep extract gives (exit 2 there)
+    utf16.write_bytes(tiny_shards.train_list.read_bytes().decode().encode("utf-16-le"))
+    args[args.index("--train-list") + 1] = utf16
+    _one_line_error(_invoke(*args), 1, f"{utf16}:1: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8")
     _one_line_error(_invoke("evaluate", "--shards", tiny_shards.root, "--test-list", unknown, "--temporal", tmp_path,
                             "--out", tmp_path / "r.json"), 1, "Drift/v_Drift_g99_c01")
 
