@@ -58,6 +58,13 @@ _list_format = click.option(
     callback=lambda ctx, param, value: None if value == "auto" else value,
     help="The format of the list files, when detection from the name and content is not what you want.")
 
+# fit and evaluate: one definition, checked by options.amp, resolved by trainer.distributed.amp_dtype_for.
+_amp = click.option(
+    "--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+    help="Mixed precision (autocast) of the forward pass. CUDA: auto = bf16 where supported, else fp16 (fit: with "
+         "loss scaling). CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16 (fast only on CPUs with "
+         "AVX-512 BF16 or AMX); fp16 is refused (usage error).")
+
 
 ERROR_LOG = "trainer-error.log"
 
@@ -274,10 +281,7 @@ def main() -> None:
                    "the class, e.g. moving left vs right or clockwise vs counter-clockwise.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto = cuda when available.")
-@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
-              help="Mixed precision (autocast) of the forward pass. CUDA: auto = bf16 where supported, else fp16 "
-                   "with loss scaling. CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16 (fast only "
-                   "on CPUs with AVX-512 BF16 or AMX); fp16 is refused (usage error).")
+@_amp
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue the run in RUN_DIR from its checkpoint.pt (mid-epoch after a SIGTERM or Ctrl-C).")
@@ -351,6 +355,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader processes.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_amp
 @click.option("--out", type=OutPath(dir_okay=False), required=True,
               help="results.json; the confusion-matrix PNGs and the per-video scores (.scores.npz) go next to it.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -373,12 +378,13 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
         both = o["spatial"] is not None and o["temporal"] is not None
         fusion = options.check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"],
                                       has_val=o["val_list"] is not None)
+    options.amp(o["amp"], o["device"])
     results = run_evaluate(
         shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], joint=o["joint"],
         fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"],
         crops=int(o["crops"]),
         device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
-        show_progress=o["progress"], list_format=o["list_format"],
+        show_progress=o["progress"], list_format=o["list_format"], amp=o["amp"],
     )
     _echo_results(results, o["out"])
 

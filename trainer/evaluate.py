@@ -214,13 +214,14 @@ def run_evaluate(
     *, shards: str, test_list: str, spatial: str | None, temporal: str | None, fusion: str | None = "average",
     spatial_weight: float | str | None = None, val_list: str | None = None, samples: int = 25, crops: int = 1,
     device: torch.device, out: str | Path, batch_size: int = 1, workers: int = 2, show_progress: bool = True,
-    joint: str | None = None, list_format: str | None = None,
+    joint: str | None = None, list_format: str | None = None, amp: str = "auto",
 ) -> dict[str, Any]:
     """Score the test list (and the validation list when fusion needs it), then :func:`report`.
 
     ``joint``: a joint RUN_DIR or checkpoint instead of ``spatial``/``temporal``; its own fusion is reported
     (``fusion``, ``spatial_weight`` and ``val_list`` are not used). ``list_format``: the kind of both lists
-    (``flowprep.extract.labels.LIST_KINDS``); None detects it from each file.
+    (``flowprep.extract.labels.LIST_KINDS``); None detects it from each file. ``amp``: the forward pass's mixed
+    precision, as ``trainer fit --amp`` (``trainer.distributed.amp_dtype_for``: on the CPU auto is float32).
     """
     if joint is not None and (spatial is not None or temporal is not None):
         raise ValueError("joint is a whole two-stream model: give it without spatial or temporal")
@@ -247,7 +248,7 @@ def run_evaluate(
     for stream, path in (("spatial", spatial), ("temporal", temporal), ("joint", joint)):
         if path is None:
             continue
-        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for("auto", device),
+        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for(amp, device),
                                            channels_last=device.type == "cuda")
         net, config, file = load_stream(path, classes=list(index.classes), prepare=prepare, test=test)
         checkpoints[stream] = str(file)

@@ -44,8 +44,9 @@ def spatial_weight(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def amp(mode: str, device: str) -> None:
-    """``trainer fit``: ``--amp fp16`` on the CPU (``--device cpu``, or ``auto`` without a CUDA device) is a usage
-    error naming bf16 (``trainer.distributed.amp_dtype_for``), instead of a run in float32 without a word."""
+    """``trainer fit`` / ``evaluate``: ``--amp fp16`` on the CPU (``--device cpu``, or ``auto`` without a CUDA
+    device) is a usage error naming bf16 (``trainer.distributed.amp_dtype_for``), instead of a run in float32
+    without a word."""
     if mode != "fp16" or device == "cuda":
         return
     if device == "auto":
