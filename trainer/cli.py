@@ -343,7 +343,8 @@ def fit(ctx: click.Context, **o: Any) -> None:
               help="With both streams: mean of softmax scores, alpha-weighted mean, or an MLP fitted on --val-list.")
 @click.option("--spatial-weight", callback=options.spatial_weight, default=None,
               help="alpha in [0, 1] for weighted fusion, or 'auto': the alpha that maximizes the mean log-probability of "
-                   "the true class of the fused --val-list scores (a chance-level stream gets a weight near 0).")
+                   "the true class of the fused --val-list scores (a chance-level stream gets a weight near 0). "
+                   "Implies --fusion weighted (a note on stderr says so).")
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
 @_list_format
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
@@ -392,7 +393,9 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @main.command()
 @click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
-@click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood).")
+@click.option("--spatial-weight", callback=options.spatial_weight, default=None,
+              help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood). Implies "
+                   "--fusion weighted (a note on stderr says so).")
 @click.option("--out", type=OutPath(dir_okay=False), required=True, help="results.json to write.")
 @click.pass_context
 @_runtime_errors

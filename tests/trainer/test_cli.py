@@ -497,3 +497,32 @@ def test_resume_from_a_checkpoint_that_cannot_be_read_or_is_damaged_names_it_and
                           timeout=120, cwd=REPO)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == expected
+
+
+def test_fuse_and_evaluate_say_that_a_spatial_weight_without_a_fusion_implies_weighted_fusion(tmp_path) -> None:
+    """The default fusion is average; --spatial-weight W alone gave weighted fusion without a word. It still does
+    (the demo's evaluate and fit --stream joint rely on it), now with a note on stderr and in --help."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(4, 6))  # test spatial, test temporal, val spatial, val temporal: 6 videos
+    scores = tmp_path / "r.scores.npz"
+    np.savez(scores, classes=np.array(["A", "B", "C"]), labels=np.arange(6) % 3, spatial=p[0], temporal=p[1],
+             val_spatial=p[2], val_temporal=p[3], val_labels=np.arange(6) % 3)
+    note = "note: --spatial-weight 0.3 implies --fusion weighted (the default is --fusion average)"
+    implied = _invoke("fuse", "--scores", scores, "--spatial-weight", "0.3", "--out", tmp_path / "implied.json")
+    assert implied.exit_code == 0, implied.output
+    assert implied.stderr.splitlines() == [note]
+    explicit = _invoke("fuse", "--scores", scores, "--fusion", "weighted", "--spatial-weight", "0.3",
+                       "--out", tmp_path / "explicit.json")
+    assert explicit.exit_code == 0 and explicit.stderr == "", explicit.output
+    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("implied", "explicit"))
+    assert a["fusion"] == b["fusion"] == "weighted" and a["alpha"] == b["alpha"] == 0.3 and a["fused"] == b["fused"]
+    # a combination that does not work is its usage error alone, without the note first
+    refused = _invoke("fuse", "--scores", scores, "--fusion", "average", "--spatial-weight", "0.3", "--out",
+                      tmp_path / "x.json")
+    _one_line_error(refused, 2, "--spatial-weight applies to --fusion weighted, not --fusion average")
+    assert "note:" not in refused.stderr
+    for command in ("fuse", "evaluate"):
+        text = " ".join(_invoke(command, "--help").output.split())
+        assert "Implies --fusion weighted (a note on stderr says so)." in text, command
