@@ -19,7 +19,8 @@ written before this kept the training shards' factors, which nothing read; they 
 
 ``RUN_DIR/checkpoint.pt`` is the latest epoch (or the step a stop signal ended the run at), ``RUN_DIR/best.pt``
 the best on the validation list. ``load_checkpoint`` checks the file whole (the zip records' CRC-32s, which
-torch.load skips) and of this format; every way it can fail is a one-line ``CheckpointError``.
+torch.load skips) and of this format; every way it can fail is a one-line ``CheckpointError`` that says whether the
+file cannot be read (a folder, no permission) or is damaged (empty, cut short, a failed CRC-32).
 """
 
 from __future__ import annotations
@@ -96,19 +97,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, *more: str | Path) 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+    _check_readable(path)
     _check_crcs(path)
     try:
         # weights_only=False: the RNG state holds numpy arrays and python tuples. Only load your own runs.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
     except OSError as e:
         if e.errno != errno.EINVAL:  # an I/O error: the environment's (exit 75)
             raise
         # torch's zip reader on a file cut short below 64 KiB (a copy that stopped): a damaged file, not the disk
-        raise CheckpointError(f"cannot read checkpoint {path}: not a whole zip archive (cut short?)") from None
+        raise CheckpointError(f"checkpoint {path} is damaged: not a whole zip archive (cut short?)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a trainer checkpoint (expected format {FORMAT_NAME!r})")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -120,6 +120,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             and isinstance(ckpt.get("classes"), list)):
         raise CheckpointError(f"{path} is not a whole trainer checkpoint: it lacks its model weights, config or classes")
     return ckpt
+
+
+def _check_readable(path: Path) -> None:
+    """A checkpoint this user cannot read (a folder of that name, no read permission) says so, naming the file: the
+    permission error would otherwise read as one on the output (``cannot write into RUN_DIR``, exit 2). An empty
+    file is a damaged one (a save or copy that never wrote it)."""
+    if path.is_dir():
+        raise CheckpointError(f"cannot read checkpoint {path}: it is a folder, not a file")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except PermissionError:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied (unreadable for this user; "
+                              "the file itself may be intact)") from None
+    if empty:
+        raise CheckpointError(f"checkpoint {path} is damaged: it is empty (0 bytes; a save or copy that stopped?)")
 
 
 def _check_crcs(path: Path) -> None:

@@ -4,11 +4,11 @@ fusion from scores.
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
 stderr, also for a damaged shard read in a loader worker), 2 a usage error or an output that cannot be written
 (permission denied, one line naming the folder, as for ``flowprep extract``), 4 another live fit holds RUN_DIR,
-75 the environment failed (disk full, I/O error, any unexpected error: one line, the traceback in
-trainer-error.log beside the output; a rerun continues), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
-a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next training step on either, saves
-RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume`` continues the same epoch at
-its next batch. A second Ctrl-C leaves at once (130).
+75 the environment failed (disk full, I/O error, ImageNet weights that cannot be downloaded, any unexpected
+error: one line, the traceback in trainer-error.log beside the output; a rerun continues), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM: a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next
+training step on either, saves RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume``
+continues the same epoch at its next batch. A second Ctrl-C leaves at once (130).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import BusyOutput, EnvironmentFailure, FiniteFloat, OutPath, RunError, environment_failure
 from flowprep import exits, stopping
 from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
@@ -58,6 +58,13 @@ _list_format = click.option(
     callback=lambda ctx, param, value: None if value == "auto" else value,
     help="The format of the list files, when detection from the name and content is not what you want.")
 
+# fit and evaluate: one definition, checked by options.amp, resolved by trainer.distributed.amp_dtype_for.
+_amp = click.option(
+    "--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+    help="Mixed precision (autocast) of the forward pass. CUDA: auto = bf16 where supported, else fp16 (fit: with "
+         "loss scaling). CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16 (fast only on CPUs with "
+         "AVX-512 BF16 or AMX); fp16 is refused (usage error).")
+
 
 ERROR_LOG = "trainer-error.log"
 
@@ -86,10 +93,12 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from trainer.checkpoint import CheckpointError
         from trainer.data.errors import DataError
         from trainer.distributed import DeviceError
-        from trainer.models.pretrained import PretrainedError
+        from trainer.models.pretrained import PretrainedError, WeightsDownloadError
 
         try:
             return fn(*args, **kwargs)
+        except WeightsDownloadError as e:  # no network for torchvision's weights: the environment's (75), one line
+            raise EnvironmentFailure(" ".join(str(e).split())) from None
         except (DataError, CheckpointError, DeviceError, PretrainedError) as e:
             message = " ".join(str(e).split())
             # Drop the stack now: it holds the DataLoader iterators, and torch only stops their worker processes
@@ -203,12 +212,13 @@ def main() -> None:
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
     video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
     are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the results' folder)
-    cannot be written: permission denied; 4 another live fit holds RUN_DIR (its
-    lock names the host and pid); 75 the environment failed (disk full, I/O
-    error, anything unexpected: one line, the traceback in trainer-error.log beside the output; rerun, fit with
-    --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first
-    finishes its training step and saves it, rerun with --resume to continue. Lists hold 'path [label]' per
-    line; the path may contain spaces, the label is the last token when it is an integer.
+    cannot be written: permission denied; 4 another live fit holds RUN_DIR (its lock names the host and pid);
+    75 the environment failed (disk full, I/O error, --pretrained imagenet weights that cannot be downloaded:
+    the line names the file and where to put it, anything unexpected: one line, the traceback in
+    trainer-error.log beside the output; rerun, fit with --resume once RUN_DIR/checkpoint.pt exists); 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it, rerun
+    with --resume to continue. Lists hold 'path [label]' per line; the path may contain spaces, the label is
+    the last token when it is an integer.
     """
 
 
@@ -225,7 +235,9 @@ def main() -> None:
               help="RUN_DIR for checkpoint.pt, best.pt and metrics.jsonl.")
 @click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
 @click.option("--pretrained", default="none", show_default=True, callback=options.pretrained,
-              help="none, imagenet (torchvision weights; cached or downloadable) or a local ResNet state dict file. "
+              help="none, imagenet (torchvision weights, from the torch hub cache $TORCH_HOME/hub/checkpoints or "
+                   "downloaded into it; offline, put the file there: exit 75 names it) or a local ResNet state dict "
+                   "file. "
                    "The temporal stream's conv1 is initialised from the RGB conv1's channel mean.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Per process.")
@@ -269,10 +281,7 @@ def main() -> None:
                    "the class, e.g. moving left vs right or clockwise vs counter-clockwise.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto = cuda when available.")
-@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
-              help="Mixed precision (autocast) of the forward pass. CUDA: auto = bf16 where supported, else fp16 "
-                   "with loss scaling. CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16 (fast only "
-                   "on CPUs with AVX-512 BF16 or AMX); fp16 is refused (usage error).")
+@_amp
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue the run in RUN_DIR from its checkpoint.pt (mid-epoch after a SIGTERM or Ctrl-C).")
@@ -296,7 +305,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
     from trainer.fit import fit as run_fit
 
     last = os.path.join(o["out"], LAST)
-    if o["resume"] and not os.path.isfile(last):
+    if o["resume"] and not os.path.lexists(last):  # one that is there but unreadable: load_checkpoint says how
         raise click.UsageError(f"--resume: no checkpoint at {last}")
     if not o["resume"] and os.path.isfile(last):
         raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")
@@ -334,7 +343,8 @@ def fit(ctx: click.Context, **o: Any) -> None:
               help="With both streams: mean of softmax scores, alpha-weighted mean, or an MLP fitted on --val-list.")
 @click.option("--spatial-weight", callback=options.spatial_weight, default=None,
               help="alpha in [0, 1] for weighted fusion, or 'auto': the alpha that maximizes the mean log-probability of "
-                   "the true class of the fused --val-list scores (a chance-level stream gets a weight near 0).")
+                   "the true class of the fused --val-list scores (a chance-level stream gets a weight near 0). "
+                   "Implies --fusion weighted (a note on stderr says so).")
 @click.option("--val-list", type=_FILE, default=None, help="Validation videos for auto / learned fusion.")
 @_list_format
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
@@ -346,6 +356,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader processes.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_amp
 @click.option("--out", type=OutPath(dir_okay=False), required=True,
               help="results.json; the confusion-matrix PNGs and the per-video scores (.scores.npz) go next to it.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -368,12 +379,13 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
         both = o["spatial"] is not None and o["temporal"] is not None
         fusion = options.check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"],
                                       has_val=o["val_list"] is not None)
+    options.amp(o["amp"], o["device"])
     results = run_evaluate(
         shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], joint=o["joint"],
         fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"],
         crops=int(o["crops"]),
         device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
-        show_progress=o["progress"], list_format=o["list_format"],
+        show_progress=o["progress"], list_format=o["list_format"], amp=o["amp"],
     )
     _echo_results(results, o["out"])
 
@@ -381,7 +393,9 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @main.command()
 @click.option("--scores", type=_FILE, required=True, help="A .scores.npz written by trainer evaluate.")
 @click.option("--fusion", type=click.Choice(["average", "weighted", "learned"]), default="average", show_default=True)
-@click.option("--spatial-weight", callback=options.spatial_weight, default=None, help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood).")
+@click.option("--spatial-weight", callback=options.spatial_weight, default=None,
+              help="alpha in [0, 1], or 'auto' (maximizes the fused validation scores' log-likelihood). Implies "
+                   "--fusion weighted (a note on stderr says so).")
 @click.option("--out", type=OutPath(dir_okay=False), required=True, help="results.json to write.")
 @click.pass_context
 @_runtime_errors

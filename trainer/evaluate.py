@@ -214,16 +214,19 @@ def run_evaluate(
     *, shards: str, test_list: str, spatial: str | None, temporal: str | None, fusion: str | None = "average",
     spatial_weight: float | str | None = None, val_list: str | None = None, samples: int = 25, crops: int = 1,
     device: torch.device, out: str | Path, batch_size: int = 1, workers: int = 2, show_progress: bool = True,
-    joint: str | None = None, list_format: str | None = None,
+    joint: str | None = None, list_format: str | None = None, amp: str = "auto",
 ) -> dict[str, Any]:
     """Score the test list (and the validation list when fusion needs it), then :func:`report`.
 
     ``joint``: a joint RUN_DIR or checkpoint instead of ``spatial``/``temporal``; its own fusion is reported
     (``fusion``, ``spatial_weight`` and ``val_list`` are not used). ``list_format``: the kind of both lists
-    (``flowprep.extract.labels.LIST_KINDS``); None detects it from each file.
+    (``flowprep.extract.labels.LIST_KINDS``); None detects it from each file. ``amp``: the forward pass's mixed
+    precision, as ``trainer fit --amp`` (``trainer.distributed.amp_dtype_for``: on the CPU auto is float32).
     """
     if joint is not None and (spatial is not None or temporal is not None):
         raise ValueError("joint is a whole two-stream model: give it without spatial or temporal")
+    out = Path(out)
+    check_writable(out)  # before hours of scoring, not after
     index = index_shards(shards)
     if (spatial is not None or joint is not None) and not index.has_rgb:
         raise DataError(f"the spatial stream needs RGB frames, but the shards in {shards} were made with --no-rgb")
@@ -245,7 +248,7 @@ def run_evaluate(
     for stream, path in (("spatial", spatial), ("temporal", temporal), ("joint", joint)):
         if path is None:
             continue
-        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for("auto", device),
+        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for(amp, device),
                                            channels_last=device.type == "cuda")
         net, config, file = load_stream(path, classes=list(index.classes), prepare=prepare, test=test)
         checkpoints[stream] = str(file)
@@ -257,8 +260,6 @@ def run_evaluate(
                                                                   **kw).items()})
         if stream == "joint":
             own_fusion = {"fusion": config["model"]["fusion"], "alpha": config["model"]["spatial_weight"]}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:  # whole or absent, as the results
         np.savez_compressed(f, **bundle)
     results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
@@ -270,6 +271,16 @@ def run_evaluate(
 
 def scores_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.scores.npz")
+
+
+def check_writable(out: Path) -> None:
+    """Make the results' folder and write into it as the run's first write will (``<stem>.scores.npz.tmp``, removed
+    at once), so that a folder this user may not write (PermissionError, which ``trainer evaluate`` reports as
+    ``cannot write into DIR``, exit 2, as ``fit`` does for RUN_DIR) stops the run before any network is loaded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe = scores_path(out).with_name(scores_path(out).name + ".tmp")  # replacing()'s temporary of the scores
+    probe.touch()
+    probe.unlink()
 
 
 def report(

@@ -91,7 +91,7 @@ def seed_everything(seed: int) -> None:
 def _check_run_dir(run: RunConfig) -> Path:
     out = Path(run.out)
     last = out / ckpt_io.LAST
-    if run.resume and not last.is_file():
+    if run.resume and not os.path.lexists(last):  # there but unreadable or damaged: load_checkpoint says which
         raise ckpt_io.CheckpointError(f"--resume: no checkpoint to resume at {last}")
     if not run.resume and last.is_file():
         raise ckpt_io.CheckpointError(f"{out} already holds a run ({last}); pass --resume or choose another --out")

@@ -44,8 +44,9 @@ def spatial_weight(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def amp(mode: str, device: str) -> None:
-    """``trainer fit``: ``--amp fp16`` on the CPU (``--device cpu``, or ``auto`` without a CUDA device) is a usage
-    error naming bf16 (``trainer.distributed.amp_dtype_for``), instead of a run in float32 without a word."""
+    """``trainer fit`` / ``evaluate``: ``--amp fp16`` on the CPU (``--device cpu``, or ``auto`` without a CUDA
+    device) is a usage error naming bf16 (``trainer.distributed.amp_dtype_for``), instead of a run in float32
+    without a word."""
     if mode != "fp16" or device == "cuda":
         return
     if device == "auto":
@@ -81,10 +82,12 @@ def check_fusion(
     ctx: click.Context, *, both: bool, fusion: str, weight: float | str | None, has_val: bool,
     no_val: str = "give --val-list (never the test list)",
 ) -> str:
-    """``trainer evaluate`` / ``fuse``: the fusion to use, or a UsageError for combinations that cannot work."""
+    """``trainer evaluate`` / ``fuse``: the fusion to use, or a UsageError for combinations that cannot work.
+    ``--spatial-weight`` without ``--fusion`` implies ``--fusion weighted`` (as ``fit --stream joint`` does; their
+    --help says so), with a note on stderr: the default fusion is average, which a weight does not apply to."""
     explicit = bool(given(ctx, "fusion"))
-    if weight is not None and not explicit:
-        fusion = "weighted"
+    implied = weight is not None and not explicit
+    default, fusion = fusion, "weighted" if implied else fusion
     if weight is not None and fusion != "weighted":
         raise click.UsageError(f"--spatial-weight applies to --fusion weighted, not --fusion {fusion}")
     if fusion == "weighted" and weight is None:
@@ -94,4 +97,7 @@ def check_fusion(
     if both and not has_val and (weight == "auto" or fusion == "learned"):
         what = "--spatial-weight auto" if weight == "auto" else "--fusion learned"
         raise click.UsageError(f"{what} is fitted on validation videos: {no_val}")
+    if implied:  # once the combination is known to work: no note before a usage error
+        click.echo(f"note: --spatial-weight {weight} implies --fusion weighted (the default is --fusion {default})",
+                   err=True)
     return fusion

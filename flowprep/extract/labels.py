@@ -224,10 +224,12 @@ def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list
 
     HMDB-51 files tag each video 1 (train), 2 (test) or 0 (unused); a generic CSV with a split column
     keeps the rows of ``role``; Kinetics and SSv2 files are one split each. UCF-101 lists go through
-    ``flowprep.format.read_list``.
+    ``flowprep.format.read_list``. A file that is not UTF-8 text (Latin-1, UTF-16 without a byte order mark) is a
+    ValueError naming its line (``check_utf8``), whatever its kind.
     """
     from flowprep.format import read_list
 
+    check_utf8(path)  # before detect_list, which reads it with errors="replace"
     kind = kind or detect_list(path)
     if kind == "ucf101":
         return [SplitEntry(e.video_id, None, None, e.label, f"{path.name}:{e.lineno}", e.text) for e in read_list(path)]

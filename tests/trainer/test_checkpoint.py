@@ -61,7 +61,7 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         ck.load_checkpoint(tmp_path / "missing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a zip file at all" * 10)
-    with pytest.raises(ck.CheckpointError, match="cannot read checkpoint") as e:
+    with pytest.raises(ck.CheckpointError, match="is damaged or not a checkpoint") as e:
         ck.load_checkpoint(garbage)
     assert "\n" not in str(e.value)
     foreign = tmp_path / "foreign.pt"
@@ -81,7 +81,7 @@ def test_a_checkpoint_cut_short_is_a_checkpoint_error_not_an_environment_failure
     path.write_bytes(path.read_bytes()[:10_000])  # (cut below 5 KB or above 64 KiB, torch says RuntimeError)
     with pytest.raises(ck.CheckpointError) as e:
         ck.load_checkpoint(path)
-    assert str(e.value) == f"cannot read checkpoint {path}: not a whole zip archive (cut short?)"
+    assert str(e.value) == f"checkpoint {path} is damaged: not a whole zip archive (cut short?)"
 
 
 def test_a_flipped_bit_in_the_weights_is_a_damaged_checkpoint_not_other_weights(tmp_path: Path) -> None:

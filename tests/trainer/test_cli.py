@@ -95,6 +95,10 @@ def test_bad_lists_exit_1_with_one_line(tiny_shards, tmp_path) -> None:
     empty.write_text("\n")
     args[args.index("--train-list") + 1] = empty
     _one_line_error(_invoke(*args), 1, "empty.txt", "empty")
+    utf16 = tmp_path / "utf16.txt"  # UTF-16 without a byte order mark: the line flowprep extract gives (exit 2 there)
+    utf16.write_bytes(tiny_shards.train_list.read_bytes().decode().encode("utf-16-le"))
+    args[args.index("--train-list") + 1] = utf16
+    _one_line_error(_invoke(*args), 1, f"{utf16}:1: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8")
     _one_line_error(_invoke("evaluate", "--shards", tiny_shards.root, "--test-list", unknown, "--temporal", tmp_path,
                             "--out", tmp_path / "r.json"), 1, "Drift/v_Drift_g99_c01")
 
@@ -423,3 +427,102 @@ def test_a_second_fit_into_a_run_dir_another_live_process_holds_is_refused_with_
     result = _invoke(*_fit_args(tiny_shards, run))  # the holder is gone: its lock is taken over
     assert result.exit_code == 0, result.output
     assert {p.name for p in run.iterdir()} == {"best.pt", "checkpoint.pt", "metrics.jsonl"}
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_naming_the_file_and_where_it_goes_exit_75(
+    tiny_shards, tmp_path, monkeypatch
+) -> None:
+    """An offline machine (no network in the test: the download raises URLError, as without DNS) with an empty
+    torch hub cache: the environment's failure (75, retry), not bad data (1); the line says which file to put where,
+    and a rerun once it is there uses it without a download."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name  # resnet18-f37072fd.pth
+    run = tmp_path / "run"
+    args = [*_fit_args(tiny_shards, run), "--pretrained", "imagenet"]
+    _one_line_error(_invoke(*args), 75,
+                    f"could not download ImageNet weights {weights} for resnet18 from {weights.url}", "URLError",
+                    f"place the file at {cached} (the torch hub cache, $TORCH_HOME/hub/checkpoints)")
+    assert not cached.exists() and not (run / "checkpoint.pt").exists()
+
+    state = torchvision.models.resnet18(weights=None).state_dict()  # the file torchvision wanted, as if copied in
+    state["layer4.1.conv2.weight"].fill_(0.25)  # far from any random init (~0.02), and one epoch moves it little
+    torch.save(state, cached)
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    trained = torch.load(run / "checkpoint.pt", weights_only=False)["model"]["backbone.layer4.1.conv2.weight"]
+    assert torch.allclose(trained, torch.full_like(trained, 0.25), atol=0.01)
+
+
+@pytest.mark.parametrize("what", ["folder", "empty", pytest.param("no_permission", marks=pytest.mark.slow)])
+def test_resume_from_a_checkpoint_that_cannot_be_read_or_is_damaged_names_it_and_says_which_with_exit_1(
+    tiny_shards, tmp_path, what
+) -> None:
+    """--resume reads RUN_DIR/checkpoint.pt: a folder of that name was '--resume: no checkpoint at' (a usage error),
+    and a file this user may not read 'cannot write into RUN_DIR' (exit 2), although nothing was to be written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    last = run / "checkpoint.pt"
+    args = [*_fit_args(tiny_shards, run), "--resume"]
+    expected = {"folder": f"Error: cannot read checkpoint {last}: it is a folder, not a file",
+                "empty": f"Error: checkpoint {last} is damaged: it is empty (0 bytes; a save or copy that stopped?)",
+                "no_permission": f"Error: cannot read checkpoint {last}: permission denied (unreadable for this user; "
+                                 "the file itself may be intact)"}[what]
+    if what == "folder":
+        last.mkdir()
+    else:
+        last.write_bytes(b"" if what == "empty" else b"PK\x03\x04 a checkpoint of another user")
+    if what != "no_permission":
+        result = _invoke(*args)
+        _one_line_error(result, 1)
+        assert result.stderr.strip() == expected
+        return
+    last.chmod(0)
+    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    else:
+        cmd = []
+    proc = subprocess.run([*cmd, sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == expected
+
+
+def test_fuse_and_evaluate_say_that_a_spatial_weight_without_a_fusion_implies_weighted_fusion(tmp_path) -> None:
+    """The default fusion is average; --spatial-weight W alone gave weighted fusion without a word. It still does
+    (the demo's evaluate and fit --stream joint rely on it), now with a note on stderr and in --help."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(4, 6))  # test spatial, test temporal, val spatial, val temporal: 6 videos
+    scores = tmp_path / "r.scores.npz"
+    np.savez(scores, classes=np.array(["A", "B", "C"]), labels=np.arange(6) % 3, spatial=p[0], temporal=p[1],
+             val_spatial=p[2], val_temporal=p[3], val_labels=np.arange(6) % 3)
+    note = "note: --spatial-weight 0.3 implies --fusion weighted (the default is --fusion average)"
+    implied = _invoke("fuse", "--scores", scores, "--spatial-weight", "0.3", "--out", tmp_path / "implied.json")
+    assert implied.exit_code == 0, implied.output
+    assert implied.stderr.splitlines() == [note]
+    explicit = _invoke("fuse", "--scores", scores, "--fusion", "weighted", "--spatial-weight", "0.3",
+                       "--out", tmp_path / "explicit.json")
+    assert explicit.exit_code == 0 and explicit.stderr == "", explicit.output
+    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("implied", "explicit"))
+    assert a["fusion"] == b["fusion"] == "weighted" and a["alpha"] == b["alpha"] == 0.3 and a["fused"] == b["fused"]
+    # a combination that does not work is its usage error alone, without the note first
+    refused = _invoke("fuse", "--scores", scores, "--fusion", "average", "--spatial-weight", "0.3", "--out",
+                      tmp_path / "x.json")
+    _one_line_error(refused, 2, "--spatial-weight applies to --fusion weighted, not --fusion average")
+    assert "note:" not in refused.stderr
+    for command in ("fuse", "evaluate"):
+        text = " ".join(_invoke(command, "--help").output.split())
+        assert "Implies --fusion weighted (a note on stderr says so)." in text, command

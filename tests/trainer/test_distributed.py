@@ -56,8 +56,9 @@ def _torchrun(tiny_shards, out: Path, *args: str, script: list[str] | None = Non
         *(script or ["-m", "trainer"]), "fit", "--stream", "temporal", "--shards", str(tiny_shards.root),
         "--train-list", str(train), "--val-list", str(one_val), "--out", str(out),
         "--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--epochs", "2", "--batch-size", "3",
-        "--workers", "1", "--val-samples", "2", "--device", "cpu", "--no-progress", *args,
-    ]  # a loader worker per rank: each rank's batch ring, running on from epoch 1 into epoch 2
+        "--workers", "1", "--val-samples", "20", "--device", "cpu", "--no-progress", *args,
+    ]  # a loader worker per rank: each rank's batch ring, running on from epoch 1 into epoch 2; --val-samples above
+    # the 10 distinct stacks a 12-frame video has: capped, with a note that rank 0 alone prints
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
 
@@ -85,6 +86,10 @@ def test_torchrun_two_cpu_processes(torchrun_straight) -> None:
         assert m["samples_per_rank"] == [6, 6] and m["samples_total"] == 12 and m["overlap_samples"] == 1
         assert m["val_acc"] in (0.0, 1.0)
     assert proc.stdout.count("epoch 1:") == proc.stdout.count("epoch 2:") == 1  # only rank 0 reports
+    # so are the notes: one line for the whole run, though every rank's validation set is capped alike
+    note = ("--val-samples 20: the validation videos have at most 10 distinct flow stacks of 2 fields; scoring 10 "
+            "per video")
+    assert proc.stderr.count(note) == 1, proc.stderr[-3000:]
     ckpt = ck.load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2  # every rank's RNG state, for --resume
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP

@@ -285,3 +285,55 @@ def test_evaluate_checks_the_checkpoint_stream_and_classes(tiny_shards, runs, tm
     with pytest.raises(ck.CheckpointError, match="index 2: 'Spin' vs 'Rotate'"):
         run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
                      temporal=str(other), device=CPU, out=tmp_path / "r.json", workers=0, show_progress=False)
+
+
+def test_evaluate_amp_bf16_runs_the_forward_pass_in_bfloat16_on_the_cpu_and_without_it_the_scores_are_unchanged(
+    tiny_shards, runs, tmp_path, monkeypatch
+) -> None:
+    """--amp as fit has it: the same choices, help and refusal (fp16 on the CPU); default auto is float32 on the CPU,
+    so the scores are those of run_evaluate's default (what the other tests check), bit for bit."""
+    from click.testing import CliRunner
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from trainer.cli import main
+    from trainer.config import AMP_FP16_ON_CPU
+
+    seen: list[torch.dtype] = []
+
+    def conv_output_dtype(module, args, output) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            seen.append(output.dtype)
+
+    common = ["evaluate", "--shards", tiny_shards.root, "--test-list", tiny_shards.test_list, "--temporal",
+              runs["temporal"], "--samples", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
+    dtypes, scores = {}, {}
+    handle = register_module_forward_hook(conv_output_dtype)
+    try:
+        for amp in ("default", "none", "bf16"):
+            seen.clear()
+            out = tmp_path / f"{amp}.json"
+            result = CliRunner().invoke(main, [*map(str, common), "--out", str(out),
+                                               *([] if amp == "default" else ["--amp", amp])])
+            assert result.exit_code == 0, result.output
+            dtypes[amp], scores[amp] = set(seen), load_scores(out.with_name(f"{amp}.scores.npz"))["temporal"]
+    finally:
+        handle.remove()
+    assert dtypes == {"default": {torch.float32}, "none": {torch.float32}, "bf16": {torch.bfloat16}}
+    reference = run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
+                             temporal=str(runs["temporal"]), samples=2, device=CPU, out=tmp_path / "api.json",
+                             workers=0, show_progress=False)
+    assert reference["temporal"] == json.loads((tmp_path / "default.json").read_text())["temporal"]
+    assert np.array_equal(scores["default"], load_scores(tmp_path / "api.scores.npz")["temporal"])
+    assert np.array_equal(scores["default"], scores["none"])
+    assert not np.array_equal(scores["default"], scores["bf16"])  # bfloat16 keeps 8 bits of mantissa
+    assert np.allclose(scores["default"], scores["bf16"], atol=0.05)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto on a machine without CUDA
+    for device in ("cpu", "auto"):
+        args = [*map(str, common), "--device", device, "--amp", "fp16", "--out", str(tmp_path / "fp16.json")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == f"Error: {AMP_FP16_ON_CPU}"
+    assert not (tmp_path / "fp16.json").exists()
+    text = " ".join(CliRunner().invoke(main, ["evaluate", "--help"]).output.split())
+    assert "CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16" in text and "fp16 is refused" in text

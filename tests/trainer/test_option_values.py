@@ -63,10 +63,13 @@ def test_fit_help_says_what_amp_does_on_the_cpu() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["run_dir", "above_run_dir", "results_folder"])
+@pytest.mark.parametrize("where", ["run_dir", "above_run_dir", "results_folder", "results_folder_before_loading",
+                                   "above_results_folder"])
 def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit_2_not_a_retry(
         tiny_shards, tmp_path: Path, where: str) -> None:
-    """Permission denied on --out will not fix itself on a rerun: exit 2, as flowprep extract, not 75 (retry)."""
+    """Permission denied on --out will not fix itself on a rerun: exit 2, as flowprep extract, not 75 (retry).
+    evaluate finds it before it loads a network (the *_before_loading / above_* cases name a checkpoint that is not
+    one: found after the scoring, the damaged checkpoint would have stopped the run first, with exit 1)."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     common = ["--shards", tiny_shards.root, "--workers", "0", "--device", "cpu", "--no-progress"]
@@ -83,8 +86,13 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit
         state = {"model": build_model(cfg, pretrained=None).state_dict(), "epoch": 1, "classes": tiny_shards.classes,
                  "config": {"model": to_dict(cfg), "data": to_dict(data)}}  # an untrained network, as fit saves it
         ck.save_checkpoint(state, tmp_path / "run" / ck.BEST)
-        out, folder, denied = locked / "r.json", locked, locked / "r.scores.npz.tmp"  # written after the scoring
+        out, folder, denied = locked / "r.json", locked, locked / "r.scores.npz.tmp"  # the first file it writes
         args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "run", "--samples", "1"]
+    elif where in ("results_folder_before_loading", "above_results_folder"):
+        (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
+        out = locked / "r.json" if where == "results_folder_before_loading" else locked / "sub" / "r.json"
+        folder, denied = out.parent, (locked / "r.scores.npz.tmp" if out.parent == locked else out.parent)
+        args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "damaged.pt"]
     else:
         out = locked if where == "run_dir" else locked / "run"
         folder, denied = out, (out / "run.lock" if where == "run_dir" else out)

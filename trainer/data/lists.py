@@ -45,10 +45,7 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
             entries = read_split(p, role=role, kind=kind)
         except OSError as e:
             raise DataError(f"{p}: cannot read the video list ({e.strerror})") from None
-        except UnicodeDecodeError as e:  # a ValueError whose text names neither the file nor the line
-            line = p.read_bytes()[:e.start].count(b"\n") + 1
-            raise DataError(f"{p}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the list as UTF-8") from None
-        except (fmt.ListError, ValueError) as e:
+        except (fmt.ListError, ValueError) as e:  # not UTF-8 text too, naming the line (labels.check_utf8)
             raise DataError(str(e)) from None
         records += _resolve(p, entries, index, labelled=labelled, missing=missing, listed=listed)
     if missing:

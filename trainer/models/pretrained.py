@@ -4,6 +4,7 @@ backbone; for a flow stream, TSN's cross-modality init of the first convolution 
 
 from __future__ import annotations
 
+import http.client
 import os
 import pickle
 from collections.abc import Mapping
@@ -15,6 +16,11 @@ from torch import Tensor, nn
 
 class PretrainedError(RuntimeError):
     """Pretrained weights could not be found, read or matched to the network."""
+
+
+class WeightsDownloadError(PretrainedError):
+    """torchvision's ImageNet weights are not in the torch hub cache and could not be downloaded (no network, a
+    proxy, a full disk): the environment's failure, which ``trainer`` reports with exit status 75 (retry), not 1."""
 
 
 def cross_modality_weight(weight: Tensor, in_channels: int) -> Tensor:
@@ -47,13 +53,21 @@ def _one_line(e: BaseException) -> str:
 def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    downloads = not os.path.isfile(cached)
     try:
         # Reads the torch hub cache when the file is there; downloads into it otherwise.
         return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    except _LOAD_ERRORS as e:
+    except (*_LOAD_ERRORS, http.client.HTTPException) as e:
+        if downloads:  # URLError (an OSError), a hash mismatch (RuntimeError), a connection cut short
+            raise WeightsDownloadError(
+                f"could not download ImageNet weights {weights} for {arch} from {weights.url} ({_one_line(e)}); "
+                f"place the file at {cached} (the torch hub cache, $TORCH_HOME/hub/checkpoints) and rerun, or use "
+                "--pretrained PATH with a local state dict"
+            ) from e
         raise PretrainedError(
-            f"could not load ImageNet weights {weights} for {arch} from {cached} or {weights.url} ({_one_line(e)}); "
-            f"place the file at {cached} or use --pretrained PATH with a local state dict"
+            f"could not load ImageNet weights {weights} for {arch} from the torch hub cache {cached} "
+            f"({_one_line(e)}); replace it with {weights.url} (or delete it to download it again), or use "
+            "--pretrained PATH with a local state dict"
         ) from e
 
 

@@ -269,4 +269,22 @@ def test_a_list_that_is_not_utf8_names_the_file_and_the_line(tiny_shards, tmp_pa
     latin1.write_bytes(f"{first}\nJump/caf\xe9.avi 1\n".encode("latin-1"))  # saved by an editor as Latin-1
     with pytest.raises(DataError) as e:
         read_video_list(latin1, idx)
-    assert str(e.value) == f"{latin1}:2: not UTF-8 text (byte 0xe9); save the list as UTF-8"
+    assert str(e.value) == f"{latin1}:2: not UTF-8 text (byte 0xe9); save it as UTF-8"  # as flowprep extract says
+
+
+@pytest.mark.parametrize("kind", ["ucf101", "hmdb51", "csv"])
+def test_a_list_saved_as_utf16_without_a_byte_order_mark_names_the_file_and_the_line(
+    make_tiny_shards, tmp_path: Path, kind: str
+) -> None:
+    """ASCII text in UTF-16 is valid UTF-8 with a NUL after every character: a UCF-101 list named its first line's
+    video as 'D\\x00r\\x00i\\x00...' not in the shards; the rule is flowprep extract's (labels.check_utf8)."""
+    tiny = make_tiny_shards(num_classes=2, videos_per_class=2, class_names=["brush_hair", "cartwheel"],
+                            id_format="{cls}/{cls}_clip_{g}")
+    text, name = {"ucf101": ("brush_hair/brush_hair_clip_1.avi 1\n", "trainlist.txt"),
+                  "hmdb51": ("brush_hair_clip_1.avi 1\n", "brush_hair_test_split1.txt"),
+                  "csv": ("path,label\nbrush_hair/brush_hair_clip_1.avi,brush_hair\n", "train.csv")}[kind]
+    utf16 = tmp_path / name
+    utf16.write_bytes(text.encode("utf-16-le"))  # Windows Notepad's "Unicode", without its byte order mark
+    with pytest.raises(DataError) as e:
+        read_video_list(utf16, index_shards(tiny.root), role="train")
+    assert str(e.value) == f"{utf16}:1: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8"
