@@ -49,7 +49,7 @@ def read_video_list(path: str | Path, index: ShardIndex, *, labelled: bool | Non
             raise DataError(str(e)) from None
         records += _resolve(p, entries, index, labelled=labelled, missing=missing, listed=listed)
     if missing:
-        raise DataError(_missing_line(missing, index.root))
+        raise DataError(_missing_line(missing, index))
     if not records:
         raise DataError(f"{path}: the video list is empty; expected lines like 'Class/v_x.avi 1'")
     return records
@@ -130,14 +130,25 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def _missing_line(missing: list[tuple[str, str, str, str]], root: Path) -> str:
-    """Every video of a list that the shards lack, in one line: the first few by place, then a count."""
+def _missing_line(missing: list[tuple[str, str, str, str]], index: ShardIndex) -> str:
+    """Every video of a list that the shards lack, in one line: the first few by place, then a count; those whose
+    extraction failed (the manifests' failures) are said to have failed, with the way to drop them from a list."""
+    failed = {}
+    for vid, why in index.failed.items():
+        failed[_nfc(vid)] = failed[_nfc(vid.rsplit("/", 1)[-1])] = why  # lists name videos by id or by file name
     where, name, what, hint = missing[0]
-    line = f"{where}: video {name!r} {what} under {root}{hint}"
+    line = f"{where}: video {name!r} {what} under {index.root}{hint}"
+    if _nfc(name) in failed:
+        line = f"{where}: video {name!r} is not in the shards under {index.root}: its extraction failed ({failed[_nfc(name)]})"
     if len(missing) > 1:
         more = ", ".join(f"{w} {n!r}" for w, n, _, _ in missing[1:_SHOWN])
         rest = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
         line += f"; also {more}{rest} ({len(missing)} videos of the list are not in the shards)"
+    some = sum(_nfc(n) in failed for _, n, _, _ in missing)
+    if some:
+        them = "it" if len(missing) == 1 else f"the {some} that failed" if some < len(missing) else f"all {some}"
+        line += (f"; drop {them} from the list ({index.root}/manifest*.json list the failed videos; pipelines/ucf101.md "
+                 f"shows how) or replace {'the file' if some == 1 else 'the files'} and rerun flowprep extract")
     return line
 
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from flowprep import format as fmt
-from flowprep.format import scale_and_offset
+from flowprep.format import scale_and_offset, video_id
 from trainer.data.errors import DAMAGED, DataError, one_line
 
 
@@ -51,6 +51,7 @@ class ShardIndex:
     width: int
     has_rgb: bool  # every video has JPEG frames
     bound: float  # B of the shards' root params; the factors above are flowprep.format.scale_and_offset(B)
+    failed: dict[str, str] = field(default_factory=dict)  # video id -> why extraction failed (manifests' failures)
 
 
 def _load_manifests(root: Path, allow_incomplete: bool) -> list[tuple[Path, dict]]:
@@ -168,7 +169,11 @@ def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIn
     bounds: dict[float, str] = {}  # flow bound -> first shard with it
     sizes: set[tuple[int, int]] = set()
     has_rgb = True
+    failed: dict[str, str] = {}
     for mpath, m in manifests:
+        for failure in m.get("failures") or []:
+            if isinstance(failure, dict) and isinstance(failure.get("path"), str):
+                failed[video_id(failure["path"])] = str(failure.get("error", ""))
         if m["classes"] != classes:
             raise DataError(f"{mpath}: classes differ from {manifests[0][0].name}; expected one class list per run")
         for entry in m["shards"]:
@@ -197,7 +202,8 @@ def index_shards(root: str | Path, *, allow_incomplete: bool = False) -> ShardIn
     # As the writer stores them (float32), so that dequantizing gives exactly the numbers of any HDF5 reader.
     sf, ao = (float(np.float32(v)) for v in scale_and_offset(bound))
     height, width = sizes.pop() if len(sizes) == 1 else (0, 0)
-    return ShardIndex(root, list(classes), videos, sf, ao, height, width, has_rgb, bound)
+    return ShardIndex(root, list(classes), videos, sf, ao, height, width, has_rgb, bound,
+                      {vid: why for vid, why in failed.items() if vid not in videos})
 
 
 def check_quantization(rec: VideoRecord, index: ShardIndex) -> None:

@@ -240,8 +240,11 @@ def test_reads_a_real_flowprep_extraction_with_the_right_signs(tmp_path) -> None
     run = lambda *a: subprocess.run([sys.executable, "-m", "flowprep", *a], check=True, capture_output=True)  # noqa: E731
     run("sample", "--out", str(tmp_path / "s"), "--videos-per-class", "2", "--clips-per-group", "1", "--size", "64", "--frames", "14",
         "--classes", "MoveLeft,MoveRight,MoveUp,MoveDown", "--no-val")
-    run("extract", "--videos", str(tmp_path / "s" / "videos"), "--out", str(tmp_path / "o"), "--method", "farneback",
-        "--workers", "1", "--class-index", str(tmp_path / "s" / "classInd.txt"))
+    (tmp_path / "s" / "videos" / "MoveUp" / "v_MoveUp_g09_c01.avi").write_bytes(b"not a video " * 100)
+    extract = subprocess.run([sys.executable, "-m", "flowprep", "extract", "--videos", str(tmp_path / "s" / "videos"),
+                              "--out", str(tmp_path / "o"), "--method", "farneback", "--workers", "1", "--class-index",
+                              str(tmp_path / "s" / "classInd.txt")], capture_output=True, text=True)
+    assert extract.returncode == 1 and "1 video(s) failed" in extract.stdout + extract.stderr, extract
     idx = index_shards(tmp_path / "o")
     assert idx.add_offset == pytest.approx(-20.0) and idx.has_rgb and (idx.height, idx.width) == (64, 64)
     recs = read_video_list(tmp_path / "s" / "trainlist01.txt", idx, labelled=True)
@@ -259,6 +262,15 @@ def test_reads_a_real_flowprep_extraction_with_the_right_signs(tmp_path) -> None
     assert m["MoveDown"][1] > 0.1 and m["MoveUp"][1] < -0.1, m
     frame, _, label = FrameDataset(recs[:1], crop_size=48, train=False)[0]
     assert frame.shape == (3, 48, 48) and label == recs[0].label
+    # a list naming the video that failed to decode says so, with the way out, in one line
+    listed = tmp_path / "with_failed.txt"
+    listed.write_text("MoveUp/v_MoveUp_g09_c01.avi\n" + (tmp_path / "s" / "testlist01.txt").read_text())
+    with pytest.raises(DataError) as e:
+        read_video_list(listed, idx)
+    assert str(e.value).startswith(f"{listed}:1: video 'MoveUp/v_MoveUp_g09_c01' is not in the shards under "
+                                   f"{tmp_path / 'o'}: its extraction failed (") and "\n" not in str(e.value)
+    assert str(e.value).endswith("; drop it from the list (" + str(tmp_path / "o") + "/manifest*.json list the failed "
+                                 "videos; pipelines/ucf101.md shows how) or replace the file and rerun flowprep extract")
 
 
 # ---------------------------------------------------------------- device-side training crops
