@@ -31,6 +31,7 @@ from trainer.config import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+CORES = len(os.sched_getaffinity(0))  # the cores this process may run on (a cgroup or taskset limits them)
 # trainer.models.streams.ARCHS, repeated so that --help and usage errors answer without importing torch (tested equal).
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -268,8 +269,9 @@ def main() -> None:
                    "its last field to fill the stack (as other toolkits pad); fit and evaluate say how many videos "
                    "of each list are that short, in one line on stderr.")
 @click.option("--crop-size", type=click.IntRange(min=8), default=224, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
-              help="DataLoader processes per training process.")
+@click.option("--workers", type=click.IntRange(min=0), default=min(4, CORES), show_default=False,
+              help="DataLoader processes per training process.  "
+                   f"[default: 4, at most the cores available to this process, here {min(4, CORES)}]")
 @click.option("--shared-batches/--no-shared-batches", default=True, show_default=True,
               help="Workers write training batches into a ring of reused shared buffers, pinned on CUDA (no fresh "
                    "memory per batch); off: torch's default collate, for comparison. Needs --workers >= 1.")
@@ -354,7 +356,9 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.option("--crops", type=click.Choice(["1", "10"]), default="1", show_default=True,
               help="Centre crop, or 4 corners + centre and their flips (flow flips negate u).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Videos per batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=min(2, CORES), show_default=False,
+              help="DataLoader processes.  "
+                   f"[default: 2, at most the cores available to this process, here {min(2, CORES)}]")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @_amp
 @click.option("--out", type=OutPath(dir_okay=False), required=True,
