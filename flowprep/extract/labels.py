@@ -94,6 +94,8 @@ def check_utf8(path: Path) -> None:
     """ValueError naming the file and line of its first byte that is not UTF-8 (a file saved as Latin-1 or
     UTF-16): Python's UnicodeDecodeError names neither."""
     data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows' "Unicode" (UTF-16 with its mark)
+        raise ValueError(f"{path}:1: not UTF-8 text (it starts with a UTF-16 byte order mark); save it as UTF-8")
     body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
     try:
         body.decode("utf-8")

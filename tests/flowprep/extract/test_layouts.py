@@ -210,6 +210,12 @@ def test_a_label_file_saved_as_utf16_without_a_byte_order_mark_is_one_line_and_e
     assert result.exit_code == 2, result.output
     assert result.output.strip() == f"Error: {label_file}:1: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8"
     assert not out.exists()
+    label_file.write_bytes(("path,label\nZoo/a.mp4,Zoo\n" if option == "--labels" else "1 Zoo\n").encode("utf-16"))
+    result = invoke("extract", "--videos", root, "--out", out, option, label_file)  # with the byte order mark
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"Error: {label_file}:1: not UTF-8 text (it starts with a UTF-16 byte order "
+                                     "mark); save it as UTF-8")
+    assert not out.exists()
 
 
 def test_a_labels_file_with_a_header_alone_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:

@@ -288,3 +288,7 @@ def test_a_list_saved_as_utf16_without_a_byte_order_mark_names_the_file_and_the_
     with pytest.raises(DataError) as e:
         read_video_list(utf16, index_shards(tiny.root), role="train")
     assert str(e.value) == f"{utf16}:1: not UTF-8 text (a NUL byte: UTF-16?); save it as UTF-8"
+    utf16.write_bytes(text.encode("utf-16"))  # with its byte order mark: said so (it was "byte 0xff")
+    with pytest.raises(DataError) as e:
+        read_video_list(utf16, index_shards(tiny.root), role="train")
+    assert str(e.value) == f"{utf16}:1: not UTF-8 text (it starts with a UTF-16 byte order mark); save it as UTF-8"
