@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import click
 import cv2
@@ -72,7 +72,7 @@ def _video_arrays(video: FrameVideo) -> Iterator[np.ndarray]:
 def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: float, classes: Sequence[str] | None = None,
                   rgb: bool = True, videos_per_shard: int = 100, fps: float = 25.0, unlabelled: bool = False,
                   progress: bool = False, notes: list[str] | None = None, workers: int = 1,
-                  labels: Sequence[str | Path] = ()) -> dict:
+                  labels: Sequence[str | Path] = (), warn: Callable[[str], None] | None = None) -> dict:
     """Write the frames under ``root`` as shards into ``out``; resumable, like ``flowprep extract``.
 
     Returns the manifest. ``classes`` (a class index's order) else the sorted class names found;
@@ -83,7 +83,9 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     the same import after a crash, a kill or a frame that turned out bad while writing keeps the finished
     shards (checked by sha256, as the import's own verify reads them all anyway; one missing or damaged is
     imported again) and goes on; what the failing shard had written is removed. A rerun of a finished import
-    changes nothing. ``notes`` gets what a rerun kept or repaired, one line each. ``workers`` processes write
+    changes nothing. ``notes`` gets what a rerun kept or repaired, one line each; ``warn`` (default: ``notes``)
+    what the scan finds worth a word (an input folder one level too high, the labels files), before any work, so
+    that a user can stop and fix the command before hours of import. ``workers`` processes write
     one shard each at a time (the shards are the same whatever their number; the manifest lists them in name
     order).
     """
@@ -91,6 +93,7 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
 
     root, out = Path(root), Path(out)
     notes = notes if notes is not None else []
+    warn = warn or notes.append
     if labels and unlabelled:
         raise FramesError("give --labels or --unlabelled, not both")
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled, by_folder=bool(labels))
@@ -98,10 +101,10 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
         note = reader.one_folder_note([v.video_id for v in videos], root, option="--frames", what="video folder",
                                       so="so every video id starts with it and lists of <Class>/<video> select none")
         if note:  # train/<Class>/<video>/ (a split folder above the classes) is a layout of its own: no note
-            notes.append(note)
+            warn(note)
     if labels:  # the class of each video folder from the file (extract --labels' ids have no class folder)
         names = reader.names_from_labels([v.video_id for v in videos], [Path(p) for p in labels], problems,
-                                         notes.append, under="--frames", doing="importing")
+                                         warn, under="--frames", doing="importing")
         for v in videos:
             v.class_name = names.get(v.video_id, "")
     if classes is not None:  # a folder macOS named decomposed (NFD) is the index's class typed composed, as in extract
@@ -357,7 +360,8 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
         manifest = import_frames(frames, out, layout=layout, bound=bound, classes=classes, rgb=not no_rgb,
                                  videos_per_shard=videos_per_shard, fps=fps, unlabelled=unlabelled,
                                  progress=sys.stderr.isatty() if progress is None else progress, notes=notes,
-                                 workers=workers or len(os.sched_getaffinity(0)), labels=labels)
+                                 workers=workers or len(os.sched_getaffinity(0)), labels=labels,
+                                 warn=lambda line: click.echo(line, err=True))
     except (FramesError, reader.DatasetError) as exc:
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from flowprep import format as fmt
 from flowprep.cli import main
 from flowprep.extract.verify import format_report, verify_output
+from flowprep.tools.import_frames import import_frames
 
 
 def invoke(*args) -> object:
@@ -265,7 +266,11 @@ def test_frames_given_one_folder_too_high_get_extracts_note_naming_the_folder_to
     assert result.exit_code == 0, result.output
     assert ("note: every video folder sits under the one folder 'rawframes', so every video id starts with it and "
             f"lists of <Class>/<video> select none; if it holds the class folders, give --frames "
-            f"{tmp_path / 'data' / 'rawframes'}") in result.output.splitlines()
+            f"{tmp_path / 'data' / 'rawframes'}") in result.stderr.splitlines()  # on stderr, as extract's
+    seen = []  # and said before any work, when a user can still stop and give the right folder
+    import_frames(tmp_path / "data", tmp_path / "early", layout="mmaction", bound=20.0,
+                  warn=lambda line: seen.append((line, list((tmp_path / "early").glob("*.h5")))))
+    assert len(seen) == 1 and seen[0][0].startswith("note: every video folder sits under") and seen[0][1] == []
     for frames in (tmp_path / "data" / "rawframes", mmaction(tmp_path / "split", {"train/Jump/v_Jump_g01_c01": 2})):
         result = invoke("import-frames", "--frames", frames, "--out", tmp_path / frames.name / "out", "--layout",
                         "mmaction")  # the dataset root, and a split folder above the classes: no note
