@@ -245,10 +245,11 @@ def run_evaluate(
         "val_video_ids": np.array([r.video_id for r in val]), "val_labels": np.array([r.label for r in val], dtype=np.int64),
     }
     checkpoints, own_fusion, scored = {}, {}, {}
+    amp_dtype = amp_dtype_for(amp, device)
     for stream, path in (("spatial", spatial), ("temporal", temporal), ("joint", joint)):
         if path is None:
             continue
-        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype_for(amp, device),
+        prepare = BatchPreparer.for_shards(index, device=device, stream=stream, amp_dtype=amp_dtype,
                                            channels_last=device.type == "cuda")
         net, config, file = load_stream(path, classes=list(index.classes), prepare=prepare, test=test)
         checkpoints[stream] = str(file)
@@ -263,8 +264,10 @@ def run_evaluate(
     with replacing(scores_path(out)) as tmp, open(tmp, "wb") as f:  # whole or absent, as the results
         np.savez_compressed(f, **bundle)
     results = report(bundle, fusion=None if joint else fusion, spatial_weight=spatial_weight, out=out)
-    # samples_scored: per stream, the samples of the test videos after the cap (VideoEvalDataset), <= samples
-    results.update(samples=samples, samples_scored=scored, crops=crops, checkpoints=checkpoints, **own_fusion)
+    # samples_scored: per stream, the samples of the test videos after the cap (VideoEvalDataset), <= samples;
+    # precision: the forward pass's (--amp as resolved on this device), which moves scores in their last digits
+    results.update(samples=samples, samples_scored=scored, crops=crops, checkpoints=checkpoints, **own_fusion,
+                   precision=str(amp_dtype or torch.float32).removeprefix("torch."))
     _write_json(out, results)
     return results
 

@@ -319,6 +319,8 @@ def test_evaluate_amp_bf16_runs_the_forward_pass_in_bfloat16_on_the_cpu_and_with
     finally:
         handle.remove()
     assert dtypes == {"default": {torch.float32}, "none": {torch.float32}, "bf16": {torch.bfloat16}}
+    precision = {amp: json.loads((tmp_path / f"{amp}.json").read_text())["precision"] for amp in dtypes}
+    assert precision == {"default": "float32", "none": "float32", "bf16": "bfloat16"}  # results.json says which
     reference = run_evaluate(shards=str(tiny_shards.root), test_list=str(tiny_shards.test_list), spatial=None,
                              temporal=str(runs["temporal"]), samples=2, device=CPU, out=tmp_path / "api.json",
                              workers=0, show_progress=False)
