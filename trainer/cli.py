@@ -309,7 +309,7 @@ def fit(ctx: click.Context, **o: Any) -> None:
     last = os.path.join(o["out"], LAST)
     if o["resume"] and not os.path.lexists(last):  # one that is there but unreadable: load_checkpoint says how
         raise click.UsageError(f"--resume: no checkpoint at {last}")
-    if not o["resume"] and os.path.isfile(last):
+    if not o["resume"] and os.path.lexists(last):  # a folder or a link by that name too: saving would fail at the end
         raise click.UsageError(f"{o['out']} already holds a run ({last}); pass --resume or choose another --out")
     options.amp(o["amp"], o["device"])
     joint = options.joint_options(ctx, o)

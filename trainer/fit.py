@@ -93,7 +93,7 @@ def _check_run_dir(run: RunConfig) -> Path:
     last = out / ckpt_io.LAST
     if run.resume and not os.path.lexists(last):  # there but unreadable or damaged: load_checkpoint says which
         raise ckpt_io.CheckpointError(f"--resume: no checkpoint to resume at {last}")
-    if not run.resume and last.is_file():
+    if not run.resume and os.path.lexists(last):
         raise ckpt_io.CheckpointError(f"{out} already holds a run ({last}); pass --resume or choose another --out")
     return out
 

@@ -219,6 +219,10 @@ def test_checkpoint_metrics_and_best_on_validation(straight_and_resumed, tiny_sh
 def test_run_dir_and_resume_mistakes(tiny_shards, tmp_path) -> None:
     with pytest.raises(ck.CheckpointError, match="--resume: no checkpoint to resume at"):
         fit(**_configs(tiny_shards, tmp_path / "nothing", resume=True))
+    (tmp_path / "odd" / ck.LAST).mkdir(parents=True)  # a folder by that name: the end-of-epoch save would fail
+    with mock.patch("trainer.fit._build_network", side_effect=AssertionError("built a network")):
+        with pytest.raises(ck.CheckpointError, match="already holds a run"):  # so it is refused before any training
+            fit(**_configs(tiny_shards, tmp_path / "odd", epochs=1, val=False))
     run = tmp_path / "run"
     fit(**_configs(tiny_shards, run, epochs=1, val=False))
     assert not (run / ck.BEST).exists()  # no validation list, no best
