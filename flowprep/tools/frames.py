@@ -50,6 +50,11 @@ _TSF_FOLDERS = {"u": "u", "v": "v", "rgb": "jpegs_256"}
 _SPLIT_NAMES = set().union(*ROLES.values())  # train/, val/, test/ ...: not classes
 
 
+# In the --out of export-frames while it writes (an ``OutputLock``: a second export is refused as busy), and left there by
+# one that was killed: import-frames refuses such a folder, whose frames are not all there.
+EXPORT_LOCK = "export-frames.lock"
+
+
 class FramesError(ValueError):
     """Frames that cannot be imported as given; the message lists the first problems (one line each)."""
 

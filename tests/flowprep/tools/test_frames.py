@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -628,3 +629,56 @@ def test_class_folders_in_decomposed_unicode_import_as_the_class_index_names_typ
                     tmp_path / "classInd.txt")
     assert result.exit_code == 0, result.output
     assert labels_of(out) == {f"{cafe}/v_a": (1, "Café"), "Zoo/v_b": (0, "Zoo")}  # the id stays the name on disk
+
+
+def test_an_export_killed_half_way_is_refused_by_its_rerun_and_by_import_and_a_second_export_meanwhile_is_busy(
+    tmp_path: Path
+) -> None:
+    """An export killed with SIGKILL left the video folders it had written and no rawframes.txt: its rerun said only
+    'not an empty folder', and import-frames imported the videos there were, exit 0, 'verify: OK', the others missing
+    unsaid. A second export while one wrote was refused only once the first had made a video folder ('not an empty
+    folder'); two started together both wrote into --out, and one that failed removed the other's frames."""
+    import signal
+    import sys
+
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    out, gate = tmp_path / "exported", tmp_path / "gate"
+    code = ("import os, signal, sys, time; from flowprep.tools import export_frames as m; real = m._export_video\n"
+            "def export(g, folder, *a):\n"
+            f"    if folder.name.startswith('v_Run_g03'):\n"
+            f"        open({str(gate)!r} + '.waiting', 'w').close()\n"
+            f"        while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+            f"        if open({str(gate)!r}).read() == 'kill': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    real(g, folder, *a)\n"
+            "m._export_video = export\n"
+            "from flowprep.cli import main; main(sys.argv[1:])")
+    for how in ("go", "kill"):
+        first = subprocess.Popen([sys.executable, "-c", code, "export-frames", str(shards), "--out", str(out)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not Path(f"{gate}.waiting").exists():
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.02)
+        second = invoke("export-frames", shards, "--out", out)  # while the first one writes
+        assert second.exit_code == 4 and "is being written by another run" in second.output, second.output
+        early = invoke("import-frames", "--frames", out, "--out", tmp_path / "early", "--layout", "mmaction")
+        assert early.exit_code == 2 and "holds export-frames.lock" in early.output, early.output
+        assert not (tmp_path / "early").exists()
+        gate.write_text(how)
+        first.communicate(timeout=60)
+        Path(f"{gate}.waiting").unlink()
+        gate.unlink()
+        if how == "go":
+            assert first.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["Run", "classInd.txt",
+                                                                                      "labels.csv", "rawframes.txt"]
+            assert len((out / "rawframes.txt").read_text().splitlines()) == 4
+            shutil.rmtree(out)
+    assert first.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (out / "Run").iterdir()) == ["v_Run_g01_c01", "v_Run_g02_c01"]
+    for _ in range(2):  # the refused rerun leaves the mark of the killed export, naming it
+        rerun = invoke("export-frames", shards, "--out", out)
+        assert rerun.exit_code == 2 and "Traceback" not in rerun.output
+        assert f"holds an export that did not finish (host {os.uname().nodename}, pid {first.pid}," in rerun.output
+    late = invoke("import-frames", "--frames", out, "--out", tmp_path / "late", "--layout", "mmaction")
+    assert late.exit_code == 2 and "holds export-frames.lock" in late.output and not (tmp_path / "late").exists()
