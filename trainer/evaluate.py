@@ -141,7 +141,8 @@ def fit_learned_fusion(
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str) -> Path:
-    """Row-normalised confusion matrix as a PNG (matplotlib's Agg canvas, no display needed)."""
+    """Row-normalised confusion matrix as a PNG (matplotlib's Agg canvas, no display needed), written whole or not at
+    all: a failure leaves an earlier picture of that name as it was."""
     k = len(classes)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     side = min(4 + 0.18 * k, 24)
@@ -153,7 +154,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str
     fontsize = max(4, min(9, 600 // max(k, 1)))
     ax.set_xticks(range(k), classes, rotation=90, fontsize=fontsize)
     ax.set_yticks(range(k), classes, fontsize=fontsize)
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:  # whole or absent: a killed or failed evaluate leaves no picture cut short
+        fig.savefig(tmp, dpi=120, format="png")
     return path
 
 
