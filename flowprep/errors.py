@@ -51,10 +51,14 @@ class OutPath(click.Path):
     """``click.Path`` for an output that may not exist yet: the nearest existing path above it must be a folder.
 
     Otherwise creating it fails with ENOTDIR deep inside the run, which read as a crash of the environment
-    (exit 75, "rerun to resume") or a traceback, while the command line itself is what is wrong."""
+    (exit 75, "rerun to resume") or a traceback, while the command line itself is what is wrong. So does an output
+    folder that is a link to nothing (EEXIST: "File exists", exit 75, forever)."""
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         path = super().convert(value, param, ctx)
+        if not self.file_okay and os.path.islink(path) and not os.path.exists(path):
+            self.fail(f"{os.fsdecode(path)!r} is a link to {os.fsdecode(os.readlink(path))}, which does not exist: "
+                      "create that folder or give another --out", param, ctx)
         for parent in Path(os.fsdecode(path)).absolute().parents:
             if os.path.lexists(parent):
                 if not parent.is_dir():
