@@ -99,6 +99,9 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     if (root / EXPORT_LOCK).exists():  # an export-frames writing it, or one killed: videos would be missing unsaid
         raise FramesError(f"{root} holds {EXPORT_LOCK}: an export-frames into it is running or was stopped before it "
                           "finished, so its frames are not all there; import a finished export")
+    if (out / EXPORT_LOCK).exists():  # the shards would go in among the frames of that export
+        raise FramesError(f"{out} holds {EXPORT_LOCK}: it is the --out of an export-frames (running, or stopped before "
+                          "it finished): use another --out")
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled, by_folder=bool(labels))
     if not (labels or unlabelled) and not any(v.video_id.split("/", 1)[0].lower() in _SPLITS for v in videos):
         note = reader.one_folder_note([v.video_id for v in videos], root, option="--frames", what="video folder",
@@ -353,7 +356,7 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
     frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
     count); then nothing is written and the exit status is 2, as for --frames an export-frames has not finished
-    (it holds export-frames.lock). A frame of another size or one that is not
+    (it holds export-frames.lock) and for an --out an export-frames writes into. A frame of another size or one that is not
     a whole JPEG is found while writing: exit 2, and the shards finished before it are kept. Rerun the same
     command (after fixing the frame, or after a crash, a kill or a full disk: 75) and it goes on from the
     finished shards; a rerun of a finished import changes nothing. 4: another import holds --out.

@@ -637,7 +637,8 @@ def test_an_export_killed_half_way_is_refused_by_its_rerun_and_by_import_and_a_s
     """An export killed with SIGKILL left the video folders it had written and no rawframes.txt: its rerun said only
     'not an empty folder', and import-frames imported the videos there were, exit 0, 'verify: OK', the others missing
     unsaid. A second export while one wrote was refused only once the first had made a video folder ('not an empty
-    folder'); two started together both wrote into --out, and one that failed removed the other's frames."""
+    folder'); two started together both wrote into --out, and one that failed removed the other's frames. An import
+    into the --out of a running export put its shards among the frames, and both exited 0."""
     import signal
     import sys
 
@@ -665,6 +666,9 @@ def test_an_export_killed_half_way_is_refused_by_its_rerun_and_by_import_and_a_s
         early = invoke("import-frames", "--frames", out, "--out", tmp_path / "early", "--layout", "mmaction")
         assert early.exit_code == 2 and "holds export-frames.lock" in early.output, early.output
         assert not (tmp_path / "early").exists()
+        inside = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction")
+        assert inside.exit_code == 2 and f"{out} holds export-frames.lock: it is the --out of an export-frames" in \
+            inside.output, inside.output  # its shards went in among the frames, both runs exit 0
         gate.write_text(how)
         first.communicate(timeout=60)
         Path(f"{gate}.waiting").unlink()
