@@ -15,7 +15,7 @@ import h5py
 from tqdm import tqdm
 
 from flowprep import format as fmt
-from flowprep.errors import BusyOutput, OutPath, RunError, environment_failure
+from flowprep.errors import BusyOutput, OutPath, RunError, environment_cause, environment_failure
 from flowprep.exits import BusyError
 from flowprep.extract.lock import OutputLock, describe
 from flowprep.tools.frames import EXPORT_LOCK, FramesError
@@ -169,7 +169,8 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
     except BusyError as exc:
         raise BusyOutput(str(exc)) from exc
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
-        raise environment_failure(exc, shards, action="rerun the same command", log=False) from exc
+        writing = environment_cause(exc) in ("disk full", "disk quota exceeded", "read-only file system")
+        raise environment_failure(exc, out if writing else shards, action="rerun the same command", log=False) from exc
     click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
     if (out / LABELS).exists():
         click.echo(f"labels: {out / LABELS} and {out / 'classInd.txt'}; to import the frames with the same labels: "

@@ -553,6 +553,31 @@ def test_a_full_disk_during_an_import_is_75_and_the_rerun_after_freeing_space_go
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_full_disk_during_an_export_names_the_out_leaves_nothing_and_the_rerun_after_freeing_space_works(
+    tmp_path: Path
+) -> None:
+    """The line said 'disk full (SHARDS)', the folder read, not the one written."""
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "fill").write_bytes(b"\0" * (480 << 10))  # room for a few frames (4 kB each here), not for all 40
+        out = disk / "frames"
+        full = invoke("export-frames", shards, "--out", out)
+        assert full.exit_code == 75, full.output
+        assert full.output.startswith(f"Error: disk full ({out}): ") and full.output.strip().count("\n") == 0
+        assert sorted(p.name for p in disk.iterdir()) == ["fill"]
+        (disk / "fill").unlink()
+        again = invoke("export-frames", shards, "--out", out)
+        assert again.exit_code == 0 and "4 videos written" in again.output, again.output
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_worker_processes_write_the_shards_and_manifest_of_one_process_and_a_bad_frame_stops_them(tmp_path: Path) -> None:
     frames = mmaction(tmp_path / "rawframes", {f"Run/v_Run_g0{i}_c01": 3 for i in range(1, 7)})
     args = ["--frames", frames, "--layout", "mmaction", "--videos-per-shard", "2"]
