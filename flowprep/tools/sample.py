@@ -10,6 +10,7 @@ Encoded bytes depend on the codec library versions; the raw frames only on the s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -119,7 +120,14 @@ def make_sample(
     for sp in tqdm(specs, desc="sample", unit="video", disable=not progress):
         path = out / "videos" / video_path(sp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_video(render_clip(sp), path, fps=fps)
+        # whole or absent (a full disk, a kill): a hidden name extract skips, keeping the suffix PyAV's format is from
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        try:
+            encode_video(render_clip(sp), tmp, fps=fps)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     info = {
         "generator": "flowprep.tools.sample", "seed": seed, "classes": list(classes), "size": [width, height],
         "frames": frames, "fps": fps, "videos_per_class": videos_per_class, "clips_per_group": clips_per_group,
@@ -168,7 +176,7 @@ def sample_command(
     The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields; what a field costs
     with each method is in BENCHMARKS.md.
     Exit status 1: --out holds a sample (pass --force); 2: a bad option; 75: a full disk or an I/O error
-    (one line: rerun with --force).
+    (one line: rerun with --force; each video is written whole or not at all).
     """
     names = list(MIRROR_SAFE_CLASSES) if classes == "mirror-safe" else [c.strip() for c in classes.split(",")]
     if (out / "videos").is_dir() and any((out / "videos").iterdir()):
