@@ -73,6 +73,18 @@ class RunError(click.ClickException):
     exit_code = exits.USAGE.code
 
 
+def unwritable_output(exc: PermissionError, out: Path) -> RunError | None:
+    """``cannot write into OUT: permission denied (FILE)``, exit 2 as ``flowprep extract`` says it (a rerun fails the
+    same way: not a failed environment), when the file denied is ``out``, one in it or a folder above it; None when it
+    is another (an input)."""
+    if exc.filename is None:
+        return None
+    denied, mine = Path(os.path.abspath(os.fsdecode(exc.filename))), Path(os.path.abspath(out))
+    if not (denied == mine or mine in denied.parents or denied in mine.parents):
+        return None
+    return RunError(f"cannot write into {out}: permission denied ({os.fsdecode(exc.filename)})")
+
+
 class ClusterError(click.ClickException):
     """The Dask cluster cannot run the job; retrying later may help (exit status 3)."""
 

@@ -18,7 +18,7 @@ import flowprep
 from flowprep import exits
 from flowprep import format as fmt
 from flowprep.config import FlowConfig, StorageConfig
-from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure, unwritable_output
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
 from flowprep.extract.labels import ROLES, index_spelling
@@ -359,7 +359,8 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
     (it holds export-frames.lock) and for an --out an export-frames writes into. A frame of another size or one that is not
     a whole JPEG is found while writing: exit 2, and the shards finished before it are kept. Rerun the same
     command (after fixing the frame, or after a crash, a kill or a full disk: 75) and it goes on from the
-    finished shards; a rerun of a finished import changes nothing. 4: another import holds --out.
+    finished shards; a rerun of a finished import changes nothing. 2 also for an --out this user may not write
+    into. 4: another import holds --out.
     """
     notes: list[str] = []
     try:
@@ -373,6 +374,9 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
+    except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a frame's: 75
+        raise (unwritable_output(exc, out) or environment_failure(exc, out, action="rerun the same command to go on")
+               ) from exc
     except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (finished shards are kept)
         raise environment_failure(exc, out, action="rerun the same command to go on") from exc
     for line in notes:

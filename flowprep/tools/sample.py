@@ -20,7 +20,7 @@ import click
 import cv2
 import numpy as np
 
-from flowprep.errors import OutPath, environment_failure
+from flowprep.errors import OutPath, environment_failure, unwritable_output
 from flowprep.tools.synth import DEFAULT_CLASSES, MIRROR_SAFE_CLASSES, MOTIONS, ClipSpec, render_clip
 
 CODECS = {".avi": "mpeg4", ".mp4": "libx264"}
@@ -175,7 +175,7 @@ def sample_command(
     Split by group: test g01.. (~30%), then validation (~15%), training the rest.
     The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields; what a field costs
     with each method is in BENCHMARKS.md.
-    Exit status 1: --out holds a sample (pass --force); 2: a bad option; 75: a full disk or an I/O error
+    Exit status 1: --out holds a sample (pass --force); 2: a bad option, an --out this user may not write into; 75: a full disk or an I/O error
     (one line: rerun with --force; each video is written whole or not at all).
     """
     names = list(MIRROR_SAFE_CLASSES) if classes == "mirror-safe" else [c.strip() for c in classes.split(",")]
@@ -191,6 +191,9 @@ def sample_command(
                            progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    except PermissionError as e:  # --out (a folder above it) this user may not write: 2, as extract
+        raise (unwritable_output(e, out) or environment_failure(e, out, action="rerun the same command with --force",
+                                                                log=False)) from None
     except OSError as e:  # a full disk, an I/O error (PyAV's errors are OSErrors too): one line, retriable
         raise environment_failure(e, out, action="rerun the same command with --force", log=False) from None
     n = info["videos"]

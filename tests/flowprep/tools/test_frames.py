@@ -711,3 +711,32 @@ def test_an_export_killed_half_way_is_refused_by_its_rerun_and_by_import_and_a_s
         assert f"holds an export that did not finish (host {os.uname().nodename}, pid {first.pid}," in rerun.output
     late = invoke("import-frames", "--frames", out, "--out", tmp_path / "late", "--layout", "mmaction")
     assert late.exit_code == 2 and "holds export-frames.lock" in late.output and not (tmp_path / "late").exists()
+
+
+def test_an_out_in_a_folder_this_user_may_not_write_is_a_usage_error_of_one_line_for_the_tools(tmp_path: Path) -> None:
+    """import-frames, export-frames and sample said 'Permission denied ... rerun the same command', exit 75, which a
+    rerun never gets past; extract says 'cannot write into OUT: permission denied (FILE)', exit 2."""
+    import sys
+
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    locked = tmp_path / "locked"
+    (locked / "empty").mkdir(parents=True)
+    locked.chmod(0o555)
+    (locked / "empty").chmod(0o555)
+    run = [sys.executable, "-m", "flowprep"]
+    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    for out, denied in ((locked / "new", locked / "new"), (locked / "empty", None)):
+        for args, first in ((["import-frames", "--frames", frames, "--layout", "mmaction"], "manifest.json.lock"),
+                            (["export-frames", shards], "export-frames.lock"),
+                            (["sample", "--videos-per-class", "2", "--clips-per-group", "1", "--size", "32", "--frames",
+                              "3", "--classes", "MoveUp,MoveDown"], "videos")):
+            res = subprocess.run([*run, *map(str, args), "--out", str(out)], capture_output=True, text=True, timeout=120)
+            assert res.returncode == 2, (args[0], res.stderr)
+            assert res.stderr.strip().splitlines()[-1] == \
+                f"Error: cannot write into {out}: permission denied ({denied or out / first})", args[0]
+    assert sorted(p.name for p in locked.rglob("*")) == ["empty"]
