@@ -103,12 +103,13 @@ def _claim(out: Path) -> OutputLock:
     """Hold ``out/export-frames.lock`` for the export (a second export into ``out`` is refused as busy), and refuse an
     ``out`` that an export killed before it finished left behind (its lock file is still there)."""
     lock = OutputLock(out / EXPORT_LOCK).acquire()
-    if lock.took_over is not None:  # the file stays, naming the killed export: the folder is unfinished, for import too
+    others = any(p.name != EXPORT_LOCK for p in out.iterdir())  # (a killed export that had written nothing: go on)
+    if lock.took_over is not None and others:  # the file stays, naming the killed export: the folder is unfinished, for import too
         lock.path.write_text(json.dumps(lock.took_over) + "\n")
         lock.release(remove=False)
         raise FramesError(f"{out} holds an export that did not finish ({describe(lock.took_over)}; killed?), its frames "
                           f"are not all there: delete {out} and export again")
-    if any(p.name != EXPORT_LOCK for p in out.iterdir()):  # another export finished into it meanwhile
+    if others:  # another export finished into it meanwhile
         lock.release()
         raise FramesError(f"{out} is not an empty folder: export into a new --out (or delete it first)")
     return lock

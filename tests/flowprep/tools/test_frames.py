@@ -711,6 +711,10 @@ def test_an_export_killed_half_way_is_refused_by_its_rerun_and_by_import_and_a_s
         assert f"holds an export that did not finish (host {os.uname().nodename}, pid {first.pid}," in rerun.output
     late = invoke("import-frames", "--frames", out, "--out", tmp_path / "late", "--layout", "mmaction")
     assert late.exit_code == 2 and "holds export-frames.lock" in late.output and not (tmp_path / "late").exists()
+    shutil.rmtree(out / "Run")  # a killed export that had written nothing yet: the rerun goes on
+    again = invoke("export-frames", shards, "--out", out)
+    assert again.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["Run", "classInd.txt", "labels.csv",
+                                                                             "rawframes.txt"], again.output
 
 
 def test_an_out_in_a_folder_this_user_may_not_write_is_a_usage_error_of_one_line_for_the_tools(tmp_path: Path) -> None:
