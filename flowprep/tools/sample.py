@@ -120,8 +120,9 @@ def make_sample(
     for sp in tqdm(specs, desc="sample", unit="video", disable=not progress):
         path = out / "videos" / video_path(sp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # whole or absent (a full disk, a kill): a hidden name extract skips, keeping the suffix PyAV's format is from
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        # whole or absent (a full disk, a kill): a hidden name extract skips, keeping the suffix PyAV's format is from;
+        # its own (pid): two samples into one --out at once each rename a whole file
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
         try:
             encode_video(render_clip(sp), tmp, fps=fps)
             os.replace(tmp, path)
