@@ -413,6 +413,8 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
 
     from trainer.evaluate import load_scores, report
 
+    if os.path.exists(out) and os.path.samefile(out, scores):  # results.json written over the scores it is from
+        raise click.UsageError(f"--out {out} is the --scores file, which it would replace: name the results another file")
     bundle = load_scores(scores)
     both = "spatial" in bundle and "temporal" in bundle
     has_val = both and "val_spatial" in bundle and "val_temporal" in bundle and len(bundle["val_labels"]) > 0

@@ -578,3 +578,16 @@ def test_fuse_names_the_scores_it_read_and_a_file_that_is_not_one_is_bad_input_i
     _one_line_error(_invoke("fuse", "--scores", tmp_path / "wrong.npz", "--out", tmp_path / "x.json"), 1,
                     "labels are not 2 classes' numbers")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_fuse_into_its_own_scores_file_is_a_usage_error_and_the_scores_stay(tmp_path) -> None:
+    """fuse --scores X --out X wrote its results.json over the scores it had read, exit 0: the scores were lost."""
+    import numpy as np
+
+    scores = tmp_path / "r.scores.npz"
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 6))
+    np.savez_compressed(scores, classes=np.array(["A", "B", "C"]), labels=np.arange(6) % 3, spatial=p[0], temporal=p[1])
+    kept = scores.read_bytes()
+    _one_line_error(_invoke("fuse", "--scores", scores, "--out", scores), 2,
+                    f"--out {scores} is the --scores file, which it would replace")
+    assert scores.read_bytes() == kept and sorted(x.name for x in tmp_path.iterdir()) == ["r.scores.npz"]
