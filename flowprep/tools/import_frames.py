@@ -37,7 +37,10 @@ def _read_jpeg(path: Path, mode: int) -> tuple[bytes, np.ndarray]:
     OpenCV decodes a JPEG cut short (an interrupted copy or download) with a warning, the missing rows grey, and
     reads PNG or BMP bytes behind a .jpg name: both would be imported as if they were the frame.
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError as exc:  # the input's, not the environment's: a rerun fails the same way until it is fixed
+        raise FramesError(f"{path}: cannot be read (permission denied): fix its permissions") from exc
     if data[:3] != b"\xff\xd8\xff":
         raise FramesError(f"{path}: not a JPEG file")
     if data.rstrip(b"\0\r\n ")[-2:] != b"\xff\xd9":
@@ -354,13 +357,14 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
-    frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
-    count); then nothing is written and the exit status is 2, as for --frames an export-frames has not finished
-    (it holds export-frames.lock) and for an --out an export-frames writes into. A frame of another size or one that is not
-    a whole JPEG is found while writing: exit 2, and the shards finished before it are kept. Rerun the same
-    command (after fixing the frame, or after a crash, a kill or a full disk: 75) and it goes on from the
-    finished shards; a rerun of a finished import changes nothing. 2 also for an --out this user may not write
-    into. 4: another import holds --out.
+    frames, unequal u/v counts or RGB frames that do not fit, or a folder this user may not read, is named
+    (the first ten problems, then a count); then nothing is written and the exit status is 2, as for --frames
+    an export-frames has not finished (it holds export-frames.lock) and for an --out an export-frames writes
+    into. A frame of another size, one that is not a whole JPEG or one this user may not read is found while
+    writing: exit 2, and the shards finished before it are kept. Rerun the same command (after fixing the
+    frame, or after a crash, a kill or a full disk: 75) and it goes on from the finished shards; a rerun of a
+    finished import changes nothing. 2 also for an --out this user may not write into. 4: another import
+    holds --out.
     """
     notes: list[str] = []
     try:

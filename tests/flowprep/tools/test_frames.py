@@ -744,3 +744,40 @@ def test_an_out_in_a_folder_this_user_may_not_write_is_a_usage_error_of_one_line
             assert res.stderr.strip().splitlines()[-1] == \
                 f"Error: cannot write into {out}: permission denied ({denied or out / first})", args[0]
     assert sorted(p.name for p in locked.rglob("*")) == ["empty"]
+
+
+def test_frames_this_user_may_not_read_are_named_never_skipped_and_a_rerun_after_fixing_them_goes_on(
+    tmp_path: Path
+) -> None:
+    """A class or video folder this user may not list was skipped without a word (4 of 8 videos imported, exit 0,
+    'verify: OK'); a frame it may not read stopped the import with exit 75, 'rerun the same command to go on',
+    which failed the same way forever."""
+    import sys
+
+    frames = mmaction(tmp_path / "rawframes", {f"{c}/v_{c}_g0{i}_c01": 2 for c in ("Jump", "Run") for i in (1, 2)})
+    run = [sys.executable, "-m", "flowprep", "import-frames", "--frames", str(frames), "--layout", "mmaction",
+           "--videos-per-shard", "2", "--workers", "1", "--out"]
+    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    (frames / "Run").chmod(0)
+    (frames / "Jump" / "v_Jump_g02_c01").chmod(0)
+    try:
+        res = subprocess.run([*run, str(tmp_path / "skipped")], capture_output=True, text=True, timeout=120)
+    finally:
+        (frames / "Run").chmod(0o755)
+        (frames / "Jump" / "v_Jump_g02_c01").chmod(0o755)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == ["Error: Jump/v_Jump_g02_c01: cannot be read (Permission denied): fix its "
+                                       "permissions", "Run: cannot be read (Permission denied): fix its permissions"]
+    assert not (tmp_path / "skipped").exists()
+    frame = frames / "Run" / "v_Run_g01_c01" / "flow_x_00002.jpg"
+    frame.chmod(0)
+    res = subprocess.run([*run, str(tmp_path / "shards")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (f"Error: {frame}: cannot be read (permission denied): fix its permissions (1 finished "
+                                  "shard(s) are kept: fix it and rerun the same command to go on)")
+    frame.chmod(0o644)
+    res = subprocess.run([*run, str(tmp_path / "shards")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "resume: 1 shard(s)" in res.stdout and "4 videos imported" in res.stdout, res.stderr
