@@ -170,8 +170,8 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
     except BusyError as exc:
         raise BusyOutput(str(exc)) from exc
     except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a shard's: 75
-        raise (unwritable_output(exc, out) or environment_failure(exc, shards, action="rerun the same command",
-                                                                  log=False)) from exc
+        raise (unwritable_output(exc, out) or environment_failure(exc, shards, action="fix its permissions and rerun "
+                                                                  "the same command", log=False)) from exc
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
         writing = environment_cause(exc) in ("disk full", "disk quota exceeded", "read-only file system")
         raise environment_failure(exc, out if writing else shards, action="rerun the same command", log=False) from exc

@@ -8,6 +8,7 @@ Writes a PNG grid of frame pairs, or an animated GIF (Pillow) or MP4 (H.264, PyA
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import os
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ def load_video(root: str | Path, video_id: str, *, frames: int | None = None) ->
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
+        if exc.errno == errno.EACCES:  # not damaged: the repair advised below would change nothing
+            raise PreviewError(f"cannot read {path}: permission denied (fix its permissions)") from None
         raise PreviewError(f"{path} cannot be opened as HDF5 ({' '.join(str(exc).split())}){damaged}") from None
     with f:
         try:

@@ -327,3 +327,19 @@ def test_a_failed_preview_leaves_an_earlier_picture_and_a_link_as_they_were_and_
     assert CliRunner().invoke(main, ["preview", str(shards), vid, "--out", str(link)]).exit_code == 0
     assert link.is_symlink() and (tmp_path / "pictures" / "x.gif").read_bytes()[:6] == b"GIF89a"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.gif", "link.png", "pictures", "shards", "x.mp4"]
+
+
+def test_a_shard_this_user_may_not_read_is_said_so_not_called_damaged(shards: Path, tmp_path: Path) -> None:
+    """It said 'the shard is damaged (... a rerun of flowprep extract with --check repairs it)': the wrong fix."""
+    shard = shards / "shard-00000.h5"
+    shard.chmod(0)
+    cmd = [sys.executable, "-m", "flowprep", "preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
+           str(tmp_path / "x.png")]
+    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == f"Error: cannot read {shard}: permission denied (fix its permissions)"
+    assert not (tmp_path / "x.png").exists()
