@@ -51,10 +51,14 @@ class OutPath(click.Path):
     """``click.Path`` for an output that may not exist yet: the nearest existing path above it must be a folder.
 
     Otherwise creating it fails with ENOTDIR deep inside the run, which read as a crash of the environment
-    (exit 75, "rerun to resume") or a traceback, while the command line itself is what is wrong."""
+    (exit 75, "rerun to resume") or a traceback, while the command line itself is what is wrong. So does an output
+    folder that is a link to nothing (EEXIST: "File exists", exit 75, forever)."""
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         path = super().convert(value, param, ctx)
+        if not self.file_okay and os.path.islink(path) and not os.path.exists(path):
+            self.fail(f"{os.fsdecode(path)!r} is a link to {os.fsdecode(os.readlink(path))}, which does not exist: "
+                      "create that folder or give another --out", param, ctx)
         for parent in Path(os.fsdecode(path)).absolute().parents:
             if os.path.lexists(parent):
                 if not parent.is_dir():
@@ -67,6 +71,18 @@ class RunError(click.ClickException):
     """Input the command cannot use, found after parsing (one line, exit status 2 like usage errors)."""
 
     exit_code = exits.USAGE.code
+
+
+def unwritable_output(exc: PermissionError, out: Path) -> RunError | None:
+    """``cannot write into OUT: permission denied (FILE)``, exit 2 as ``flowprep extract`` says it (a rerun fails the
+    same way: not a failed environment), when the file denied is ``out``, one in it or a folder above it; None when it
+    is another (an input)."""
+    if exc.filename is None:
+        return None
+    denied, mine = Path(os.path.abspath(os.fsdecode(exc.filename))), Path(os.path.abspath(out))
+    if not (denied == mine or mine in denied.parents or denied in mine.parents):
+        return None
+    return RunError(f"cannot write into {out}: permission denied ({os.fsdecode(exc.filename)})")
 
 
 class ClusterError(click.ClickException):

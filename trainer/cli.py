@@ -404,18 +404,24 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
 @click.pass_context
 @_runtime_errors
 def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | str | None, out: str) -> None:
-    """Redo the fusion from saved per-video scores, without running a network."""
+    """Redo the fusion from saved per-video scores, without running a network.
+
+    results.json names --scores as its scores. A --scores file that is not one trainer evaluate wrote (cut short,
+    damaged, another file): exit status 1, one line.
+    """
     from pathlib import Path
 
     from trainer.evaluate import load_scores, report
 
+    if os.path.exists(out) and os.path.samefile(out, scores):  # results.json written over the scores it is from
+        raise click.UsageError(f"--out {out} is the --scores file, which it would replace: name the results another file")
     bundle = load_scores(scores)
     both = "spatial" in bundle and "temporal" in bundle
     has_val = both and "val_spatial" in bundle and "val_temporal" in bundle and len(bundle["val_labels"]) > 0
     fusion = options.check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
                            no_val=f"{scores} holds no validation scores (run trainer evaluate with --val-list)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)  # as evaluate does
-    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out))
+    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out), scores_file=Path(scores))
     _echo_results(results, out)
 
 

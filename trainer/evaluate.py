@@ -15,6 +15,8 @@ validation videos.
 from __future__ import annotations
 
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,8 @@ def fit_learned_fusion(
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str) -> Path:
-    """Row-normalised confusion matrix as a PNG (matplotlib's Agg canvas, no display needed)."""
+    """Row-normalised confusion matrix as a PNG (matplotlib's Agg canvas, no display needed), written whole or not at
+    all: a failure leaves an earlier picture of that name as it was."""
     k = len(classes)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     side = min(4 + 0.18 * k, 24)
@@ -151,7 +154,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, *, title: str
     fontsize = max(4, min(9, 600 // max(k, 1)))
     ax.set_xticks(range(k), classes, rotation=90, fontsize=fontsize)
     ax.set_yticks(range(k), classes, fontsize=fontsize)
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:  # whole or absent: a killed or failed evaluate leaves no picture cut short
+        fig.savefig(tmp, dpi=120, format="png")
     return path
 
 
@@ -288,10 +292,12 @@ def check_writable(out: Path) -> None:
 
 def report(
     bundle: dict[str, Any], *, fusion: str | None, spatial_weight: float | str | None, out: Path,
+    scores_file: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics per stream and fused from saved scores; writes results JSON and one confusion PNG per entry.
 
-    ``fusion=None``: "fused" is the bundle's own (a joint model's fusion), not recomputed.
+    ``fusion=None``: "fused" is the bundle's own (a joint model's fusion), not recomputed. ``scores_file``: the
+    .scores.npz the bundle was read from, which results.json names (default: the one evaluate writes beside it).
     """
     if fusion is None and "fused" not in bundle:
         raise ValueError("fusion=None reports the fused scores of a joint model, but the bundle holds none")
@@ -332,14 +338,48 @@ def report(
     for name in ("spatial", "temporal", "fused"):  # an earlier evaluation's picture of a stream not scored now
         if name not in confusion:
             out.with_name(f"{out.stem}.confusion-{name}.png").unlink(missing_ok=True)
-    results.update(confusion=confusion, scores=str(scores_path(out)))
+    results.update(confusion=confusion, scores=str(scores_path(out) if scores_file is None else scores_file))
     _write_json(out, results)
     return results
 
 
 def load_scores(path: str | Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """The arrays of a .scores.npz that ``trainer evaluate`` wrote. A file that is not one (cut short, damaged,
+    another file, arrays that do not fit together) is a ``DataError`` naming it: bad input, not a crash to retry."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would say 'pickled data' of a JSON file, 'No data left' of an empty one
+            raise DataError(f"{path} is not a scores file of trainer evaluate: not a .npz (zip) file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            bundle = {k: z[k] for k in z.files}
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # OSError (I/O, permission) is not the file's
+        raise DataError(f"{path} is not a scores file of trainer evaluate (cut short or damaged?): "
+                        f"{' '.join(str(exc).split())[:200]}") from None
+    problem = _scores_problem(bundle)
+    if problem:
+        raise DataError(f"{path} is not a scores file of trainer evaluate: {problem}")
+    return bundle
+
+
+def _scores_problem(bundle: dict[str, Any]) -> str | None:
+    """What in a loaded bundle is not what ``run_evaluate`` saves (None: nothing)."""
+    missing = [k for k in ("classes", "labels") if k not in bundle]
+    if missing or not any(k in bundle for k in ("spatial", "temporal", "fused")):
+        return f"no {' or '.join(missing or ['spatial, temporal or fused scores'])}"
+    if "val_labels" not in bundle and any(f"val_{name}" in bundle for name in ("spatial", "temporal", "fused")):
+        return "validation scores without val_labels"
+    k = len(bundle["classes"])
+    for prefix in ("", "val_"):
+        labels = bundle.get(f"{prefix}labels")
+        if labels is None:
+            continue
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and not 0 <= labels.min() <= labels.max() < k):
+            return f"{prefix}labels are not {k} classes' numbers"
+        for name in ("spatial", "temporal", "fused"):
+            sc = bundle.get(prefix + name)
+            if sc is not None and sc.shape != (len(labels), k):
+                return f"{prefix}{name} is {sc.shape}, expected {(len(labels), k)} ({prefix}labels x classes)"
+    return None
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

@@ -178,7 +178,9 @@ class OutputLock:
         if self._lost:
             raise RetriableError(f"lost the lock of {self.path.parent}: {self._lost}; this run stopped writing")
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = True) -> None:
+        """Give the lock up; its file is removed unless ``remove`` is False (a marker that the output is unfinished,
+        which the next run takes over and finds in ``took_over``)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -186,7 +188,7 @@ class OutputLock:
             return
         try:
             self._touch()
-            if not self._lost:
+            if not self._lost and remove:
                 self.path.unlink(missing_ok=True)  # contenders re-check the inode after their flock
         finally:
             os.close(self._fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ import h5py
 from tqdm import tqdm
 
 from flowprep import format as fmt
-from flowprep.errors import OutPath, RunError, environment_failure
-from flowprep.tools.frames import FramesError
+from flowprep.errors import BusyOutput, OutPath, RunError, environment_cause, environment_failure, unwritable_output
+from flowprep.exits import BusyError
+from flowprep.extract.lock import OutputLock, describe
+from flowprep.tools.frames import EXPORT_LOCK, FramesError
 
 LABELS = "labels.csv"  # path,label rows: what import-frames --labels reads
 
@@ -33,6 +36,8 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     has no class folder (shards of ``extract --labels``). Unlabelled videos (label -1) are in neither file.
     ``out`` must be new or empty (stale frames of an earlier export would be imported again), and the shards a
     finished run (every manifest part present and complete); when the export fails, what it wrote is removed.
+    While it writes, ``out/export-frames.lock`` is held: a second export into ``out`` is a ``BusyError``, and the
+    file that an export killed leaves marks ``out`` as unfinished (refused here and by ``import-frames``).
     """
     if layout != "mmaction":
         raise FramesError(f"export-frames writes the mmaction layout, got {layout!r}")
@@ -40,8 +45,9 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     paths = fmt.manifest_paths(shards)
     if not paths:
         raise FramesError(f"{shards}: no manifest: not a flowprep output folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FramesError(f"{out} is not an empty folder: export into a new --out (or delete it first)")
+    if out.exists() and (not out.is_dir() or any(p.name != EXPORT_LOCK for p in out.iterdir())):
+        if not (out / EXPORT_LOCK).exists():  # (else: an export writing it, busy, or one killed, said by _claim)
+            raise FramesError(f"{out} is not an empty folder: export into a new --out (or delete it first)")
     manifests = [fmt.read_manifest(p) for p in paths]
     count = manifests[0].get("task", {}).get("count", 1)
     absent = sorted(set(range(count)) - {m.get("task", {}).get("index") for m in manifests})
@@ -57,11 +63,14 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     table = csv.writer(rows, lineterminator="\n")
     table.writerow(["path", "label"])
     created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _claim(out)
     bar = tqdm(total=sum(len(e["videos"]) for m in manifests for e in m["shards"]), unit="video", desc="export",
                disable=not progress, dynamic_ncols=True)
     try:
         for manifest in manifests:
             for entry in manifest["shards"]:
+                lock.check()
                 _check_against_manifest(shards, entry)
                 with h5py.File(shards / entry["name"], "r") as f:
                     for vid in entry["videos"]:
@@ -72,7 +81,6 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
                             table.writerow([vid, str(g.attrs["class_name"])])
                         bar.update(1)
         bar.close()
-        out.mkdir(parents=True, exist_ok=True)
         (out / "rawframes.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if classes:
             (out / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)),
@@ -81,11 +89,30 @@ def export_frames(shards: str | Path, out: str | Path, *, layout: str = "mmactio
     except BaseException:
         if out.exists():  # it was new or empty: nothing of the user's is in it
             for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-            if created:
-                out.rmdir()
+                if child != lock.path:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        lock.release()
+        if created:
+            out.rmdir()
         raise
+    lock.release()  # the export is whole: the folder may be imported
     return len(lines)
+
+
+def _claim(out: Path) -> OutputLock:
+    """Hold ``out/export-frames.lock`` for the export (a second export into ``out`` is refused as busy), and refuse an
+    ``out`` that an export killed before it finished left behind (its lock file is still there)."""
+    lock = OutputLock(out / EXPORT_LOCK).acquire()
+    others = any(p.name != EXPORT_LOCK for p in out.iterdir())  # (a killed export that had written nothing: go on)
+    if lock.took_over is not None and others:  # the file stays, naming the killed export: the folder is unfinished, for import too
+        lock.path.write_text(json.dumps(lock.took_over) + "\n")
+        lock.release(remove=False)
+        raise FramesError(f"{out} holds an export that did not finish ({describe(lock.took_over)}; killed?), its frames "
+                          f"are not all there: delete {out} and export again")
+    if others:  # another export finished into it meanwhile
+        lock.release()
+        raise FramesError(f"{out} is not an empty folder: export into a new --out (or delete it first)")
+    return lock
 
 
 def _check_against_manifest(shards: Path, entry: dict) -> None:
@@ -129,17 +156,25 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
     '<video_id> <num_frames> <label>' (0-based labels, as mmaction2 expects); classInd.txt lists the
     classes in label order, for `import-frames --class-index`; labels.csv each labelled video's class, for
     `import-frames --labels` (ids without class folders, from extract --labels). When the export fails, what it wrote is
-    removed. Each shard is checked against the manifest's size and sha256 first. Exit status 2: SHARDS is not
-    a finished flowprep output, a shard is missing or damaged, or --out is not empty; 75: reading a shard or
-    writing a frame failed (one line).
+    removed. Each shard is checked against the manifest's size and sha256 first. While it writes, --out holds
+    export-frames.lock; an export that was killed leaves it there, and import-frames refuses such a folder. Exit
+    status 2: SHARDS is not a finished flowprep output, a shard is missing or damaged, or --out is not empty (or
+    holds an export that did not finish), or this user may not write into it; 4: another export-frames is writing
+    into --out; 75: reading a shard or writing a frame failed (one line).
     """
     try:
         n = export_frames(shards, out, layout=layout, quality=quality,
                           progress=sys.stderr.isatty() if progress is None else progress)
     except (FramesError, fmt.ManifestError) as exc:
         raise RunError(str(exc)) from exc
+    except BusyError as exc:
+        raise BusyOutput(str(exc)) from exc
+    except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a shard's: 75
+        raise (unwritable_output(exc, out) or environment_failure(exc, shards, action="fix its permissions and rerun "
+                                                                  "the same command", log=False)) from exc
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
-        raise environment_failure(exc, shards, action="rerun the same command", log=False) from exc
+        writing = environment_cause(exc) in ("disk full", "disk quota exceeded", "read-only file system")
+        raise environment_failure(exc, out if writing else shards, action="rerun the same command", log=False) from exc
     click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
     if (out / LABELS).exists():
         click.echo(f"labels: {out / LABELS} and {out / 'classInd.txt'}; to import the frames with the same labels: "

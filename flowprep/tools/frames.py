@@ -21,7 +21,8 @@ Layouts (``--layout``):
 
 Video ids are the video folders' paths (``<Class>/<video>``, as ``flowprep extract`` names UCF-101's
 videos, so UCF-101's list files select them). A video must have as many u as v frames, numbered without gaps, and one RGB frame
-more than flow frames (or pass ``--no-rgb``): anything else is named per video, never trimmed. Frames of
+more than flow frames (or pass ``--no-rgb``): anything else is named per video, never trimmed, and so is a folder
+this user may not read (never skipped). Frames of
 unequal sizes, and files that are not whole JPEGs (cut short, another format behind a .jpg name), are found while
 writing: the first is named, and what the import wrote is removed.
 """
@@ -48,6 +49,11 @@ _KINDS = {  # layout -> {file prefix: kind}
 }
 _TSF_FOLDERS = {"u": "u", "v": "v", "rgb": "jpegs_256"}
 _SPLIT_NAMES = set().union(*ROLES.values())  # train/, val/, test/ ...: not classes
+
+
+# In the --out of export-frames while it writes (an ``OutputLock``: a second export is refused as busy), and left there by
+# one that was killed: import-frames refuses such a folder, whose frames are not all there.
+EXPORT_LOCK = "export-frames.lock"
 
 
 class FramesError(ValueError):
@@ -109,6 +115,10 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = 
         raise FramesError(f"--frames must be a folder, got {str(root)!r}")
     per_video: dict[str, dict[str, list[Path]]] = {}
     empty: list[str] = []
+
+    def unreadable(exc: OSError) -> None:  # a folder this user may not list: its videos are named, never skipped
+        where = Path(exc.filename).relative_to(root).as_posix() if exc.filename else str(root)
+        empty.append(f"{where}: cannot be read ({exc.strerror or exc}): fix its permissions")
     if layout == "twostreamfusion":
         for kind, sub in _TSF_FOLDERS.items():
             if kind == "rgb" and not rgb:
@@ -117,12 +127,16 @@ def scan(root: str | Path, layout: str, *, rgb: bool = True, unlabelled: bool = 
                 raise FramesError(f"{root}: expected the folders u/, v/ and jpegs_256/ of the twostreamfusion layout, "
                                   f"{sub}/ is missing")
             for folder in sorted(p for p in (root / sub).iterdir() if p.is_dir()):
-                files = [p for p in folder.iterdir() if _NUMBERED.match(p.name)]
+                try:
+                    files = [p for p in folder.iterdir() if _NUMBERED.match(p.name)]
+                except OSError as exc:
+                    unreadable(exc)
+                    continue
                 per_video.setdefault(folder.name, {"u": [], "v": [], "rgb": []})[kind] = files
     else:
         prefixes = _KINDS[layout]
         seen = {os.path.realpath(root)}  # folder links are followed (trees assembled from linked class folders), once
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
             rel_dir = Path(dirpath).relative_to(root)
             if not dirnames and not filenames and rel_dir != Path("."):
                 empty.append(f"{rel_dir.as_posix()}: an empty folder (a video without frames?)")

@@ -18,14 +18,14 @@ import flowprep
 from flowprep import exits
 from flowprep import format as fmt
 from flowprep.config import FlowConfig, StorageConfig
-from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure, unwritable_output
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
 from flowprep.extract.labels import ROLES, index_spelling
 from flowprep.extract import verify as verify_mod
 from flowprep.extract.reader import sort_classes
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
-from flowprep.tools.frames import LAYOUTS, FramesError, FrameVideo, scan
+from flowprep.tools.frames import EXPORT_LOCK, LAYOUTS, FramesError, FrameVideo, scan
 
 
 _SPLITS = set().union(*ROLES.values())  # train/, val/, test/ ...: a split folder above the class folders
@@ -37,7 +37,10 @@ def _read_jpeg(path: Path, mode: int) -> tuple[bytes, np.ndarray]:
     OpenCV decodes a JPEG cut short (an interrupted copy or download) with a warning, the missing rows grey, and
     reads PNG or BMP bytes behind a .jpg name: both would be imported as if they were the frame.
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError as exc:  # the input's, not the environment's: a rerun fails the same way until it is fixed
+        raise FramesError(f"{path}: cannot be read (permission denied): fix its permissions") from exc
     if data[:3] != b"\xff\xd8\xff":
         raise FramesError(f"{path}: not a JPEG file")
     if data.rstrip(b"\0\r\n ")[-2:] != b"\xff\xd9":
@@ -96,6 +99,12 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
     warn = warn or notes.append
     if labels and unlabelled:
         raise FramesError("give --labels or --unlabelled, not both")
+    if (root / EXPORT_LOCK).exists():  # an export-frames writing it, or one killed: videos would be missing unsaid
+        raise FramesError(f"{root} holds {EXPORT_LOCK}: an export-frames into it is running or was stopped before it "
+                          "finished, so its frames are not all there; import a finished export")
+    if (out / EXPORT_LOCK).exists():  # the shards would go in among the frames of that export
+        raise FramesError(f"{out} holds {EXPORT_LOCK}: it is the --out of an export-frames (running, or stopped before "
+                          "it finished): use another --out")
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled, by_folder=bool(labels))
     if not (labels or unlabelled) and not any(v.video_id.split("/", 1)[0].lower() in _SPLITS for v in videos):
         note = reader.one_folder_note([v.video_id for v in videos], root, option="--frames", what="video folder",
@@ -348,11 +357,14 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
     """Turn JPEG flow frames that another toolkit made into verified shards (the same contract as extract).
 
     The source is recorded as lossy JPEG with its bound in every shard's params. A video with missing
-    frames, unequal u/v counts or RGB frames that do not fit is named (the first ten problems, then a
-    count); then nothing is written and the exit status is 2. A frame of another size or one that is not
-    a whole JPEG is found while writing: exit 2, and the shards finished before it are kept. Rerun the same
-    command (after fixing the frame, or after a crash, a kill or a full disk: 75) and it goes on from the
-    finished shards; a rerun of a finished import changes nothing. 4: another import holds --out.
+    frames, unequal u/v counts or RGB frames that do not fit, or a folder this user may not read, is named
+    (the first ten problems, then a count); then nothing is written and the exit status is 2, as for --frames
+    an export-frames has not finished (it holds export-frames.lock) and for an --out an export-frames writes
+    into. A frame of another size, one that is not a whole JPEG or one this user may not read is found while
+    writing: exit 2, and the shards finished before it are kept. Rerun the same command (after fixing the
+    frame, or after a crash, a kill or a full disk: 75) and it goes on from the finished shards; a rerun of a
+    finished import changes nothing. 2 also for an --out this user may not write into. 4: another import
+    holds --out.
     """
     notes: list[str] = []
     try:
@@ -366,6 +378,9 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
+    except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a frame's: 75
+        raise (unwritable_output(exc, out) or environment_failure(exc, out, action="rerun the same command to go on")
+               ) from exc
     except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (finished shards are kept)
         raise environment_failure(exc, out, action="rerun the same command to go on") from exc
     for line in notes:

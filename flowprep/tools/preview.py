@@ -8,6 +8,7 @@ Writes a PNG grid of frame pairs, or an animated GIF (Pillow) or MP4 (H.264, PyA
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import os
 from dataclasses import dataclass
@@ -37,15 +38,17 @@ class OutError(PreviewError):
     error, found before any shard is read."""
 
 
-def check_out(out: Path) -> None:
+def check_out(out: Path) -> Path:
     """Refuse an ``out`` that cannot become a picture before any work: a suffix other than .png/.gif/.mp4, a folder
-    that does not exist, one this process may not write into."""
+    that does not exist, one this process may not write into; the file to write (where a link ``out`` points)."""
     if out.suffix.lower() not in FORMATS:
         raise OutError(f"expected --out ending in {', '.join(FORMATS)}, got {out.name}")
-    if not out.parent.is_dir():
-        raise OutError(f"expected an existing folder for --out, got {out.parent}: no such folder")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise OutError(f"cannot write into {out.parent}: permission denied ({out})")
+    dest = Path(os.path.realpath(out))  # a link, dangling too: its target is written, the link stays
+    if not dest.parent.is_dir():
+        raise OutError(f"expected an existing folder for --out, got {dest.parent}: no such folder")
+    if not os.access(dest.parent, os.W_OK | os.X_OK):
+        raise OutError(f"cannot write into {dest.parent}: permission denied ({out})")
+    return dest
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def load_video(root: str | Path, video_id: str, *, frames: int | None = None) ->
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
+        if exc.errno == errno.EACCES:  # not damaged: the repair advised below would change nothing
+            raise PreviewError(f"cannot read {path}: permission denied (fix its permissions)") from None
         raise PreviewError(f"{path} cannot be opened as HDF5 ({' '.join(str(exc).split())}){damaged}") from None
     with f:
         try:
@@ -237,25 +242,31 @@ def write_preview(
 ) -> dict:
     """Render ``video_id`` from the shard folder ``root`` into ``out`` (.png, .gif or .mp4)."""
     out = Path(out)
-    check_out(out)
+    dest = check_out(out)
+    # written beside it, then renamed over it: never a picture cut short (a kill, a full disk), never an earlier
+    # picture lost to a failed run; the name keeps the suffix, by which Pillow and PyAV choose the format
+    tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}{dest.suffix}")
     still = out.suffix.lower() == ".png"
     video = load_video(root, video_id, frames=(8 if frames is None else frames) if still else frames)
     max_flow = max_flow or auto_max_flow(video.flow)
     try:
         if still:
             image = render_grid(video, max_flow=max_flow)
-            write_png(image, out)
+            write_png(image, tmp)
             size = image.shape[:2]
         else:
             images = render_animation(video, max_flow=max_flow)
             write = write_gif if out.suffix.lower() == ".gif" else write_mp4
-            write(images, out, fps=fps or min(video.fps, 10.0))
+            write(images, tmp, fps=fps or min(video.fps, 10.0))
             size = images[0].shape[:2]
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
     except PermissionError as exc:  # checked before, unless the folder's permissions changed since
-        out.unlink(missing_ok=True)
-        raise OutError(f"cannot write into {out.parent}: permission denied ({exc.filename or out})") from None
-    except BaseException:  # a full disk, Ctrl-C: no picture cut short is left behind
-        out.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        raise OutError(f"cannot write into {dest.parent}: permission denied ({out})") from None
+    except BaseException:  # a full disk, Ctrl-C: no picture cut short is left behind, an earlier one stays
+        tmp.unlink(missing_ok=True)
         raise
     return {"path": str(out), "fields": video.fields.tolist(), "height": size[0], "width": size[1],
             "max_flow": max_flow}
@@ -285,7 +296,8 @@ def preview_command(
     An id that starts with '-' (Kinetics' YouTube ids) goes last, after '--': ... --out x.png -- -VtLx-mcPds_000012_000022
     Exit status 1: bad input (folder, video id, a damaged shard; one line); 2: an --out it cannot write (another
     suffix, a missing folder, permission denied; one line, before any work); 75: writing --out failed (disk
-    full, I/O error; one line, nothing left behind).
+    full, I/O error; one line, nothing left behind). The picture is written beside --out and renamed over it
+    when whole: a preview killed or failing leaves no picture cut short, and an earlier one stays as it was.
     """
     try:
         info = write_preview(shards, video_id, out, frames=frames, max_flow=max_flow, fps=fps)

@@ -10,6 +10,7 @@ Encoded bytes depend on the codec library versions; the raw frames only on the s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,7 @@ import click
 import cv2
 import numpy as np
 
-from flowprep.errors import OutPath, environment_failure
+from flowprep.errors import OutPath, environment_failure, unwritable_output
 from flowprep.tools.synth import DEFAULT_CLASSES, MIRROR_SAFE_CLASSES, MOTIONS, ClipSpec, render_clip
 
 CODECS = {".avi": "mpeg4", ".mp4": "libx264"}
@@ -119,7 +120,15 @@ def make_sample(
     for sp in tqdm(specs, desc="sample", unit="video", disable=not progress):
         path = out / "videos" / video_path(sp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_video(render_clip(sp), path, fps=fps)
+        # whole or absent (a full disk, a kill): a hidden name extract skips, keeping the suffix PyAV's format is from;
+        # its own (pid): two samples into one --out at once each rename a whole file
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+        try:
+            encode_video(render_clip(sp), tmp, fps=fps)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     info = {
         "generator": "flowprep.tools.sample", "seed": seed, "classes": list(classes), "size": [width, height],
         "frames": frames, "fps": fps, "videos_per_class": videos_per_class, "clips_per_group": clips_per_group,
@@ -167,8 +176,8 @@ def sample_command(
     Split by group: test g01.. (~30%), then validation (~15%), training the rest.
     The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields; what a field costs
     with each method is in BENCHMARKS.md.
-    Exit status 1: --out holds a sample (pass --force); 2: a bad option; 75: a full disk or an I/O error
-    (one line: rerun with --force).
+    Exit status 1: --out holds a sample (pass --force); 2: a bad option, an --out this user may not write into; 75: a full disk or an I/O error
+    (one line: rerun with --force; each video is written whole or not at all).
     """
     names = list(MIRROR_SAFE_CLASSES) if classes == "mirror-safe" else [c.strip() for c in classes.split(",")]
     if (out / "videos").is_dir() and any((out / "videos").iterdir()):
@@ -183,6 +192,9 @@ def sample_command(
                            progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    except PermissionError as e:  # --out (a folder above it) this user may not write: 2, as extract
+        raise (unwritable_output(e, out) or environment_failure(e, out, action="rerun the same command with --force",
+                                                                log=False)) from None
     except OSError as e:  # a full disk, an I/O error (PyAV's errors are OSErrors too): one line, retriable
         raise environment_failure(e, out, action="rerun the same command with --force", log=False) from None
     n = info["videos"]

@@ -548,3 +548,46 @@ def test_on_one_core_the_default_loader_workers_are_one_and_torch_does_not_warn_
                         capture_output=True, text=True, env=env, timeout=300)
     assert ev.returncode == 0, ev.stdout + ev.stderr
     assert "worker processes in total" not in ev.stderr, ev.stderr
+
+
+def test_fuse_names_the_scores_it_read_and_a_file_that_is_not_one_is_bad_input_in_one_line(tmp_path) -> None:
+    """fuse's results.json named '<out stem>.scores.npz' beside --out, a file that fuse never writes; and a --scores
+    cut short, damaged, a results.json given by mistake or arrays that do not fit together exited 75 ('unexpected
+    BadZipFile ... rerun'), which a rerun never gets past."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(2, 6))
+    scores = tmp_path / "run" / "results.scores.npz"
+    scores.parent.mkdir()
+    np.savez_compressed(scores, classes=np.array(["A", "B", "C"]), labels=np.arange(6) % 3, spatial=p[0],
+                        temporal=p[1])  # as evaluate saves them
+    fused = tmp_path / "fusions" / "average.json"
+    assert _invoke("fuse", "--scores", scores, "--out", fused).exit_code == 0
+    assert json.loads(fused.read_text())["scores"] == str(scores)
+    data = scores.read_bytes()
+    bad = {"short.npz": data[: len(data) // 2], "results.json": fused.read_bytes(), "empty.npz": b""}
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    bad["flipped.npz"] = bytes(flipped)
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+        _one_line_error(_invoke("fuse", "--scores", tmp_path / name, "--out", tmp_path / "x.json"), 1,
+                        f"{tmp_path / name} is not a scores file of trainer evaluate")
+    np.savez(tmp_path / "wrong.npz", classes=np.array(["A", "B"]), labels=np.arange(6) % 3, spatial=p[0])
+    _one_line_error(_invoke("fuse", "--scores", tmp_path / "wrong.npz", "--out", tmp_path / "x.json"), 1,
+                    "labels are not 2 classes' numbers")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_fuse_into_its_own_scores_file_is_a_usage_error_and_the_scores_stay(tmp_path) -> None:
+    """fuse --scores X --out X wrote its results.json over the scores it had read, exit 0: the scores were lost."""
+    import numpy as np
+
+    scores = tmp_path / "r.scores.npz"
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 6))
+    np.savez_compressed(scores, classes=np.array(["A", "B", "C"]), labels=np.arange(6) % 3, spatial=p[0], temporal=p[1])
+    kept = scores.read_bytes()
+    _one_line_error(_invoke("fuse", "--scores", scores, "--out", scores), 2,
+                    f"--out {scores} is the --scores file, which it would replace")
+    assert scores.read_bytes() == kept and sorted(x.name for x in tmp_path.iterdir()) == ["r.scores.npz"]

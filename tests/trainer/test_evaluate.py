@@ -122,6 +122,27 @@ def test_confusion_png(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
 
 
+def test_a_confusion_png_that_fails_half_way_leaves_the_earlier_picture_whole(tmp_path: Path, monkeypatch) -> None:
+    """The confusion matrices were saved in place: evaluate or fuse killed or failing (a full disk) while writing one
+    left a PNG cut short beside the results."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    cm = np.array([[3, 1], [0, 4]])
+    path = plot_confusion(cm, ["Drift", "Expand"], tmp_path / "cm.png", title="t")
+    earlier = path.read_bytes()
+
+    def savefig_on_a_full_disk(self, fname, **kw):
+        Path(fname).write_bytes(earlier[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        plot_confusion(cm[::-1], ["Drift", "Expand"], path, title="t")
+    assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+
+
 def _save_run(run: Path, stream: str, classes: list[str], *, seed: int) -> Path:
     """A checkpoint as fit writes it (untrained resnet18 weights; the scores are checked, not the accuracy)."""
     torch.manual_seed(seed)

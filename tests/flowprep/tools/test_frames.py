@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -552,6 +553,31 @@ def test_a_full_disk_during_an_import_is_75_and_the_rerun_after_freeing_space_go
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_full_disk_during_an_export_names_the_out_leaves_nothing_and_the_rerun_after_freeing_space_works(
+    tmp_path: Path
+) -> None:
+    """The line said 'disk full (SHARDS)', the folder read, not the one written."""
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "fill").write_bytes(b"\0" * (480 << 10))  # room for a few frames (4 kB each here), not for all 40
+        out = disk / "frames"
+        full = invoke("export-frames", shards, "--out", out)
+        assert full.exit_code == 75, full.output
+        assert full.output.startswith(f"Error: disk full ({out}): ") and full.output.strip().count("\n") == 0
+        assert sorted(p.name for p in disk.iterdir()) == ["fill"]
+        (disk / "fill").unlink()
+        again = invoke("export-frames", shards, "--out", out)
+        assert again.exit_code == 0 and "4 videos written" in again.output, again.output
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_worker_processes_write_the_shards_and_manifest_of_one_process_and_a_bad_frame_stops_them(tmp_path: Path) -> None:
     frames = mmaction(tmp_path / "rawframes", {f"Run/v_Run_g0{i}_c01": 3 for i in range(1, 7)})
     args = ["--frames", frames, "--layout", "mmaction", "--videos-per-shard", "2"]
@@ -628,3 +654,130 @@ def test_class_folders_in_decomposed_unicode_import_as_the_class_index_names_typ
                     tmp_path / "classInd.txt")
     assert result.exit_code == 0, result.output
     assert labels_of(out) == {f"{cafe}/v_a": (1, "Café"), "Zoo/v_b": (0, "Zoo")}  # the id stays the name on disk
+
+
+def test_an_export_killed_half_way_is_refused_by_its_rerun_and_by_import_and_a_second_export_meanwhile_is_busy(
+    tmp_path: Path
+) -> None:
+    """An export killed with SIGKILL left the video folders it had written and no rawframes.txt: its rerun said only
+    'not an empty folder', and import-frames imported the videos there were, exit 0, 'verify: OK', the others missing
+    unsaid. A second export while one wrote was refused only once the first had made a video folder ('not an empty
+    folder'); two started together both wrote into --out, and one that failed removed the other's frames. An import
+    into the --out of a running export put its shards among the frames, and both exited 0."""
+    import signal
+    import sys
+
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    out, gate = tmp_path / "exported", tmp_path / "gate"
+    code = ("import os, signal, sys, time; from flowprep.tools import export_frames as m; real = m._export_video\n"
+            "def export(g, folder, *a):\n"
+            f"    if folder.name.startswith('v_Run_g03'):\n"
+            f"        open({str(gate)!r} + '.waiting', 'w').close()\n"
+            f"        while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+            f"        if open({str(gate)!r}).read() == 'kill': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    real(g, folder, *a)\n"
+            "m._export_video = export\n"
+            "from flowprep.cli import main; main(sys.argv[1:])")
+    for how in ("go", "kill"):
+        first = subprocess.Popen([sys.executable, "-c", code, "export-frames", str(shards), "--out", str(out)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not Path(f"{gate}.waiting").exists():
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.02)
+        second = invoke("export-frames", shards, "--out", out)  # while the first one writes
+        assert second.exit_code == 4 and "is being written by another run" in second.output, second.output
+        early = invoke("import-frames", "--frames", out, "--out", tmp_path / "early", "--layout", "mmaction")
+        assert early.exit_code == 2 and "holds export-frames.lock" in early.output, early.output
+        assert not (tmp_path / "early").exists()
+        inside = invoke("import-frames", "--frames", frames, "--out", out, "--layout", "mmaction")
+        assert inside.exit_code == 2 and f"{out} holds export-frames.lock: it is the --out of an export-frames" in \
+            inside.output, inside.output  # its shards went in among the frames, both runs exit 0
+        gate.write_text(how)
+        first.communicate(timeout=60)
+        Path(f"{gate}.waiting").unlink()
+        gate.unlink()
+        if how == "go":
+            assert first.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["Run", "classInd.txt",
+                                                                                      "labels.csv", "rawframes.txt"]
+            assert len((out / "rawframes.txt").read_text().splitlines()) == 4
+            shutil.rmtree(out)
+    assert first.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (out / "Run").iterdir()) == ["v_Run_g01_c01", "v_Run_g02_c01"]
+    for _ in range(2):  # the refused rerun leaves the mark of the killed export, naming it
+        rerun = invoke("export-frames", shards, "--out", out)
+        assert rerun.exit_code == 2 and "Traceback" not in rerun.output
+        assert f"holds an export that did not finish (host {os.uname().nodename}, pid {first.pid}," in rerun.output
+    late = invoke("import-frames", "--frames", out, "--out", tmp_path / "late", "--layout", "mmaction")
+    assert late.exit_code == 2 and "holds export-frames.lock" in late.output and not (tmp_path / "late").exists()
+    shutil.rmtree(out / "Run")  # a killed export that had written nothing yet: the rerun goes on
+    again = invoke("export-frames", shards, "--out", out)
+    assert again.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["Run", "classInd.txt", "labels.csv",
+                                                                             "rawframes.txt"], again.output
+
+
+def test_an_out_in_a_folder_this_user_may_not_write_is_a_usage_error_of_one_line_for_the_tools(tmp_path: Path) -> None:
+    """import-frames, export-frames and sample said 'Permission denied ... rerun the same command', exit 75, which a
+    rerun never gets past; extract says 'cannot write into OUT: permission denied (FILE)', exit 2."""
+    import sys
+
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    locked = tmp_path / "locked"
+    (locked / "empty").mkdir(parents=True)
+    locked.chmod(0o555)
+    (locked / "empty").chmod(0o555)
+    run = [sys.executable, "-m", "flowprep"]
+    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    for out, denied in ((locked / "new", locked / "new"), (locked / "empty", None)):
+        for args, first in ((["import-frames", "--frames", frames, "--layout", "mmaction"], "manifest.json.lock"),
+                            (["export-frames", shards], "export-frames.lock"),
+                            (["sample", "--videos-per-class", "2", "--clips-per-group", "1", "--size", "32", "--frames",
+                              "3", "--classes", "MoveUp,MoveDown"], "videos")):
+            res = subprocess.run([*run, *map(str, args), "--out", str(out)], capture_output=True, text=True, timeout=120)
+            assert res.returncode == 2, (args[0], res.stderr)
+            assert res.stderr.strip().splitlines()[-1] == \
+                f"Error: cannot write into {out}: permission denied ({denied or out / first})", args[0]
+    assert sorted(p.name for p in locked.rglob("*")) == ["empty"]
+
+
+def test_frames_this_user_may_not_read_are_named_never_skipped_and_a_rerun_after_fixing_them_goes_on(
+    tmp_path: Path
+) -> None:
+    """A class or video folder this user may not list was skipped without a word (4 of 8 videos imported, exit 0,
+    'verify: OK'); a frame it may not read stopped the import with exit 75, 'rerun the same command to go on',
+    which failed the same way forever."""
+    import sys
+
+    frames = mmaction(tmp_path / "rawframes", {f"{c}/v_{c}_g0{i}_c01": 2 for c in ("Jump", "Run") for i in (1, 2)})
+    run = [sys.executable, "-m", "flowprep", "import-frames", "--frames", str(frames), "--layout", "mmaction",
+           "--videos-per-shard", "2", "--workers", "1", "--out"]
+    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    (frames / "Run").chmod(0)
+    (frames / "Jump" / "v_Jump_g02_c01").chmod(0)
+    try:
+        res = subprocess.run([*run, str(tmp_path / "skipped")], capture_output=True, text=True, timeout=120)
+    finally:
+        (frames / "Run").chmod(0o755)
+        (frames / "Jump" / "v_Jump_g02_c01").chmod(0o755)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == ["Error: Jump/v_Jump_g02_c01: cannot be read (Permission denied): fix its "
+                                       "permissions", "Run: cannot be read (Permission denied): fix its permissions"]
+    assert not (tmp_path / "skipped").exists()
+    frame = frames / "Run" / "v_Run_g01_c01" / "flow_x_00002.jpg"
+    frame.chmod(0)
+    res = subprocess.run([*run, str(tmp_path / "shards")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (f"Error: {frame}: cannot be read (permission denied): fix its permissions (1 finished "
+                                  "shard(s) are kept: fix it and rerun the same command to go on)")
+    frame.chmod(0o644)
+    res = subprocess.run([*run, str(tmp_path / "shards")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "resume: 1 shard(s)" in res.stdout and "4 videos imported" in res.stdout, res.stderr

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from flowprep.cli import main
+from flowprep.tools import preview
 from flowprep.tools.preview import load_video, render_grid, write_preview
 from flowprep.extract.quantize import quantize
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
@@ -278,3 +280,66 @@ def test_a_shard_with_damaged_hdf5_metadata_is_one_line_never_a_traceback(shards
         if res.exit_code == 1:
             assert res.output.startswith("Error: ") and str(shard) in res.output, res.output
     assert codes == {0, 1}  # some bytes are not read by a preview; many are
+
+
+def test_a_failed_preview_leaves_an_earlier_picture_and_a_link_as_they_were_and_a_killed_one_no_picture_cut_short(
+    shards: Path, tmp_path: Path
+) -> None:
+    """preview wrote --out in place and removed it on any failure: a full disk while replacing an earlier picture
+    deleted that picture, a failure into a dangling link deleted the link (exit 75 where the link's folder does not
+    exist, a usage error), and a preview killed while writing left a picture cut short under the final name."""
+    import signal
+
+    vid, out = "MoveRight/v_MoveRight_g01_c01", tmp_path / "x.mp4"
+    assert CliRunner().invoke(main, ["preview", str(shards), vid, "--out", str(out)]).exit_code == 0
+    earlier = out.read_bytes()
+    code = ("import os, signal, sys; from flowprep.tools import preview as m; real = m.write_mp4\n"
+            "def write(images, path, **k):\n"
+            "    real(images[:1], path, **k)\n"  # a picture of one frame, written, then the process is killed
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "m.write_mp4 = write\n"
+            "from flowprep.cli import main; main(sys.argv[1:])")
+    for target in (out, tmp_path / "new.mp4"):
+        killed = subprocess.run([sys.executable, "-c", code, "preview", str(shards), vid, "--out", str(target)],
+                                capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert out.read_bytes() == earlier and not (tmp_path / "new.mp4").exists()
+    for leftover in tmp_path.glob(".*.tmp-*"):  # a killed run's temporary: hidden, never the picture's name
+        leftover.unlink()
+
+    def full(images, path, **kw):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preview, "write_mp4", full)
+        res = CliRunner().invoke(main, ["preview", str(shards), vid, "--out", str(out)])
+    assert res.exit_code == 75 and res.output.startswith(f"Error: disk full ({tmp_path}): "), res.output
+    assert out.read_bytes() == earlier
+    dangling = tmp_path / "link.png"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.png")
+    res = CliRunner().invoke(main, ["preview", str(shards), vid, "--out", str(dangling)])
+    assert res.exit_code == 2 and res.output == f"Error: expected an existing folder for --out, got {tmp_path / 'nowhere'}: no such folder\n"
+    assert dangling.is_symlink()
+    (tmp_path / "pictures").mkdir()
+    link = tmp_path / "link.gif"
+    link.symlink_to(tmp_path / "pictures" / "x.gif")
+    assert CliRunner().invoke(main, ["preview", str(shards), vid, "--out", str(link)]).exit_code == 0
+    assert link.is_symlink() and (tmp_path / "pictures" / "x.gif").read_bytes()[:6] == b"GIF89a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.gif", "link.png", "pictures", "shards", "x.mp4"]
+
+
+def test_a_shard_this_user_may_not_read_is_said_so_not_called_damaged(shards: Path, tmp_path: Path) -> None:
+    """It said 'the shard is damaged (... a rerun of flowprep extract with --check repairs it)': the wrong fix."""
+    shard = shards / "shard-00000.h5"
+    shard.chmod(0)
+    cmd = [sys.executable, "-m", "flowprep", "preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
+           str(tmp_path / "x.png")]
+    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) when run as root")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == f"Error: cannot read {shard}: permission denied (fix its permissions)"
+    assert not (tmp_path / "x.png").exists()

@@ -172,6 +172,8 @@ def test_a_full_disk_is_one_line_exit_75_and_the_rerun_with_force_makes_the_samp
         assert res.returncode == 75 and "Traceback" not in res.stderr, res.stderr
         assert res.stderr.strip().splitlines()[-1].startswith(f"Error: disk full ({disk / 's'}): ")
         assert res.stderr.strip().endswith("rerun the same command with --force")
+        written = list((disk / "s" / "videos").rglob("*"))  # no video cut short (extract would fail on it) nor temporary
+        assert written and all(p.is_dir() or decord.VideoReader(str(p))[5].shape == (32, 64, 3) for p in written)
         (disk / "fill").unlink()
         again = CliRunner().invoke(main, [*args, "--force"])
         assert again.exit_code == 0, again.output
