@@ -24,7 +24,9 @@ built into opencv-contrib-python 5.0.0, checked against that source and against 
   running up to ``inner_iterations`` primal-dual steps; the loops stop (per image) as soon as the sum of
   squared flow updates of one step is at most ``epsilon**2 * H * W`` at that level;
 * between levels the flow is resized bilinearly to the finer size (sampling step = size ratio) and
-  multiplied by ``1/scale_step`` (the u3 channel of the gamma term is resized, not scaled).
+  multiplied by ``1/scale_step`` as a double (``multiply`` by a ``Scalar``: the float32 flow times the
+  float64 factor, rounded once to float32; not times float32(1/scale_step), which differs unless the
+  factor is exact in float32, as with 0.8 and 0.5); the u3 channel of the gamma term is resized, not scaled.
 
 Floating point: each step does the same float32 operations in the same order as OpenCV 5.0.0, and on
 the CPU the flow is bit-identical to ``cv2.optflow.DualTVL1OpticalFlow`` (tested on generated frames and on a
@@ -310,12 +312,12 @@ def tvl1_flow(
     k = 3 if p.gamma != 0 else 2
     coarsest = len(sizes) - 1
     u = torch.zeros((n, k, *sizes[coarsest]), dtype=torch.float32, device=i0.device)
-    up = torch.tensor(np.float32(1.0 / p.scale_step), device=i0.device)
+    up = 1.0 / p.scale_step  # a float64 factor, as OpenCV's multiply by Scalar::all(1 / scaleStep)
     for s in range(coarsest, -1, -1):
         u = solve_level(pyr0[s], pyr1[s], u, p, check_every=check_every, stats=stats, compile=compile,
                         stop_sum=stop_sum)
         if s == 0:
             break
         u = resize_linear(u, sizes[s - 1])
-        u = torch.cat([u[:, :2] * up, u[:, 2:]], dim=1)
+        u = torch.cat([(u[:, :2].double() * up).float(), u[:, 2:]], dim=1)
     return u[:, :2].contiguous()
