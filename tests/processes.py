@@ -1,9 +1,25 @@
 """Processes seen from /proc, for tests that kill, stop or signal a real run and then check what it left
-behind (``from processes import descendants, alive``; tests/ is on sys.path through tests/conftest.py)."""
+behind (``from processes import descendants, alive``; tests/ is on sys.path through tests/conftest.py); and
+``bound_by_file_modes``, for a real second process that file permissions must stop, also when tests run as root."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+import pytest
+
+
+def bound_by_file_modes(cmd: list[str]) -> list[str]:
+    """``cmd`` so that file modes bind it: as root, through setpriv without the capabilities that bypass them
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), since root reads and writes everywhere; the test is skipped where
+    setpriv (util-linux) is missing. Unchanged for any other user."""
+    if os.geteuid() != 0:
+        return list(cmd)
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) when run as root")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
 
 
 def stat(pid: int) -> list[str] | None:

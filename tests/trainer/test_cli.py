@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from trainer import cli
 from trainer.models import streams
 from trainer.cli import main
+from processes import bound_by_file_modes
 
 REPO = Path(__file__).parents[2]
 TINY = ["--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--batch-size", "3", "--workers", "0",
@@ -487,14 +488,8 @@ def test_resume_from_a_checkpoint_that_cannot_be_read_or_is_damaged_names_it_and
         assert result.stderr.strip() == expected
         return
     last.chmod(0)
-    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
-    else:
-        cmd = []
-    proc = subprocess.run([*cmd, sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    cmd = bound_by_file_modes([sys.executable, "-m", "trainer", *map(str, args)])  # root: as one that modes bind
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == expected
 

@@ -3,8 +3,6 @@ status of damaged data) or, worse, training NaN weights without a word (--lr inf
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from trainer.cli import main
+from processes import bound_by_file_modes
 
 
 @pytest.mark.parametrize(
@@ -99,10 +98,7 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit
         args = ["fit", "--stream", "temporal", "--train-list", tiny_shards.train_list, "--epochs", "1", "--arch",
                 "resnet18", "--crop-size", "16", "--flow-length", "2"]
     cmd = [sys.executable, "-m", "trainer", *map(str, [*args, *common, "--out", out])]
-    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"Error: cannot write into {folder}: permission denied ({denied})"

@@ -31,6 +31,7 @@ from flowprep.extract.lock import OutputLock
 from flowprep.extract.verify import format_report, verify_output
 from flowprep.extract.worker import OutputError, VideoJob, extract_video
 from flowprep.extract.writer import VideoMeta
+from processes import bound_by_file_modes
 
 FLOWPREP = Path(sys.executable).parent / "flowprep"
 
@@ -306,10 +307,7 @@ def test_a_manifest_that_cannot_be_read_is_not_set_aside_and_no_finished_video_i
     assert invoke(*extract_args(ucf_tree, out)).exit_code == 0
     shards = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
     cmd = [str(FLOWPREP), *extract_args(ucf_tree, out)]
-    if os.geteuid() == 0:  # root reads every file: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     os.chmod(out / "manifest.json", 0o000)  # not damaged: unreadable for now (as with an I/O error)
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -459,10 +457,7 @@ def test_an_unreadable_class_folder_is_one_line_and_exit_2(ucf_tree: Path, tmp_p
     os.chmod(ucf_tree / "Run", 0o000)
     out = tmp_path / "out"
     cmd = [str(FLOWPREP), *extract_args(ucf_tree, out)]
-    if os.geteuid() == 0:  # root reads every folder: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
@@ -477,10 +472,7 @@ def test_an_out_folder_that_cannot_be_written_is_one_line_and_exit_2(ucf_tree: P
     out = tmp_path / "out"
     out.mkdir(mode=0o555)
     cmd = [str(FLOWPREP), *extract_args(ucf_tree, out)]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == exits.USAGE.code, result.stdout + result.stderr
     assert result.stderr.strip() == f"Error: cannot write into {out}: permission denied ({out / 'manifest.json.lock'})"

@@ -16,6 +16,7 @@ from flowprep.config import FlowConfig, StorageConfig
 from flowprep.extract.reader import plan_videos
 from flowprep.extract.runner import run_extract
 from flowprep.extract.verify import format_report, verify_output
+from processes import bound_by_file_modes
 
 
 def _extract(videos: Path, out: Path, metas=None, **kwargs) -> None:
@@ -244,10 +245,7 @@ def test_a_folder_without_a_readable_manifest_is_one_problem_line_and_no_count_o
 
 def test_a_manifest_that_cannot_be_read_is_one_line_and_exit_75_like_a_shard_that_cannot(out: Path) -> None:
     cmd = [sys.executable, "-m", "flowprep", "verify", str(out)]
-    if os.geteuid() == 0:  # root reads every file: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     for name in ("shard-00001.h5", "manifest.json"):
         os.chmod(out / name, 0o000)
         try:

@@ -19,6 +19,7 @@ from flowprep import format as fmt
 from flowprep.cli import main
 from flowprep.extract.verify import format_report, verify_output
 from flowprep.tools.import_frames import import_frames
+from processes import bound_by_file_modes
 
 
 def invoke(*args) -> object:
@@ -730,10 +731,7 @@ def test_an_out_in_a_folder_this_user_may_not_write_is_a_usage_error_of_one_line
     locked.chmod(0o555)
     (locked / "empty").chmod(0o555)
     run = [sys.executable, "-m", "flowprep"]
-    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    run = bound_by_file_modes(run)  # root: as one without the capabilities that bypass modes
     for out, denied in ((locked / "new", locked / "new"), (locked / "empty", None)):
         for args, first in ((["import-frames", "--frames", frames, "--layout", "mmaction"], "manifest.json.lock"),
                             (["export-frames", shards], "export-frames.lock"),
@@ -757,10 +755,7 @@ def test_frames_this_user_may_not_read_are_named_never_skipped_and_a_rerun_after
     frames = mmaction(tmp_path / "rawframes", {f"{c}/v_{c}_g0{i}_c01": 2 for c in ("Jump", "Run") for i in (1, 2)})
     run = [sys.executable, "-m", "flowprep", "import-frames", "--frames", str(frames), "--layout", "mmaction",
            "--videos-per-shard", "2", "--workers", "1", "--out"]
-    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        run = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *run]
+    run = bound_by_file_modes(run)  # root: as one without the capabilities that bypass modes
     (frames / "Run").chmod(0)
     (frames / "Jump" / "v_Jump_g02_c01").chmod(0)
     try:

@@ -19,6 +19,7 @@ from flowprep.tools import preview
 from flowprep.tools.preview import load_video, render_grid, write_preview
 from flowprep.extract.quantize import quantize
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
+from processes import bound_by_file_modes
 
 H, W, T = 40, 56, 6  # tiny frames: the preview magnifies them 4x
 
@@ -209,10 +210,7 @@ def test_an_out_in_a_folder_without_write_permission_is_a_usage_error_of_one_lin
     locked.mkdir(mode=0o555)
     cmd = [sys.executable, "-m", "flowprep", "preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
            str(locked / "x.gif")]
-    if os.geteuid() == 0:  # root writes everywhere: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr  # was 75 after rendering: "rerun the same command", forever
     assert res.stderr.strip() == f"Error: cannot write into {locked}: permission denied ({locked / 'x.gif'})"
@@ -335,10 +333,7 @@ def test_a_shard_this_user_may_not_read_is_said_so_not_called_damaged(shards: Pa
     shard.chmod(0)
     cmd = [sys.executable, "-m", "flowprep", "preview", str(shards), "MoveRight/v_MoveRight_g01_c01", "--out",
            str(tmp_path / "x.png")]
-    if os.geteuid() == 0:  # root reads everything: run it as a root without the capabilities that bypass modes
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) when run as root")
-        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    cmd = bound_by_file_modes(cmd)  # root: as one without the capabilities that bypass modes
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     assert res.stderr.strip() == f"Error: cannot read {shard}: permission denied (fix its permissions)"
