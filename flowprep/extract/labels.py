@@ -195,6 +195,7 @@ def _ssv2(path: Path, table: LabelTable, labels: bool) -> None:
 LIST_KINDS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv")
 ROLES = {"train": {"train", "training"}, "val": {"val", "valid", "validate", "validation"},
          "test": {"test", "testing"}}
+SPLIT_NAMES = frozenset().union(*ROLES.values())  # folder names that are splits (train/, val/, test/ ...), not classes
 _HMDB_FILE = "_test_split"  # <action>_test_split<k>.txt
 
 
@@ -257,10 +258,9 @@ def read_split(path: Path, *, role: str | None, kind: str | None = None) -> list
     if table.problems:
         raise ValueError(table.problems[0])
     if kind == "csv":
-        known = set().union(*ROLES.values())
-        odd = [row for row in table.rows.values() if row.split and row.split.lower() not in known]
+        odd = [row for row in table.rows.values() if row.split and row.split.lower() not in SPLIT_NAMES]
         if odd:
-            raise ValueError(f"{odd[0].where}: split {odd[0].split!r} is none of {', '.join(sorted(known))} "
+            raise ValueError(f"{odd[0].where}: split {odd[0].split!r} is none of {', '.join(sorted(SPLIT_NAMES))} "
                              f"({len(odd)} such row(s)); leave the column empty for a row of every split")
     entries = []
     for key, row in table.rows.items():

@@ -74,11 +74,13 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def replacing(path: Path) -> Iterator[Path]:
+def replacing(path: Path, *, hidden: bool = False) -> Iterator[Path]:
     """A temporary file beside ``path`` for the block to write, synced and renamed over ``path`` when the block
     ends: readers see the old file or the new one, never a partial one, and a block that fails (a full disk,
-    Ctrl-C) leaves neither a new file nor its temporary."""
-    tmp = path.with_name(path.name + ".tmp")
+    Ctrl-C) leaves neither a new file nor its temporary. ``hidden``: the temporary is ``.STEM.tmp-PID.SUFFIX``,
+    which extract's scan skips, one per process (two writers of one name each rename a whole file), and with the
+    suffix by which Pillow and PyAV choose the format (videos, pictures)."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}" if hidden else path.name + ".tmp")
     try:
         yield tmp
         with open(tmp, "rb") as f:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from flowprep.format import VIDEO_EXTENSIONS, video_id as video_id_of
-from flowprep.extract.labels import check_utf8, index_spelling, read_labels
+from flowprep.extract.labels import SPLIT_NAMES, check_utf8, index_spelling, read_labels
 from flowprep.extract.writer import VideoMeta
 
 _LINE_BREAKING = "\t\n\r\v\f"  # spaces are fine: list files take the label from the last field
@@ -114,7 +114,6 @@ def sort_classes(names: set[str]) -> list[str]:
 
 
 LAYOUTS = ("folders", "ucf101", "hmdb51", "kinetics", "ssv2")
-_SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "validate", "test", "testing"}
 
 
 def plan_videos(
@@ -197,7 +196,7 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
                            "(or give --labels FILE, or --unlabelled)")
     if layout == "kinetics":  # <split>/<label>/<video> or <label>/<video>: the folder holding the video
         names = {s: s.rsplit("/", 2)[-2] for s in sources}
-        test = [s for s in sources if s.count("/") == 1 and names[s].lower() in _SPLIT_NAMES]
+        test = [s for s in sources if s.count("/") == 1 and names[s].lower() in SPLIT_NAMES]
         labelled = sorted({s.split("/")[0] for s in test if s.split("/")[0].lower() not in ("test", "testing")})
         if labelled:  # train/<clip>: a flat download (the clips' labels are in the official CSVs), not a test split
             flat = [s for s in test if s.split("/")[0] in labelled]
@@ -211,7 +210,7 @@ def _names_from_folders(sources: list[str], layout: str | None, root: str | Path
             names.update({s: "" for s in test})
         return names
     tops = {s.split("/", 1)[0] for s in sources}
-    if layout is None and tops <= _SPLIT_NAMES:  # the default, not a --layout folders that says so
+    if layout is None and tops <= SPLIT_NAMES:  # the default, not a --layout folders that says so
         raise DatasetError(f"the top-level folders of {root} are splits ({', '.join(sorted(tops))}), not classes: "
                            "use --layout kinetics for <split>/<class>/<video>, or --layout folders to label them "
                            "by these names anyway")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from flowprep.extract.labels import ROLES
+from flowprep.extract.labels import SPLIT_NAMES
 
 LAYOUTS = ("denseflow", "mmaction", "twostreamfusion")
 _UCF_NAME = re.compile(r"^v_(?P<cls>.+)_g\d+_c\d+$")
@@ -48,7 +48,6 @@ _KINDS = {  # layout -> {file prefix: kind}
     "mmaction": {"flow_x_": "u", "flow_y_": "v", "x_": "u", "y_": "v", "img_": "rgb"},
 }
 _TSF_FOLDERS = {"u": "u", "v": "v", "rgb": "jpegs_256"}
-_SPLIT_NAMES = set().union(*ROLES.values())  # train/, val/, test/ ...: not classes
 
 
 # In the --out of export-frames while it writes (an ``OutputLock``: a second export is refused as busy), and left there by
@@ -88,7 +87,7 @@ def _gaps(numbers: list[int]) -> str | None:
 def _class_of(folder: str, name: str) -> str | None:
     """The folder holding the video's folder (``.../<Class>/<video>/``), else the class in a UCF-101 name."""
     parent = folder.rsplit("/", 2)[-2] if "/" in folder else None
-    if parent is not None and parent.lower() not in _SPLIT_NAMES:
+    if parent is not None and parent.lower() not in SPLIT_NAMES:
         return parent
     return _ucf_class(name)
 

@@ -21,14 +21,12 @@ from flowprep.config import FlowConfig, StorageConfig
 from flowprep.errors import Bound, BusyOutput, FiniteFloat, OutPath, RunError, environment_failure, unwritable_output
 from flowprep.extract import manifest as mf
 from flowprep.extract import reader
-from flowprep.extract.labels import ROLES, index_spelling
+from flowprep.extract.labels import SPLIT_NAMES, index_spelling
 from flowprep.extract import verify as verify_mod
 from flowprep.extract.reader import sort_classes
 from flowprep.extract.writer import VideoMeta, VideoWriter, write_file_attrs
 from flowprep.tools.frames import EXPORT_LOCK, LAYOUTS, FramesError, FrameVideo, scan
 
-
-_SPLITS = set().union(*ROLES.values())  # train/, val/, test/ ...: a split folder above the class folders
 
 
 def _read_jpeg(path: Path, mode: int) -> tuple[bytes, np.ndarray]:
@@ -106,7 +104,7 @@ def import_frames(root: str | Path, out: str | Path, *, layout: str, bound: floa
         raise FramesError(f"{out} holds {EXPORT_LOCK}: it is the --out of an export-frames (running, or stopped before "
                           "it finished): use another --out")
     videos, problems = scan(root, layout, rgb=rgb, unlabelled=unlabelled, by_folder=bool(labels))
-    if not (labels or unlabelled) and not any(v.video_id.split("/", 1)[0].lower() in _SPLITS for v in videos):
+    if not (labels or unlabelled) and not any(v.video_id.split("/", 1)[0].lower() in SPLIT_NAMES for v in videos):
         note = reader.one_folder_note([v.video_id for v in videos], root, option="--frames", what="video folder",
                                       so="so every video id starts with it and lists of <Class>/<video> select none")
         if note:  # train/<Class>/<video>/ (a split folder above the classes) is a layout of its own: no note

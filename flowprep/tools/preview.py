@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from flowprep.errors import FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.extract.manifest import replacing
 from flowprep.format import ManifestError, dequantize, manifest_paths, read_manifest, video_id as video_id_of
 from flowprep.tools.hsv import flow_to_rgb, legend
 
@@ -243,31 +244,22 @@ def write_preview(
     """Render ``video_id`` from the shard folder ``root`` into ``out`` (.png, .gif or .mp4)."""
     out = Path(out)
     dest = check_out(out)
-    # written beside it, then renamed over it: never a picture cut short (a kill, a full disk), never an earlier
-    # picture lost to a failed run; the name keeps the suffix, by which Pillow and PyAV choose the format
-    tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}{dest.suffix}")
     still = out.suffix.lower() == ".png"
     video = load_video(root, video_id, frames=(8 if frames is None else frames) if still else frames)
     max_flow = max_flow or auto_max_flow(video.flow)
-    try:
-        if still:
-            image = render_grid(video, max_flow=max_flow)
-            write_png(image, tmp)
-            size = image.shape[:2]
-        else:
-            images = render_animation(video, max_flow=max_flow)
-            write = write_gif if out.suffix.lower() == ".gif" else write_mp4
-            write(images, tmp, fps=fps or min(video.fps, 10.0))
-            size = images[0].shape[:2]
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except PermissionError as exc:  # checked before, unless the folder's permissions changed since
-        tmp.unlink(missing_ok=True)
+    try:  # written beside it and renamed over it: never a picture cut short (a kill, a full disk), never an earlier
+        with replacing(dest, hidden=True) as tmp:  # picture lost to a failed run
+            if still:
+                image = render_grid(video, max_flow=max_flow)
+                write_png(image, tmp)
+                size = image.shape[:2]
+            else:
+                images = render_animation(video, max_flow=max_flow)
+                write = write_gif if out.suffix.lower() == ".gif" else write_mp4
+                write(images, tmp, fps=fps or min(video.fps, 10.0))
+                size = images[0].shape[:2]
+    except PermissionError:  # checked before, unless the folder's permissions changed since
         raise OutError(f"cannot write into {dest.parent}: permission denied ({out})") from None
-    except BaseException:  # a full disk, Ctrl-C: no picture cut short is left behind, an earlier one stays
-        tmp.unlink(missing_ok=True)
-        raise
     return {"path": str(out), "fields": video.fields.tolist(), "height": size[0], "width": size[1],
             "max_flow": max_flow}
 

@@ -10,7 +10,6 @@ Encoded bytes depend on the codec library versions; the raw frames only on the s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 
 from flowprep.errors import OutPath, environment_failure, unwritable_output
+from flowprep.extract.manifest import replacing
 from flowprep.tools.synth import DEFAULT_CLASSES, MIRROR_SAFE_CLASSES, MOTIONS, ClipSpec, render_clip
 
 CODECS = {".avi": "mpeg4", ".mp4": "libx264"}
@@ -120,15 +120,8 @@ def make_sample(
     for sp in tqdm(specs, desc="sample", unit="video", disable=not progress):
         path = out / "videos" / video_path(sp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # whole or absent (a full disk, a kill): a hidden name extract skips, keeping the suffix PyAV's format is from;
-        # its own (pid): two samples into one --out at once each rename a whole file
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-        try:
+        with replacing(path, hidden=True) as tmp:  # whole or absent (a full disk, a kill); two samples at once: each its own
             encode_video(render_clip(sp), tmp, fps=fps)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     info = {
         "generator": "flowprep.tools.sample", "seed": seed, "classes": list(classes), "size": [width, height],
         "frames": frames, "fps": fps, "videos_per_class": videos_per_class, "clips_per_group": clips_per_group,
