@@ -14,9 +14,11 @@ Two ways, one home for both:
 Python's default for SIGTERM would end the main process alone, at once, leaving all of that behind; as
 PID 1 of a container, which has no default action, it would ignore SIGTERM until the SIGKILL.
 
-CPython drops an exception raised while a finalizer or weakref callback runs ("Exception ignored
-in ..."), so a signal's exception can be lost; the signal is also remembered, and the run asks
-``raise_if_stopped()`` at the points it would otherwise go on (each finished video, a dead worker).
+CPython drops an exception raised while a finalizer or weakref callback runs, and prints it ("Exception
+ignored in ..." and a traceback), so a signal's exception can be lost; the signal is also remembered, and the
+run asks ``raise_if_stopped()`` at the points it would otherwise go on (each finished video, a dead worker).
+Within ``stop_on_signals()`` that report is left out for the signal's own exception (the stop still prints
+its one line); any other exception a finalizer drops is reported as before.
 
 The worker processes ignore SIGINT (``ignore_ctrl_c``, their initializer; ``ignore_stop_signals``, the
 trainer's DataLoader workers', also a SIGTERM that their parent did not send): Ctrl-C reaches the whole
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -77,11 +80,18 @@ def stop_on_signals() -> Iterator[None]:
         if signum == signal.SIGINT or first:
             raise _exception(signum)
 
+    def unraisable(report: "sys.UnraisableHookArgs") -> None:
+        if not (isinstance(report.exc_value, KeyboardInterrupt) and _received is not None):
+            previous_hook(report)  # not the stop signal's own exception: reported as CPython would
+
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         with _handling(handler):
             yield
     finally:
         _received = None
+        sys.unraisablehook = previous_hook
 
 
 class StopFlag:
