@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from media import random_frames, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it, even when the suite runs as a shell's background job (``make test &``,
+    nohup): there SIGINT arrives ignored, the commands under test rightly keep it ignored, and every Ctrl-C test
+    would fail. Runs in each xdist worker too; the processes the tests start inherit the default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_ucf_tree(
