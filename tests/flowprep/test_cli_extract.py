@@ -176,6 +176,7 @@ def test_a_turned_video_is_stored_upright_and_its_flow_points_where_the_picture_
         for ext in ("mp4", "mkv"):
             for turn in (90, 180, 270):
                 g = f[f"videos/{ext}/t{turn}"]
+                assert g.attrs["rotation"] == turn
                 flow = g["flow"][:] * g["flow"].attrs["scale_factor"] + g["flow"].attrs["add_offset"]
                 assert flow.shape == (4, 2, 80, 60) and (g["rgb"].attrs["height"], g["rgb"].attrs["width"]) == (80, 60)
                 u, v = flow[:, 0, 8:-8, 8:-8], flow[:, 1, 8:-8, 8:-8]
