@@ -216,11 +216,12 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 @click.option("--unlabelled", is_flag=True,
               help="Extract without labels: label -1 and no class name in the shards (e.g. a test set).")
 @click.option("--size", "size_text", metavar="WxH",
-              help=f"Resize every frame to WxH before flow (each side 2 to {decode.MAX_SIDE}).  "
+              help=f"Resize every frame to WxH before flow (each side 2 to {decode.MAX_SIDE}); W across the upright "
+                   "picture (a phone video's rotation applied).  "
                    "[default: native size: flow at the source resolution]")
 @click.option("--short-side", type=click.IntRange(min=2, max=decode.MAX_SIDE),
-              help="Resize so the short side is N, keeping the aspect; 256 is recommended for Kinetics-sized "
-                   "inputs.  [default: native size]")
+              help="Resize so the short side is N, keeping the aspect of the upright picture; 256 is recommended "
+                   "for Kinetics-sized inputs.  [default: native size]")
 @click.option("--frame-step", type=click.IntRange(min=1), default=DecodeConfig.frame_step,
               help="Use every N-th frame (flow then spans N source frames).")
 @click.option("--no-rgb", is_flag=True, help="Do not store the JPEG frames the spatial stream needs.")

@@ -22,9 +22,15 @@ CODECS = {
 
 
 def write_video(
-    path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: str = "libx264"
+    path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: str = "libx264", *, turned: float = 0,
+    mirrored: bool = False,
 ) -> Path:
-    """Encode RGB uint8 frames (T, H, W, 3) into ``path`` (the extension picks the container)."""
+    """Encode RGB uint8 frames (T, H, W, 3) into ``path`` (the extension picks the container).
+
+    ``turned``: a display matrix that shows the frames turned by that many degrees counter-clockwise (a
+    phone's portrait video; PyAV's ``set_display_rotation``, read back as ``VideoFrame.rotation``), and
+    ``mirrored``, one that then mirrors them left to right.
+    """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -38,6 +44,8 @@ def write_video(
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = dict(options)
+        if turned or mirrored:
+            stream.set_display_rotation(turned, hflip=mirrored)
         if codec == "mpeg4":
             stream.bit_rate = 20_000_000  # with qmax 3: near-lossless, whatever the frame size
         for frame in frames:

@@ -2,14 +2,16 @@
 
 Before decord opens a file: its container header must not declare more bytes than the file has
 (a cut-off download: AVI and MKV demuxers would otherwise decode the frames before the cut without
-a word), and PyAV probes it (header only, cheap): that names broken inputs in one clean line instead
-of FFmpeg's log noise and gives the native size that ``short_side`` needs before decord is opened
-at the output size. Every way a *file* can be unusable becomes a ``DecodeError`` (a recorded
-failure); anything else is a bug and propagates.
+a word), and PyAV probes it (the header and the first frame): that names broken inputs in one clean
+line instead of FFmpeg's log noise and gives the native size that ``short_side`` needs before decord is
+opened at the output size, and the rotation the container asks for (its display matrix: phone videos),
+so that frames come out upright, as FFmpeg's tools and OpenCV show them. Every way a *file* can be
+unusable becomes a ``DecodeError`` (a recorded failure); anything else is a bug and propagates.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import BinaryIO, Iterator
 import av
 import decord
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 from decord._ffi.base import DECORDError
 
 # decord logs every FFmpeg complaint about damaged input to stderr; the failure is recorded anyway.
@@ -106,15 +109,16 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What decoding will produce: ``num_frames`` frames of ``height`` x ``width`` at ``fps``."""
+    """What decoding will produce: ``num_frames`` frames of ``height`` x ``width`` at ``fps``, upright."""
 
     num_frames: int  # after frame_step
     fps: float  # of the produced frames (source fps / frame_step)
     height: int
     width: int
     source_frames: int  # frames in the file
-    source_height: int
+    source_height: int  # of the coded picture, before the rotation
     source_width: int
+    rotation: int = 0  # degrees (0, 90, 180, 270) the coded picture is turned counter-clockwise to be upright
 
 
 def output_size(
@@ -135,19 +139,72 @@ def _short_reason(exc: BaseException) -> str:
     return re.sub(r"^(\[[\d:]+\] \S+?:\d+: )+", "", text)
 
 
-def _probe(path: Path) -> tuple[int, int]:
-    """(width, height) of the first video stream, from the container header."""
+# decord 0.6.0 (FFmpeg 4.1 inside) turns the frames of MP4/MOV files upright itself, by the display matrix
+# of the track header, before it resizes; it leaves other containers' matrices (Matroska/WebM, which FFmpeg 8
+# and OpenCV honour) unapplied. tests/flowprep/extract/test_decode.py checks both for every rotation.
+_DECORD_TURNS = ("mov,mp4,m4a,3gp,3g2,mj2",)
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """Degrees (0, 90, 180 or 270) the display turns ``frame`` counter-clockwise: its DISPLAYMATRIX side data.
+
+    Read as FFmpeg's ``av_display_rotation_get`` and rounded to whole degrees as OpenCV does (OpenCV then
+    applies 90 as cv2.ROTATE_90_COUNTERCLOCKWISE). Other angles and mirrored pictures are refused: OpenCV
+    and decord leave the first unapplied and turn the second by 180 degrees instead of mirroring it.
+    """
+    matrix = next((bytes(sd) for sd in frame.side_data if sd.type == SideDataType.DISPLAYMATRIX), None)
+    if matrix is None:
+        return 0
+    m = np.frombuffer(matrix, dtype=np.int32)  # 3x3, row-major, FFmpeg's own byte order; a, b, c, d in 16.16
+    a, b, c, d = (float(m[i]) for i in (0, 1, 3, 4))
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return 0  # a degenerate matrix: FFmpeg reads no angle from it either
+    if a * d - b * c < 0:
+        raise DecodeError("the container asks to show it mirrored (its display matrix flips the picture); "
+                          "flowprep turns frames upright but does not mirror them")
+    turn = round(-math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))) % 360
+    if turn % 90:
+        raise DecodeError(f"the container asks to show it turned by {turn} degrees; flowprep turns frames "
+                          "upright only by multiples of 90 degrees")
+    return turn
+
+
+def upright(frames: np.ndarray, turn: int) -> np.ndarray:
+    """Frames (n, H, W, C) turned ``turn`` degrees counter-clockwise (a multiple of 90), as contiguous arrays."""
+    k = turn // 90 % 4
+    return np.ascontiguousarray(np.rot90(frames, k, axes=(1, 2))) if k else frames
+
+
+@dataclass(frozen=True)
+class _Probe:
+    width: int  # of the coded picture
+    height: int
+    rotation: int  # degrees counter-clockwise that make it upright (``display_rotation``)
+    decord_turns: int  # the part of ``rotation`` decord applies itself
+
+
+def _probe(path: Path) -> _Probe:
+    """The first video stream's coded size (container header) and rotation (its first frame's side data)."""
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DecodeError("no video stream")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
+            stream.codec_context.thread_count = 1  # one frame: more threads would only cost their start
+            first = next(container.decode(stream), None)  # none: decord finds the video too short
+            rotation = 0 if first is None else display_rotation(first)
+            decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
     except av.FFmpegError as exc:
         raise DecodeError(f"not a readable video ({exc.strerror or type(exc).__name__})") from exc
     if width <= 0 or height <= 0:
         raise DecodeError(f"video stream has no frame size ({width}x{height})")
-    return width, height
+    return _Probe(width, height, rotation, decord_turns)
+
+
+def _turned(width: int, height: int, turn: int) -> tuple[int, int]:
+    """(W, H) of a ``width`` x ``height`` picture turned by ``turn`` degrees (a multiple of 90)."""
+    return (height, width) if turn % 180 else (width, height)
 
 
 class VideoStream:
@@ -174,18 +231,23 @@ class VideoStream:
             raise DecodeError("empty file (0 bytes)")
         if declared is not None and declared > file_size:
             raise DecodeError(f"truncated: the container declares {declared} bytes, the file has {file_size}")
-        src_w, src_h = _probe(path)
-        out_w, out_h = output_size(src_w, src_h, size=size, short_side=short_side)
-        resize = (out_w, out_h) != (src_w, src_h)
-        reason = bad_width_reason(out_w, resized=resize)
+        probe = _probe(path)
+        # --size and --short-side apply to the upright (display) picture; decord delivers it turned by
+        # decord_turns and resized to (dec_w, dec_h), this class turns it the rest of the way (self._turn).
+        out_w, out_h = output_size(*_turned(probe.width, probe.height, probe.rotation), size=size,
+                                   short_side=short_side)
+        self._turn = (probe.rotation - probe.decord_turns) % 360
+        dec_w, dec_h = _turned(out_w, out_h, self._turn)
+        resize = (dec_w, dec_h) != _turned(probe.width, probe.height, probe.decord_turns)
+        reason = bad_width_reason(dec_w, resized=resize)
         if reason:
             raise DecodeError(reason)
         try:
             self._reader = decord.VideoReader(
                 str(path),
                 ctx=decord.cpu(0),
-                width=out_w if resize else -1,
-                height=out_h if resize else -1,
+                width=dec_w if resize else -1,
+                height=dec_h if resize else -1,
                 num_threads=num_threads,
             )
         # decord raises a bare RuntimeError when FFmpeg cannot open the file, DECORDError when it
@@ -206,24 +268,26 @@ class VideoStream:
             height=out_h,
             width=out_w,
             source_frames=present,
-            source_height=src_h,
-            source_width=src_w,
+            source_height=probe.height,
+            source_width=probe.width,
+            rotation=probe.rotation,
         )
+        self._decoded_shape = (dec_h, dec_w, 3)
 
     def chunks(self, chunk_frames: int = 32) -> Iterator[np.ndarray]:
-        """Yield RGB uint8 arrays (n, H, W, 3), n <= chunk_frames, covering all ``info.num_frames``."""
+        """Yield upright RGB uint8 arrays (n, H, W, 3), n <= chunk_frames, covering all ``info.num_frames``."""
         for start in range(0, len(self._indices), chunk_frames):
             idx = self._indices[start : start + chunk_frames]
             try:
                 batch = self._reader.get_batch(idx.tolist()).asnumpy()
             except DECORDError as exc:  # damaged or missing packets discovered while decoding
                 raise DecodeError(f"decoding failed at frame {int(idx[0])}: {_short_reason(exc)}") from exc
-            if batch.shape[1:] != (self.info.height, self.info.width, 3):
+            if batch.shape[1:] != self._decoded_shape:
                 raise DecodeError(
-                    f"frame size changed mid-stream: expected {self.info.height}x{self.info.width}, "
+                    f"frame size changed mid-stream: expected {self._decoded_shape[0]}x{self._decoded_shape[1]}, "
                     f"got {batch.shape[1]}x{batch.shape[2]}"
                 )
-            yield batch
+            yield upright(batch, self._turn)
 
 
 def iter_frames(

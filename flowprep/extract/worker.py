@@ -161,7 +161,7 @@ def _write(job: VideoJob, stream: VideoStream, tmp: Path) -> int:
                     writer.append_rgb(jpegs)
             frames += len(rgb)
         with _output(tmp):
-            writer.finish(num_frames=frames, fps=info.fps)
+            writer.finish(num_frames=frames, fps=info.fps, rotation=info.rotation)
     finally:
         with _output(tmp):
             f.close()

@@ -129,8 +129,11 @@ class VideoWriter:
         if jpegs:
             self.rgb[n:] = [np.frombuffer(buf, dtype=np.uint8) for buf in jpegs]
 
-    def finish(self, *, num_frames: int, fps: float) -> None:
-        """Check the counts and write the video attributes (last, after the data)."""
+    def finish(self, *, num_frames: int, fps: float, rotation: int | None = None) -> None:
+        """Check the counts and write the video attributes (last, after the data).
+
+        ``rotation``: degrees the source's coded picture was turned to store it upright (None: not known, not written).
+        """
         if self.flow.shape[0] != num_frames - 1:
             raise ValueError(f"{num_frames} frames need {num_frames - 1} flow fields, got {self.flow.shape[0]}")
         if self.rgb is not None and self.rgb.shape[0] != num_frames:
@@ -141,6 +144,8 @@ class VideoWriter:
         a["source"] = self.meta.source
         a["num_frames"] = np.int64(num_frames)
         a["fps"] = np.float64(fps)
+        if rotation is not None:
+            a["rotation"] = np.int64(rotation)
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -4,10 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import h5py
+import numpy as np
 import pytest
 from click.testing import CliRunner
-from media import random_frames, write_video
+from media import random_frames, translating_texture, write_video
 
 from flowprep import exits
 from flowprep.cli import main
@@ -156,3 +158,28 @@ def test_every_extract_default_comes_from_the_run_dataclasses() -> None:
     assert defaults["frame_step"] == DecodeConfig().frame_step
     assert defaults["flow_batch"] == inspect.signature(run_extract).parameters["flow_batch"].default
     assert defaults["tvl1_lambda_"] == TVL1Params().lambda_ and defaults["farneback_winsize"] == FarnebackParams().winsize
+
+
+def test_a_turned_video_is_stored_upright_and_its_flow_points_where_the_picture_moves(tmp_path: Path) -> None:
+    """Phone videos carry their rotation in the container; the flow must be computed on the upright frames."""
+    shown = translating_texture(5, 80, 60, 1.0, 0.0, seed=5)  # upright: 60 wide, 80 high, moving right
+    videos = tmp_path / "videos"
+    for ext in ("mp4", "mkv"):  # decord turns MP4 by itself, MKV not
+        for turn in (90, 180, 270):
+            coded = np.rot90(shown, -turn // 90, axes=(1, 2))  # what the camera wrote; shown turned `turn`
+            write_video(videos / ext / f"t{turn}.{ext}", coded, turned=turn)
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", str(videos), "--out", str(out), "--method", "farneback", "--workers", "1",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        for ext in ("mp4", "mkv"):
+            for turn in (90, 180, 270):
+                g = f[f"videos/{ext}/t{turn}"]
+                assert g.attrs["rotation"] == turn
+                flow = g["flow"][:] * g["flow"].attrs["scale_factor"] + g["flow"].attrs["add_offset"]
+                assert flow.shape == (4, 2, 80, 60) and (g["rgb"].attrs["height"], g["rgb"].attrs["width"]) == (80, 60)
+                u, v = flow[:, 0, 8:-8, 8:-8], flow[:, 1, 8:-8, 8:-8]
+                assert np.median(u) > 0.8 and abs(np.median(v)) < 0.2, (ext, turn, np.median(u), np.median(v))
+                first = cv2.imdecode(g["rgb"][0], cv2.IMREAD_COLOR)[..., ::-1]
+                assert np.abs(first.astype(int) - shown[0]).mean() < 8, (ext, turn)

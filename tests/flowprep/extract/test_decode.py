@@ -114,3 +114,78 @@ def test_the_widths_listed_as_impossible_are_the_ones_this_decord_fails_on(tmp_p
             return False
 
     assert [w for w in range(1, 100) if not delivers(w)] == list(DECORD_BAD_WIDTHS)
+
+
+@pytest.fixture(scope="module")
+def turned(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
+    """One 80x60 clip, as coded, with display matrices turning it 0/90/180/270 degrees, in MP4 and MKV; and
+    ("upright", turn): the same picture turned before it was encoded, without a display matrix.
+
+    (80x60: turned, 60 px wide; the 48 of a 64x48 clip is a width decord cannot deliver.)
+    """
+    root = tmp_path_factory.mktemp("turned")
+    frames = random_frames(6, 60, 80, seed=3)
+    videos = {(ext, turn): write_video(root / f"t{turn}.{ext}", frames, turned=turn)
+              for ext in ("mp4", "mkv") for turn in (0, 90, 180, 270)}
+    for turn in (90, 180, 270):
+        videos["upright", turn] = write_video(root / f"u{turn}.mp4", np.rot90(frames, turn // 90, axes=(1, 2)))
+    return videos
+
+
+def _opencv_frames(path: Path) -> np.ndarray:
+    """The frames OpenCV's VideoCapture shows (RGB): upright, its CAP_PROP_ORIENTATION_AUTO is on by default."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(got[1][..., ::-1])
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_a_turned_video_decodes_to_the_upright_frames_opencv_shows(turned: dict, ext: str, turn: int) -> None:
+    """A phone's portrait video (a display matrix in the container): decord turns MP4 itself, MKV not at all."""
+    coded = np.concatenate(list(VideoStream(turned[ext, 0]).chunks()))
+    stream = VideoStream(turned[ext, turn])
+    frames = np.concatenate(list(stream.chunks(4)))
+    want = np.rot90(coded, turn // 90, axes=(1, 2))  # exact: the same decoder, the picture turned
+    assert (stream.info.height, stream.info.width, stream.info.rotation) == (*want.shape[1:3], turn)
+    assert (stream.info.source_height, stream.info.source_width) == (60, 80)
+    np.testing.assert_array_equal(frames, want)
+    shown = _opencv_frames(turned[ext, turn])
+    assert shown.shape == frames.shape
+    assert np.abs(shown.astype(int) - frames).mean() < 2  # OpenCV's own FFmpeg converts the colours
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+@pytest.mark.parametrize("turn", [90, 180, 270])
+@pytest.mark.parametrize("resize", [{"short_side": 30}, {"size": (30, 40)}])
+def test_a_turned_video_is_resized_as_an_upright_video_of_its_display_size(
+    turned: dict, ext: str, turn: int, resize: dict
+) -> None:
+    stream = VideoStream(turned[ext, turn], **resize)
+    display = (60, 80) if turn % 180 else (80, 60)  # (W, H) OpenCV shows
+    width, height = output_size(*display, **resize)
+    frames = np.concatenate(list(stream.chunks()))
+    assert (stream.info.width, stream.info.height) == (width, height) and frames.shape[1:3] == (height, width)
+    want = np.concatenate(list(VideoStream(turned["upright", turn], **resize).chunks()))
+    # Encoded apart, and decord resizes MP4 after turning, MKV before (its filter differs across and down):
+    # close to the upright frames, far from them upside down (the other picture of this shape).
+    error, upside_down = (np.abs(w.astype(int) - frames).mean() for w in (want, want[:, ::-1, ::-1]))
+    assert error < 10 and upside_down > 3 * error
+
+
+@pytest.mark.parametrize(("turn", "mirrored", "reason"), [
+    (45, False, "turned by 45 degrees; flowprep turns frames upright only by multiples of 90"),
+    (0, True, "asks to show it mirrored"),
+    (90, True, "asks to show it mirrored"),
+])
+def test_a_rotation_flowprep_cannot_apply_is_a_failure_that_says_so(
+    tmp_path: Path, turn: int, mirrored: bool, reason: str
+) -> None:
+    """OpenCV and decord leave 45 degrees unapplied and show a mirrored picture turned by 180 degrees instead."""
+    path = write_video(tmp_path / "odd.mp4", random_frames(3, 60, 80), turned=turn, mirrored=mirrored)
+    with pytest.raises(DecodeError, match=reason):
+        VideoStream(path)

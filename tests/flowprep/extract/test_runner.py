@@ -73,7 +73,7 @@ def test_layout_manifest_and_attributes(ucf_tree: Path, tmp_path: Path) -> None:
         assert json.loads(f.attrs["params"]) == m["params"]
         g = f["videos/Run/v_Run_g00"]
         assert dict(g.attrs) == {"label": 1, "class_name": "Run", "source": "Run/v_Run_g00.mp4",
-                                 "num_frames": 8, "fps": pytest.approx(25.0)}
+                                 "num_frames": 8, "fps": pytest.approx(25.0), "rotation": 0}
         flow = g["flow"]  # short side 32: 64x48 -> 43x32
         assert flow.shape == (7, 2, 32, 43) and flow.chunks == (1, 2, 32, 43)
         assert (flow.compression, flow.compression_opts) == ("gzip", 1)  # the merge kept the chunks as written

@@ -41,7 +41,7 @@ def test_one_video_into_its_own_file(tmp_path: Path) -> None:
     with h5py.File(job.out, "r") as f:
         g = f["videos/C/v"]
         assert dict(g.attrs) == {"label": 0, "class_name": "C", "source": "C/v.mp4", "num_frames": 7,
-                                 "fps": pytest.approx(24.0)}
+                                 "fps": pytest.approx(24.0), "rotation": 0}
         assert g["flow"].dtype == np.uint8 and g["flow"].shape == (6, 2, 32, 64)
         assert g["flow"].attrs["bound"] == 10.0
         assert g["flow"].compression == "gzip" and g["flow"].chunks == (1, 2, 32, 64)
