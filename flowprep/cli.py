@@ -16,7 +16,9 @@ import click
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 from flowprep import stopping
-from flowprep.errors import Bound, BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import (
+    Bound, BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure, unwritable_output,
+)
 from flowprep.extract import decode, manifest, reader, runner
 from flowprep.extract import flow as flow_mod
 from flowprep.extract import verify as verify_mod
@@ -321,6 +323,9 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
             if stopping.stopped():  # what the signal did to the run (a worker it ended), not the environment
                 _stop_line(stopping.stopped() == signal.SIGTERM)
+            unwritable = unwritable_output(exc, out)  # --out on a read-only mount: 2, as permission denied
+            if unwritable is not None:
+                raise unwritable from exc
             if debug:
                 raise
             raise environment_failure(exc, out) from exc

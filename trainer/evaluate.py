@@ -282,8 +282,9 @@ def scores_path(out: Path) -> Path:
 
 def check_writable(out: Path) -> None:
     """Make the results' folder and write into it as the run's first write will (``<stem>.scores.npz.tmp``, removed
-    at once), so that a folder this user may not write (PermissionError, which ``trainer evaluate`` reports as
-    ``cannot write into DIR``, exit 2, as ``fit`` does for RUN_DIR) stops the run before any network is loaded."""
+    at once), so that a folder this user may not write (PermissionError) or one on a read-only file system, which
+    ``trainer evaluate`` reports as ``cannot write into DIR``, exit 2, as ``fit`` does for RUN_DIR, stops the run
+    before any network is loaded."""
     out.parent.mkdir(parents=True, exist_ok=True)
     probe = scores_path(out).with_name(scores_path(out).name + ".tmp")  # replacing()'s temporary of the scores
     probe.touch()

@@ -159,8 +159,8 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
     removed. Each shard is checked against the manifest's size and sha256 first. While it writes, --out holds
     export-frames.lock; an export that was killed leaves it there, and import-frames refuses such a folder. Exit
     status 2: SHARDS is not a finished flowprep output, a shard is missing or damaged, or --out is not empty (or
-    holds an export that did not finish), or this user may not write into it; 4: another export-frames is writing
-    into --out; 75: reading a shard or writing a frame failed (one line).
+    holds an export that did not finish), or this user may not write into it (or it is on a read-only file
+    system); 4: another export-frames is writing into --out; 75: reading a shard or writing a frame failed (one line).
     """
     try:
         n = export_frames(shards, out, layout=layout, quality=quality,
@@ -173,6 +173,9 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
         raise (unwritable_output(exc, out) or environment_failure(exc, shards, action="fix its permissions and rerun "
                                                                   "the same command", log=False)) from exc
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
+        unwritable = unwritable_output(exc, out)  # --out on a read-only mount: 2, as permission denied
+        if unwritable is not None:
+            raise unwritable from exc
         writing = environment_cause(exc) in ("disk full", "disk quota exceeded", "read-only file system")
         raise environment_failure(exc, out if writing else shards, action="rerun the same command", log=False) from exc
     click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")
