@@ -98,6 +98,14 @@ def unwritable_output(exc: BaseException, out: Path) -> RunError | None:
     return RunError(f"cannot write into {out}: {cause} ({os.fsdecode(exc.filename)})")
 
 
+def unreadable_input(exc: PermissionError, where: Path) -> RunError:
+    """``cannot read FILE: permission denied (fix its permissions)``, exit 2: an input this user may not read is
+    unusable input, as an unreadable folder is (a rerun fails the same way: not a failed environment); ``where``
+    stands for the file when the error does not name it."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else f"a file in {where}"
+    return RunError(f"cannot read {name}: permission denied (fix its permissions)")
+
+
 class ClusterError(click.ClickException):
     """The Dask cluster cannot run the job; retrying later may help (exit status 3)."""
 

@@ -215,15 +215,15 @@ def main() -> None:
     Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...
 
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
-    video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset are not
-    its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the results' folder) cannot be
-    written: permission denied, a read-only file system; 4 another live fit holds RUN_DIR (its lock names the host
-    and pid); 75 the environment failed (disk full, I/O error, --pretrained imagenet weights that cannot be
-    downloaded: the line names the file and where to put it, anything unexpected: one line, the traceback in
-    trainer-error.log beside the output; rerun, fit with --resume once RUN_DIR/checkpoint.pt exists); 130
-    interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it, rerun with
-    --resume to continue. Lists hold 'path [label]' per line; the path may contain spaces, the label is the last
-    token when it is an integer.
+    video): a damaged shard (also when a loader worker reads it) or one this user may not read, a video whose flow
+    scale_factor/add_offset are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the
+    results' folder) cannot be written: permission denied, a read-only file system; 4 another live fit holds RUN_DIR
+    (its lock names the host and pid); 75 the environment failed (disk full, I/O error, --pretrained imagenet
+    weights that cannot be downloaded: the line names the file and where to put it, anything unexpected: one line,
+    the traceback in trainer-error.log beside the output; rerun, fit with --resume once RUN_DIR/checkpoint.pt
+    exists); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it,
+    rerun with --resume to continue. Lists hold 'path [label]' per line; the path may contain spaces, the label is
+    the last token when it is an integer.
     """
 
 
