@@ -4,11 +4,11 @@ fusion from scores.
 Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on stderr,
 also for a damaged shard read in a loader worker), 2 a usage error or an output that cannot be written (permission
 denied, a read-only file system: one line naming the folder, as for ``flowprep extract``), 4 another live fit holds
-RUN_DIR, 75 the environment failed (disk full, I/O error, ImageNet weights that cannot be downloaded, any unexpected
-error: one line, the traceback in trainer-error.log beside the output; a rerun continues), 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM: a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next training step on
-either, saves RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume`` continues the same
-epoch at its next batch. A second Ctrl-C leaves at once (130).
+RUN_DIR (or evaluate or fuse the same --out), 75 the environment failed (disk full, I/O error, ImageNet weights that
+cannot be downloaded, any unexpected error: one line, the traceback in trainer-error.log beside the output; a rerun
+continues), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: a scheduler's preemption, scancel, docker stop).
+``fit`` stops at the next training step on either, saves RUN_DIR/checkpoint.pt there and then exits 130 or 143 with
+one line; ``--resume`` continues the same epoch at its next batch. A second Ctrl-C leaves at once (130).
 """
 
 from __future__ import annotations
@@ -218,12 +218,12 @@ def main() -> None:
     video): a damaged shard (also when a loader worker reads it) or one this user may not read, a video whose flow
     scale_factor/add_offset are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the
     results' folder) cannot be written: permission denied, a read-only file system; 4 another live fit holds RUN_DIR
-    (its lock names the host and pid); 75 the environment failed (disk full, I/O error, --pretrained imagenet
-    weights that cannot be downloaded: the line names the file and where to put it, anything unexpected: one line,
-    the traceback in trainer-error.log beside the output; rerun, fit with --resume once RUN_DIR/checkpoint.pt
-    exists); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it,
-    rerun with --resume to continue. Lists hold 'path [label]' per line; the path may contain spaces, the label is
-    the last token when it is an integer.
+    (its lock names the host and pid), or another evaluate or fuse writes the same --out (<out>.lock); 75 the
+    environment failed (disk full, I/O error, --pretrained imagenet weights that cannot be downloaded: the line
+    names the file and where to put it, anything unexpected: one line, the traceback in trainer-error.log beside the
+    output; rerun, fit with --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM): fit first finishes its training step and saves it, rerun with --resume to continue. Lists hold 'path
+    [label]' per line; the path may contain spaces, the label is the last token when it is an integer.
     """
 
 
@@ -371,9 +371,14 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.pass_context
 @_runtime_errors
 def evaluate(ctx: click.Context, **o: Any) -> None:
-    """Video-level accuracy of each stream and of their fusion on --test-list (or of a --joint model's)."""
+    """Video-level accuracy of each stream and of their fusion on --test-list (or of a --joint model's).
+
+    While it runs, --out's lock (<out>.lock, e.g. results.json.lock) is held: a second evaluate or fuse into the same
+    --out exits 4 (busy, retry later) with one line naming the holder; the lock of a run that was killed is taken
+    over.
+    """
     from trainer.distributed import resolve_device
-    from trainer.evaluate import run_evaluate
+    from trainer.evaluate import results_lock, run_evaluate
 
     if o["joint"] is not None:
         extra = options.given(ctx, "spatial", "temporal", "fusion", "spatial_weight", "val_list")
@@ -388,13 +393,15 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
         fusion = options.check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"],
                                       has_val=o["val_list"] is not None)
     options.amp(o["amp"], o["device"])
-    results = run_evaluate(
-        shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], joint=o["joint"],
-        fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"],
-        crops=int(o["crops"]),
-        device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
-        show_progress=o["progress"], list_format=o["list_format"], amp=o["amp"],
-    )
+    Path(o["out"]).parent.mkdir(parents=True, exist_ok=True)
+    with results_lock(Path(o["out"])):  # a second evaluate or fuse into this --out: busy (exit 4) at once
+        results = run_evaluate(
+            shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"],
+            joint=o["joint"], fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"],
+            samples=o["samples"], crops=int(o["crops"]), device=resolve_device(o["device"]), out=o["out"],
+            batch_size=o["batch_size"], workers=o["workers"], show_progress=o["progress"],
+            list_format=o["list_format"], amp=o["amp"],
+        )
     _echo_results(results, o["out"])
 
 
@@ -411,11 +418,12 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
     """Redo the fusion from saved per-video scores, without running a network.
 
     results.json names --scores as its scores. A --scores file that is not one trainer evaluate wrote (cut short,
-    damaged, another file): exit status 1, one line.
+    damaged, another file): exit status 1, one line. It holds --out's lock as evaluate does: another evaluate or fuse
+    into the same --out is exit 4 (busy).
     """
     from pathlib import Path
 
-    from trainer.evaluate import load_scores, report
+    from trainer.evaluate import load_scores, report, results_lock
 
     if os.path.exists(out) and os.path.samefile(out, scores):  # results.json written over the scores it is from
         raise click.UsageError(f"--out {out} is the --scores file, which it would replace: name the results another file")
@@ -425,7 +433,8 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
     fusion = options.check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
                            no_val=f"{scores} holds no validation scores (run trainer evaluate with --val-list)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)  # as evaluate does
-    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out), scores_file=Path(scores))
+    with results_lock(Path(out)):  # as evaluate's: a second fuse or evaluate into --out is busy (exit 4)
+        results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out), scores_file=Path(scores))
     _echo_results(results, out)
 
 

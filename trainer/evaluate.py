@@ -25,6 +25,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from flowprep.extract.lock import OutputLock
 from flowprep.extract.manifest import replacing, write_json_atomic
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
@@ -278,6 +279,17 @@ def run_evaluate(
 
 def scores_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.scores.npz")
+
+
+RESULTS_LOCK = ".lock"  # <out>.lock, e.g. results.json.lock
+
+
+def results_lock(out: Path) -> OutputLock:
+    """One ``evaluate`` or ``fuse`` per results file: ``<out>.lock`` beside it (flowprep's output lock, as fit's
+    RUN_DIR/run.lock), held while the scores, the confusion PNGs and the results are written, so that two runs
+    into one --out never leave the results of one beside the scores and PNGs of the other: the second is refused
+    at once (BusyError, naming the holder); the lock of a run that died is taken over."""
+    return OutputLock(out.with_name(out.name + RESULTS_LOCK))
 
 
 def check_writable(out: Path) -> None:

@@ -85,12 +85,12 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit
         state = {"model": build_model(cfg, pretrained=None).state_dict(), "epoch": 1, "classes": tiny_shards.classes,
                  "config": {"model": to_dict(cfg), "data": to_dict(data)}}  # an untrained network, as fit saves it
         ck.save_checkpoint(state, tmp_path / "run" / ck.BEST)
-        out, folder, denied = locked / "r.json", locked, locked / "r.scores.npz.tmp"  # the first file it writes
+        out, folder, denied = locked / "r.json", locked, locked / "r.json.lock"  # the first file it writes
         args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "run", "--samples", "1"]
     elif where in ("results_folder_before_loading", "above_results_folder"):
         (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
         out = locked / "r.json" if where == "results_folder_before_loading" else locked / "sub" / "r.json"
-        folder, denied = out.parent, (locked / "r.scores.npz.tmp" if out.parent == locked else out.parent)
+        folder, denied = out.parent, (locked / "r.json.lock" if out.parent == locked else out.parent)
         args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "damaged.pt"]
     else:
         out = locked if where == "run_dir" else locked / "run"
@@ -124,9 +124,9 @@ def test_an_output_on_a_read_only_file_system_is_one_line_naming_the_folder_and_
     evaluate = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "damaged.pt", *common]
     fuse = ["fuse", "--scores", scores]
     for args, out, folder, denied in ((fit, ro, ro, ro / "run.lock"), (fit, ro / "run", ro / "run", ro / "run"),
-                                      (evaluate, ro / "r.json", ro, ro / "r.scores.npz.tmp"),
+                                      (evaluate, ro / "r.json", ro, ro / "r.json.lock"),
                                       (evaluate, ro / "sub" / "r.json", ro / "sub", ro / "sub"),
-                                      (fuse, ro / "f.json", ro, ro / "f.confusion-spatial.png.tmp"),
+                                      (fuse, ro / "f.json", ro, ro / "f.json.lock"),
                                       (fuse, ro / "sub" / "f.json", ro / "sub", ro / "sub")):
         result = CliRunner().invoke(main, [str(a) for a in [*args, "--out", out]])
         assert result.exit_code == 2, (args[0], result.output)
