@@ -16,7 +16,10 @@ import click
 from flowprep import __version__, exits
 from flowprep.config import DecodeConfig, FarnebackParams, FlowConfig, StorageConfig, TVL1Params
 from flowprep import stopping
-from flowprep.errors import Bound, BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import (
+    Bound, BusyOutput, ClusterError, FiniteFloat, OutPath, RunError, environment_failure, unreadable_input,
+    unwritable_output,
+)
 from flowprep.extract import decode, manifest, reader, runner
 from flowprep.extract import flow as flow_mod
 from flowprep.extract import verify as verify_mod
@@ -322,6 +325,9 @@ def extract(videos: Path, out: Path, method: str, engine: str | None, device: st
         except Exception as exc:  # disk full, I/O error, lost lock or lost cluster, a bug: retriable, one line
             if stopping.stopped():  # what the signal did to the run (a worker it ended), not the environment
                 _stop_line(stopping.stopped() == signal.SIGTERM)
+            unwritable = unwritable_output(exc, out)  # --out on a read-only mount: 2, as permission denied
+            if unwritable is not None:
+                raise unwritable from exc
             if debug:
                 raise
             raise environment_failure(exc, out) from exc
@@ -355,17 +361,21 @@ def verify(out: Path, as_json: bool, progress: bool, debug: bool) -> None:
     Exit status 0 only when complete and intact, 1 otherwise ("incomplete: N of M videos" after an
     interrupted run; "incomplete: 2 of 4 tasks have not finished (tasks 1, 3); N of M videos done" for an
     array run; a damaged shard is named with the video and the field or attribute that is wrong: rerun the
-    same `flowprep extract` command, with --check, to repair it), 2 when OUT is not a readable folder, 75
-    when reading a file in it failed (I/O error, permission denied; one line). Videos that could not be
+    same `flowprep extract` command, with --check, to repair it), 2 when OUT is not a readable folder or
+    this user may not read a file in it (one line naming it), 75 when reading a file in it failed (I/O
+    error; one line). Videos that could not be
     decoded are listed but do not make it fail.
     """
     try:
         report = verify_mod.verify_output(out, progress=progress)
+    except PermissionError as exc:  # a file in OUT this user may not read: 2, as an unreadable folder (not a retry)
+        if debug:
+            raise
+        raise unreadable_input(exc, out) from exc
     except Exception as exc:  # an I/O error reading OUT, a bug: one line, retriable
         if debug:
             raise
-        action = "fix its permissions and run verify again" if isinstance(exc, PermissionError) else "run verify again"
-        raise environment_failure(exc, out, action=action, log=False) from exc
+        raise environment_failure(exc, out, action="run verify again", log=False) from exc
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else verify_mod.format_report(report))
     sys.exit(0 if report.ok else 1)
 

@@ -73,16 +73,37 @@ class RunError(click.ClickException):
     exit_code = exits.USAGE.code
 
 
-def unwritable_output(exc: PermissionError, out: Path) -> RunError | None:
-    """``cannot write into OUT: permission denied (FILE)``, exit 2 as ``flowprep extract`` says it (a rerun fails the
-    same way: not a failed environment), when the file denied is ``out``, one in it or a folder above it; None when it
-    is another (an input)."""
-    if exc.filename is None:
+_UNWRITABLE_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                      errno.EROFS: "read-only file system"}
+
+
+def unwritable_cause(exc: BaseException) -> str | None:
+    """"permission denied" or "read-only file system" for an error on a named file that no rerun gets past (not a
+    failed environment: the mount or the modes must change first); None for any other error."""
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return None
+    return _UNWRITABLE_ERRNOS.get(exc.errno) or ("permission denied" if isinstance(exc, PermissionError) else None)
+
+
+def unwritable_output(exc: BaseException, out: Path) -> RunError | None:
+    """``cannot write into OUT: permission denied (FILE)`` (or ``read-only file system``), exit 2 as ``flowprep
+    extract`` says it (a rerun fails the same way: not a failed environment), when the file denied is ``out``, one
+    in it or a folder above it; None when it is another (an input) or the error is another."""
+    cause = unwritable_cause(exc)
+    if cause is None or not isinstance(exc, OSError):
         return None
     denied, mine = Path(os.path.abspath(os.fsdecode(exc.filename))), Path(os.path.abspath(out))
     if not (denied == mine or mine in denied.parents or denied in mine.parents):
         return None
-    return RunError(f"cannot write into {out}: permission denied ({os.fsdecode(exc.filename)})")
+    return RunError(f"cannot write into {out}: {cause} ({os.fsdecode(exc.filename)})")
+
+
+def unreadable_input(exc: PermissionError, where: Path) -> RunError:
+    """``cannot read FILE: permission denied (fix its permissions)``, exit 2: an input this user may not read is
+    unusable input, as an unreadable folder is (a rerun fails the same way: not a failed environment); ``where``
+    stands for the file when the error does not name it."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else f"a file in {where}"
+    return RunError(f"cannot read {name}: permission denied (fix its permissions)")
 
 
 class ClusterError(click.ClickException):

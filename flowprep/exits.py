@@ -25,7 +25,8 @@ SOME_INPUTS_FAILED = ExitStatus(
     1, "finished, but some videos could not be read or decoded (listed in OUT/failures.jsonl)",
     "done: do not retry, the files themselves are bad (rerun with --retry-failed after replacing them)", False,
     "done, some videos failed (OUT/failures.jsonl): do not retry")
-USAGE = ExitStatus(2, "usage error or unusable input (bad flag, unreadable folder, --out holds another run)",
+USAGE = ExitStatus(2, "usage error or unusable input (bad flag, unreadable folder, --out holds another run or "
+                      "cannot be written: permission denied, read-only file system)",
                    "fix the command or the input; do not retry", False, "usage error or unusable input: do not retry")
 CLUSTER = ExitStatus(3, "--backend dask: the cluster cannot be used (unreachable, no workers, a worker without "
                         "the shared folders or with other versions)", "retry after fixing the cluster", True,

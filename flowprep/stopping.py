@@ -16,9 +16,10 @@ PID 1 of a container, which has no default action, it would ignore SIGTERM until
 
 CPython drops an exception raised while a finalizer or weakref callback runs, and prints it ("Exception
 ignored in ..." and a traceback), so a signal's exception can be lost; the signal is also remembered, and the
-run asks ``raise_if_stopped()`` at the points it would otherwise go on (each finished video, a dead worker).
-Within ``stop_on_signals()`` that report is left out for the signal's own exception (the stop still prints
-its one line); any other exception a finalizer drops is reported as before.
+run asks ``raise_if_stopped()`` at the points it would otherwise go on (each finished video, a dead worker);
+``trainer fit``'s loop asks ``StopFlag.raise_if_leaving()`` at each step for a second Ctrl-C lost that way.
+Within both blocks that report is left out for the signal's own exception (the stop still prints its one
+line); any other exception a finalizer drops is reported as before.
 
 The worker processes ignore SIGINT (``ignore_ctrl_c``, their initializer; ``ignore_stop_signals``, the
 trainer's DataLoader workers', also a SIGTERM that their parent did not send): Ctrl-C reaches the whole
@@ -80,17 +81,27 @@ def stop_on_signals() -> Iterator[None]:
         if signum == signal.SIGINT or first:
             raise _exception(signum)
 
+    try:
+        with _quiet_when_dropped(lambda: _received is not None), _handling(handler):
+            yield
+    finally:
+        _received = None
+
+
+@contextmanager
+def _quiet_when_dropped(signalled: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, CPython's report of a ``KeyboardInterrupt`` that a finalizer or weakref callback dropped
+    ("Exception ignored in ...", a traceback) is left out once ``signalled()``: the stop signal's own, which the
+    run recovers at its next check. Any other exception a finalizer drops is reported as CPython would."""
     def unraisable(report: "sys.UnraisableHookArgs") -> None:
-        if not (isinstance(report.exc_value, KeyboardInterrupt) and _received is not None):
-            previous_hook(report)  # not the stop signal's own exception: reported as CPython would
+        if not (isinstance(report.exc_value, KeyboardInterrupt) and signalled()):
+            previous_hook(report)
 
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     try:
-        with _handling(handler):
-            yield
+        yield
     finally:
-        _received = None
         sys.unraisablehook = previous_hook
 
 
@@ -100,6 +111,13 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.leave_now = False  # a second Ctrl-C came (its KeyboardInterrupt may have been dropped in a finalizer)
+
+    def raise_if_leaving(self) -> None:
+        """Raise the second Ctrl-C's ``KeyboardInterrupt`` again, in case CPython dropped it in a finalizer or
+        weakref callback: the user's "leave now" is not lost."""
+        if self.leave_now:
+            raise KeyboardInterrupt
 
     def set(self, signum: int) -> None:
         if self.signum is None:
@@ -126,15 +144,17 @@ class Stopped(Exception):
 @contextmanager
 def stop_flag() -> Iterator[StopFlag]:
     """SIGINT and SIGTERM set the yielded flag within the block. A second Ctrl-C raises ``KeyboardInterrupt``
-    (whoever presses it twice wants out now); a second SIGTERM is ignored."""
+    (whoever presses it twice wants out now), and the flag remembers it (``raise_if_leaving``) in case a finalizer
+    dropped it; a second SIGTERM is ignored."""
     flag = StopFlag()
 
     def handler(signum: int, frame: object) -> None:
         if flag.signum is not None and signum == signal.SIGINT:
+            flag.leave_now = True
             raise KeyboardInterrupt
         flag.set(signum)
 
-    with _handling(handler):
+    with _quiet_when_dropped(lambda: flag.leave_now), _handling(handler):
         yield flag
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -43,6 +44,27 @@ def make_ucf_tree(
 def ucf_tree(tmp_path: Path) -> Path:
     """A fresh 2-class x 2-video tree (8 frames of 64x48) per test: tests may add or break files."""
     return make_ucf_tree(tmp_path / "videos")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder on a read-only file system (a tmpfs mounted ro): writing into it fails with EROFS, also as
+    root. Skipped where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def read_run(out: Path) -> dict[str, dict]:

@@ -1,14 +1,14 @@
 """``trainer`` command line: fit one stream (or both jointly), evaluate streams and their fusion, redo a
 fusion from scores.
 
-Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on
-stderr, also for a damaged shard read in a loader worker), 2 a usage error or an output that cannot be written
-(permission denied, one line naming the folder, as for ``flowprep extract``), 4 another live fit holds RUN_DIR,
-75 the environment failed (disk full, I/O error, ImageNet weights that cannot be downloaded, any unexpected
-error: one line, the traceback in trainer-error.log beside the output; a rerun continues), 130 interrupted
-(Ctrl-C), 143 terminated (SIGTERM: a scheduler's preemption, scancel, docker stop). ``fit`` stops at the next
-training step on either, saves RUN_DIR/checkpoint.pt there and then exits 130 or 143 with one line; ``--resume``
-continues the same epoch at its next batch. A second Ctrl-C leaves at once (130).
+Exit codes (also in ``trainer --help`` and README): 0 done, 1 a data/checkpoint/device problem (one line on stderr,
+also for a damaged shard read in a loader worker), 2 a usage error or an output that cannot be written (permission
+denied, a read-only file system: one line naming the folder, as for ``flowprep extract``), 4 another live fit holds
+RUN_DIR (or evaluate or fuse the same --out), 75 the environment failed (disk full, I/O error, ImageNet weights that
+cannot be downloaded, any unexpected error: one line, the traceback in trainer-error.log beside the output; a rerun
+continues), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: a scheduler's preemption, scancel, docker stop).
+``fit`` stops at the next training step on either, saves RUN_DIR/checkpoint.pt there and then exits 130 or 143 with
+one line; ``--resume`` continues the same epoch at its next batch. A second Ctrl-C leaves at once (130).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any, Callable
 
 import click
 
-from flowprep.errors import BusyOutput, EnvironmentFailure, FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import (
+    BusyOutput, EnvironmentFailure, FiniteFloat, OutPath, RunError, environment_failure, unwritable_cause,
+)
 from flowprep import exits, stopping
 from flowprep.exits import BusyError
 from flowprep.extract.labels import LIST_KINDS
@@ -72,7 +74,7 @@ ERROR_LOG = "trainer-error.log"
 
 def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Expected failures (bad data, checkpoints, devices) become one line and exit 1; permission denied on the
-    output one line and exit 2 (``_unwritable_output``); a failed environment
+    output (or a read-only file system) one line and exit 2 (``_unwritable_output``); a failed environment
     (disk full, I/O error) or anything unexpected one line and exit 75, the traceback in ERROR_LOG beside
     the output (RUN_DIR for fit); Ctrl-C one line and exit 130; fit stopped by a signal, after saving, its one
     line and exit 130 or 143. Under torchrun, fit also leaves its status in RUN_DIR/.exit-status/rank-N."""
@@ -122,7 +124,7 @@ def _runtime_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"\ninterrupted: {_rerun(fn.__name__, kwargs)}", err=True)
             sys.exit(exits.INTERRUPTED.code)
         except Exception as e:  # disk full, I/O error, a lost peer, a bug: one line, retriable
-            unwritable = _unwritable_output(e, fn.__name__, kwargs) if isinstance(e, PermissionError) else None
+            unwritable = _unwritable_output(e, fn.__name__, kwargs)
             failure = (RunError(unwritable) if unwritable else  # a rerun fails the same way: exit 2, as extract
                        environment_failure(e, _log_folder(fn.__name__, kwargs), action=_rerun(fn.__name__, kwargs),
                                            log_name=ERROR_LOG, unsaved="traceback not saved"))
@@ -165,12 +167,14 @@ def _record_exit_status(path: Path | None, code: object) -> None:
         return
 
 
-def _unwritable_output(exc: PermissionError, command: str, options: dict[str, Any]) -> str | None:
-    """The line for a permission error on the command's output, as ``flowprep extract`` words it (exit 2: not a
-    failed environment, a rerun fails the same way); None when the file denied is not the output's. The output is
-    RUN_DIR and everything in it for fit, the results file and the files named after it beside it for evaluate and
-    fuse, and for all three the folders above it that had to be created."""
-    if exc.filename is None:
+def _unwritable_output(exc: Exception, command: str, options: dict[str, Any]) -> str | None:
+    """The line for a permission error (or a read-only file system) on the command's output, as ``flowprep extract``
+    words it (exit 2: not a failed environment, a rerun fails the same way); None when the file denied is not the
+    output's or the error is another. The output is RUN_DIR and everything in it for fit, the results file and the
+    files named after it beside it for evaluate and fuse, and for all three the folders above it that had to be
+    created."""
+    cause = unwritable_cause(exc)
+    if cause is None or not isinstance(exc, OSError):
         return None
     denied = Path(os.path.abspath(os.fsdecode(exc.filename)))
     out = Path(os.path.abspath(options["out"]))
@@ -180,7 +184,7 @@ def _unwritable_output(exc: PermissionError, command: str, options: dict[str, An
         ours = denied.parent == out.parent and denied.name.startswith(out.stem)
     if not (ours or denied in out.parents):
         return None
-    return f"cannot write into {_log_folder(command, options)}: permission denied ({os.fsdecode(exc.filename)})"
+    return f"cannot write into {_log_folder(command, options)}: {cause} ({os.fsdecode(exc.filename)})"
 
 
 def _log_folder(command: str, options: dict[str, Any]) -> Path:
@@ -211,15 +215,15 @@ def main() -> None:
     Multi-GPU: torchrun --nproc_per_node 8 -m trainer fit ...
 
     Exit status: 0 done; 1 unusable data, checkpoint or device, in one line on stderr naming the file (and the
-    video): a damaged shard (also when a loader worker reads it), a video whose flow scale_factor/add_offset
-    are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the results' folder)
-    cannot be written: permission denied; 4 another live fit holds RUN_DIR (its lock names the host and pid);
-    75 the environment failed (disk full, I/O error, --pretrained imagenet weights that cannot be downloaded:
-    the line names the file and where to put it, anything unexpected: one line, the traceback in
-    trainer-error.log beside the output; rerun, fit with --resume once RUN_DIR/checkpoint.pt exists); 130
-    interrupted (Ctrl-C), 143 terminated (SIGTERM): fit first finishes its training step and saves it, rerun
-    with --resume to continue. Lists hold 'path [label]' per line; the path may contain spaces, the label is
-    the last token when it is an integer.
+    video): a damaged shard (also when a loader worker reads it) or one this user may not read, a video whose flow
+    scale_factor/add_offset are not its shard's, a list naming unknown videos; 2 usage error, or --out (RUN_DIR, the
+    results' folder) cannot be written: permission denied, a read-only file system; 4 another live fit holds RUN_DIR
+    (its lock names the host and pid), or another evaluate or fuse writes the same --out (<out>.lock); 75 the
+    environment failed (disk full, I/O error, --pretrained imagenet weights that cannot be downloaded: the line
+    names the file and where to put it, anything unexpected: one line, the traceback in trainer-error.log beside the
+    output; rerun, fit with --resume once RUN_DIR/checkpoint.pt exists); 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM): fit first finishes its training step and saves it, rerun with --resume to continue. Lists hold 'path
+    [label]' per line; the path may contain spaces, the label is the last token when it is an integer.
     """
 
 
@@ -367,9 +371,14 @@ def fit(ctx: click.Context, **o: Any) -> None:
 @click.pass_context
 @_runtime_errors
 def evaluate(ctx: click.Context, **o: Any) -> None:
-    """Video-level accuracy of each stream and of their fusion on --test-list (or of a --joint model's)."""
+    """Video-level accuracy of each stream and of their fusion on --test-list (or of a --joint model's).
+
+    While it runs, --out's lock (<out>.lock, e.g. results.json.lock) is held: a second evaluate or fuse into the same
+    --out exits 4 (busy, retry later) with one line naming the holder; the lock of a run that was killed is taken
+    over.
+    """
     from trainer.distributed import resolve_device
-    from trainer.evaluate import run_evaluate
+    from trainer.evaluate import results_lock, run_evaluate
 
     if o["joint"] is not None:
         extra = options.given(ctx, "spatial", "temporal", "fusion", "spatial_weight", "val_list")
@@ -384,13 +393,15 @@ def evaluate(ctx: click.Context, **o: Any) -> None:
         fusion = options.check_fusion(ctx, both=both, fusion=o["fusion"], weight=o["spatial_weight"],
                                       has_val=o["val_list"] is not None)
     options.amp(o["amp"], o["device"])
-    results = run_evaluate(
-        shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"], joint=o["joint"],
-        fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"], samples=o["samples"],
-        crops=int(o["crops"]),
-        device=resolve_device(o["device"]), out=o["out"], batch_size=o["batch_size"], workers=o["workers"],
-        show_progress=o["progress"], list_format=o["list_format"], amp=o["amp"],
-    )
+    Path(o["out"]).parent.mkdir(parents=True, exist_ok=True)
+    with results_lock(Path(o["out"])):  # a second evaluate or fuse into this --out: busy (exit 4) at once
+        results = run_evaluate(
+            shards=o["shards"], test_list=o["test_list"], spatial=o["spatial"], temporal=o["temporal"],
+            joint=o["joint"], fusion=fusion, spatial_weight=o["spatial_weight"], val_list=o["val_list"],
+            samples=o["samples"], crops=int(o["crops"]), device=resolve_device(o["device"]), out=o["out"],
+            batch_size=o["batch_size"], workers=o["workers"], show_progress=o["progress"],
+            list_format=o["list_format"], amp=o["amp"],
+        )
     _echo_results(results, o["out"])
 
 
@@ -407,11 +418,12 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
     """Redo the fusion from saved per-video scores, without running a network.
 
     results.json names --scores as its scores. A --scores file that is not one trainer evaluate wrote (cut short,
-    damaged, another file): exit status 1, one line.
+    damaged, another file): exit status 1, one line. It holds --out's lock as evaluate does: another evaluate or fuse
+    into the same --out is exit 4 (busy).
     """
     from pathlib import Path
 
-    from trainer.evaluate import load_scores, report
+    from trainer.evaluate import load_scores, report, results_lock
 
     if os.path.exists(out) and os.path.samefile(out, scores):  # results.json written over the scores it is from
         raise click.UsageError(f"--out {out} is the --scores file, which it would replace: name the results another file")
@@ -421,7 +433,8 @@ def fuse(ctx: click.Context, scores: str, fusion: str, spatial_weight: float | s
     fusion = options.check_fusion(ctx, both=both, fusion=fusion, weight=spatial_weight, has_val=has_val,
                            no_val=f"{scores} holds no validation scores (run trainer evaluate with --val-list)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)  # as evaluate does
-    results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out), scores_file=Path(scores))
+    with results_lock(Path(out)):  # as evaluate's: a second fuse or evaluate into --out is busy (exit 4)
+        results = report(bundle, fusion=fusion, spatial_weight=spatial_weight, out=Path(out), scores_file=Path(scores))
     _echo_results(results, out)
 
 

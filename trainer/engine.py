@@ -141,6 +141,7 @@ def _stop_agreed(stop: StopFlag | None, device: torch.device) -> bool:
     they agree first: all stop if one has it (and all name the same signal, the highest number: SIGTERM)."""
     if stop is None:
         return False
+    stop.raise_if_leaving()  # a second Ctrl-C that a finalizer dropped: leave now, as it would have
     signum = distributed.max_over_processes(stop.signum or 0, device=device)
     if signum:
         stop.signum = signum  # the same on every process

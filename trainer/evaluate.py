@@ -25,6 +25,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from flowprep.extract.lock import OutputLock
 from flowprep.extract.manifest import replacing, write_json_atomic
 from trainer import checkpoint as ckpt_io
 from trainer.config import ModelConfig, from_dict
@@ -280,10 +281,22 @@ def scores_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.scores.npz")
 
 
+RESULTS_LOCK = ".lock"  # <out>.lock, e.g. results.json.lock
+
+
+def results_lock(out: Path) -> OutputLock:
+    """One ``evaluate`` or ``fuse`` per results file: ``<out>.lock`` beside it (flowprep's output lock, as fit's
+    RUN_DIR/run.lock), held while the scores, the confusion PNGs and the results are written, so that two runs
+    into one --out never leave the results of one beside the scores and PNGs of the other: the second is refused
+    at once (BusyError, naming the holder); the lock of a run that died is taken over."""
+    return OutputLock(out.with_name(out.name + RESULTS_LOCK))
+
+
 def check_writable(out: Path) -> None:
     """Make the results' folder and write into it as the run's first write will (``<stem>.scores.npz.tmp``, removed
-    at once), so that a folder this user may not write (PermissionError, which ``trainer evaluate`` reports as
-    ``cannot write into DIR``, exit 2, as ``fit`` does for RUN_DIR) stops the run before any network is loaded."""
+    at once), so that a folder this user may not write (PermissionError) or one on a read-only file system, which
+    ``trainer evaluate`` reports as ``cannot write into DIR``, exit 2, as ``fit`` does for RUN_DIR, stops the run
+    before any network is loaded."""
     out.parent.mkdir(parents=True, exist_ok=True)
     probe = scores_path(out).with_name(scores_path(out).name + ".tmp")  # replacing()'s temporary of the scores
     probe.touch()

@@ -347,6 +347,7 @@ def _stop(out: Path, state: dict[str, Any], progress: _Progress, dist: distribut
           lock: OutputLock | None, stop: StopFlag | None, where: str) -> NoReturn:
     """Save the run where a stop signal ended it (``_save_stopped``) and raise ``Stopped`` with its exit code."""
     assert stop is not None and stop.signum is not None
+    stop.raise_if_leaving()  # a second Ctrl-C (one a finalizer dropped too): leave without saving
     if lock is not None:
         lock.check()
     _save_stopped(out, state, progress, dist)

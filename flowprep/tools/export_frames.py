@@ -15,7 +15,9 @@ import h5py
 from tqdm import tqdm
 
 from flowprep import format as fmt
-from flowprep.errors import BusyOutput, OutPath, RunError, environment_cause, environment_failure, unwritable_output
+from flowprep.errors import (
+    BusyOutput, OutPath, RunError, environment_cause, environment_failure, unreadable_input, unwritable_output,
+)
 from flowprep.exits import BusyError
 from flowprep.extract.lock import OutputLock, describe
 from flowprep.tools.frames import EXPORT_LOCK, FramesError
@@ -159,8 +161,9 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
     removed. Each shard is checked against the manifest's size and sha256 first. While it writes, --out holds
     export-frames.lock; an export that was killed leaves it there, and import-frames refuses such a folder. Exit
     status 2: SHARDS is not a finished flowprep output, a shard is missing or damaged, or --out is not empty (or
-    holds an export that did not finish), or this user may not write into it; 4: another export-frames is writing
-    into --out; 75: reading a shard or writing a frame failed (one line).
+    holds an export that did not finish), or this user may not write into it (or it is on a read-only file system),
+    or may not read a shard (one line naming it); 4: another export-frames is writing into --out; 75: reading a
+    shard or writing a frame failed (one line).
     """
     try:
         n = export_frames(shards, out, layout=layout, quality=quality,
@@ -169,10 +172,12 @@ def export_frames_command(shards: Path, out: Path, layout: str, quality: int, pr
         raise RunError(str(exc)) from exc
     except BusyError as exc:
         raise BusyOutput(str(exc)) from exc
-    except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a shard's: 75
-        raise (unwritable_output(exc, out) or environment_failure(exc, shards, action="fix its permissions and rerun "
-                                                                  "the same command", log=False)) from exc
+    except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a shard: 2 too
+        raise (unwritable_output(exc, out) or unreadable_input(exc, shards)) from exc
     except Exception as exc:  # disk full, I/O error reading a shard, a bug: one line, retriable
+        unwritable = unwritable_output(exc, out)  # --out on a read-only mount: 2, as permission denied
+        if unwritable is not None:
+            raise unwritable from exc
         writing = environment_cause(exc) in ("disk full", "disk quota exceeded", "read-only file system")
         raise environment_failure(exc, out if writing else shards, action="rerun the same command", log=False) from exc
     click.echo(f"{n} videos written as {layout} frames into {out} (list: {out / 'rawframes.txt'})")

@@ -361,7 +361,8 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
     into. A frame of another size, one that is not a whole JPEG or one this user may not read is found while
     writing: exit 2, and the shards finished before it are kept. Rerun the same command (after fixing the
     frame, or after a crash, a kill or a full disk: 75) and it goes on from the finished shards; a rerun of a
-    finished import changes nothing. 2 also for an --out this user may not write into. 4: another import
+    finished import changes nothing. 2 also for an --out this user may not write into
+    (or on a read-only file system). 4: another import
     holds --out.
     """
     notes: list[str] = []
@@ -376,11 +377,10 @@ def import_frames_command(frames: Path, out: Path, layout: str, bound: float, cl
         raise RunError(str(exc)) from exc
     except exits.BusyError as exc:
         raise BusyOutput(str(exc)) from exc
-    except PermissionError as exc:  # --out (a folder above it) this user may not write: 2, as extract; a frame's: 75
+    except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (finished shards are kept); an --out
+        # (a folder above it) this user may not write or on a read-only mount: 2, as extract; a frame's: 75
         raise (unwritable_output(exc, out) or environment_failure(exc, out, action="rerun the same command to go on")
                ) from exc
-    except Exception as exc:  # disk full, I/O error, a bug: one line, retriable (finished shards are kept)
-        raise environment_failure(exc, out, action="rerun the same command to go on") from exc
     for line in notes:
         click.echo(line)
     report = verify_mod.verify_output(out)

@@ -20,7 +20,7 @@ import cv2
 import h5py
 import numpy as np
 
-from flowprep.errors import FiniteFloat, OutPath, RunError, environment_failure
+from flowprep.errors import FiniteFloat, OutPath, RunError, environment_failure, unwritable_cause
 from flowprep.extract.manifest import replacing
 from flowprep.format import ManifestError, dequantize, manifest_paths, read_manifest, video_id as video_id_of
 from flowprep.tools.hsv import flow_to_rgb, legend
@@ -48,7 +48,8 @@ def check_out(out: Path) -> Path:
     if not dest.parent.is_dir():
         raise OutError(f"expected an existing folder for --out, got {dest.parent}: no such folder")
     if not os.access(dest.parent, os.W_OK | os.X_OK):
-        raise OutError(f"cannot write into {dest.parent}: permission denied ({out})")
+        cause = "read-only file system" if os.statvfs(dest.parent).f_flag & os.ST_RDONLY else "permission denied"
+        raise OutError(f"cannot write into {dest.parent}: {cause} ({out})")
     return dest
 
 
@@ -258,8 +259,11 @@ def write_preview(
                 write = write_gif if out.suffix.lower() == ".gif" else write_mp4
                 write(images, tmp, fps=fps or min(video.fps, 10.0))
                 size = images[0].shape[:2]
-    except PermissionError:  # checked before, unless the folder's permissions changed since
-        raise OutError(f"cannot write into {dest.parent}: permission denied ({out})") from None
+    except OSError as exc:  # checked before, unless the folder's permissions or mount changed since
+        cause = unwritable_cause(exc)
+        if cause is None:
+            raise
+        raise OutError(f"cannot write into {dest.parent}: {cause} ({out})") from None
     return {"path": str(out), "fields": video.fields.tolist(), "height": size[0], "width": size[1],
             "max_flow": max_flow}
 
@@ -287,9 +291,10 @@ def preview_command(
     VIDEO_ID is the path under the videos folder without extension, e.g. MoveLeft/v_MoveLeft_g01_c01.
     An id that starts with '-' (Kinetics' YouTube ids) goes last, after '--': ... --out x.png -- -VtLx-mcPds_000012_000022
     Exit status 1: bad input (folder, video id, a damaged shard; one line); 2: an --out it cannot write (another
-    suffix, a missing folder, permission denied; one line, before any work); 75: writing --out failed (disk
-    full, I/O error; one line, nothing left behind). The picture is written beside --out and renamed over it
-    when whole: a preview killed or failing leaves no picture cut short, and an earlier one stays as it was.
+    suffix, a missing folder, permission denied, a read-only file system; one line, before any work); 75: writing
+    --out failed (disk full, I/O error; one line, nothing left behind). The picture is written beside --out and
+    renamed over it when whole: a preview killed or failing leaves no picture cut short, and an earlier one stays
+    as it was.
     """
     try:
         info = write_preview(shards, video_id, out, frames=frames, max_flow=max_flow, fps=fps)

@@ -169,8 +169,9 @@ def sample_command(
     Split by group: test g01.. (~30%), then validation (~15%), training the rest.
     The default (8 classes x 12 videos x 24 frames, 112x112) is 2208 flow fields; what a field costs
     with each method is in BENCHMARKS.md.
-    Exit status 1: --out holds a sample (pass --force); 2: a bad option, an --out this user may not write into; 75: a full disk or an I/O error
-    (one line: rerun with --force; each video is written whole or not at all).
+    Exit status 1: --out holds a sample (pass --force); 2: a bad option, an --out this user may not write into (or
+    on a read-only file system); 75: a full disk or an I/O error (one line: rerun with --force; each video is
+    written whole or not at all).
     """
     names = list(MIRROR_SAFE_CLASSES) if classes == "mirror-safe" else [c.strip() for c in classes.split(",")]
     if (out / "videos").is_dir() and any((out / "videos").iterdir()):
@@ -185,11 +186,10 @@ def sample_command(
                            progress=True)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    except PermissionError as e:  # --out (a folder above it) this user may not write: 2, as extract
+    except OSError as e:  # a full disk, an I/O error (PyAV's errors are OSErrors too): one line, retriable; an --out
+        # (a folder above it) this user may not write or on a read-only mount: 2, as extract
         raise (unwritable_output(e, out) or environment_failure(e, out, action="rerun the same command with --force",
                                                                 log=False)) from None
-    except OSError as e:  # a full disk, an I/O error (PyAV's errors are OSErrors too): one line, retriable
-        raise environment_failure(e, out, action="rerun the same command with --force", log=False) from None
     n = info["videos"]
     click.echo(f"{out}: {len(names)} classes, {n['train']} train / {n['val']} val / {n['test']} test videos, "
                f"{size[0]}x{size[1]}, {frames} frames")

@@ -132,6 +132,44 @@ def test_a_stop_signals_exception_a_finalizer_swallowed_prints_nothing_and_other
     assert "stopped" in run.stderr.splitlines()
 
 
+def test_a_second_ctrl_c_a_finalizer_swallowed_in_stop_flag_prints_nothing_and_is_still_honoured(
+        tmp_path: Path) -> None:
+    """trainer fit's stop_flag(): a second Ctrl-C raises KeyboardInterrupt (leave now); raised in a finalizer,
+    CPython printed "Exception ignored in ..." and a traceback and dropped it, and the run went on to save as after
+    one Ctrl-C. Now the report is left out and the flag remembers it: its check raises KeyboardInterrupt again.
+    Other exceptions a finalizer drops are still reported. A real process, so that CPython's report reaches stderr."""
+    script = tmp_path / "finalizers.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from flowprep import stopping\n"
+        "class Signalled:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        sum(range(1000))  # the handler runs here, in the finalizer\n"
+        "class Broken:\n"
+        "    def __del__(self):\n"
+        "        raise ValueError('a bug of its own')\n"
+        "try:\n"
+        "    with stopping.stop_flag() as flag:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C sets the flag\n"
+        "        sum(range(1000))\n"
+        "        print('flag', flag.name, file=sys.stderr)\n"
+        "        Signalled()  # the second, in a finalizer\n"
+        "        Broken()\n"
+        "        flag.raise_if_leaving()  # as the training loop asks before each step\n"
+        "        print('went on', file=sys.stderr)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('left', file=sys.stderr)\n"
+        "Broken()  # outside the block: reported too\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "KeyboardInterrupt" not in run.stderr, run.stderr
+    assert run.stderr.count("ValueError: a bug of its own") == 2, run.stderr
+    lines = run.stderr.splitlines()
+    assert "flag SIGINT" in lines and "left" in lines and "went on" not in lines, run.stderr
+
+
 def test_an_ignored_sigterm_stays_ignored() -> None:
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under a parent that ignores it
     try:

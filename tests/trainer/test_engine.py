@@ -156,3 +156,18 @@ def test_non_finite_loss_stops_training(tiny_shards, index, temporal) -> None:
     opt, sched, scaler = _sgd(model, OptimConfig(epochs=1, lr=0.01), len(loader))
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 7, iteration 0"):
         train_one_epoch(model, CE, opt, sched, scaler, loader, temporal, 7, show_progress=False)
+
+
+def test_a_second_ctrl_c_that_a_finalizer_dropped_leaves_before_the_next_step_instead_of_saving() -> None:
+    """The training loop's check (and fit's save on a stop) raise the second Ctrl-C again (flowprep.stopping)."""
+    import signal
+
+    from flowprep.stopping import StopFlag
+    from trainer import engine
+
+    stop = StopFlag()
+    stop.set(signal.SIGINT)
+    assert engine._stop_agreed(stop, torch.device("cpu"))  # one Ctrl-C: stop at this step and save
+    stop.leave_now = True  # a second one, whose KeyboardInterrupt CPython dropped in a finalizer
+    with pytest.raises(KeyboardInterrupt):
+        engine._stop_agreed(stop, torch.device("cpu"))

@@ -360,3 +360,52 @@ def test_evaluate_amp_bf16_runs_the_forward_pass_in_bfloat16_on_the_cpu_and_with
     assert not (tmp_path / "fp16.json").exists()
     text = " ".join(CliRunner().invoke(main, ["evaluate", "--help"]).output.split())
     assert "CPU: auto = none (float32, bit-exact runs); bf16 runs in bfloat16" in text and "fp16 is refused" in text
+
+
+def test_a_second_evaluate_or_fuse_into_the_same_out_is_busy_and_a_killed_runs_lock_is_taken_over(
+        tiny_shards, runs, tmp_path) -> None:
+    """Two evaluate (or fuse) runs into one --out at once could leave results.json of one beside the PNGs and scores
+    of the other. Now each holds <out>.lock (fit's lock): while a real evaluate holds it, a second evaluate or fuse
+    is busy, exit 4 and one line naming the holder, and writes nothing; once that run is killed, the next takes the
+    lock over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    out = tmp_path / "results.json"
+    args = ["evaluate", "--shards", tiny_shards.root, "--test-list", tiny_shards.test_list, "--temporal",
+            runs["temporal"], "--samples", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--out", out]
+    lock = tmp_path / "results.json.lock"
+    first = subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip()) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        first.send_signal(signal.SIGSTOP)  # holds the lock, as a long evaluation would
+        assert first.poll() is None and not out.exists(), \
+            f"the first evaluate finished without the test seeing it hold {lock.name}"
+        scores = tmp_path / "other.scores.npz"
+        p = np.random.default_rng(0).dirichlet(np.ones(3), size=6)
+        np.savez_compressed(scores, classes=np.array(tiny_shards.classes), labels=np.arange(6) % 3, temporal=p)
+        before = {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()}  # (the first may be stopped in its probe)
+        for second in (args, ["fuse", "--scores", scores, "--out", out]):
+            result = CliRunner().invoke(main, [str(a) for a in second])
+            assert result.exit_code == 4, result.output
+            assert result.output.strip() == (f"Error: {tmp_path} is being written by another run (host "
+                                             f"{os.uname().nodename}, pid {first.pid}, started "
+                                             f"{json.loads(lock.read_text())['started']}; lock {lock.name}): wait for "
+                                             "it to finish, or use another --out")
+        assert {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == before  # the second ones wrote nothing
+    finally:
+        first.kill()
+        first.wait()
+    result = CliRunner().invoke(main, [str(a) for a in ["fuse", "--scores", scores, "--out", out]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["scores"] == str(scores) and not lock.exists()

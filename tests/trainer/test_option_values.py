@@ -85,12 +85,12 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit
         state = {"model": build_model(cfg, pretrained=None).state_dict(), "epoch": 1, "classes": tiny_shards.classes,
                  "config": {"model": to_dict(cfg), "data": to_dict(data)}}  # an untrained network, as fit saves it
         ck.save_checkpoint(state, tmp_path / "run" / ck.BEST)
-        out, folder, denied = locked / "r.json", locked, locked / "r.scores.npz.tmp"  # the first file it writes
+        out, folder, denied = locked / "r.json", locked, locked / "r.json.lock"  # the first file it writes
         args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "run", "--samples", "1"]
     elif where in ("results_folder_before_loading", "above_results_folder"):
         (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
         out = locked / "r.json" if where == "results_folder_before_loading" else locked / "sub" / "r.json"
-        folder, denied = out.parent, (locked / "r.scores.npz.tmp" if out.parent == locked else out.parent)
+        folder, denied = out.parent, (locked / "r.json.lock" if out.parent == locked else out.parent)
         args = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "damaged.pt"]
     else:
         out = locked if where == "run_dir" else locked / "run"
@@ -103,3 +103,32 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_folder_and_exit
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"Error: cannot write into {folder}: permission denied ({denied})"
     assert sorted(locked.iterdir()) == []
+
+
+def test_an_output_on_a_read_only_file_system_is_one_line_naming_the_folder_and_exit_2_not_a_retry(
+        tiny_shards, tmp_path: Path, read_only_folder: Path) -> None:
+    """fit's RUN_DIR and evaluate's and fuse's results' folder on a read-only mount (or to be made in one) exited 75,
+    'read-only file system ... rerun the same command', which a rerun never gets past; now the line and exit 2 of a
+    folder this user may not write. evaluate still finds it before it loads a network (the checkpoint is not one)."""
+    import numpy as np
+
+    ro = read_only_folder
+    (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
+    scores = tmp_path / "r.scores.npz"
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 6))
+    np.savez_compressed(scores, classes=np.array(["A", "B", "C"]), labels=np.arange(6) % 3, spatial=p[0],
+                        temporal=p[1])  # as evaluate saves them
+    common = ["--shards", tiny_shards.root, "--workers", "0", "--device", "cpu", "--no-progress"]
+    fit = ["fit", "--stream", "temporal", "--train-list", tiny_shards.train_list, "--epochs", "1", "--arch", "resnet18",
+           "--crop-size", "16", "--flow-length", "2", *common]
+    evaluate = ["evaluate", "--test-list", tiny_shards.test_list, "--temporal", tmp_path / "damaged.pt", *common]
+    fuse = ["fuse", "--scores", scores]
+    for args, out, folder, denied in ((fit, ro, ro, ro / "run.lock"), (fit, ro / "run", ro / "run", ro / "run"),
+                                      (evaluate, ro / "r.json", ro, ro / "r.json.lock"),
+                                      (evaluate, ro / "sub" / "r.json", ro / "sub", ro / "sub"),
+                                      (fuse, ro / "f.json", ro, ro / "f.json.lock"),
+                                      (fuse, ro / "sub" / "f.json", ro / "sub", ro / "sub")):
+        result = CliRunner().invoke(main, [str(a) for a in [*args, "--out", out]])
+        assert result.exit_code == 2, (args[0], result.output)
+        assert result.output.strip().splitlines()[-1] == \
+            f"Error: cannot write into {folder}: read-only file system ({denied})", args[0]

@@ -18,6 +18,12 @@ _WORKER = re.compile(r"Caught \w+ in (DataLoader worker process \d+)\.\nOriginal
 DAMAGED = "`flowprep verify` on the folder says what to re-extract"
 
 
+def unreadable(path: object) -> "DataError":
+    """A shard this user may not read is not damaged (re-extracting it would change nothing, and a rerun fails the
+    same way): ``cannot read FILE: permission denied (fix its permissions)``, as flowprep's commands say it."""
+    return DataError(f"cannot read {path}: permission denied (fix its permissions)")
+
+
 def one_line(e: BaseException) -> str:
     """An exception as "Type: text" on one line, for a DataError that names what could not be read."""
     return f"{type(e).__name__}: {' '.join(str(e).split())}"

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 from torch.utils.data import get_worker_info
 
-from trainer.data.errors import DAMAGED, DataError, one_line
+from trainer.data.errors import DAMAGED, DataError, one_line, unreadable
 from trainer.data.shards import VideoRecord
 
 
@@ -70,6 +70,8 @@ def _open(rec: VideoRecord) -> h5py.File:
         # same read speed with and without).
         try:
             f = _files[path] = h5py.File(path, "r", rdcc_nbytes=0)
+        except PermissionError:  # not damaged (its mode changed since the index was read)
+            raise unreadable(path) from None
         except OSError as e:
             raise DataError(f"{path}: cannot be opened as HDF5 to read {rec.video_id} ({one_line(e)}); {DAMAGED}") from None
     return f

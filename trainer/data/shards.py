@@ -26,7 +26,7 @@ import numpy as np
 
 from flowprep import format as fmt
 from flowprep.format import scale_and_offset, video_id
-from trainer.data.errors import DAMAGED, DataError, one_line
+from trainer.data.errors import DAMAGED, DataError, one_line, unreadable
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,8 @@ def _index_shard(
     records, sizes, has_rgb = [], set(), True
     try:
         f = h5py.File(path, "r")
+    except PermissionError:  # not damaged
+        raise unreadable(path) from None
     except OSError as e:  # zeroed, truncated in place, not HDF5 at all
         some = f"{len(names)} videos, e.g. {names[0]!r}" if names else "no videos"
         raise DataError(f"{path}: cannot be opened as HDF5 ({one_line(e)}); the shard ({some}) is damaged: "

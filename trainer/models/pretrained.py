@@ -4,9 +4,11 @@ backbone; for a flow stream, TSN's cross-modality init of the first convolution 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import pickle
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -55,8 +57,10 @@ def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     downloads = not os.path.isfile(cached)
     try:
-        # Reads the torch hub cache when the file is there; downloads into it otherwise.
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+        # Reads the torch hub cache when the file is there; downloads into it otherwise. torch.hub says
+        # 'Downloading: "URL" to FILE' on stdout, which is for results here: that note goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except (*_LOAD_ERRORS, http.client.HTTPException) as e:
         if downloads:  # URLError (an OSError), a hash mismatch (RuntimeError), a connection cut short
             raise WeightsDownloadError(

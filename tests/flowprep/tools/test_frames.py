@@ -744,6 +744,61 @@ def test_an_out_in_a_folder_this_user_may_not_write_is_a_usage_error_of_one_line
     assert sorted(p.name for p in locked.rglob("*")) == ["empty"]
 
 
+def test_an_out_on_a_read_only_file_system_is_a_usage_error_of_one_line_for_every_flowprep_command(
+    tmp_path: Path, ucf_tree: Path, read_only_folder: Path
+) -> None:
+    """A read-only mount as --out, or as the folder --out is to be made in, said 'read-only file system ... rerun the
+    same command', exit 75 (extract, import-frames, export-frames, sample), which a rerun never gets past; preview
+    said 'permission denied'. Now each says what a folder this user may not write gives: 'cannot write into OUT:
+    read-only file system (FILE)', exit 2."""
+    frames = _four_videos(tmp_path)
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    ro = read_only_folder
+    for out, denied in ((ro / "new", ro / "new"), (ro, None)):
+        for args, first in ((["extract", "--videos", ucf_tree, "--workers", "1"], "manifest.json.lock"),
+                            (["import-frames", "--frames", frames, "--layout", "mmaction"], "manifest.json.lock"),
+                            (["export-frames", shards], "export-frames.lock"),
+                            (["sample", "--videos-per-class", "2", "--clips-per-group", "1", "--size", "32", "--frames",
+                              "3", "--classes", "MoveUp,MoveDown"], "videos")):
+            res = invoke(*args, "--out", out)
+            assert res.exit_code == 2, (args[0], res.output)
+            assert res.output.strip().splitlines()[-1] == \
+                f"Error: cannot write into {out}: read-only file system ({denied or out / first})", args[0]
+    res = invoke("preview", shards, "Run/v_Run_g01_c01", "--out", ro / "x.gif")
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == \
+        f"Error: cannot write into {os.path.realpath(ro)}: read-only file system ({ro / 'x.gif'})"
+
+
+def test_a_shard_this_user_may_not_read_is_one_line_naming_it_and_no_retry_in_verify_export_frames_and_fit(
+    tmp_path: Path
+) -> None:
+    """A shard with mode 000 made flowprep verify and export-frames exit 75 ('Permission denied ... rerun'), which a
+    scheduler retries for ever, and trainer fit call it damaged ('flowprep verify ... says what to re-extract', which
+    would change nothing). Now all three say 'cannot read FILE: permission denied (fix its permissions)': exit 2 for
+    verify and export-frames (unusable input, as an unreadable folder), 1 for fit (its status for unusable data)."""
+    import sys
+
+    videos = [f"{c}/v_{c}_g0{i}_c01" for c in ("Jump", "Run") for i in (1, 2)]
+    frames = mmaction(tmp_path / "rawframes", {v: 3 for v in videos})
+    shards = tmp_path / "shards"
+    assert invoke("import-frames", "--frames", frames, "--out", shards, "--layout", "mmaction").exit_code == 0
+    (tmp_path / "train.txt").write_text("".join(f"{v}.avi\n" for v in videos))
+    shard = shards / "shard-00000.h5"
+    shard.chmod(0)
+    fit = ["trainer", "fit", "--stream", "temporal", "--shards", shards, "--train-list", tmp_path / "train.txt",
+           "--out", tmp_path / "run", "--arch", "resnet18", "--crop-size", "16", "--flow-length", "2", "--workers", "0",
+           "--device", "cpu", "--no-progress"]
+    for args, status in ((["flowprep", "verify", shards], 2),
+                         (["flowprep", "export-frames", shards, "--out", tmp_path / "exported"], 2), (fit, 1)):
+        cmd = bound_by_file_modes([sys.executable, "-m", *map(str, args)])  # root: as one that modes bind
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == status, (args[1], proc.stderr)
+        assert proc.stderr.strip() == f"Error: cannot read {shard}: permission denied (fix its permissions)", args[1]
+    assert not (tmp_path / "exported").exists()
+
+
 def test_frames_this_user_may_not_read_are_named_never_skipped_and_a_rerun_after_fixing_them_goes_on(
     tmp_path: Path
 ) -> None:

@@ -330,3 +330,22 @@ def test_two_stream_trains_end_to_end() -> None:
     loss.backward()
     assert spatial.backbone[0].weight.grad.abs().sum() > 0
     assert temporal.backbone[0].weight.grad.abs().sum() > 0
+
+
+def test_downloading_imagenet_weights_says_so_on_stderr_not_on_stdout_which_is_for_results(
+        hub_dir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.hub writes 'Downloading: "URL" to FILE' to stdout; trainer fit's stdout is for results. No network: the
+    download writes the file torchvision wants, as if fetched."""
+    from trainer.models.pretrained import _imagenet_state_dict
+
+    state = _rgb_resnet18_state()
+
+    def download(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        torch.save(state, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    loaded = _imagenet_state_dict("resnet18")
+    assert torch.equal(loaded["conv1.weight"], state["conv1.weight"])
+    out, err = capsys.readouterr()
+    assert out == "" and f'Downloading: "{url}" to {hub_dir / "checkpoints" / os.path.basename(url)}' in err
