@@ -260,3 +260,29 @@ def test_an_av1_video_decodes_to_the_frames_pyav_shows(tmp_path: Path, ext: str)
     resized = np.concatenate(list(VideoStream(path, short_side=24).chunks()))
     small = np.stack([f.reformat(32, 24, "rgb24", interpolation="BILINEAR").to_ndarray() for f in shown])
     assert resized.shape == (7, 24, 32, 3) and np.abs(resized.astype(int) - small).mean() < 1
+
+
+def test_an_av1_video_with_cover_art_is_decoded_not_its_cover(tmp_path: Path) -> None:
+    """An MP4 cover (yt-dlp --embed-thumbnail, iTunes, phones) is a one-frame MJPEG stream after the video. decord,
+    without an AV1 decoder, would open the cover; the probe's stream (the video) decides."""
+    import av
+
+    frames = random_frames(6, 48, 64, seed=9)
+    path = tmp_path / "covered.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libsvtav1", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        for packet in [*cover.encode(picture.reformat(format="yuvj420p")), *cover.encode()]:
+            container.mux(packet)
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode())
+    with av.open(str(path)) as container:
+        assert [s.disposition.name for s in container.streams.video] == ["default", "attached_pic"]
+    stream = VideoStream(path)
+    assert (stream.info.num_frames, stream.info.width, stream.info.height) == (6, 64, 48)
+    assert np.abs(np.concatenate(list(stream.chunks())).astype(int) - frames).mean() < 8
