@@ -175,7 +175,7 @@ def _method_params(cls: type, prefix: str, kwargs: dict) -> Any:
 
 @main.command(context_settings={"show_default": True}, epilog=exits.help_text())
 @click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of videos (.avi .mp4 .mkv .webm .mov, searched recursively). The class of a video is "
+              help="Folder of videos (.avi .mp4 .mkv .webm .mov, AV1 included, searched recursively). The class of a video is "
                    "its top-level folder, as in UCF-101 (VIDEOS/<Class>/<video>), unless --layout or --labels says "
                    "otherwise.")
 @click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),

@@ -1,4 +1,4 @@
-"""Decode one video into RGB frame chunks with decord (optionally resized and strided).
+"""Decode one video into RGB frame chunks with decord, or PyAV for codecs decord cannot decode (resized, strided).
 
 Before decord opens a file: its container header must not declare more bytes than the file has
 (a cut-off download: AVI and MKV demuxers would otherwise decode the frames before the cut without
@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import av
+import av.filter
 import decord
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
@@ -139,6 +141,19 @@ def _short_reason(exc: BaseException) -> str:
     return re.sub(r"^(\[[\d:]+\] \S+?:\d+: )+", "", text)
 
 
+# Codecs (FFmpeg's names) that decord 0.6.0's FFmpeg 4.1 has no decoder for: it fails to open them ("cannot find
+# video stream with wanted index: -1"), and with a cover picture beside the video it would open the cover
+# instead. YouTube serves AV1. PyAV (its own, newer FFmpeg) decodes these instead, as decord would
+# (``_PyAVFrames``); tests/flowprep/extract/test_decode.py checks that decord still cannot.
+PYAV_CODECS = ("av1",)
+
+
+def decoder_for(codec: str) -> str:
+    """'pyav' for a video stream of ``codec`` (FFmpeg's name, e.g. 'h264', 'av1') that decord cannot decode,
+    else 'decord' (faster: its index seeks, and it decodes in its own thread)."""
+    return "pyav" if codec in PYAV_CODECS else "decord"
+
+
 # decord 0.6.0 (FFmpeg 4.1 inside) turns the frames of MP4/MOV files upright itself, by the display matrix
 # of the track header, before it resizes; it leaves other containers' matrices (Matroska/WebM, which FFmpeg 8
 # and OpenCV honour) unapplied. tests/flowprep/extract/test_decode.py checks both for every rotation.
@@ -181,6 +196,7 @@ class _Probe:
     height: int
     rotation: int  # degrees counter-clockwise that make it upright (``display_rotation``)
     decord_turns: int  # the part of ``rotation`` decord applies itself
+    codec: str = ""  # FFmpeg's name of the video codec (``decoder_for``)
 
 
 def _probe(path: Path) -> _Probe:
@@ -195,16 +211,109 @@ def _probe(path: Path) -> _Probe:
             first = next(container.decode(stream), None)  # none: decord finds the video too short
             rotation = 0 if first is None else display_rotation(first)
             decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
+            codec = stream.codec_context.codec.canonical_name
     except av.FFmpegError as exc:
         raise DecodeError(f"not a readable video ({exc.strerror or type(exc).__name__})") from exc
     if width <= 0 or height <= 0:
         raise DecodeError(f"video stream has no frame size ({width}x{height})")
-    return _Probe(width, height, rotation, decord_turns)
+    return _Probe(width, height, rotation, decord_turns, codec)
 
 
 def _turned(width: int, height: int, turn: int) -> tuple[int, int]:
     """(W, H) of a ``width`` x ``height`` picture turned by ``turn`` degrees (a multiple of 90)."""
     return (height, width) if turn % 180 else (width, height)
+
+
+class _DecordFrames:
+    """decord's frames: ``width`` x ``height`` (-1: as coded, turned by decord for MP4), RGB."""
+
+    def __init__(self, path: Path, width: int, height: int, num_threads: int) -> None:
+        try:
+            self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height,
+                                              num_threads=num_threads)
+        # decord raises a bare RuntimeError when FFmpeg cannot open the file, DECORDError when it
+        # cannot index it, and asserts that the frame count is positive.
+        except (RuntimeError, DECORDError, AssertionError) as exc:
+            raise DecodeError(f"decord cannot open it: {_short_reason(exc)}") from exc
+        self.fps = float(self._reader.get_avg_fps())
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def batches(self, indices: np.ndarray, chunk_frames: int) -> Iterator[np.ndarray]:
+        """The frames at ``indices`` (ascending), at most ``chunk_frames`` at a time."""
+        for start in range(0, len(indices), chunk_frames):
+            idx = indices[start : start + chunk_frames]
+            try:
+                yield self._reader.get_batch(idx.tolist()).asnumpy()
+            except DECORDError as exc:  # damaged or missing packets discovered while decoding
+                raise DecodeError(f"decoding failed at frame {int(idx[0])}: {_short_reason(exc)}") from exc
+
+
+# decord's filter graph turns MP4 frames by their rotation (``_DECORD_TURNS``) before it scales them; the same
+# filters here, keyed by degrees counter-clockwise.
+_TRANSPOSES = {0: "", 90: "transpose=2,", 180: "transpose=1,transpose=1,", 270: "transpose=1,"}
+
+
+class _PyAVFrames:
+    """The frames decord would give, decoded by PyAV (``decoder_for``): as many frames as the stream has
+    packets (decord's count), and each through decord's own filter graph, ``transpose`` for ``turns`` then
+    ``scale=W:H`` (FFmpeg's default bilinear) to rgb24. Equal to decord's frames to the bit for 8-bit H.264,
+    HEVC and VP9 (tests/flowprep/extract/test_decode.py). The packets are counted in a first pass over the file
+    (demuxed, not decoded); the frames are decoded in a second, chunk by chunk, never seeking.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, turns: int, num_threads: int) -> None:
+        self._path, self._num_threads = path, num_threads
+        self._filters = f"{_TRANSPOSES[turns]}scale={width}:{height}:flags=bilinear,format=rgb24"
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                self.fps = float(stream.average_rate) if stream.average_rate else math.nan
+                self._count = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.FFmpegError as exc:
+            raise DecodeError(f"PyAV cannot read it: {exc.strerror or type(exc).__name__}") from exc
+
+    def __len__(self) -> int:
+        return self._count
+
+    def batches(self, indices: np.ndarray, chunk_frames: int) -> Iterator[np.ndarray]:
+        """The frames at ``indices`` (ascending), at most ``chunk_frames`` at a time."""
+        chunk: list[np.ndarray] = []
+        done, at = 0, 0  # indices delivered; the frame being decoded
+        with av.open(str(self._path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = self._num_threads
+            stream.codec_context.thread_type = "AUTO"
+            frames, graph = container.decode(stream), None
+            while done < len(indices):
+                try:
+                    frame = next(frames, None)
+                except av.FFmpegError as exc:  # damaged packets discovered while decoding
+                    raise DecodeError(f"decoding failed at frame {at}: {exc.strerror or type(exc).__name__}") from exc
+                if frame is None:
+                    raise DecodeError(f"decoding failed at frame {at}: the stream holds {len(self)} packets "
+                                      f"but decodes to {at} frames")
+                if at == indices[done]:
+                    if graph is None:
+                        graph = self._graph(frame, stream.time_base)
+                    graph.push(frame)
+                    chunk.append(graph.pull().to_ndarray())
+                    done += 1
+                    if len(chunk) == chunk_frames or done == len(indices):
+                        yield np.stack(chunk)
+                        chunk = []
+                at += 1
+
+    def _graph(self, frame: av.VideoFrame, time_base: Fraction) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                                  time_base=frame.time_base or time_base)]
+        chain += [graph.add(*f.split("=", 1)) for f in self._filters.split(",")] + [graph.add("buffersink")]
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
+        graph.configure()
+        return graph
 
 
 class VideoStream:
@@ -239,21 +348,13 @@ class VideoStream:
         self._turn = (probe.rotation - probe.decord_turns) % 360
         dec_w, dec_h = _turned(out_w, out_h, self._turn)
         resize = (dec_w, dec_h) != _turned(probe.width, probe.height, probe.decord_turns)
-        reason = bad_width_reason(dec_w, resized=resize)
-        if reason:
-            raise DecodeError(reason)
-        try:
-            self._reader = decord.VideoReader(
-                str(path),
-                ctx=decord.cpu(0),
-                width=dec_w if resize else -1,
-                height=dec_h if resize else -1,
-                num_threads=num_threads,
-            )
-        # decord raises a bare RuntimeError when FFmpeg cannot open the file, DECORDError when it
-        # cannot index it, and asserts that the frame count is positive.
-        except (RuntimeError, DECORDError, AssertionError) as exc:
-            raise DecodeError(f"decord cannot open it: {_short_reason(exc)}") from exc
+        if decoder_for(probe.codec) == "pyav":
+            self._reader: _DecordFrames | _PyAVFrames = _PyAVFrames(path, dec_w, dec_h, probe.decord_turns, num_threads)
+        else:
+            reason = bad_width_reason(dec_w, resized=resize)
+            if reason:
+                raise DecodeError(reason)
+            self._reader = _DecordFrames(path, dec_w if resize else -1, dec_h if resize else -1, num_threads)
         present = len(self._reader)
         self._indices = np.arange(0, present, frame_step)
         if len(self._indices) < 2:
@@ -264,7 +365,7 @@ class VideoStream:
         self.path = path
         self.info = VideoInfo(
             num_frames=len(self._indices),
-            fps=float(self._reader.get_avg_fps()) / frame_step,
+            fps=self._reader.fps / frame_step,
             height=out_h,
             width=out_w,
             source_frames=present,
@@ -276,12 +377,7 @@ class VideoStream:
 
     def chunks(self, chunk_frames: int = 32) -> Iterator[np.ndarray]:
         """Yield upright RGB uint8 arrays (n, H, W, 3), n <= chunk_frames, covering all ``info.num_frames``."""
-        for start in range(0, len(self._indices), chunk_frames):
-            idx = self._indices[start : start + chunk_frames]
-            try:
-                batch = self._reader.get_batch(idx.tolist()).asnumpy()
-            except DECORDError as exc:  # damaged or missing packets discovered while decoding
-                raise DecodeError(f"decoding failed at frame {int(idx[0])}: {_short_reason(exc)}") from exc
+        for batch in self._reader.batches(self._indices, chunk_frames):
             if batch.shape[1:] != self._decoded_shape:
                 raise DecodeError(
                     f"frame size changed mid-stream: expected {self._decoded_shape[0]}x{self._decoded_shape[1]}, "

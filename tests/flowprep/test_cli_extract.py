@@ -183,3 +183,23 @@ def test_a_turned_video_is_stored_upright_and_its_flow_points_where_the_picture_
                 assert np.median(u) > 0.8 and abs(np.median(v)) < 0.2, (ext, turn, np.median(u), np.median(v))
                 first = cv2.imdecode(g["rgb"][0], cv2.IMREAD_COLOR)[..., ::-1]
                 assert np.abs(first.astype(int) - shown[0]).mean() < 8, (ext, turn)
+
+
+def test_av1_videos_are_extracted_and_their_flow_points_where_the_picture_moves(tmp_path: Path) -> None:
+    """YouTube serves AV1 (yt-dlp's Kinetics downloads): decord cannot decode it, PyAV does."""
+    moving = translating_texture(5, 48, 64, 1.0, 0.0, seed=4)
+    videos = tmp_path / "videos"
+    for ext in ("mp4", "webm"):
+        write_video(videos / "av1" / {"mp4": "v.mp4", "webm": "w.webm"}[ext], moving, codec="libsvtav1")
+    out = tmp_path / "out"
+    result = invoke("extract", "--videos", str(videos), "--out", str(out), "--method", "farneback", "--workers", "1",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 videos extracted" in result.output and not (out / "failures.jsonl").exists()
+    with h5py.File(out / "shard-00000.h5", "r") as f:
+        for name in ("v", "w"):
+            g = f[f"videos/av1/{name}"]
+            flow = g["flow"][:] * g["flow"].attrs["scale_factor"] + g["flow"].attrs["add_offset"]
+            assert flow.shape == (4, 2, 48, 64)
+            u, v = flow[:, 0, 8:-8, 8:-8], flow[:, 1, 8:-8, 8:-8]
+            assert np.median(u) > 0.8 and abs(np.median(v)) < 0.2, (name, np.median(u), np.median(v))

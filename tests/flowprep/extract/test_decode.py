@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from media import random_frames, write_video
 
-from flowprep.extract.decode import DECORD_BAD_WIDTHS, DecodeError, VideoStream, declared_length, iter_frames, output_size
+from flowprep.extract import decode
+from flowprep.extract.decode import (DECORD_BAD_WIDTHS, DecodeError, VideoStream, declared_length, decoder_for,
+                                     iter_frames, output_size)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +191,98 @@ def test_a_rotation_flowprep_cannot_apply_is_a_failure_that_says_so(
     path = write_video(tmp_path / "odd.mp4", random_frames(3, 60, 80), turned=turn, mirrored=mirrored)
     with pytest.raises(DecodeError, match=reason):
         VideoStream(path)
+
+
+def test_pyav_decodes_the_codecs_decord_cannot_open_and_only_those(tmp_path: Path) -> None:
+    """If a decord upgrade decodes AV1, PYAV_CODECS must change (decord is the faster decoder)."""
+    import decord
+
+    assert decoder_for("av1") == "pyav"
+    assert [decoder_for(c) for c in ("h264", "hevc", "vp9", "vp8", "mpeg4", "mjpeg")] == ["decord"] * 6
+    for ext in ("mp4", "webm"):
+        av1 = write_video(tmp_path / f"a.{ext}", random_frames(3, 48, 64), codec="libsvtav1")
+        with pytest.raises(Exception, match="cannot find video stream with wanted index: -1"):
+            decord.VideoReader(str(av1))
+
+
+def _decoded(path: Path, **options) -> tuple[object, np.ndarray]:
+    stream = VideoStream(path, **options)
+    return stream.info, np.concatenate(list(stream.chunks(3)))
+
+
+@pytest.fixture(scope="module")
+def vp9(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("vp9") / "v.webm", random_frames(9, 60, 80, seed=5), codec="libvpx-vp9")
+
+
+@pytest.mark.parametrize("options", [{}, {"short_side": 48}, {"size": (50, 30)}, {"frame_step": 2},
+                                     {"size": (130, 90), "frame_step": 2}])
+@pytest.mark.parametrize("kind", ["vp9", "h264"])
+def test_the_pyav_fallback_gives_decords_frames_to_the_bit(
+    vp9: Path, clips: dict, monkeypatch: pytest.MonkeyPatch, kind: str, options: dict
+) -> None:
+    """Frame count, --frame-step, RGB values and --size/--short-side (decord's filter graph, bilinear) alike."""
+    path = vp9 if kind == "vp9" else clips["mp4"][0]
+    info, frames = _decoded(path, **options)
+    monkeypatch.setattr(decode, "PYAV_CODECS", (kind,))  # FFmpeg's codec names: force the fallback
+    assert isinstance(VideoStream(path)._reader, decode._PyAVFrames)
+    pyav_info, pyav_frames = _decoded(path, **options)
+    assert pyav_info == info
+    np.testing.assert_array_equal(pyav_frames, frames)
+
+
+@pytest.mark.parametrize(("ext", "turn"), [("mp4", 90), ("mp4", 180), ("mkv", 270), ("mkv", 90)])
+@pytest.mark.parametrize("options", [{}, {"short_side": 30}, {"size": (30, 40), "frame_step": 2}])
+def test_the_pyav_fallback_turns_a_turned_video_upright_as_decord_does(
+    turned: dict, monkeypatch: pytest.MonkeyPatch, ext: str, turn: int, options: dict
+) -> None:
+    """decord turns MP4 before it resizes and MKV not at all (this class turns it after): the fallback alike."""
+    info, frames = _decoded(turned[ext, turn], **options)
+    monkeypatch.setattr(decode, "PYAV_CODECS", ("h264",))
+    pyav_info, pyav_frames = _decoded(turned[ext, turn], **options)
+    assert pyav_info == info and info.rotation == turn
+    np.testing.assert_array_equal(pyav_frames, frames)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "webm"])
+def test_an_av1_video_decodes_to_the_frames_pyav_shows(tmp_path: Path, ext: str) -> None:
+    import av
+
+    frames = random_frames(7, 48, 64, seed=2)
+    path = write_video(tmp_path / f"a.{ext}", frames, fps=25, codec="libsvtav1")
+    stream = VideoStream(path, frame_step=2)
+    assert (stream.info.num_frames, stream.info.source_frames, stream.info.fps) == (4, 7, 12.5)
+    decoded = np.concatenate(list(stream.chunks(3)))
+    with av.open(str(path)) as container:
+        shown = [f for f in container.decode(video=0)]
+    np.testing.assert_array_equal(decoded, np.stack([f.to_ndarray(format="rgb24") for f in shown[::2]]))
+    assert np.abs(decoded.astype(int) - frames[::2]).mean() < 8
+    resized = np.concatenate(list(VideoStream(path, short_side=24).chunks()))
+    small = np.stack([f.reformat(32, 24, "rgb24", interpolation="BILINEAR").to_ndarray() for f in shown])
+    assert resized.shape == (7, 24, 32, 3) and np.abs(resized.astype(int) - small).mean() < 1
+
+
+def test_an_av1_video_with_cover_art_is_decoded_not_its_cover(tmp_path: Path) -> None:
+    """An MP4 cover (yt-dlp --embed-thumbnail, iTunes, phones) is a one-frame MJPEG stream after the video. decord,
+    without an AV1 decoder, would open the cover; the probe's stream (the video) decides."""
+    import av
+
+    frames = random_frames(6, 48, 64, seed=9)
+    path = tmp_path / "covered.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libsvtav1", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        for packet in [*cover.encode(picture.reformat(format="yuvj420p")), *cover.encode()]:
+            container.mux(packet)
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode())
+    with av.open(str(path)) as container:
+        assert [s.disposition.name for s in container.streams.video] == ["default", "attached_pic"]
+    stream = VideoStream(path)
+    assert (stream.info.num_frames, stream.info.width, stream.info.height) == (6, 64, 48)
+    assert np.abs(np.concatenate(list(stream.chunks())).astype(int) - frames).mean() < 8
