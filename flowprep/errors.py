@@ -131,15 +131,21 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exce
 
 def environment_cause(exc: BaseException) -> str | None:
     """"disk full" and the like, found anywhere in the exception's chain (HDF5 puts the errno in its text)."""
+    number = _environment_errno(exc)
+    return None if number is None else _ENVIRONMENT_ERRNOS[number]
+
+
+def _environment_errno(exc: BaseException) -> int | None:
+    """The first errno of ``_ENVIRONMENT_ERRNOS`` in the exception's chain: an OSError's, or one in its text."""
     seen: BaseException | None = exc
     visited: set[int] = set()  # a chain can loop (an exception re-raised as its own cause's context)
     while seen is not None and id(seen) not in visited:
         visited.add(id(seen))
         if isinstance(seen, OSError) and seen.errno in _ENVIRONMENT_ERRNOS:
-            return _ENVIRONMENT_ERRNOS[seen.errno]
-        for number, cause in _ENVIRONMENT_ERRNOS.items():
+            return seen.errno
+        for number in _ENVIRONMENT_ERRNOS:
             if f"errno = {number}," in str(seen) or os.strerror(number) in str(seen):
-                return cause
+                return number
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -157,9 +163,11 @@ def environment_failure(exc: BaseException, out: Path, *, action: str = "rerun t
         strerror = " ".join(str(exc.strerror).split())  # h5py's holds HDF5's whole message, line breaks and all
         if strerror not in text:
             text = f"{strerror}: {text}"
-    cause = environment_cause(exc)
-    if cause:
-        text = f"{cause} ({out}): {text}"
+    number = _environment_errno(exc)
+    if number is not None:
+        # the system's own words first: HDF5's message puts them after a few hundred characters of its own
+        strerror = os.strerror(number)
+        text = f"{_ENVIRONMENT_ERRNOS[number]} ({out}): {text if strerror in text[:200] else f'{strerror}: {text}'}"
     elif not isinstance(exc, (exits.RetriableError, OSError)):
         text = f"unexpected {type(exc).__name__}: {text}"
     if len(text) > 400:

@@ -356,6 +356,23 @@ def _mount_tmpfs(path: Path, size: str) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
 
 
+def test_a_full_disk_that_hdf5_reports_says_no_space_left_in_the_line_not_past_its_cut(tmp_path: Path) -> None:
+    """HDF5's message holds the errno's words after a few hundred characters of its own (seen in a full-disk run:
+    the line was cut at 400 characters before them, and said only HDF5's "Disable slist on flush ...")."""
+    from flowprep.errors import environment_failure
+
+    name = tmp_path / ("d" * 120) / ".work" / "shard-00001" / "00000.h5.tmp"
+    hdf5 = RuntimeError(f"Disable slist on flush dest failure failed (file write failed: time = Tue Dec  1 20:53:54 "
+                        f"2026\n, filename = '{name}', file descriptor = 7, errno = 28, error message = 'No space left "
+                        "on device', buf = 0x55bf1e0a5900, total write size = 4096, bytes this sub-write = 4096, "
+                        "bytes actually written = 18446744073709551615, offset = 0)")
+    line = str(environment_failure(hdf5, tmp_path, log=False).message)
+    assert line.startswith(f"disk full ({tmp_path}): No space left on device: Disable slist"), line
+    assert "\n" not in line and line.endswith("; rerun the same command to resume")
+    words = environment_failure(OSError(28, "No space left on device", str(name)), tmp_path, log=False).message
+    assert words.count("No space left on device") == 1, words  # said once where the error says it itself
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
 def test_a_full_disk_is_one_line_retriable_and_a_rerun_after_freeing_space_resumes(tmp_path: Path,
                                                                                     read_shards) -> None:
