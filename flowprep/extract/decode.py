@@ -2,7 +2,7 @@
 
 Before decord opens a file: its container header must not declare more bytes than the file has
 (a cut-off download: AVI and MKV demuxers would otherwise decode the frames before the cut without
-a word), and PyAV probes it (the header and the first frame): that names broken inputs in one clean
+a word), and PyAV probes it (the header and the first keyframe): that names broken inputs in one clean
 line instead of FFmpeg's log noise and gives the native size that ``short_side`` needs before decord is
 opened at the output size, and the rotation the container asks for (its display matrix: phone videos),
 so that frames come out upright, as FFmpeg's tools and OpenCV show them. Every way a *file* can be
@@ -200,18 +200,24 @@ class _Probe:
 
 
 def _probe(path: Path) -> _Probe:
-    """The first video stream's coded size (container header) and rotation (its first frame's side data)."""
+    """The first video stream's coded size (container header) and rotation (its first keyframe's side data)."""
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
-            stream.codec_context.thread_count = 1  # one frame: more threads would only cost their start
-            first = next(container.decode(stream), None)  # none: decord finds the video too short
-            rotation = 0 if first is None else display_rotation(first)
-            decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
-            codec = stream.codec_context.codec.canonical_name
+        # The first keyframe's side data is enough: decoding the frames before a late one (a stream cut
+        # mid-GOP) took seconds at 1080p. A stream without any keyframe is read again, every frame decoded.
+        for skip in ("NONKEY", "DEFAULT"):
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise DecodeError("no video stream")
+                stream = container.streams.video[0]
+                width, height = stream.codec_context.width, stream.codec_context.height
+                stream.codec_context.thread_count = 1  # one frame: more threads would only cost their start
+                stream.codec_context.skip_frame = skip
+                first = next(container.decode(stream), None)  # none: decord finds the video too short
+                rotation = 0 if first is None else display_rotation(first)
+                decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
+                codec = stream.codec_context.codec.canonical_name
+            if first is not None:
+                break
     except av.FFmpegError as exc:
         raise DecodeError(f"not a readable video ({exc.strerror or type(exc).__name__})") from exc
     if width <= 0 or height <= 0:

@@ -286,3 +286,48 @@ def test_an_av1_video_with_cover_art_is_decoded_not_its_cover(tmp_path: Path) ->
     stream = VideoStream(path)
     assert (stream.info.num_frames, stream.info.width, stream.info.height) == (6, 64, 48)
     assert np.abs(np.concatenate(list(stream.chunks())).astype(int) - frames).mean() < 8
+
+
+def test_the_probe_of_a_video_whose_first_keyframe_is_late_decodes_that_keyframe_not_the_frames_before_it(
+    tmp_path: Path,
+) -> None:
+    """A stream cut mid-GOP (a recording started mid-broadcast) starts with frames that cannot be shown; the
+    probe decoded all of them to reach the first picture (2.9 s at 1080p for 150 frames), to read a rotation
+    that the keyframe carries as well."""
+    import math
+    import time
+
+    import av
+
+    from flowprep.extract.decode import _probe
+
+    frames = random_frames(120, 240, 320, seed=4)
+    gop = tmp_path / "gop.mkv"
+    with av.open(str(gop), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"crf": "4", "preset": "ultrafast", "g": "100", "keyint_min": "100", "sc_threshold": "0"}
+        stream.set_display_rotation(90)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    late, at_key = tmp_path / "late.mkv", tmp_path / "key.mkv"  # from frame 1 (99 before the keyframe); from 100
+    for path, first in ((late, 1), (at_key, 100)):
+        with av.open(str(gop)) as src, av.open(str(path), "w") as out:
+            copy = out.add_stream_from_template(src.streams.video[0])
+            for k, packet in enumerate(p for p in src.demux(video=0) if p.dts is not None):
+                if k >= first:
+                    packet.stream = copy
+                    out.mux(packet)
+
+    def cpu_seconds(path: Path) -> float:
+        best = math.inf
+        for _ in range(3):
+            start = time.process_time()
+            assert _probe(path).rotation == 90
+            best = min(best, time.process_time() - start)
+        return best
+
+    assert cpu_seconds(late) < 5 * cpu_seconds(at_key) + 0.01
+    stream = VideoStream(late)
+    assert (stream.info.rotation, stream.info.height, stream.info.width) == (90, 320, 240)
