@@ -49,8 +49,9 @@ def _ebml_vint(f: BinaryIO) -> tuple[int, bool]:
 def declared_length(path: Path) -> int | None:
     """Bytes the container headers say the file has (RIFF/AVI, ISO BMFF/MP4/MOV, EBML/MKV/WebM).
 
-    For MP4 the top-level boxes are walked until one runs past the end of the file, so the value is
-    a lower bound there. None when the format declares no length: nothing to compare.
+    For MP4, and for MKV/WebM whose segment size is unknown (a live recording), the top-level boxes (the
+    segment's elements) are walked until one runs past the end of the file, so the value is a lower bound
+    there. None when the format declares no length: nothing to compare.
     """
     with open(path, "rb") as f:
         head = f.read(12)
@@ -80,9 +81,21 @@ def declared_length(path: Path) -> int | None:
                 if f.read(4) != _SEGMENT_ID:
                     return None
                 size, unknown = _ebml_vint(f)
+                if not unknown:
+                    return f.tell() + size
+                # A live recording's segment (FFmpeg's muxer writing to a pipe, a stream recorder): its size is
+                # unknown, its elements' (clusters') are not. Walk them, stop at the first past the end.
+                end, file_size = f.tell(), path.stat().st_size
+                while end < file_size:
+                    f.seek(end)
+                    _ebml_vint(f)  # the element's ID
+                    size, unknown = _ebml_vint(f)
+                    if unknown:
+                        return None  # nothing to compare
+                    end = f.tell() + size
+                return end
             except ValueError:
                 return None
-            return None if unknown else f.tell() + size
     return None
 
 

@@ -93,6 +93,39 @@ def test_truncated_files_are_detected(tmp_path: Path, name: str, keep: float) ->
         VideoStream(cut)
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.8])
+def test_a_live_recorded_webm_cut_short_is_detected_though_its_segment_size_is_unknown(tmp_path: Path, keep: float) -> None:
+    """FFmpeg writing WebM to a pipe (a stream recorder) leaves the segment's size unknown and gives each cluster
+    its size. Cut short, such an AV1 video (PyAV decodes it) gave the frames before the cut without a word."""
+    import io
+
+    import av
+
+    class Pipe(io.RawIOBase):  # not seekable: the muxer cannot go back to write the segment's size
+        def __init__(self, f: io.BufferedWriter) -> None:
+            self.f = f
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: bytes) -> int:
+            return self.f.write(b)
+
+    whole = tmp_path / "live.webm"
+    with open(whole, "wb") as f, av.open(Pipe(f), "w", format="webm") as container:
+        stream = container.add_stream("libsvtav1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in random_frames(30, 48, 64):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert declared_length(whole) == whole.stat().st_size
+    assert VideoStream(whole).info.num_frames == 30
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
+    with pytest.raises(DecodeError, match=rf"truncated: the container declares \d+ bytes, the file has {cut.stat().st_size}"):
+        VideoStream(cut)
+
+
 def test_too_short(tmp_path: Path, clips: dict) -> None:
     one = write_video(tmp_path / "one.mp4", random_frames(1, 48, 64))
     with pytest.raises(DecodeError, match=r"too short: 1 frame\(s\)"):
