@@ -264,6 +264,45 @@ def test_the_pyav_fallback_gives_decords_frames_to_the_bit(
     np.testing.assert_array_equal(pyav_frames, frames)
 
 
+def _cut_with_an_edit_list(src: Path, out: Path, frames: int) -> Path:
+    """``src`` remuxed as ``ffmpeg -ss ... -c copy`` cuts it: from its keyframe, an edit list that starts ``frames``
+    frames later (the demuxer marks the packets before it to be discarded)."""
+    import av
+
+    with av.open(str(src)) as source, av.open(str(out), "w") as container:
+        video = source.streams.video[0]
+        stream = container.add_stream_from_template(video, opaque=True)
+        shift = round(frames / video.average_rate / video.time_base)
+        for packet in source.demux(video):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+                container.mux(packet)
+    with av.open(str(out)) as container:
+        assert sum(p.is_discard for p in container.demux(video=0)) == frames
+    return out
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libsvtav1"])
+def test_the_pyav_fallback_gives_the_frames_an_mp4_edit_list_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str
+) -> None:
+    """FFmpeg drops the frames before the edit list's start after decoding them: an AV1 clip so cut failed with
+    'the stream holds 12 packets but decodes to 9 frames'. decord gives the 9 frames shown, then 3 copies of the last."""
+    frames = random_frames(12, 48, 64, seed=6)
+    cut = _cut_with_an_edit_list(write_video(tmp_path / "whole.mp4", frames, codec=codec), tmp_path / "cut.mp4", 3)
+    if codec == "libx264":
+        info, decoded = _decoded(cut)
+        monkeypatch.setattr(decode, "PYAV_CODECS", ("h264",))
+    pyav_info, pyav_decoded = _decoded(cut)
+    assert (pyav_info.source_frames, pyav_info.num_frames, pyav_info.fps) == (9, 9, 25)
+    assert np.abs(pyav_decoded.astype(int) - frames[3:]).mean() < 8
+    assert (VideoStream(cut, frame_step=2).info.num_frames, len(np.concatenate(list(VideoStream(cut, frame_step=2).chunks())))) == (5, 5)
+    if codec == "libx264":
+        assert info.num_frames == 12
+        np.testing.assert_array_equal(pyav_decoded, decoded[:9])
+        np.testing.assert_array_equal(decoded[9:], decoded[[8, 8, 8]])
+
+
 @pytest.mark.parametrize(("ext", "turn"), [("mp4", 90), ("mp4", 180), ("mkv", 270), ("mkv", 90)])
 @pytest.mark.parametrize("options", [{}, {"short_side": 30}, {"size": (30, 40), "frame_step": 2}])
 def test_the_pyav_fallback_turns_a_turned_video_upright_as_decord_does(
