@@ -210,6 +210,7 @@ class _Probe:
     rotation: int  # degrees counter-clockwise that make it upright (``display_rotation``)
     decord_turns: int  # the part of ``rotation`` decord applies itself
     codec: str = ""  # FFmpeg's name of the video codec (``decoder_for``)
+    left_out: int = 0  # frames an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy``)
 
 
 def _probe(path: Path) -> _Probe:
@@ -229,13 +230,14 @@ def _probe(path: Path) -> _Probe:
                 rotation = 0 if first is None else display_rotation(first)
                 decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
                 codec = stream.codec_context.codec.canonical_name
+                left_out = sum(entry.is_discard for entry in stream.index_entries)  # the MP4 index: read, not decoded
             if first is not None:
                 break
     except av.FFmpegError as exc:
         raise DecodeError(f"not a readable video ({exc.strerror or type(exc).__name__})") from exc
     if width <= 0 or height <= 0:
         raise DecodeError(f"video stream has no frame size ({width}x{height})")
-    return _Probe(width, height, rotation, decord_turns, codec)
+    return _Probe(width, height, rotation, decord_turns, codec, left_out)
 
 
 def _turned(width: int, height: int, turn: int) -> tuple[int, int]:
@@ -276,8 +278,7 @@ _TRANSPOSES = {0: "", 90: "transpose=2,", 180: "transpose=1,transpose=1,", 270: 
 
 class _PyAVFrames:
     """The frames decord would give, decoded by PyAV (``decoder_for``): as many frames as the stream has
-    packets (decord's count; but not those an MP4 edit list leaves out, which decord counts and gives as copies
-    of the last frame), and each through decord's own filter graph, ``transpose`` for ``turns`` then
+    packets (decord's count, less those an MP4 edit list leaves out, as ``VideoStream`` counts decord's), and each through decord's own filter graph, ``transpose`` for ``turns`` then
     ``scale=W:H`` (FFmpeg's default bilinear) to rgb24. Equal to decord's frames to the bit for 8-bit H.264,
     HEVC and VP9 (tests/flowprep/extract/test_decode.py). The packets are counted in a first pass over the file
     (demuxed, not decoded); the frames are decoded in a second, chunk by chunk, never seeking.
@@ -378,6 +379,8 @@ class VideoStream:
                 raise DecodeError(reason)
             self._reader = _DecordFrames(path, dec_w if resize else -1, dec_h if resize else -1, num_threads)
         present = len(self._reader)
+        if isinstance(self._reader, _DecordFrames):
+            present -= probe.left_out  # decord counts them and gives copies of the last frame for them, at the end
         self._indices = np.arange(0, present, frame_step)
         if len(self._indices) < 2:
             raise DecodeError(
