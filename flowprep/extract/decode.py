@@ -278,7 +278,8 @@ _TRANSPOSES = {0: "", 90: "transpose=2,", 180: "transpose=1,transpose=1,", 270: 
 
 class _PyAVFrames:
     """The frames decord would give, decoded by PyAV (``decoder_for``): as many frames as the stream has
-    packets (decord's count, less those an MP4 edit list leaves out, as ``VideoStream`` counts decord's), and each through decord's own filter graph, ``transpose`` for ``turns`` then
+    packets (decord's count, less those an MP4 edit list leaves out, as ``VideoStream`` counts decord's), and each
+    through decord's own filter graph, ``transpose`` for ``turns`` then
     ``scale=W:H`` (FFmpeg's default bilinear) to rgb24. Equal to decord's frames to the bit for 8-bit H.264,
     HEVC and VP9 (tests/flowprep/extract/test_decode.py). The packets are counted in a first pass over the file
     (demuxed, not decoded); the frames are decoded in a second, chunk by chunk, never seeking.
@@ -291,8 +292,8 @@ class _PyAVFrames:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate) if stream.average_rate else math.nan
-                # Not those an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy`` starts at the keyframe
-                # before the cut): FFmpeg drops their frames after decoding them.
+                # Not those an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy`` starts at the
+                # keyframe before the cut): FFmpeg drops their frames after decoding them.
                 self._count = sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
         except av.FFmpegError as exc:
             raise DecodeError(f"PyAV cannot read it: {exc.strerror or type(exc).__name__}") from exc

@@ -94,7 +94,9 @@ def test_truncated_files_are_detected(tmp_path: Path, name: str, keep: float) ->
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.8])
-def test_a_live_recorded_webm_cut_short_is_detected_though_its_segment_size_is_unknown(tmp_path: Path, keep: float) -> None:
+def test_a_live_recorded_webm_cut_short_is_detected_though_its_segment_size_is_unknown(
+    tmp_path: Path, keep: float
+) -> None:
     """FFmpeg writing WebM to a pipe (a stream recorder) leaves the segment's size unknown and gives each cluster
     its size. Cut short, such an AV1 video (PyAV decodes it) gave the frames before the cut without a word."""
     import io
@@ -122,7 +124,8 @@ def test_a_live_recorded_webm_cut_short_is_detected_though_its_segment_size_is_u
     assert VideoStream(whole).info.num_frames == 30
     cut = tmp_path / "cut.webm"
     cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
-    with pytest.raises(DecodeError, match=rf"truncated: the container declares \d+ bytes, the file has {cut.stat().st_size}"):
+    message = rf"truncated: the container declares \d+ bytes, the file has {cut.stat().st_size}"
+    with pytest.raises(DecodeError, match=message):
         VideoStream(cut)
 
 
@@ -297,7 +300,8 @@ def test_an_mp4_cut_with_an_edit_list_gives_the_frames_it_shows_from_either_deco
     pyav_info, pyav_decoded = _decoded(cut)
     assert (pyav_info.source_frames, pyav_info.num_frames, pyav_info.fps) == (9, 9, 25)
     assert np.abs(pyav_decoded.astype(int) - frames[3:]).mean() < 8
-    assert (VideoStream(cut, frame_step=2).info.num_frames, len(np.concatenate(list(VideoStream(cut, frame_step=2).chunks())))) == (5, 5)
+    strided = VideoStream(cut, frame_step=2)
+    assert (strided.info.num_frames, len(np.concatenate(list(strided.chunks())))) == (5, 5)
     if codec == "libx264":
         assert pyav_info == info
         np.testing.assert_array_equal(pyav_decoded, decoded)
