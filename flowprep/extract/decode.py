@@ -2,7 +2,7 @@
 
 Before decord opens a file: its container header must not declare more bytes than the file has
 (a cut-off download: AVI and MKV demuxers would otherwise decode the frames before the cut without
-a word), and PyAV probes it (the header and the first frame): that names broken inputs in one clean
+a word), and PyAV probes it (the header and the first keyframe): that names broken inputs in one clean
 line instead of FFmpeg's log noise and gives the native size that ``short_side`` needs before decord is
 opened at the output size, and the rotation the container asks for (its display matrix: phone videos),
 so that frames come out upright, as FFmpeg's tools and OpenCV show them. Every way a *file* can be
@@ -49,8 +49,9 @@ def _ebml_vint(f: BinaryIO) -> tuple[int, bool]:
 def declared_length(path: Path) -> int | None:
     """Bytes the container headers say the file has (RIFF/AVI, ISO BMFF/MP4/MOV, EBML/MKV/WebM).
 
-    For MP4 the top-level boxes are walked until one runs past the end of the file, so the value is
-    a lower bound there. None when the format declares no length: nothing to compare.
+    For MP4, and for MKV/WebM whose segment size is unknown (a live recording), the top-level boxes (the
+    segment's elements) are walked until one runs past the end of the file, so the value is a lower bound
+    there. None when the format declares no length: nothing to compare.
     """
     with open(path, "rb") as f:
         head = f.read(12)
@@ -80,9 +81,21 @@ def declared_length(path: Path) -> int | None:
                 if f.read(4) != _SEGMENT_ID:
                     return None
                 size, unknown = _ebml_vint(f)
+                if not unknown:
+                    return f.tell() + size
+                # A live recording's segment (FFmpeg's muxer writing to a pipe, a stream recorder): its size is
+                # unknown, its elements' (clusters') are not. Walk them, stop at the first past the end.
+                end, file_size = f.tell(), path.stat().st_size
+                while end < file_size:
+                    f.seek(end)
+                    _ebml_vint(f)  # the element's ID
+                    size, unknown = _ebml_vint(f)
+                    if unknown:
+                        return None  # nothing to compare
+                    end = f.tell() + size
+                return end
             except ValueError:
                 return None
-            return None if unknown else f.tell() + size
     return None
 
 
@@ -197,26 +210,34 @@ class _Probe:
     rotation: int  # degrees counter-clockwise that make it upright (``display_rotation``)
     decord_turns: int  # the part of ``rotation`` decord applies itself
     codec: str = ""  # FFmpeg's name of the video codec (``decoder_for``)
+    left_out: int = 0  # frames an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy``)
 
 
 def _probe(path: Path) -> _Probe:
-    """The first video stream's coded size (container header) and rotation (its first frame's side data)."""
+    """The first video stream's coded size (container header) and rotation (its first keyframe's side data)."""
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
-            stream.codec_context.thread_count = 1  # one frame: more threads would only cost their start
-            first = next(container.decode(stream), None)  # none: decord finds the video too short
-            rotation = 0 if first is None else display_rotation(first)
-            decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
-            codec = stream.codec_context.codec.canonical_name
+        # The first keyframe's side data is enough: decoding the frames before a late one (a stream cut
+        # mid-GOP) took seconds at 1080p. A stream without any keyframe is read again, every frame decoded.
+        for skip in ("NONKEY", "DEFAULT"):
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise DecodeError("no video stream")
+                stream = container.streams.video[0]
+                width, height = stream.codec_context.width, stream.codec_context.height
+                stream.codec_context.thread_count = 1  # one frame: more threads would only cost their start
+                stream.codec_context.skip_frame = skip
+                first = next(container.decode(stream), None)  # none: decord finds the video too short
+                rotation = 0 if first is None else display_rotation(first)
+                decord_turns = rotation if container.format.name in _DECORD_TURNS else 0
+                codec = stream.codec_context.codec.canonical_name
+                left_out = sum(entry.is_discard for entry in stream.index_entries)  # the MP4 index: read, not decoded
+            if first is not None:
+                break
     except av.FFmpegError as exc:
         raise DecodeError(f"not a readable video ({exc.strerror or type(exc).__name__})") from exc
     if width <= 0 or height <= 0:
         raise DecodeError(f"video stream has no frame size ({width}x{height})")
-    return _Probe(width, height, rotation, decord_turns, codec)
+    return _Probe(width, height, rotation, decord_turns, codec, left_out)
 
 
 def _turned(width: int, height: int, turn: int) -> tuple[int, int]:
@@ -257,7 +278,8 @@ _TRANSPOSES = {0: "", 90: "transpose=2,", 180: "transpose=1,transpose=1,", 270: 
 
 class _PyAVFrames:
     """The frames decord would give, decoded by PyAV (``decoder_for``): as many frames as the stream has
-    packets (decord's count), and each through decord's own filter graph, ``transpose`` for ``turns`` then
+    packets (decord's count, less those an MP4 edit list leaves out, as ``VideoStream`` counts decord's), and each
+    through decord's own filter graph, ``transpose`` for ``turns`` then
     ``scale=W:H`` (FFmpeg's default bilinear) to rgb24. Equal to decord's frames to the bit for 8-bit H.264,
     HEVC and VP9 (tests/flowprep/extract/test_decode.py). The packets are counted in a first pass over the file
     (demuxed, not decoded); the frames are decoded in a second, chunk by chunk, never seeking.
@@ -270,7 +292,9 @@ class _PyAVFrames:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate) if stream.average_rate else math.nan
-                self._count = sum(1 for packet in container.demux(stream) if packet.size)
+                # Not those an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy`` starts at the
+                # keyframe before the cut): FFmpeg drops their frames after decoding them.
+                self._count = sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
         except av.FFmpegError as exc:
             raise DecodeError(f"PyAV cannot read it: {exc.strerror or type(exc).__name__}") from exc
 
@@ -356,6 +380,8 @@ class VideoStream:
                 raise DecodeError(reason)
             self._reader = _DecordFrames(path, dec_w if resize else -1, dec_h if resize else -1, num_threads)
         present = len(self._reader)
+        if isinstance(self._reader, _DecordFrames):
+            present -= probe.left_out  # decord counts them and gives copies of the last frame for them, at the end
         self._indices = np.arange(0, present, frame_step)
         if len(self._indices) < 2:
             raise DecodeError(

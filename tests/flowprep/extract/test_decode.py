@@ -93,6 +93,42 @@ def test_truncated_files_are_detected(tmp_path: Path, name: str, keep: float) ->
         VideoStream(cut)
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.8])
+def test_a_live_recorded_webm_cut_short_is_detected_though_its_segment_size_is_unknown(
+    tmp_path: Path, keep: float
+) -> None:
+    """FFmpeg writing WebM to a pipe (a stream recorder) leaves the segment's size unknown and gives each cluster
+    its size. Cut short, such an AV1 video (PyAV decodes it) gave the frames before the cut without a word."""
+    import io
+
+    import av
+
+    class Pipe(io.RawIOBase):  # not seekable: the muxer cannot go back to write the segment's size
+        def __init__(self, f: io.BufferedWriter) -> None:
+            self.f = f
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: bytes) -> int:
+            return self.f.write(b)
+
+    whole = tmp_path / "live.webm"
+    with open(whole, "wb") as f, av.open(Pipe(f), "w", format="webm") as container:
+        stream = container.add_stream("libsvtav1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in random_frames(30, 48, 64):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert declared_length(whole) == whole.stat().st_size
+    assert VideoStream(whole).info.num_frames == 30
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
+    message = rf"truncated: the container declares \d+ bytes, the file has {cut.stat().st_size}"
+    with pytest.raises(DecodeError, match=message):
+        VideoStream(cut)
+
+
 def test_too_short(tmp_path: Path, clips: dict) -> None:
     one = write_video(tmp_path / "one.mp4", random_frames(1, 48, 64))
     with pytest.raises(DecodeError, match=r"too short: 1 frame\(s\)"):
@@ -231,6 +267,46 @@ def test_the_pyav_fallback_gives_decords_frames_to_the_bit(
     np.testing.assert_array_equal(pyav_frames, frames)
 
 
+def _cut_with_an_edit_list(src: Path, out: Path, frames: int) -> Path:
+    """``src`` remuxed as ``ffmpeg -ss ... -c copy`` cuts it: from its keyframe, an edit list that starts ``frames``
+    frames later (the demuxer marks the packets before it to be discarded)."""
+    import av
+
+    with av.open(str(src)) as source, av.open(str(out), "w") as container:
+        video = source.streams.video[0]
+        stream = container.add_stream_from_template(video, opaque=True)
+        shift = round(frames / video.average_rate / video.time_base)
+        for packet in source.demux(video):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+                container.mux(packet)
+    with av.open(str(out)) as container:
+        assert sum(p.is_discard for p in container.demux(video=0)) == frames
+    return out
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libsvtav1"])
+def test_an_mp4_cut_with_an_edit_list_gives_the_frames_it_shows_from_either_decoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str
+) -> None:
+    """FFmpeg drops the frames before the edit list's start after decoding them: an AV1 clip so cut failed with
+    'the stream holds 12 packets but decodes to 9 frames'. decord gave the 9 frames shown, then 3 copies of the last
+    (flow fields of zero motion)."""
+    frames = random_frames(12, 48, 64, seed=6)
+    cut = _cut_with_an_edit_list(write_video(tmp_path / "whole.mp4", frames, codec=codec), tmp_path / "cut.mp4", 3)
+    if codec == "libx264":
+        info, decoded = _decoded(cut)
+        monkeypatch.setattr(decode, "PYAV_CODECS", ("h264",))
+    pyav_info, pyav_decoded = _decoded(cut)
+    assert (pyav_info.source_frames, pyav_info.num_frames, pyav_info.fps) == (9, 9, 25)
+    assert np.abs(pyav_decoded.astype(int) - frames[3:]).mean() < 8
+    strided = VideoStream(cut, frame_step=2)
+    assert (strided.info.num_frames, len(np.concatenate(list(strided.chunks())))) == (5, 5)
+    if codec == "libx264":
+        assert pyav_info == info
+        np.testing.assert_array_equal(pyav_decoded, decoded)
+
+
 @pytest.mark.parametrize(("ext", "turn"), [("mp4", 90), ("mp4", 180), ("mkv", 270), ("mkv", 90)])
 @pytest.mark.parametrize("options", [{}, {"short_side": 30}, {"size": (30, 40), "frame_step": 2}])
 def test_the_pyav_fallback_turns_a_turned_video_upright_as_decord_does(
@@ -286,3 +362,48 @@ def test_an_av1_video_with_cover_art_is_decoded_not_its_cover(tmp_path: Path) ->
     stream = VideoStream(path)
     assert (stream.info.num_frames, stream.info.width, stream.info.height) == (6, 64, 48)
     assert np.abs(np.concatenate(list(stream.chunks())).astype(int) - frames).mean() < 8
+
+
+def test_the_probe_of_a_video_whose_first_keyframe_is_late_decodes_that_keyframe_not_the_frames_before_it(
+    tmp_path: Path,
+) -> None:
+    """A stream cut mid-GOP (a recording started mid-broadcast) starts with frames that cannot be shown; the
+    probe decoded all of them to reach the first picture (2.9 s at 1080p for 150 frames), to read a rotation
+    that the keyframe carries as well."""
+    import math
+    import time
+
+    import av
+
+    from flowprep.extract.decode import _probe
+
+    frames = random_frames(120, 240, 320, seed=4)
+    gop = tmp_path / "gop.mkv"
+    with av.open(str(gop), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"crf": "4", "preset": "ultrafast", "g": "100", "keyint_min": "100", "sc_threshold": "0"}
+        stream.set_display_rotation(90)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    late, at_key = tmp_path / "late.mkv", tmp_path / "key.mkv"  # from frame 1 (99 before the keyframe); from 100
+    for path, first in ((late, 1), (at_key, 100)):
+        with av.open(str(gop)) as src, av.open(str(path), "w") as out:
+            copy = out.add_stream_from_template(src.streams.video[0])
+            for k, packet in enumerate(p for p in src.demux(video=0) if p.dts is not None):
+                if k >= first:
+                    packet.stream = copy
+                    out.mux(packet)
+
+    def cpu_seconds(path: Path) -> float:
+        best = math.inf
+        for _ in range(3):
+            start = time.process_time()
+            assert _probe(path).rotation == 90
+            best = min(best, time.process_time() - start)
+        return best
+
+    assert cpu_seconds(late) < 5 * cpu_seconds(at_key) + 0.01
+    stream = VideoStream(late)
+    assert (stream.info.rotation, stream.info.height, stream.info.width) == (90, 320, 240)
