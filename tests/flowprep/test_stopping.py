@@ -100,22 +100,36 @@ def test_a_stop_signal_whose_exception_a_finalizer_swallowed_is_raised_again_whe
             stopping.raise_if_stopped()
 
 
+FINALIZERS = (  # a finalizer that gets a Ctrl-C while it runs, and one with a bug of its own
+    "import os, signal, sys\n"
+    "from flowprep import stopping\n"
+    "class Signalled:\n"
+    "    def __del__(self):\n"
+    "        os.kill(os.getpid(), signal.SIGINT)\n"
+    "        sum(range(1000))  # the handler runs here, in the finalizer\n"
+    "class Broken:\n"
+    "    def __del__(self):\n"
+    "        raise ValueError('a bug of its own')\n")
+
+
+def run_with_finalizers(tmp_path: Path, body: str) -> str:
+    """``body`` after FINALIZERS in a real process (CPython's report of a dropped exception goes to its stderr);
+    its stderr, the exit status checked."""
+    script = tmp_path / "finalizers.py"
+    script.write_text(FINALIZERS + body)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stderr
+
+
 def test_a_stop_signals_exception_a_finalizer_swallowed_prints_nothing_and_other_dropped_exceptions_still_do(
         tmp_path: Path) -> None:
     """CPython prints "Exception ignored in ..." and a traceback for an exception raised in a finalizer or weakref
     callback: a Ctrl-C that arrived there put that above the one line (seen in CI, in joblib's WeakValueDictionary).
     A real process, so that CPython's own report reaches stderr."""
-    script = tmp_path / "finalizers.py"
-    script.write_text(
-        "import os, signal, sys\n"
-        "from flowprep import stopping\n"
-        "class Signalled:\n"
-        "    def __del__(self):\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "        sum(range(1000))  # the handler runs here, in the finalizer\n"
-        "class Broken:\n"
-        "    def __del__(self):\n"
-        "        raise ValueError('a bug of its own')\n"
+    stderr = run_with_finalizers(
+        tmp_path,
         "with stopping.stop_on_signals():\n"
         "    Signalled()\n"
         "    Broken()\n"
@@ -124,12 +138,9 @@ def test_a_stop_signals_exception_a_finalizer_swallowed_prints_nothing_and_other
         "    except KeyboardInterrupt:\n"
         "        print('stopped', file=sys.stderr)\n"
         "Broken()  # outside the block: reported too\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert "KeyboardInterrupt" not in run.stderr, run.stderr
-    assert run.stderr.count("ValueError: a bug of its own") == 2, run.stderr
-    assert "stopped" in run.stderr.splitlines()
+    assert "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.count("ValueError: a bug of its own") == 2, stderr
+    assert "stopped" in stderr.splitlines()
 
 
 def test_a_second_ctrl_c_a_finalizer_swallowed_in_stop_flag_prints_nothing_and_is_still_honoured(
@@ -138,17 +149,8 @@ def test_a_second_ctrl_c_a_finalizer_swallowed_in_stop_flag_prints_nothing_and_i
     CPython printed "Exception ignored in ..." and a traceback and dropped it, and the run went on to save as after
     one Ctrl-C. Now the report is left out and the flag remembers it: its check raises KeyboardInterrupt again.
     Other exceptions a finalizer drops are still reported. A real process, so that CPython's report reaches stderr."""
-    script = tmp_path / "finalizers.py"
-    script.write_text(
-        "import os, signal, sys\n"
-        "from flowprep import stopping\n"
-        "class Signalled:\n"
-        "    def __del__(self):\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "        sum(range(1000))  # the handler runs here, in the finalizer\n"
-        "class Broken:\n"
-        "    def __del__(self):\n"
-        "        raise ValueError('a bug of its own')\n"
+    stderr = run_with_finalizers(
+        tmp_path,
         "try:\n"
         "    with stopping.stop_flag() as flag:\n"
         "        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C sets the flag\n"
@@ -161,13 +163,10 @@ def test_a_second_ctrl_c_a_finalizer_swallowed_in_stop_flag_prints_nothing_and_i
         "except KeyboardInterrupt:\n"
         "    print('left', file=sys.stderr)\n"
         "Broken()  # outside the block: reported too\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert "KeyboardInterrupt" not in run.stderr, run.stderr
-    assert run.stderr.count("ValueError: a bug of its own") == 2, run.stderr
-    lines = run.stderr.splitlines()
-    assert "flag SIGINT" in lines and "left" in lines and "went on" not in lines, run.stderr
+    assert "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.count("ValueError: a bug of its own") == 2, stderr
+    lines = stderr.splitlines()
+    assert "flag SIGINT" in lines and "left" in lines and "went on" not in lines, stderr
 
 
 def test_an_ignored_sigterm_stays_ignored() -> None:
