@@ -209,8 +209,8 @@ class _Probe:
     height: int
     rotation: int  # degrees counter-clockwise that make it upright (``display_rotation``)
     decord_turns: int  # the part of ``rotation`` decord applies itself
-    codec: str = ""  # FFmpeg's name of the video codec (``decoder_for``)
-    left_out: int = 0  # frames an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy``)
+    codec: str  # FFmpeg's name of the video codec (``decoder_for``)
+    left_out: int  # frames an MP4 edit list leaves out (a clip cut with ``ffmpeg -ss ... -c copy``)
 
 
 def _probe(path: Path) -> _Probe:
@@ -246,9 +246,12 @@ def _turned(width: int, height: int, turn: int) -> tuple[int, int]:
 
 
 class _DecordFrames:
-    """decord's frames: ``width`` x ``height`` (-1: as coded, turned by decord for MP4), RGB."""
+    """decord's frames: ``width`` x ``height`` (-1: as coded, turned by decord for MP4), RGB. ``left_out``: the
+    frames an MP4 edit list leaves out (``_Probe.left_out``), which decord counts and gives as copies of the last
+    frame, at the end: not counted here, so never asked for."""
 
-    def __init__(self, path: Path, width: int, height: int, num_threads: int) -> None:
+    def __init__(self, path: Path, width: int, height: int, num_threads: int, left_out: int) -> None:
+        self._left_out = left_out
         try:
             self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height,
                                               num_threads=num_threads)
@@ -259,7 +262,7 @@ class _DecordFrames:
         self.fps = float(self._reader.get_avg_fps())
 
     def __len__(self) -> int:
-        return len(self._reader)
+        return len(self._reader) - self._left_out
 
     def batches(self, indices: np.ndarray, chunk_frames: int) -> Iterator[np.ndarray]:
         """The frames at ``indices`` (ascending), at most ``chunk_frames`` at a time."""
@@ -278,7 +281,7 @@ _TRANSPOSES = {0: "", 90: "transpose=2,", 180: "transpose=1,transpose=1,", 270: 
 
 class _PyAVFrames:
     """The frames decord would give, decoded by PyAV (``decoder_for``): as many frames as the stream has
-    packets (decord's count, less those an MP4 edit list leaves out, as ``VideoStream`` counts decord's), and each
+    packets (decord's count, less those an MP4 edit list leaves out, as ``_DecordFrames`` counts them), and each
     through decord's own filter graph, ``transpose`` for ``turns`` then
     ``scale=W:H`` (FFmpeg's default bilinear) to rgb24. Equal to decord's frames to the bit for 8-bit H.264,
     HEVC and VP9 (tests/flowprep/extract/test_decode.py). The packets are counted in a first pass over the file
@@ -378,10 +381,9 @@ class VideoStream:
             reason = bad_width_reason(dec_w, resized=resize)
             if reason:
                 raise DecodeError(reason)
-            self._reader = _DecordFrames(path, dec_w if resize else -1, dec_h if resize else -1, num_threads)
+            self._reader = _DecordFrames(path, dec_w if resize else -1, dec_h if resize else -1, num_threads,
+                                         probe.left_out)
         present = len(self._reader)
-        if isinstance(self._reader, _DecordFrames):
-            present -= probe.left_out  # decord counts them and gives copies of the last frame for them, at the end
         self._indices = np.arange(0, present, frame_step)
         if len(self._indices) < 2:
             raise DecodeError(
